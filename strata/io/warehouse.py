@@ -1,0 +1,417 @@
+"""The event warehouse: Parquet, Hive-partitioned by user bucket, on any pyarrow filesystem.
+
+Layout under the data root::
+
+    warehouse/manifest.json
+    warehouse/events/bucket=007/part-<write id>.parquet
+    warehouse/users/bucket=007/part-<write id>.parquet
+
+Every user's whole history is in one bucket (``strata.ids.bucket_of``). Writers add new part
+files and then *commit* them into ``manifest.json`` in one atomic replace; readers read only the
+files the manifest lists. So a writer that dies before its commit leaves the warehouse as it
+was (its orphan files are ignored and swept by ``vacuum``), and a reader never sees half an
+append. Compaction rewrites a bucket into one file sorted by ``(user_id, ts)`` and commits the
+swap the same way. One writer at a time per warehouse (the jobs are the writers).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from strata.ids import bucket_of
+from strata.schema import SCHEMA_VERSION, TABLE_SCHEMAS, conform
+
+MANIFEST = "manifest.json"
+TABLES = ("events", "users")
+#: Sort keys of a compacted bucket, per table.
+SORT_KEYS: dict[str, list[tuple[str, str]]] = {
+    "events": [("user_id", "ascending"), ("ts", "ascending")],
+    "users": [("user_id", "ascending")],
+}
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 1}
+
+
+class WarehouseError(RuntimeError):
+    """The warehouse is missing, inconsistent, or a file in it cannot be read."""
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Filesystem and path of a data root: a local path or any pyarrow filesystem URI."""
+    if "://" in uri:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs, path.rstrip("/")
+    return pafs.LocalFileSystem(), posixpath.abspath(uri)
+
+
+@dataclass
+class PartFile:
+    """One written Parquet part, as recorded in the manifest."""
+
+    table: str
+    bucket: int
+    name: str
+    rows: int
+    min_ts_ms: int | None = None
+    max_ts_ms: int | None = None
+    sorted: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rows": self.rows,
+            "min_ts_ms": self.min_ts_ms,
+            "max_ts_ms": self.max_ts_ms,
+            "sorted": self.sorted,
+        }
+
+
+@dataclass
+class WriteResult:
+    """What one write (append, generation shard, compaction) produced; mergeable."""
+
+    parts: list[PartFile] = field(default_factory=list)
+
+    def extend(self, other: WriteResult) -> None:
+        self.parts.extend(other.parts)
+
+    def rows(self, table: str) -> int:
+        return sum(p.rows for p in self.parts if p.table == table)
+
+
+def _bucket_dir_name(bucket: int, n_buckets: int) -> str:
+    width = max(3, len(str(n_buckets - 1)))
+    return f"bucket={bucket:0{width}d}"
+
+
+def _ts_range_ms(table: pa.Table) -> tuple[int | None, int | None]:
+    if "ts" not in table.column_names or table.num_rows == 0:
+        return None, None
+    mm = pc.min_max(table.column("ts"))
+    lo, hi = mm["min"], mm["max"]
+    if not lo.is_valid:
+        return None, None
+    return int(lo.cast(pa.int64()).as_py()), int(hi.cast(pa.int64()).as_py())
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+class Warehouse:
+    """Reader and writer of one warehouse under ``<data root>/warehouse``.
+
+    Args:
+        data_root: local path or pyarrow filesystem URI of the data root.
+    """
+
+    def __init__(self, data_root: str) -> None:
+        self.data_root = data_root
+        self.fs, root = resolve(data_root)
+        self.root = posixpath.join(root, "warehouse")
+        self._manifest: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ manifest
+    @property
+    def manifest_path(self) -> str:
+        return posixpath.join(self.root, MANIFEST)
+
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self.manifest_path).type == pafs.FileType.File
+
+    def create(self, n_buckets: int, overwrite: bool = False) -> None:
+        """Start an empty warehouse with ``n_buckets`` buckets.
+
+        Raises:
+            WarehouseError: one exists already and ``overwrite`` is false.
+        """
+        if self.exists() and not overwrite:
+            raise WarehouseError(
+                f"a warehouse already exists at {self.root}; pass overwrite to replace it"
+            )
+        if self.exists():
+            for table in TABLES:
+                path = posixpath.join(self.root, table)
+                if self.fs.get_file_info(path).type == pafs.FileType.Directory:
+                    self.fs.delete_dir(path)
+        self.fs.create_dir(self.root, recursive=True)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "n_buckets": n_buckets,
+            "created_at": now,
+            "updated_at": now,
+            "tables": {t: {"buckets": {}} for t in TABLES},
+            "writes": [],
+        }
+        self._write_manifest(manifest)
+
+    def open_or_create(self, n_buckets: int) -> None:
+        """Open an existing warehouse (keeping its bucket count) or create one."""
+        if not self.exists():
+            self.create(n_buckets)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        if self._manifest is None:
+            self._manifest = self._read_manifest()
+        return self._manifest
+
+    def reload(self) -> None:
+        self._manifest = None
+
+    def _read_manifest(self) -> dict[str, Any]:
+        if not self.exists():
+            raise WarehouseError(
+                f"no warehouse at {self.root} (missing {MANIFEST}); run `strata generate` "
+                "or `strata import` first"
+            )
+        with self.fs.open_input_stream(self.manifest_path) as f:
+            manifest: dict[str, Any] = json.loads(f.read().decode("utf-8"))
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise WarehouseError(
+                f"{self.manifest_path}: schema version {manifest.get('schema_version')} "
+                f"but this strata reads version {SCHEMA_VERSION}"
+            )
+        return manifest
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        tmp = posixpath.join(self.root, f".{MANIFEST}.{uuid.uuid4().hex}.tmp")
+        data = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self.fs.move(tmp, self.manifest_path)  # atomic rename locally; one PUT on object stores
+        self._manifest = manifest
+
+    @property
+    def n_buckets(self) -> int:
+        return int(self.manifest["n_buckets"])
+
+    # ------------------------------------------------------------------ paths
+    def bucket_dir(self, table: str, bucket: int) -> str:
+        return posixpath.join(self.root, table, _bucket_dir_name(bucket, self.n_buckets))
+
+    def bucket_files(self, table: str, bucket: int) -> list[str]:
+        """Full paths of the committed part files of one bucket, in commit order."""
+        entry = self.manifest["tables"][table]["buckets"].get(str(bucket))
+        if not entry:
+            return []
+        d = self.bucket_dir(table, bucket)
+        return [posixpath.join(d, p["name"]) for p in entry["parts"]]
+
+    def buckets(self, table: str = "events") -> list[int]:
+        """Buckets that hold at least one committed file, ascending."""
+        return sorted(int(b) for b, e in self.manifest["tables"][table]["buckets"].items() if e)
+
+    def bucket_rows(self, table: str = "events") -> dict[int, int]:
+        return {
+            int(b): sum(p["rows"] for p in e["parts"])
+            for b, e in self.manifest["tables"][table]["buckets"].items()
+        }
+
+    def is_sorted(self, table: str, bucket: int) -> bool:
+        """True when the bucket is one file sorted by the table's sort keys."""
+        entry = self.manifest["tables"][table]["buckets"].get(str(bucket))
+        return bool(entry) and len(entry["parts"]) == 1 and bool(entry["parts"][0]["sorted"])
+
+    # ------------------------------------------------------------------ writing
+    def write_bucket(
+        self,
+        table_name: str,
+        bucket: int,
+        table: pa.Table,
+        write_id: str,
+        sort: bool = False,
+        already_sorted: bool = False,
+    ) -> PartFile:
+        """Write one part file into a bucket (not yet committed).
+
+        Args:
+            table_name: ``events`` or ``users``.
+            bucket: the bucket every row belongs to (checked).
+            table: rows, conformed to the table's schema here.
+            write_id: unique id of this write; becomes the file name.
+            sort: sort by the table's sort keys before writing.
+            already_sorted: the caller guarantees the rows are sorted.
+        """
+        schema = TABLE_SCHEMAS[table_name]
+        table = conform(table, schema)
+        if table.num_rows:
+            got = bucket_of(table.column("user_id").to_numpy(), self.n_buckets)
+            if not np.all(got == bucket):
+                raise WarehouseError(f"rows of other buckets written into bucket {bucket}")
+        if sort:
+            table = table.sort_by(SORT_KEYS[table_name])
+        d = self.bucket_dir(table_name, bucket)
+        self.fs.create_dir(d, recursive=True)
+        name = f"part-{write_id}.parquet"
+        pq.write_table(table, posixpath.join(d, name), filesystem=self.fs, **PARQUET_OPTIONS)
+        lo, hi = _ts_range_ms(table)
+        return PartFile(table_name, bucket, name, table.num_rows, lo, hi, sort or already_sorted)
+
+    def write_partitioned(self, table_name: str, table: pa.Table, write_id: str) -> WriteResult:
+        """Split rows by bucket and write one part per touched bucket (not yet committed)."""
+        result = WriteResult()
+        if table.num_rows == 0:
+            return result
+        buckets = bucket_of(table.column("user_id").to_numpy(), self.n_buckets)
+        order = np.argsort(buckets, kind="stable")
+        sorted_buckets = buckets[order]
+        table = table.take(pa.array(order))
+        cuts = np.flatnonzero(np.diff(sorted_buckets)) + 1
+        starts = np.concatenate([[0], cuts])
+        ends = np.concatenate([cuts, [len(sorted_buckets)]])
+        for s, e in zip(starts, ends, strict=True):
+            b = int(sorted_buckets[s])
+            result.parts.append(
+                self.write_bucket(table_name, b, table.slice(s, e - s), write_id, sort=True)
+            )
+        return result
+
+    def commit(
+        self,
+        result: WriteResult,
+        source: str,
+        replace_buckets: Iterable[tuple[str, int]] = (),
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        """Make written parts visible in one atomic manifest replace.
+
+        Args:
+            result: the parts to add.
+            source: who wrote them (``generate``, ``import``, ``compact``), for the write log.
+            replace_buckets: (table, bucket) pairs whose existing parts the new parts replace
+                (compaction); their old files are deleted after the commit.
+            info: extra facts for the write log (e.g. rejected row counts).
+        """
+        self.reload()
+        manifest = self.manifest
+        replaced: list[str] = []
+        for table_name, bucket in replace_buckets:
+            replaced.extend(self.bucket_files(table_name, bucket))
+            manifest["tables"][table_name]["buckets"][str(bucket)] = {"parts": []}
+        for part in result.parts:
+            buckets = manifest["tables"][part.table]["buckets"]
+            buckets.setdefault(str(part.bucket), {"parts": []})["parts"].append(part.to_json())
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest["updated_at"] = now
+        entry = {"source": source, "at": now, "files": len(result.parts)}
+        for t in TABLES:
+            entry[f"{t}_rows"] = result.rows(t)
+        entry.update(info or {})
+        manifest["writes"] = [*manifest.get("writes", []), entry][-100:]
+        self._write_manifest(manifest)
+        new_names = {
+            posixpath.join(self.bucket_dir(p.table, p.bucket), p.name) for p in result.parts
+        }
+        for path in replaced:
+            if path not in new_names:
+                self.fs.delete_file(path)
+
+    # ------------------------------------------------------------------ reading
+    def read_bucket(
+        self, table_name: str, bucket: int, columns: Sequence[str] | None = None
+    ) -> pa.Table:
+        """All committed rows of one bucket (sorted by the table's keys if compacted).
+
+        Raises:
+            WarehouseError: a listed file is missing or unreadable (names the file).
+        """
+        schema = TABLE_SCHEMAS[table_name]
+        files = self.bucket_files(table_name, bucket)
+        if not files:
+            cols = list(columns) if columns is not None else schema.names
+            return schema.empty_table().select(cols)
+        tables = []
+        for path in files:
+            try:
+                tables.append(
+                    pq.read_table(path, filesystem=self.fs, columns=columns, schema=schema)
+                )
+            except (OSError, pa.ArrowException) as exc:
+                raise WarehouseError(f"cannot read warehouse file {path}: {exc}") from exc
+        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+    def read_table(self, table_name: str, columns: Sequence[str] | None = None) -> pa.Table:
+        """Every committed row of a table (small data only: tests, reports, demos)."""
+        parts = [self.read_bucket(table_name, b, columns) for b in self.buckets(table_name)]
+        if not parts:
+            schema = TABLE_SCHEMAS[table_name]
+            cols = list(columns) if columns is not None else schema.names
+            return schema.empty_table().select(cols)
+        return pa.concat_tables(parts)
+
+    # ------------------------------------------------------------------ maintenance
+    def compact_bucket(self, table_name: str, bucket: int) -> PartFile | None:
+        """Rewrite a bucket as one file sorted by its keys and commit the swap.
+
+        Users are deduplicated by user_id, the last committed row winning.
+        Returns the new part, or None when the bucket was already compact.
+        """
+        if self.is_sorted(table_name, bucket) or not self.bucket_files(table_name, bucket):
+            return None
+        table = self.read_bucket(table_name, bucket)
+        if table_name == "users":
+            idx = np.arange(table.num_rows)
+            ids = table.column("user_id").to_numpy()
+            # keep the last row of each user: unique over the reversed order
+            _, first_rev = np.unique(ids[::-1], return_index=True)
+            keep = np.sort(idx[::-1][first_rev])
+            table = table.take(pa.array(keep))
+        part = self.write_bucket(
+            table_name, bucket, table, f"compact-{uuid.uuid4().hex[:12]}", sort=True
+        )
+        self.commit(WriteResult([part]), "compact", replace_buckets=[(table_name, bucket)])
+        return part
+
+    def vacuum(self) -> list[str]:
+        """Delete part files that no commit references (left by failed writers)."""
+        listed = set()
+        for t in TABLES:
+            for b in self.buckets(t):
+                listed.update(self.bucket_files(t, b))
+        removed = []
+        for t in TABLES:
+            base = posixpath.join(self.root, t)
+            if self.fs.get_file_info(base).type != pafs.FileType.Directory:
+                continue
+            for info in self.fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+                if info.type == pafs.FileType.File and info.path not in listed:
+                    self.fs.delete_file(info.path)
+                    removed.append(info.path)
+        return removed
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> dict[str, Any]:
+        """Row counts, files and time range per table, from the manifest alone."""
+        out: dict[str, Any] = {
+            "n_buckets": self.n_buckets,
+            "schema_version": self.manifest["schema_version"],
+        }
+        for t in TABLES:
+            parts = [
+                p for e in self.manifest["tables"][t]["buckets"].values() for p in e["parts"]
+            ]
+            los = [p["min_ts_ms"] for p in parts if p["min_ts_ms"] is not None]
+            his = [p["max_ts_ms"] for p in parts if p["max_ts_ms"] is not None]
+            out[t] = {
+                "rows": sum(p["rows"] for p in parts),
+                "files": len(parts),
+                "buckets": len(self.buckets(t)),
+                "min_ts": _iso(min(los)) if los else None,
+                "max_ts": _iso(max(his)) if his else None,
+            }
+        return out
