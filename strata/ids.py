@@ -79,9 +79,9 @@ def bucket_of(user_id: int | np.ndarray, n_buckets: int) -> np.ndarray:
     return ((mixed >> np.uint64(32)) % np.uint64(n_buckets)).astype(np.int32)
 
 
-def assign(buckets: Sequence[int], n_workers: int, weights: Sequence[int] | None = None) -> list[
-    list[int]
-]:
+def assign(
+    buckets: Sequence[int], n_workers: int, weights: Sequence[int] | None = None
+) -> list[list[int]]:
     """Assign buckets to workers, balancing total weight (e.g. rows) greedily.
 
     Deterministic: the heaviest bucket goes first to the least-loaded worker, ties broken by

@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     data: str = "./data"
     redis_url: str | None = None
     pseudonym_key: SecretStr | None = None
-    key_file: Path = Field(default_factory=lambda: Path.home() / ".config" / "strata" / "pseudonym.key")
+    key_file: Path = Field(
+        default_factory=lambda: Path.home() / ".config" / "strata" / "pseudonym.key"
+    )
     n_buckets: int = Field(default=DEFAULT_N_BUCKETS, ge=1, le=65536)
     ray_address: str | None = None
     num_cpus: int | None = Field(default=None, ge=1)

@@ -402,9 +402,7 @@ class Warehouse:
             "schema_version": self.manifest["schema_version"],
         }
         for t in TABLES:
-            parts = [
-                p for e in self.manifest["tables"][t]["buckets"].values() for p in e["parts"]
-            ]
+            parts = [p for e in self.manifest["tables"][t]["buckets"].values() for p in e["parts"]]
             los = [p["min_ts_ms"] for p in parts if p["min_ts_ms"] is not None]
             his = [p["max_ts_ms"] for p in parts if p["max_ts_ms"] is not None]
             out[t] = {

@@ -1,0 +1,61 @@
+"""Shared fixtures: a local Ray (num_cpus=2) and a real embedded redis-server, per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from strata.io.redis_server import EmbeddedRedis
+from strata.settings import Settings
+
+TEST_KEY = "strata-test-pseudonym-key-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def _pseudonym_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every test gets a fixed pseudonymisation key and never touches the user's key file."""
+    monkeypatch.setenv("STRATA_PSEUDONYM_KEY", TEST_KEY)
+    monkeypatch.setenv("STRATA_KEY_FILE", str(tmp_path_factory.getbasetemp() / "no.key"))
+    monkeypatch.delenv("STRATA_REDIS_URL", raising=False)
+
+
+@pytest.fixture
+def settings(tmp_path: Any) -> Settings:
+    """Settings with the data root in a fresh temporary folder."""
+    return Settings(data=str(tmp_path / "data"), pseudonym_key=TEST_KEY, n_buckets=16)
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[Any]:
+    """A local Ray with 2 CPUs for the whole session, always shut down."""
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    """A real redis-server on a free loopback port for the whole session."""
+    with EmbeddedRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
+    """The session's Redis, flushed before each test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    yield redis_server.url
