@@ -1,0 +1,854 @@
+"""The online segment store: versioned, compactly encoded user records in Redis.
+
+Key layout (``ns`` is the namespace, ``strata`` by default; a version id has no ``:``)::
+
+    {ns}:current                  string  the published version readers use (the pointer)
+    {ns}:versions                 zset    published, retained versions, scored by publish order
+    {ns}:history                  list    pointer flips, newest first (JSON; last 200 kept)
+    {ns}:seq                      string  publish counter (the zset's scores)
+    {ns}:v:{version}:meta         hash    layout (JSON), record_size, n_groups, as_of,
+                                          created_at, status, users_written, n_users, meta...
+    {ns}:v:{version}:g:{group}    hash    field = user id (8 bytes, big-endian),
+                                          value = the record (``layout.size`` bytes)
+
+Users are spread over ``n_groups`` small hashes (``group_of(user_id, n_groups)``, about 50-100
+users each) so every hash stays in Redis's compact listpack (ziplist before Redis 7) encoding:
+~39 bytes per user for the 21-byte segment record on Redis 7 (jemalloc), ~35 on the embedded
+6.2 build, against ~440 for one hash per user with the same fields as text.
+
+Lifecycle of a version: :meth:`SegmentStore.begin_version` (status ``writing``, invisible to
+readers) → :meth:`~SegmentStore.write_users` from any number of processes in parallel →
+:meth:`~SegmentStore.publish` (verifies the user count and encodings, status ``ready``, then
+one Lua script flips ``{ns}:current`` and records the flip) → older versions beyond ``keep``
+are deleted. :meth:`~SegmentStore.rollback` flips back to a retained version;
+:meth:`~SegmentStore.discard` drops a version that failed.
+
+Readers (:meth:`~SegmentStore.get`, :meth:`~SegmentStore.get_many`) run one Lua script per
+request that reads the pointer and then the records of *that* version, so an answer never mixes
+two versions, in one round trip. The client computes group numbers with the ``n_groups`` of the
+version it last saw; the script returns the version it actually read and the client retries
+when the pointer has moved to a version it does not know yet.
+
+The scripts compute key names from the pointer, so this targets a standalone (or replicated /
+Sentinel) Redis, not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+import redis
+
+from strata.segment_codec import (
+    RecordLayout,
+    decode,
+    decode_many,
+    expected_max_group_size,
+    group_of,
+    n_groups_for,
+    user_fields,
+)
+
+__all__ = [
+    "CompactLimits",
+    "IncompleteVersionError",
+    "LooseEncodingError",
+    "SegmentStore",
+    "SegmentStoreError",
+    "VersionInfo",
+    "VersionStateError",
+]
+
+log = logging.getLogger(__name__)
+
+WRITING = "writing"
+READY = "ready"
+PUBLISHED = "published"
+DELETING = "deleting"
+
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_COMPACT_ENCODINGS = frozenset({b"listpack", b"ziplist"})
+_FIELD_BYTES = 8
+_HISTORY_LEN = 200
+_READ_ATTEMPTS = 3
+_META_CACHE = 16
+_VERIFY_BATCH = 2048
+_UNLINK_BATCH = 1000
+_SEND_BYTES = 4 << 20
+
+# KEYS: pointer. ARGV: assumed version, "{ns}:v:", group numbers (space-separated), the
+# users' 8-byte fields back to back. Returns {} when nothing is published, {version} when the
+# pointer is not the assumed version (nothing read), else {version, found mask ('1'/'0' per
+# user), the found records back to back}: three bulk strings, cheap to send and parse.
+_READ_LUA = """
+local v = redis.call('GET', KEYS[1])
+if not v then return {} end
+if v ~= ARGV[1] then return {v} end
+local prefix = ARGV[2] .. v .. ':g:'
+local fields = ARGV[4]
+local found = {}
+local records = {}
+local i = 0
+for g in string.gmatch(ARGV[3], '%d+') do
+  local rec = redis.call('HGET', prefix .. g, string.sub(fields, i * 8 + 1, i * 8 + 8))
+  i = i + 1
+  if rec then
+    records[#records + 1] = rec
+    found[i] = '1'
+  else
+    found[i] = '0'
+  end
+end
+return {v, table.concat(found), table.concat(records)}
+"""
+
+# KEYS: pointer, meta of the target, versions zset, history list, seq.
+# ARGV: version, required status, now (ISO), action, history length.
+# Returns {1, previous version or ''} or {0, actual status or ''}.
+_FLIP_LUA = """
+local status = redis.call('HGET', KEYS[2], 'status')
+if status ~= ARGV[2] then return {0, status or ''} end
+local prev = redis.call('GET', KEYS[1]) or ''
+redis.call('SET', KEYS[1], ARGV[1])
+if status ~= 'published' then
+  redis.call('HSET', KEYS[2], 'status', 'published', 'published_at', ARGV[3])
+  redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), ARGV[1])
+end
+redis.call('LPUSH', KEYS[4], cjson.encode({action = ARGV[4], version = ARGV[1],
+  previous = prev, at = ARGV[3]}))
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
+return {1, prev}
+"""
+
+# KEYS: pointer, meta, versions zset. ARGV: version.
+# Marks a version as being deleted unless it is current (1 = marked, 0 = it is current).
+_MARK_DELETING_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'status', 'deleting') end
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+
+
+class SegmentStoreError(RuntimeError):
+    """Base class of the segment store's errors."""
+
+
+class VersionStateError(SegmentStoreError):
+    """A version does not exist or is not in the state the operation needs."""
+
+
+class IncompleteVersionError(SegmentStoreError):
+    """``publish`` found fewer (or more) users than expected; nothing was flipped."""
+
+
+class LooseEncodingError(SegmentStoreError):
+    """Groups would not (or did not) stay in Redis's compact hash encoding."""
+
+
+@dataclass(frozen=True)
+class CompactLimits:
+    """The server's limits for the compact (listpack/ziplist) encoding of a hash.
+
+    Attributes:
+        max_entries: ``hash-max-listpack-entries`` (``hash-max-ziplist-entries`` before 7.0).
+        max_value_bytes: ``hash-max-listpack-value``: longest field or value kept compact.
+        source: ``"config"`` when read with CONFIG GET, ``"default"`` when CONFIG is not
+            allowed (managed Redis) and Redis 7's defaults are assumed.
+    """
+
+    max_entries: int
+    max_value_bytes: int
+    source: Literal["config", "default"]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What the store knows about one version (from its meta hash)."""
+
+    version: str
+    status: str
+    layout: RecordLayout
+    n_groups: int
+    created_at: str
+    as_of: str | None = None
+    published_at: str | None = None
+    users_written: int = 0
+    n_users: int | None = None
+    expected_users: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _ReadMeta:
+    n_groups: int
+    layout: RecordLayout
+
+
+class SegmentStore:
+    """Versioned user segments in Redis: key layout, encoding, atomic publish, reads.
+
+    Safe to share between threads (redis-py's pool is); each writer process makes its own.
+
+    Args:
+        client: a ``redis.Redis`` (must not decode responses) or a ``redis://`` URL.
+        namespace: prefix of every key, e.g. ``strata`` or ``strata:staging``.
+        socket_timeout_s: socket timeout of a client created from a URL.
+        connect_timeout_s: connect timeout of a client created from a URL.
+        write_chunk_users: users framed at a time by ``write_users`` (bounds the writer's
+            extra memory to ~130 bytes per user of a chunk; chunks hold whole groups).
+        max_batch: most users one ``get_many`` may read (one Lua script blocks Redis briefly).
+        on_loose_encoding: ``"raise"`` or ``"warn"`` when groups would not stay compact.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | str,
+        namespace: str = "strata",
+        *,
+        socket_timeout_s: float = 5.0,
+        connect_timeout_s: float = 2.0,
+        write_chunk_users: int = 250_000,
+        max_batch: int = 1000,
+        on_loose_encoding: Literal["raise", "warn"] = "raise",
+    ) -> None:
+        if not _NAMESPACE_RE.match(namespace):
+            raise ValueError(f"bad namespace {namespace!r}: letters, digits and ._:- only")
+        if isinstance(client, str):
+            self._redis = redis.Redis.from_url(
+                client,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=connect_timeout_s,
+                decode_responses=False,
+            )
+            self._owns_client = True
+        else:
+            if client.connection_pool.connection_kwargs.get("decode_responses"):
+                raise ValueError("SegmentStore needs a client with decode_responses=False")
+            self._redis = client
+            self._owns_client = False
+        self.namespace = namespace
+        self.write_chunk_users = write_chunk_users
+        self.max_batch = max_batch
+        self.on_loose_encoding = on_loose_encoding
+        self._read_script = self._redis.register_script(_READ_LUA)
+        self._flip_script = self._redis.register_script(_FLIP_LUA)
+        self._mark_deleting_script = self._redis.register_script(_MARK_DELETING_LUA)
+        self._lock = threading.Lock()
+        self._read_meta_cache: dict[str, _ReadMeta] = {}
+        self._assumed_version = ""
+        self._limits: CompactLimits | None = None
+
+    # ------------------------------------------------------------------ key builders (pure)
+
+    def pointer_key(self) -> str:
+        """Key of the current-version pointer."""
+        return f"{self.namespace}:current"
+
+    def versions_key(self) -> str:
+        """Key of the sorted set of published, retained versions."""
+        return f"{self.namespace}:versions"
+
+    def history_key(self) -> str:
+        """Key of the list of pointer flips (newest first)."""
+        return f"{self.namespace}:history"
+
+    def seq_key(self) -> str:
+        """Key of the publish counter."""
+        return f"{self.namespace}:seq"
+
+    def version_prefix(self, version: str) -> str:
+        """Prefix of every key of ``version``."""
+        _check_version(version)
+        return f"{self.namespace}:v:{version}:"
+
+    def meta_key(self, version: str) -> str:
+        """Key of the meta hash of ``version``."""
+        return self.version_prefix(version) + "meta"
+
+    def group_key(self, version: str, group: int) -> str:
+        """Key of group ``group`` of ``version``."""
+        if group < 0:
+            raise ValueError("group must be non-negative")
+        return f"{self.version_prefix(version)}g:{group}"
+
+    # ---------------------------------------------------------------------------- lifecycle
+
+    def compact_limits(self) -> CompactLimits:
+        """The server's compact-hash limits (CONFIG GET, cached; defaults if not allowed)."""
+        if self._limits is None:
+            try:
+                raw = self._redis.config_get("hash-max-*")
+            except redis.exceptions.ResponseError as exc:
+                log.info("CONFIG GET not allowed (%s): assuming Redis 7 defaults", exc)
+                self._limits = CompactLimits(128, 64, "default")
+            else:
+                conf = {_text(k): int(_text(v)) for k, v in raw.items()}
+                self._limits = CompactLimits(
+                    max_entries=conf.get(
+                        "hash-max-listpack-entries", conf.get("hash-max-ziplist-entries", 128)
+                    ),
+                    max_value_bytes=conf.get(
+                        "hash-max-listpack-value", conf.get("hash-max-ziplist-value", 64)
+                    ),
+                    source="config",
+                )
+        return self._limits
+
+    def plan_n_groups(self, n_users: int, per_group: int = 100) -> int:
+        """Number of groups for ``n_users`` that keeps every group compact on this server."""
+        return n_groups_for(n_users, per_group, self.compact_limits().max_entries)
+
+    def begin_version(
+        self,
+        version: str,
+        layout: RecordLayout,
+        n_groups: int,
+        meta: Mapping[str, Any] | None = None,
+        *,
+        as_of: datetime | str | None = None,
+        expected_users: int | None = None,
+    ) -> VersionInfo:
+        """Create ``version`` (status ``writing``; readers do not see it).
+
+        Args:
+            version: a new version id (letters, digits, ``._-``; e.g. ``20250601T0200Z``).
+            layout: the record layout every writer encodes with.
+            n_groups: number of groups (see :meth:`plan_n_groups`).
+            meta: extra JSON-serialisable facts to keep with the version (job id, config hash).
+            as_of: the as-of time of the snapshot (default: ``meta["as_of"]`` if present).
+            expected_users: users the version will hold; enables the compact-encoding check
+                now, and is the default expectation of :meth:`publish`.
+
+        Raises:
+            VersionStateError: the version already exists.
+            LooseEncodingError: records or groups would be too large for the compact encoding
+                (with ``on_loose_encoding="raise"``).
+        """
+        if n_groups <= 0:
+            raise ValueError("n_groups must be positive")
+        self._check_compact_plan(layout, n_groups, expected_users)
+        key = self.meta_key(version)
+        if not self._redis.hsetnx(key, "status", WRITING):
+            raise VersionStateError(f"version {version!r} already exists; discard it first")
+        fields: dict[Any, Any] = {
+            "layout": layout.to_json(),
+            "record_size": layout.size,
+            "n_groups": n_groups,
+            "created_at": _now(),
+            "users_written": 0,
+            "meta": json.dumps(dict(meta or {}), sort_keys=True, default=str),
+        }
+        if as_of is None and meta is not None:
+            as_of = meta.get("as_of")
+        if as_of is not None:
+            fields["as_of"] = as_of.isoformat() if isinstance(as_of, datetime) else str(as_of)
+        if expected_users is not None:
+            fields["expected_users"] = expected_users
+        self._redis.hset(key, mapping=fields)
+        info = self.info(version)
+        assert info is not None
+        return info
+
+    def write_users(self, version: str, user_ids: np.ndarray, encoded: np.ndarray) -> int:
+        """Write records of ``version`` (status ``writing``); safe from many processes at once.
+
+        Users are sorted by group and sent as one HSET per group with all its users, framed in
+        bulk with numpy and pipelined; ``write_chunk_users`` users at a time. Writing a user
+        twice overwrites it (a retried chunk is harmless).
+
+        Args:
+            version: a version begun with :meth:`begin_version`.
+            user_ids: int64 ids, one per record.
+            encoded: the records from :func:`strata.segment_codec.encode` with the version's
+                layout (or any 1-D array of ``layout.size``-byte items).
+
+        Returns:
+            Users newly added to the version by this call.
+
+        Raises:
+            VersionStateError: the version does not exist or is no longer being written.
+            ValueError: shapes or record size do not match the version.
+        """
+        status, n_groups_raw, layout_json = self._redis.hmget(
+            self.meta_key(version), ["status", "n_groups", "layout"]
+        )
+        if status is None or layout_json is None:
+            raise VersionStateError(f"version {version!r} does not exist")
+        if status != WRITING.encode():
+            raise VersionStateError(f"version {version!r} is {_text(status)}, not {WRITING}")
+        n_groups = int(_text(n_groups_raw))
+        layout = RecordLayout.from_json(layout_json)
+        size = layout.size
+        ids = np.asarray(user_ids, dtype=np.int64)
+        records = np.ascontiguousarray(encoded)
+        if ids.ndim != 1 or records.ndim != 1 or len(ids) != len(records):
+            raise ValueError("user_ids and encoded must be 1-D and of the same length")
+        if records.dtype.itemsize != size:
+            raise ValueError(
+                f"records are {records.dtype.itemsize} bytes; version {version!r} needs {size}"
+            )
+        if records.dtype.names is not None and records.dtype != layout.dtype:
+            raise ValueError(f"records were encoded with another layout than {version!r}'s")
+        rec_bytes = records.view(np.uint8).reshape(len(records), size)
+        # sort once by group, then cut into chunks of whole groups: each group gets one HSET
+        # per call however the chunks fall, and only one chunk is framed at a time
+        groups = group_of(ids, n_groups)
+        order = np.argsort(groups, kind="stable")
+        groups = groups[order]
+        added = 0
+        start = 0
+        while start < len(ids):
+            stop = min(start + self.write_chunk_users, len(ids))
+            if stop < len(ids):  # extend to the end of the group that straddles the cut
+                stop = int(np.searchsorted(groups, groups[stop - 1], side="right"))
+            rows = order[start:stop]
+            chunk_added = self._write_chunk(version, groups[start:stop], ids[rows], rec_bytes[rows])
+            self._redis.hincrby(self.meta_key(version), "users_written", chunk_added)
+            added += chunk_added
+            start = stop
+        return added
+
+    def publish(
+        self, version: str, keep: int = 3, expected_users: int | None = None
+    ) -> VersionInfo:
+        """Verify ``version``, make it current with one atomic flip, then apply retention.
+
+        Verification counts the users actually stored (HLEN over every group) and checks that
+        every group kept the compact encoding. The flip (one Lua script) sets the pointer,
+        marks the version published, adds it to the versions index and records the flip in
+        the history. Then published versions older than the last ``keep`` are deleted; the
+        new current and the one it replaced are never deleted.
+
+        Args:
+            version: a version whose writers have all finished.
+            keep: published versions to retain (at least 1; the previous one is kept anyway).
+            expected_users: users the version must hold (default: the ``expected_users`` given
+                to :meth:`begin_version`, if any).
+
+        Returns:
+            The published version's info.
+
+        Raises:
+            IncompleteVersionError: the count differs from ``expected_users``, or is zero.
+            VersionStateError: the version is missing, already published or being deleted.
+            LooseEncodingError: over 1% of the groups are not compact (with
+                ``on_loose_encoding="raise"``; fewer only log a warning).
+        """
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        info = self._require(version)
+        if info.status not in (WRITING, READY):
+            hint = " (use rollback to make it current again)" if info.status == PUBLISHED else ""
+            raise VersionStateError(f"version {version!r} is {info.status}{hint}")
+        n_users, loose = self._verify_groups(version, info.n_groups)
+        expected = expected_users if expected_users is not None else info.expected_users
+        if n_users == 0 or (expected is not None and n_users != expected):
+            raise IncompleteVersionError(
+                f"version {version!r} holds {n_users} users, expected "
+                f"{expected if expected is not None else 'at least one'}; current unchanged"
+            )
+        if loose:
+            message = (
+                f"version {version!r}: {loose} of {info.n_groups} groups are not in the "
+                "compact encoding (raise hash-max-listpack-entries/-value or use more groups)"
+            )
+            # a stray oversized group costs little; a misconfigured server costs 5x memory
+            if loose * 100 > info.n_groups:
+                self._loose(message)
+            else:
+                log.warning(message)
+        self._redis.hset(self.meta_key(version), mapping={"status": READY, "n_users": n_users})
+        previous = self._flip(version, READY, "publish")
+        self._apply_retention(keep, protect={version, previous})
+        published = self.info(version)
+        assert published is not None
+        return published
+
+    def rollback(self, to: str | None = None) -> str:
+        """Make a retained, previously published version current again.
+
+        Args:
+            to: the version to return to; default the one published before the current one.
+
+        Returns:
+            The version that is now current.
+
+        Raises:
+            VersionStateError: nothing is published, there is no older retained version, or
+                ``to`` is not a retained published version.
+        """
+        current = self.current()
+        if current is None:
+            raise VersionStateError("nothing is published: nothing to roll back")
+        if to is None:
+            retained = self.versions()
+            if current not in retained or retained.index(current) == 0:
+                raise VersionStateError(
+                    f"no retained version older than {current!r}; retained: {retained}"
+                )
+            to = retained[retained.index(current) - 1]
+        elif to == current:
+            return current
+        self._flip(to, PUBLISHED, "rollback")
+        return to
+
+    def discard(self, version: str) -> int:
+        """Delete every key of a version that must not (or no longer) be served.
+
+        For a failed job: the current version is untouched. Stop the version's writers first;
+        a write that lands after the discard leaves stray keys (discard again to sweep them).
+
+        Returns:
+            Number of keys deleted.
+
+        Raises:
+            VersionStateError: ``version`` is the current version.
+        """
+        if not self._mark_deleting(version):
+            raise VersionStateError(f"version {version!r} is current; publish or roll back first")
+        return self._delete_keys(version)
+
+    def current(self) -> str | None:
+        """The version readers see now, or None before the first publish."""
+        raw = self._redis.get(self.pointer_key())
+        return None if raw is None else _text(raw)
+
+    def versions(self) -> list[str]:
+        """Published, retained versions, oldest first."""
+        return [_text(v) for v in self._redis.zrange(self.versions_key(), 0, -1)]
+
+    def info(self, version: str) -> VersionInfo | None:
+        """Everything in the meta hash of ``version``, or None if it does not exist."""
+        raw = self._redis.hgetall(self.meta_key(version))
+        if not raw or b"layout" not in raw:
+            return None
+        m = {_text(k): _text(v) for k, v in raw.items()}
+        return VersionInfo(
+            version=version,
+            status=m["status"],
+            layout=RecordLayout.from_json(m["layout"]),
+            n_groups=int(m["n_groups"]),
+            created_at=m["created_at"],
+            as_of=m.get("as_of"),
+            published_at=m.get("published_at"),
+            users_written=int(m.get("users_written", 0)),
+            n_users=int(m["n_users"]) if "n_users" in m else None,
+            expected_users=int(m["expected_users"]) if "expected_users" in m else None,
+            meta=json.loads(m.get("meta", "{}")),
+        )
+
+    def history(self, limit: int = 20) -> list[dict[str, str]]:
+        """The latest pointer flips, newest first: ``{action, version, previous, at}``."""
+        return [json.loads(x) for x in self._redis.lrange(self.history_key(), 0, limit - 1)]
+
+    # -------------------------------------------------------------------------------- reads
+
+    def get(self, user_id: int) -> tuple[str, dict[str, Any]] | None:
+        """The current record of one user, with the version it came from.
+
+        Returns:
+            ``(version, record)``, or None when the user is absent or nothing is published.
+        """
+        version, found, records = self._read(np.asarray([user_id], dtype=np.int64))
+        if version is None or not found[0]:
+            return None
+        return version, decode(records, self._read_meta(version).layout)
+
+    def get_many(
+        self, user_ids: Sequence[int] | np.ndarray
+    ) -> tuple[str | None, list[dict[str, Any] | None]]:
+        """Records of up to ``max_batch`` users, all from one version, in input order.
+
+        Returns:
+            ``(version, records)`` with None for absent users; ``(None, [None, ...])`` before
+            the first publish.
+
+        Raises:
+            ValueError: more than ``max_batch`` users.
+        """
+        ids = np.asarray(user_ids, dtype=np.int64).ravel()
+        if len(ids) > self.max_batch:
+            raise ValueError(f"at most {self.max_batch} users per batch, got {len(ids)}")
+        version, found, records = self._read(ids)
+        out: list[dict[str, Any] | None] = [None] * len(ids)
+        if version is None or not records:
+            return version, out
+        decoded = iter(decode_many(records, self._read_meta(version).layout))
+        for i in np.flatnonzero(found).tolist():
+            out[i] = next(decoded)
+        return version, out
+
+    def close(self) -> None:
+        """Close the client if this store created it."""
+        if self._owns_client:
+            self._redis.close()
+
+    def __enter__(self) -> SegmentStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------ private
+
+    def _read(self, ids: np.ndarray) -> tuple[str | None, np.ndarray, bytes]:
+        """One consistent read: (version read, found mask, found records back to back)."""
+        if len(ids) and ids.min() < 0:
+            raise ValueError("user ids must be non-negative")
+        fields = user_fields(ids)
+        prefix = f"{self.namespace}:v:"
+        for _ in range(_READ_ATTEMPTS):
+            assumed = self._assumed_version
+            try:
+                meta = self._read_meta(assumed) if assumed else None
+            except VersionStateError:  # evicted from the cache and deleted since
+                assumed, meta = "", None
+            groups = ""
+            if meta is not None:
+                if len(ids) == 1:  # the scalar path is ~10x faster than numpy for one id
+                    groups = str(group_of(int(ids[0]), meta.n_groups))
+                else:
+                    groups = " ".join(map(str, group_of(ids, meta.n_groups).tolist()))
+            reply = self._read_script(
+                keys=[self.pointer_key()], args=[assumed, prefix, groups, fields]
+            )
+            if not reply:
+                return None, np.zeros(len(ids), dtype=bool), b""
+            version = _text(reply[0])
+            if len(reply) == 3 and version == assumed:
+                found = np.frombuffer(reply[1], dtype=np.uint8) == ord("1")
+                records = bytes(reply[2])
+                assert meta is not None
+                if len(records) != int(found.sum()) * meta.layout.size:
+                    raise SegmentStoreError(
+                        f"version {version!r} holds records that are not {meta.layout.size} "
+                        "bytes: written with another layout?"
+                    )
+                return version, found, records
+            self._read_meta(version)  # learn the new version's n_groups and layout
+            self._assumed_version = version
+        raise SegmentStoreError(f"the pointer moved {_READ_ATTEMPTS} times during one read")
+
+    def _read_meta(self, version: str) -> _ReadMeta:
+        cached = self._read_meta_cache.get(version)
+        if cached is not None:
+            return cached
+        n_groups, layout = self._redis.hmget(self.meta_key(version), ["n_groups", "layout"])
+        if n_groups is None or layout is None:
+            raise VersionStateError(f"version {version!r} has no meta")
+        meta = _ReadMeta(int(n_groups), RecordLayout.from_json(layout))
+        with self._lock:
+            while len(self._read_meta_cache) >= _META_CACHE:
+                self._read_meta_cache.pop(next(iter(self._read_meta_cache)))
+            self._read_meta_cache[version] = meta
+        return meta
+
+    def _write_chunk(
+        self, version: str, groups: np.ndarray, ids: np.ndarray, recs: np.ndarray
+    ) -> int:
+        """Frame one HSET per group with numpy and send them pipelined; returns users added.
+
+        ``groups`` is sorted and gives the group of each row of ``ids`` / ``recs``.
+        """
+        n, size = recs.shape
+        if n == 0:
+            return 0
+        # RESP request framing is fixed-size per user: $8 <field> $<size> <value>
+        head, mid, tail = b"$8\r\n", b"\r\n$%d\r\n" % size, b"\r\n"
+        a = len(head)
+        b = a + _FIELD_BYTES
+        c = b + len(mid)
+        d = c + size
+        width = d + len(tail)
+        frames = np.empty((n, width), dtype=np.uint8)
+        frames[:, :a] = np.frombuffer(head, dtype=np.uint8)
+        frames[:, a:b] = ids.astype(">i8").view(np.uint8).reshape(n, _FIELD_BYTES)
+        frames[:, b:c] = np.frombuffer(mid, dtype=np.uint8)
+        frames[:, c:d] = recs
+        frames[:, d:] = np.frombuffer(tail, dtype=np.uint8)
+        body = frames.tobytes()
+        del frames
+        starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+        ends = np.r_[starts[1:], n]
+        prefix = self.group_key(version, 0)[:-1]
+        batch: list[bytes] = []
+        batch_bytes = 0
+        with self._connection() as conn:
+            # send everything, then read the replies: Redis buffers its (tiny) replies and
+            # works through the commands while the rest is still being sent
+            for s, e, g in zip(
+                starts.tolist(), ends.tolist(), groups[starts].tolist(), strict=True
+            ):
+                key = f"{prefix}{g}".encode()
+                batch.append(
+                    b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * (e - s), len(key), key)
+                )
+                batch.append(body[s * width : e * width])
+                batch_bytes += (e - s) * width
+                if batch_bytes >= _SEND_BYTES:
+                    conn.send_packed_command([b"".join(batch)])
+                    batch, batch_bytes = [], 0
+            if batch:
+                conn.send_packed_command([b"".join(batch)])
+            return sum(int(conn.read_response()) for _ in range(len(starts)))
+
+    def _connection(self) -> _Checkout:
+        return _Checkout(self._redis.connection_pool)
+
+    def _check_compact_plan(
+        self, layout: RecordLayout, n_groups: int, expected_users: int | None
+    ) -> None:
+        limits = self.compact_limits()
+        if max(layout.size, _FIELD_BYTES) > limits.max_value_bytes:
+            self._loose(
+                f"records of {layout.size} bytes exceed hash-max-listpack-value "
+                f"({limits.max_value_bytes}): groups would use the large hashtable encoding"
+            )
+        if expected_users:
+            biggest = expected_max_group_size(expected_users, n_groups)
+            if biggest > limits.max_entries:
+                self._loose(
+                    f"{expected_users} users in {n_groups} groups may put {biggest} users in "
+                    f"one group, over hash-max-listpack-entries ({limits.max_entries}); use "
+                    f"n_groups={n_groups_for(expected_users, max_entries=limits.max_entries)}"
+                )
+
+    def _loose(self, message: str) -> None:
+        if self.on_loose_encoding == "raise":
+            raise LooseEncodingError(message)
+        log.warning(message)
+
+    def _verify_groups(self, version: str, n_groups: int) -> tuple[int, int]:
+        """(users stored, groups not in a compact encoding), pipelined over every group."""
+        n_users = 0
+        loose = 0
+        for start in range(0, n_groups, _VERIFY_BATCH):
+            pipe = self._redis.pipeline(transaction=False)
+            for g in range(start, min(n_groups, start + _VERIFY_BATCH)):
+                key = self.group_key(version, g)
+                pipe.hlen(key)
+                pipe.object("encoding", key)
+            replies = pipe.execute()
+            for length, encoding in zip(replies[0::2], replies[1::2], strict=True):
+                n_users += int(length)
+                if length and encoding not in _COMPACT_ENCODINGS:
+                    loose += 1
+        return n_users, loose
+
+    def _require(self, version: str) -> VersionInfo:
+        info = self.info(version)
+        if info is None:
+            raise VersionStateError(f"version {version!r} does not exist")
+        return info
+
+    def _flip(self, version: str, required_status: str, action: str) -> str:
+        ok, detail = self._flip_script(
+            keys=[
+                self.pointer_key(),
+                self.meta_key(version),
+                self.versions_key(),
+                self.history_key(),
+                self.seq_key(),
+            ],
+            args=[version, required_status, _now(), action, _HISTORY_LEN],
+        )
+        if not ok:
+            status = _text(detail) or "missing"
+            raise VersionStateError(
+                f"cannot {action} {version!r}: it is {status}, must be {required_status}"
+                + (" (not retained)" if status in ("missing", DELETING) else "")
+            )
+        return _text(detail)
+
+    def _apply_retention(self, keep: int, protect: set[str]) -> None:
+        retained = self.versions()
+        keep_set = set(retained[-keep:]) | protect
+        for old in retained:
+            if old not in keep_set and self._mark_deleting(old):
+                self._delete_keys(old)
+
+    def _mark_deleting(self, version: str) -> bool:
+        return bool(
+            self._mark_deleting_script(
+                keys=[self.pointer_key(), self.meta_key(version), self.versions_key()],
+                args=[version],
+            )
+        )
+
+    def _delete_keys(self, version: str) -> int:
+        """UNLINK the groups (known from meta), any strays (SCAN by prefix), then the meta."""
+        n_groups_raw = self._redis.hget(self.meta_key(version), "n_groups")
+        deleted = 0
+        if n_groups_raw is not None:
+            keys = (self.group_key(version, g) for g in range(int(_text(n_groups_raw))))
+            deleted += self._unlink(keys)
+        pattern = self.version_prefix(version) + "g:*"
+        deleted += self._unlink(self._redis.scan_iter(match=pattern, count=1000))
+        deleted += int(self._redis.unlink(self.meta_key(version)))
+        return deleted
+
+    def _unlink(self, keys: Iterator[str | bytes]) -> int:
+        deleted = 0
+        batch: list[str | bytes] = []
+        for key in keys:
+            batch.append(key)
+            if len(batch) >= _UNLINK_BATCH:
+                deleted += int(self._redis.unlink(*batch))
+                batch = []
+        if batch:
+            deleted += int(self._redis.unlink(*batch))
+        return deleted
+
+
+class _Checkout:
+    """A pooled connection for hand-framed commands; dropped (not reused) after any error,
+    since unread replies would corrupt the next user of the connection."""
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self._pool = pool
+        self._conn: Any = None
+
+    def __enter__(self) -> Any:
+        self._conn = self._pool.get_connection()
+        return self._conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            self._conn.disconnect()
+        self._pool.release(self._conn)
+
+
+def _check_version(version: str) -> None:
+    if not _VERSION_RE.match(version):
+        raise ValueError(
+            f"bad version id {version!r}: 1-64 letters, digits and ._- (starting alphanumeric)"
+        )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
