@@ -52,11 +52,16 @@ def ray_session(settings: Settings, num_cpus: int | None = None) -> Iterator[Any
 
 @contextlib.contextmanager
 def redis_session(settings: Settings) -> Iterator[str]:
-    """Yield a Redis URL: ``STRATA_REDIS_URL`` or an embedded redis-server for this run."""
+    """Yield a Redis URL: ``STRATA_REDIS_URL``, else an embedded redis-server for this run.
+
+    With a local data root the embedded server keeps its dataset in ``<data>/redis/`` between
+    runs, so what `strata recompute` published is there for `strata serve` and `rollback`.
+    """
     if settings.redis_url:
         yield settings.redis_url
         return
-    with EmbeddedRedis() as server:
+    persist = None if "://" in settings.data else os.path.join(settings.data, "redis")
+    with EmbeddedRedis(persist_dir=persist) as server:
         yield server.url
 
 

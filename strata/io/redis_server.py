@@ -57,11 +57,18 @@ class EmbeddedRedis:
     Args:
         port: port to listen on (default: a free one).
         maxmemory: optional ``maxmemory`` setting, e.g. ``"2gb"``.
+        persist_dir: keep the dataset between runs: load ``dump.rdb`` from this folder at start
+            and save it there at stop (the local default keeps published snapshots this way,
+            so `strata recompute` and then `strata serve` see the same data). None: nothing is
+            saved.
     """
 
-    def __init__(self, port: int | None = None, maxmemory: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, maxmemory: str | None = None, persist_dir: str | None = None
+    ) -> None:
         self.port = port or free_port()
         self.maxmemory = maxmemory
+        self.persist_dir = persist_dir
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -82,14 +89,20 @@ class EmbeddedRedis:
         if self.running:
             return self
         binary = find_redis_server()
-        self._dir = tempfile.TemporaryDirectory(prefix="strata-redis-")
+        if self.persist_dir:
+            os.makedirs(self.persist_dir, exist_ok=True)
+            workdir = self.persist_dir
+        else:
+            self._dir = tempfile.TemporaryDirectory(prefix="strata-redis-")
+            workdir = self._dir.name
         args = [
             binary,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
-            "--dir", self._dir.name,
+            "--dir", workdir,
+            "--dbfilename", "dump.rdb",
             "--daemonize", "no",
             "--protected-mode", "yes",
         ]  # fmt: skip
@@ -117,6 +130,12 @@ class EmbeddedRedis:
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 5 s) and remove its directory."""
         if self._proc is not None:
+            if self._proc.poll() is None and self.persist_dir:
+                try:
+                    client = redis.Redis(port=self.port, socket_timeout=60)
+                    client.shutdown(save=True)  # writes dump.rdb, then exits
+                except redis.exceptions.ConnectionError:
+                    pass  # the server closes the connection as it exits
             if self._proc.poll() is None:
                 self._proc.terminate()
                 try:

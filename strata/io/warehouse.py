@@ -66,15 +66,20 @@ class PartFile:
     min_ts_ms: int | None = None
     max_ts_ms: int | None = None
     sorted: bool = False
+    #: the columns the producer supplied (None: all of the schema)
+    columns: list[str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "rows": self.rows,
             "min_ts_ms": self.min_ts_ms,
             "max_ts_ms": self.max_ts_ms,
             "sorted": self.sorted,
         }
+        if self.columns is not None:
+            out["columns"] = self.columns
+        return out
 
 
 @dataclass
@@ -90,7 +95,7 @@ class WriteResult:
         return sum(p.rows for p in self.parts if p.table == table)
 
 
-def _bucket_dir_name(bucket: int, n_buckets: int) -> str:
+def bucket_dir_name(bucket: int, n_buckets: int) -> str:
     width = max(3, len(str(n_buckets - 1)))
     return f"bucket={bucket:0{width}d}"
 
@@ -202,7 +207,7 @@ class Warehouse:
 
     # ------------------------------------------------------------------ paths
     def bucket_dir(self, table: str, bucket: int) -> str:
-        return posixpath.join(self.root, table, _bucket_dir_name(bucket, self.n_buckets))
+        return posixpath.join(self.root, table, bucket_dir_name(bucket, self.n_buckets))
 
     def bucket_files(self, table: str, bucket: int) -> list[str]:
         """Full paths of the committed part files of one bucket, in commit order."""
@@ -236,6 +241,7 @@ class Warehouse:
         write_id: str,
         sort: bool = False,
         already_sorted: bool = False,
+        columns: Sequence[str] | None = None,
     ) -> PartFile:
         """Write one part file into a bucket (not yet committed).
 
@@ -246,6 +252,8 @@ class Warehouse:
             write_id: unique id of this write; becomes the file name.
             sort: sort by the table's sort keys before writing.
             already_sorted: the caller guarantees the rows are sorted.
+            columns: the columns the source really supplied, when not all of the schema
+                (recorded, so readers treat the others as unknown rather than empty).
         """
         schema = TABLE_SCHEMAS[table_name]
         table = conform(table, schema)
@@ -260,10 +268,22 @@ class Warehouse:
         name = f"part-{write_id}.parquet"
         pq.write_table(table, posixpath.join(d, name), filesystem=self.fs, **PARQUET_OPTIONS)
         lo, hi = _ts_range_ms(table)
-        return PartFile(table_name, bucket, name, table.num_rows, lo, hi, sort or already_sorted)
+        given = None if columns is None else [c for c in schema.names if c in set(columns)]
+        return PartFile(
+            table_name, bucket, name, table.num_rows, lo, hi, sort or already_sorted, given
+        )
 
-    def write_partitioned(self, table_name: str, table: pa.Table, write_id: str) -> WriteResult:
-        """Split rows by bucket and write one part per touched bucket (not yet committed)."""
+    def write_partitioned(
+        self,
+        table_name: str,
+        table: pa.Table,
+        write_id: str,
+        columns: Sequence[str] | None = None,
+    ) -> WriteResult:
+        """Split rows by bucket and write one part per touched bucket (not yet committed).
+
+        ``columns``: as in :meth:`write_bucket`.
+        """
         result = WriteResult()
         if table.num_rows == 0:
             return result
@@ -277,7 +297,9 @@ class Warehouse:
         for s, e in zip(starts, ends, strict=True):
             b = int(sorted_buckets[s])
             result.parts.append(
-                self.write_bucket(table_name, b, table.slice(s, e - s), write_id, sort=True)
+                self.write_bucket(
+                    table_name, b, table.slice(s, e - s), write_id, sort=True, columns=columns
+                )
             )
         return result
 
@@ -323,27 +345,62 @@ class Warehouse:
 
     # ------------------------------------------------------------------ reading
     def read_bucket(
-        self, table_name: str, bucket: int, columns: Sequence[str] | None = None
+        self,
+        table_name: str,
+        bucket: int,
+        columns: Sequence[str] | None = None,
+        read_dictionary: Sequence[str] | None = None,
     ) -> pa.Table:
         """All committed rows of one bucket (sorted by the table's keys if compacted).
+
+        Args:
+            table_name: ``events`` or ``users``.
+            bucket: the bucket.
+            columns: columns to read (default: all).
+            read_dictionary: string columns to read dictionary-encoded (faster to filter and
+                group; nested ones as ``categories.list.element``).
 
         Raises:
             WarehouseError: a listed file is missing or unreadable (names the file).
         """
         schema = TABLE_SCHEMAS[table_name]
         files = self.bucket_files(table_name, bucket)
+        cols = list(columns) if columns is not None else schema.names
         if not files:
-            cols = list(columns) if columns is not None else schema.names
             return schema.empty_table().select(cols)
         tables = []
         for path in files:
             try:
-                tables.append(
-                    pq.read_table(path, filesystem=self.fs, columns=columns, schema=schema)
+                t = pq.read_table(
+                    path,
+                    filesystem=self.fs,
+                    columns=cols,
+                    read_dictionary=list(read_dictionary) if read_dictionary else None,
+                    partitioning=None,
                 )
             except (OSError, pa.ArrowException) as exc:
                 raise WarehouseError(f"cannot read warehouse file {path}: {exc}") from exc
-        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+            missing = [c for c in cols if c not in t.column_names]
+            if missing:
+                raise WarehouseError(f"warehouse file {path} lacks columns {missing}")
+            tables.append(t.select(cols))
+        if len(tables) == 1:
+            return tables[0]
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def bucket_columns(self, table_name: str, bucket: int) -> list[str]:
+        """Columns whose values every committed part of the bucket actually carries.
+
+        Imported parts record the source columns they were given (the others are null in the
+        file, meaning "unknown", not "none"); feature code reads only these.
+        """
+        entry = self.manifest["tables"][table_name]["buckets"].get(str(bucket))
+        names = list(TABLE_SCHEMAS[table_name].names)
+        for part in entry["parts"] if entry else []:
+            given = part.get("columns")
+            if given is not None:
+                names = [c for c in names if c in given]
+        return names
 
     def read_table(self, table_name: str, columns: Sequence[str] | None = None) -> pa.Table:
         """Every committed row of a table (small data only: tests, reports, demos)."""
@@ -371,8 +428,14 @@ class Warehouse:
             _, first_rev = np.unique(ids[::-1], return_index=True)
             keep = np.sort(idx[::-1][first_rev])
             table = table.take(pa.array(keep))
+        given = self.bucket_columns(table_name, bucket)
         part = self.write_bucket(
-            table_name, bucket, table, f"compact-{uuid.uuid4().hex[:12]}", sort=True
+            table_name,
+            bucket,
+            table,
+            f"compact-{uuid.uuid4().hex[:12]}",
+            sort=True,
+            columns=None if len(given) == len(TABLE_SCHEMAS[table_name]) else given,
         )
         self.commit(WriteResult([part]), "compact", replace_buckets=[(table_name, bucket)])
         return part

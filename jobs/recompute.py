@@ -1,0 +1,343 @@
+"""`strata recompute`: features, RFM tiers, lifecycle and tags for every user, on Ray actors.
+
+Pass 1: N FeatureShardActors compute per-user features of their buckets and return mergeable
+RFM partials. The driver merges them (global cut points) and broadcasts. Pass 2: actors score,
+tier and write the snapshot (one Parquet file per bucket). The driver writes the manifest last
+(the snapshot is complete), then pass 3: actors write their users into Redis under the new
+version and the driver flips the version pointer in one atomic step. Any failure before the
+flip discards the new version: the current one stays current.
+
+Run locally (`python -m jobs.recompute --as-of ...`) or on a cluster with
+`ray job submit --working-dir . -- python -m jobs.recompute --as-of ...`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from jobs._runtime import console, progress, ray_session, redis_session, summary_table
+from strata.features import RfmPartials
+from strata.ids import assign
+from strata.io.segment_store import SegmentStore
+from strata.io.snapshots import SnapshotStore
+from strata.io.warehouse import Warehouse
+from strata.schema import SCHEMA_VERSION
+from strata.scoring import NEW_USER, RecomputeConfig, merge_counts
+from strata.segment_codec import n_groups_for, snapshot_layout
+from strata.settings import Settings
+
+NAMESPACE = "strata"
+
+
+class RecomputeError(RuntimeError):
+    """The recompute failed; nothing was published."""
+
+
+@dataclass
+class RecomputeResult:
+    version: str
+    as_of: str
+    users: int
+    tiers: dict[str, int]
+    stages: dict[str, int]
+    transitions: dict[str, dict[str, int]]
+    previous_version: str | None
+    published: bool
+    snapshot_path: str
+    timings: dict[str, float] = field(default_factory=dict)
+    max_actor_rss_mb: float = 0.0
+
+
+def parse_as_of(text: str) -> dt.datetime:
+    """An as-of time: ISO date or date-time; naive means UTC+8 (platform time)."""
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--as-of {text!r} is not an ISO date or date-time") from exc
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    return value.astimezone(dt.UTC)
+
+
+def _ray_error(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    return str(cause) if cause is not None else str(exc)
+
+
+class RecomputeJob:
+    """One recompute run.
+
+    Args:
+        settings: runtime settings (data root, Redis, Ray).
+        as_of: the as-of instant (aware datetime).
+        actors: number of feature actors (default: the cluster's CPUs).
+        publish: write the snapshot into Redis and flip the pointer.
+        config_dir: folder of the YAML configs (default: the repository's configs/).
+        keep_versions: Redis versions kept for rollback.
+        on_phase: test hook called as ``on_phase(phase, actors)`` after each pass.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        as_of: dt.datetime,
+        actors: int | None = None,
+        publish: bool = True,
+        config_dir: str | None = None,
+        keep_versions: int = 3,
+        on_phase: Callable[[str, list[Any]], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.as_of = as_of
+        self.as_of_ms = int(as_of.timestamp() * 1000)
+        self.n_actors = actors
+        self.publish = publish
+        self.keep_versions = keep_versions
+        self.on_phase = on_phase
+        # invalid configs fail here, before any work
+        self.config = RecomputeConfig.load(config_dir)
+
+    def run(self) -> RecomputeResult:
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+        warehouse = Warehouse(self.settings.data)
+        buckets = sorted(set(warehouse.buckets("events")) | set(warehouse.buckets("users")))
+        if not buckets:
+            raise RecomputeError(f"the warehouse at {warehouse.root} holds no events or users")
+        rows = warehouse.bucket_rows("events")
+        snapshots = SnapshotStore(self.settings.data)
+        previous = snapshots.latest_before(self.as_of_ms)
+        version = dt.datetime.now(dt.UTC).strftime("v%Y%m%dT%H%M%S%fZ")
+        with ray_session(self.settings) as ray:
+            from actors.feature_shard import FeatureShardActor
+
+            cpus = float(ray.cluster_resources().get("CPU", 1))
+            n = min(self.n_actors or max(1, int(cpus)), len(buckets))
+            # more actors than CPUs share them, rather than wait forever for a free one
+            cpus_per_actor = min(1.0, cpus / n)
+            plan = [p for p in assign(buckets, n, [rows.get(b, 0) + 1 for b in buckets]) if p]
+            config_ref = ray.put(self.config)
+            shards: list[Any] = [
+                FeatureShardActor.options(num_cpus=cpus_per_actor).remote(
+                    self.settings.data, p, self.as_of_ms, config_ref
+                )
+                for p in plan
+            ]
+            try:
+                t0 = time.perf_counter()
+                firsts = self._gather(ray, [s.features.remote() for s in shards], "features")
+                merged: RfmPartials = firsts[0]["partials"]
+                for f in firsts[1:]:
+                    merged = merged.merge(f["partials"])
+                timings["features_s"] = time.perf_counter() - t0
+                self._hook("features", shards)
+
+                t0 = time.perf_counter()
+                partials_ref = ray.put(merged)
+                scores = self._gather(
+                    ray,
+                    [s.score.remote(partials_ref, version, previous) for s in shards],
+                    "scoring",
+                )
+                timings["scoring_s"] = time.perf_counter() - t0
+                self._hook("scoring", shards)
+            except Exception as exc:
+                snapshots.delete(version)
+                raise RecomputeError(
+                    f"recompute failed, nothing published: {_ray_error(exc)}"
+                ) from exc
+
+            tiers = merge_counts([t for s in scores for t in s["tiers"]])
+            stages = merge_counts([t for s in scores for t in s["stages"]])
+            moves = merge_counts([t for s in scores for t in s["transitions"]])
+            users = sum(f["users"] for f in firsts)
+            manifest: dict[str, Any] = {
+                "version": version,
+                "as_of": self.as_of.isoformat(),
+                "as_of_ms": self.as_of_ms,
+                "schema_version": SCHEMA_VERSION,
+                "config_sha256": self.config.digest(),
+                "previous_version": previous,
+                "inputs": {
+                    "buckets": len(buckets),
+                    "events": warehouse.summary()["events"]["rows"],
+                    "users": warehouse.summary()["users"]["rows"],
+                    "warehouse_updated_at": warehouse.manifest["updated_at"],
+                },
+                "outputs": {"users": users, "tiers": tiers, "lifecycle_stages": stages},
+                "transitions": moves,
+                "actors": len(shards),
+                "published": False,
+                "timings": timings,
+            }
+            snapshots.write_manifest(version, manifest)
+
+            published = False
+            if self.publish:
+                t0 = time.perf_counter()
+                try:
+                    self._publish(ray, shards, version, users, manifest)
+                except Exception as exc:
+                    raise RecomputeError(
+                        f"publish failed; snapshot {version} kept on disk but not published, "
+                        f"the current Redis version is unchanged: {_ray_error(exc)}"
+                    ) from exc
+                timings["publish_s"] = time.perf_counter() - t0
+                published = True
+            timings["total_s"] = time.perf_counter() - t_start
+            manifest["published"] = published
+            manifest["timings"] = timings
+            snapshots.write_manifest(version, manifest)
+            for s in shards:
+                ray.kill(s)
+        return RecomputeResult(
+            version=version,
+            as_of=self.as_of.isoformat(),
+            users=users,
+            tiers=tiers,
+            stages=stages,
+            transitions=moves,
+            previous_version=previous,
+            published=published,
+            snapshot_path=snapshots.path(version),
+            timings=timings,
+            max_actor_rss_mb=max(s["max_rss_mb"] for s in scores),
+        )
+
+    def _hook(self, phase: str, shards: list[Any]) -> None:
+        if self.on_phase is not None:
+            self.on_phase(phase, shards)
+
+    def _gather(self, ray: Any, refs: list[Any], what: str) -> list[Any]:
+        """Wait for all refs with a progress bar; results in the order of ``refs``."""
+        index = {ref: i for i, ref in enumerate(refs)}
+        results: list[Any] = [None] * len(refs)
+        pending = list(refs)
+        with progress() as bar:
+            task = bar.add_task(what, total=len(refs))
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    results[index[ref]] = ray.get(ref)
+                    bar.advance(task)
+        return results
+
+    def _publish(
+        self, ray: Any, shards: list[Any], version: str, users: int, manifest: dict[str, Any]
+    ) -> None:
+        layout = snapshot_layout(self.config.tiers.tier_names)
+        with redis_session(self.settings) as url:
+            store = SegmentStore(url, namespace=NAMESPACE)
+            store.begin_version(
+                version,
+                layout,
+                n_groups_for(users),
+                {"as_of": manifest["as_of"], "config_sha256": manifest["config_sha256"]},
+            )
+            try:
+                layout_json = layout.model_dump_json()
+                self._gather(
+                    ray,
+                    [s.publish.remote(url, NAMESPACE, version, layout_json) for s in shards],
+                    "publishing",
+                )
+                store.publish(version, keep=self.keep_versions, expected_users=users)
+            except Exception:
+                store.discard(version)
+                raise
+            finally:
+                store.close()
+
+
+def transition_table(moves: dict[str, dict[str, int]], tier_names: list[str]) -> Table:
+    """Previous tier (rows) x new tier (columns)."""
+    table = Table(title="tier transitions (previous -> now)", header_style="bold")
+    table.add_column("previous")
+    for name in tier_names:
+        table.add_column(name, justify="right")
+    for prev in [*tier_names, NEW_USER]:
+        row = moves.get(prev, {})
+        if row:
+            table.add_row(prev, *(f"{row.get(t, 0):,}" for t in tier_names))
+    return table
+
+
+def command(
+    data: str = typer.Option("./data", "--data", help="Data root."),
+    as_of: str = typer.Option(..., "--as-of", help="As-of time (ISO; naive = UTC+8)."),
+    actors: int | None = typer.Option(None, "--actors", min=1, help="Feature actors."),
+    no_publish: bool = typer.Option(False, "--no-publish", help="Snapshot only, no Redis."),
+    config_dir: str | None = typer.Option(None, "--config-dir", help="Folder of YAML configs."),
+    keep: int = typer.Option(3, "--keep", min=2, help="Redis versions kept for rollback."),
+) -> None:
+    """Recompute features, tiers and lifecycle for every user; publish to Redis atomically."""
+    settings = Settings(data=data)
+    job = RecomputeJob(
+        settings,
+        parse_as_of(as_of),
+        actors=actors,
+        publish=not no_publish,
+        config_dir=config_dir,
+        keep_versions=keep,
+    )
+    result = job.run()
+    print_result(result, job.config.tiers.tier_names)
+
+
+def print_result(result: RecomputeResult, tier_names: list[str]) -> None:
+    """The tier table, the transition matrix and the run summary."""
+    tiers = Table(title=f"tiers as of {result.as_of}", header_style="bold")
+    tiers.add_column("tier")
+    tiers.add_column("users", justify="right")
+    tiers.add_column("share", justify="right")
+    for name in tier_names:
+        n = result.tiers.get(name, 0)
+        tiers.add_row(name, f"{n:,}", f"{n / max(result.users, 1):.1%}")
+    console.print(tiers)
+    if result.previous_version is not None:
+        console.print(transition_table(result.transitions, tier_names))
+    console.print(
+        summary_table(
+            "recompute",
+            [
+                ("version", result.version),
+                ("previous version", result.previous_version or "-"),
+                ("users", result.users),
+                *[(f"lifecycle {k}", v) for k, v in sorted(result.stages.items())],
+                ("published to Redis", "yes" if result.published else "no"),
+                ("snapshot", result.snapshot_path),
+                *[(k, v) for k, v in result.timings.items()],
+            ],
+        )
+    )
+
+
+def rollback(
+    data: str = typer.Option("./data", "--data", help="Data root."),
+    to: str | None = typer.Option(None, "--to", help="Version (default: the previous one)."),
+) -> None:
+    """Point online lookups back at a previous published version."""
+    settings = Settings(data=data)
+    with redis_session(settings) as url:
+        store = SegmentStore(url, namespace=NAMESPACE)
+        before = store.current()
+        after = store.rollback(to)
+        versions = store.versions()
+        store.close()
+    console.print(
+        summary_table(
+            "rollback",
+            [("was", before or "-"), ("now", after), ("retained", ", ".join(versions))],
+        )
+    )
+
+
+if __name__ == "__main__":
+    typer.run(command)

@@ -1,0 +1,204 @@
+"""Tier assignment: RFM score bands, the churn-warning override, hysteresis, explanations.
+
+Thresholds, weights and names come from configs/tiers.yaml (:class:`TierRules`). Every user
+gets ``tier``, the rule that fired (``tier_rule``) and a human-readable ``tier_explanation``
+built from the values the rule used.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, model_validator
+
+from strata.config import StrictModel, config_path, load_yaml
+from strata.lifecycle import STAGES
+
+RULE_BAND = "score_band"
+RULE_HOLD = "hysteresis_hold"
+RULE_CHURN = "churn_warning"
+
+
+class RfmWeights(StrictModel):
+    recency: float = Field(ge=0, le=1)
+    frequency: float = Field(ge=0, le=1)
+    monetary: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> RfmWeights:
+        total = self.recency + self.frequency + self.monetary
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"weights must sum to 1, got {total:g}")
+        return self
+
+
+class Band(StrictModel):
+    name: str = Field(min_length=1)
+    min_score: float = Field(ge=0, le=1)
+
+
+class ChurnWarning(StrictModel):
+    name: str = "churn_warning"
+    lifecycle_stages: list[str] = Field(default_factory=lambda: ["declining", "churned"])
+    min_ltv_cny: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _known_stages(self) -> ChurnWarning:
+        unknown = [s for s in self.lifecycle_stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown lifecycle stages {unknown}; allowed: {list(STAGES)}")
+        return self
+
+
+class TierRules(StrictModel):
+    """configs/tiers.yaml."""
+
+    weights: RfmWeights
+    bands: list[Band] = Field(min_length=1)
+    churn_warning: ChurnWarning | None = None
+    hysteresis_margin: float = Field(0.0, ge=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _bands_in_order(self) -> TierRules:
+        mins = [b.min_score for b in self.bands]
+        if any(a <= b for a, b in itertools.pairwise(mins)):
+            raise ValueError(f"bands must be listed with strictly decreasing min_score, got {mins}")
+        if mins[-1] != 0:
+            raise ValueError("the last band must have min_score 0 (it catches everyone else)")
+        names = [b.name for b in self.bands]
+        if self.churn_warning is not None:
+            names.append(self.churn_warning.name)
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique, got {names}")
+        return self
+
+    @property
+    def tier_names(self) -> list[str]:
+        names = [b.name for b in self.bands]
+        if self.churn_warning is not None:
+            names.append(self.churn_warning.name)
+        return names
+
+
+def load_tier_rules(config_dir: str | Path | None = None) -> TierRules:
+    return load_yaml(config_path("tiers", config_dir), TierRules)
+
+
+def band_index(score: np.ndarray, rules: TierRules) -> np.ndarray:
+    """Index into ``rules.bands`` of the band each score falls in (0 = highest band)."""
+    mins = np.asarray([b.min_score for b in rules.bands])
+    # first band whose min_score the score strictly exceeds; the last band catches the rest
+    above = score[:, None] > mins[None, :-1]
+    idx = np.where(above.any(axis=1), above.argmax(axis=1), len(mins) - 1)
+    return idx.astype(np.int16)
+
+
+def assign_tiers(
+    score: np.ndarray,
+    lifecycle_stage: pa.Array | pa.ChunkedArray,
+    ltv_cny: np.ndarray,
+    previous_tier: pa.Array | pa.ChunkedArray | None,
+    rules: TierRules,
+) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """Tier, fired rule and explanation of every user.
+
+    Args:
+        score: RFM scores in [0, 1].
+        lifecycle_stage: stage per user (for the churn-warning override).
+        ltv_cny: spend to date per user (NaN/0 when none).
+        previous_tier: the user's tier in the previous snapshot, null for users new to it.
+        rules: tier configuration.
+
+    Returns:
+        (tier, tier_rule, tier_explanation) string arrays.
+    """
+    n = len(score)
+    bands = rules.bands
+    names = rules.tier_names
+    raw = band_index(score, rules)
+    chosen = raw.copy()
+    rule = np.zeros(n, dtype=np.int8)  # 0 band, 1 hold, 2 churn
+    m = rules.hysteresis_margin
+    if previous_tier is not None and m > 0:
+        prev_name = pc.fill_null(previous_tier.cast(pa.string()), "")
+        prev_idx = pc.index_in(prev_name, pa.array([b.name for b in bands])).to_numpy(
+            zero_copy_only=False
+        )
+        has_prev = ~np.isnan(prev_idx.astype("float64"))
+        prev = np.where(has_prev, np.nan_to_num(prev_idx.astype("float64")), -1).astype(np.int16)
+        # a better (lower index) band only once the score clears its threshold by the margin,
+        # a worse one only once it falls below the current band's threshold by the margin
+        up = band_index(score - m, rules)
+        down = band_index(score + m, rules)
+        promote = has_prev & (raw < prev)
+        demote = has_prev & (raw > prev)
+        chosen = np.where(promote, np.minimum(up, prev), chosen)
+        chosen = np.where(demote, np.maximum(down, prev), chosen)
+        rule[(promote | demote) & (chosen != raw)] = 1
+    tier_idx = chosen.astype(np.int16)
+    cw = rules.churn_warning
+    if cw is not None:
+        stage = pc.fill_null(lifecycle_stage.cast(pa.string()), "")
+        in_stage = pc.is_in(stage, pa.array(cw.lifecycle_stages)).to_numpy(zero_copy_only=False)
+        worth = np.nan_to_num(np.asarray(ltv_cny, dtype="float64")) >= cw.min_ltv_cny
+        warn = (
+            np.asarray(in_stage, dtype=bool)
+            & worth
+            & (np.nan_to_num(np.asarray(ltv_cny, dtype="float64")) > 0)
+        )
+        tier_idx = np.where(warn, len(bands), tier_idx).astype(np.int16)
+        rule[warn] = 2
+    tier = pa.DictionaryArray.from_arrays(pa.array(tier_idx), pa.array(names)).cast(pa.string())
+    rule_arr = pa.DictionaryArray.from_arrays(
+        pa.array(rule), pa.array([RULE_BAND, RULE_HOLD, RULE_CHURN])
+    ).cast(pa.string())
+    return tier, rule_arr, _explain(score, raw, tier_idx, rule, lifecycle_stage, ltv_cny, rules)
+
+
+def _explain(
+    score: np.ndarray,
+    raw: np.ndarray,
+    tier_idx: np.ndarray,
+    rule: np.ndarray,
+    stage: pa.Array | pa.ChunkedArray,
+    ltv: np.ndarray,
+    rules: TierRules,
+) -> pa.Array:
+    """Vectorised one-line explanations, e.g. ``rfm_score 0.834 > 0.8 -> high_value``."""
+    names = np.asarray(rules.tier_names, dtype=object)
+    mins = np.asarray([b.min_score for b in rules.bands])
+    lowest = len(mins) - 1
+    # the lowest band is "not above the next threshold"; every other band "above its own"
+    next_up = mins[lowest - 1] if lowest > 0 else 0.0
+    is_lowest = raw == lowest
+    band_thr = np.where(is_lowest, next_up, mins[raw])
+
+    def txt(values: np.ndarray) -> pa.Array:
+        return pc.cast(pa.array(values), pa.string())
+
+    score_txt = txt(np.round(score, 3))
+    band_txt = pc.binary_join_element_wise(
+        "rfm_score ", score_txt, pc.if_else(pa.array(is_lowest), " <= ", " > "),
+        txt(band_thr), " -> ", pa.array(names[raw].astype(str)), "",
+    )  # fmt: skip
+    kept = pa.array(names[np.minimum(tier_idx, lowest)].astype(str))
+    hold_txt = pc.binary_join_element_wise(
+        "held at ", kept, ": rfm_score ", score_txt, " is in ", pa.array(names[raw].astype(str)),
+        f"'s band but not past the threshold by the hysteresis margin {rules.hysteresis_margin:g}",
+        "",
+    )  # fmt: skip
+    cw = rules.churn_warning
+    if cw is None:
+        return pc.if_else(pa.array(rule == 1), hold_txt, band_txt)
+    churn_txt = pc.binary_join_element_wise(
+        "lifecycle ", pc.fill_null(stage.cast(pa.string()), "unknown"),
+        " with ltv_cny ", txt(np.round(np.nan_to_num(np.asarray(ltv, dtype="float64")), 2)),
+        f" >= {cw.min_ltv_cny:g} -> {cw.name}", "",
+    )  # fmt: skip
+    return pc.if_else(
+        pa.array(rule == 2), churn_txt, pc.if_else(pa.array(rule == 1), hold_txt, band_txt)
+    )
