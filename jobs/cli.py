@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from jobs import demo, generate, ingest, warehouse_cmds
+from jobs import demo, generate, ingest, recompute, warehouse_cmds
 
 app = typer.Typer(
     name="strata",
@@ -19,6 +19,8 @@ app = typer.Typer(
 )
 app.command("generate", help=generate.command.__doc__)(generate.command)
 app.command("import", help=ingest.command.__doc__)(ingest.command)
+app.command("recompute", help=recompute.command.__doc__)(recompute.command)
+app.command("rollback", help=recompute.rollback.__doc__)(recompute.rollback)
 app.command("compact", help=warehouse_cmds.compact.__doc__)(warehouse_cmds.compact)
 app.command("info", help=warehouse_cmds.info.__doc__)(warehouse_cmds.info)
 app.command("vacuum", help=warehouse_cmds.vacuum.__doc__)(warehouse_cmds.vacuum)

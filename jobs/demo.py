@@ -5,13 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-import redis
 import typer
 
 from jobs import generate
 from jobs._runtime import console, ray_session, redis_session, summary_table
+from jobs.recompute import NAMESPACE, RecomputeJob, print_result
+from strata.io.segment_store import SegmentStore
+from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
 from strata.settings import Settings
+
+LOCAL_TZ = dt.timezone(dt.timedelta(hours=8))
 
 
 def command(
@@ -21,26 +25,33 @@ def command(
     seed: int = typer.Option(0, "--seed"),
     fresh: bool = typer.Option(False, "--fresh", help="Regenerate even if data exists."),
 ) -> None:
-    """Generate a sample, then run the pipeline on local Ray with an embedded Redis."""
+    """Generate a sample, recompute tiers on local Ray and publish them to an embedded Redis."""
     settings = Settings(data=data)
     t0 = time.perf_counter()
     wh = Warehouse(settings.data)
+    today = dt.datetime.now(LOCAL_TZ).date()
     with ray_session(settings):
         if fresh or not wh.exists() or wh.summary()["events"]["rows"] == 0:
             console.rule("[bold]1. generate synthetic grocery behaviour")
-            generate.run(
-                settings, users=users, days=days, seed=seed, end=dt.date.today(), overwrite=True
-            )
+            generate.run(settings, users=users, days=days, seed=seed, end=today, overwrite=True)
         else:
             console.print(f"warehouse at {wh.root} already holds data (use --fresh to redo)")
         wh.reload()
         summary = wh.summary()
-        console.rule("[bold]2. embedded Redis")
-        with redis_session(settings) as url:
-            client = redis.Redis.from_url(url)
-            redis_version = client.info("server")["redis_version"]
-            client.close()
-            console.print(f"redis-server {redis_version} answering at {url}")
+        end = dt.datetime.fromisoformat(summary["events"]["max_ts"]).astimezone(LOCAL_TZ)
+        as_of = dt.datetime.combine(end.date() + dt.timedelta(days=1), dt.time(), LOCAL_TZ)
+        console.rule(f"[bold]2. recompute features and tiers as of {as_of.isoformat()}")
+        job = RecomputeJob(settings, as_of)
+        result = job.run()
+    console.rule("[bold]3. online lookup from Redis")
+    sample = SnapshotStore(settings.data).read(result.version, ["user_id"]).column("user_id")
+    with redis_session(settings) as url:
+        store = SegmentStore(url, namespace=NAMESPACE)
+        found = store.get(int(sample[0].as_py()))
+        store.close()
+    if found is not None:
+        version, record = found
+        console.print(f"user {sample[0].as_py()} in version {version}: {record}")
     console.print(
         summary_table(
             "strata demo",
@@ -48,14 +59,15 @@ def command(
                 ("data root", settings.data),
                 ("users", summary["users"]["rows"]),
                 ("events", summary["events"]["rows"]),
-                ("buckets", summary["n_buckets"]),
                 ("events from", summary["events"]["min_ts"]),
                 ("events to", summary["events"]["max_ts"]),
-                ("redis", f"redis-server {redis_version} (embedded)"),
+                ("snapshot version (current in Redis)", result.version),
+                ("redis", settings.redis_url or f"embedded, persisted in {settings.data}/redis"),
                 ("seconds", time.perf_counter() - t0),
             ],
         )
     )
+    print_result(result, job.config.tiers.tier_names)
 
 
 if __name__ == "__main__":
