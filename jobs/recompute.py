@@ -123,10 +123,9 @@ class RecomputeJob:
             # more actors than CPUs share them, rather than wait forever for a free one
             cpus_per_actor = min(1.0, cpus / n)
             plan = [p for p in assign(buckets, n, [rows.get(b, 0) + 1 for b in buckets]) if p]
-            config_ref = ray.put(self.config)
             shards: list[Any] = [
                 FeatureShardActor.options(num_cpus=cpus_per_actor).remote(
-                    self.settings.data, p, self.as_of_ms, config_ref
+                    self.settings.data, p, self.as_of_ms, self.config
                 )
                 for p in plan
             ]
@@ -292,17 +291,7 @@ def command(
 
 
 def print_result(result: RecomputeResult, tier_names: list[str]) -> None:
-    """The tier table, the transition matrix and the run summary."""
-    tiers = Table(title=f"tiers as of {result.as_of}", header_style="bold")
-    tiers.add_column("tier")
-    tiers.add_column("users", justify="right")
-    tiers.add_column("share", justify="right")
-    for name in tier_names:
-        n = result.tiers.get(name, 0)
-        tiers.add_row(name, f"{n:,}", f"{n / max(result.users, 1):.1%}")
-    console.print(tiers)
-    if result.previous_version is not None:
-        console.print(transition_table(result.transitions, tier_names))
+    """The run summary, the transition matrix and, last, the tier table."""
     console.print(
         summary_table(
             "recompute",
@@ -317,6 +306,16 @@ def print_result(result: RecomputeResult, tier_names: list[str]) -> None:
             ],
         )
     )
+    if result.previous_version is not None:
+        console.print(transition_table(result.transitions, tier_names))
+    tiers = Table(title=f"tiers as of {result.as_of}", header_style="bold")
+    tiers.add_column("tier")
+    tiers.add_column("users", justify="right")
+    tiers.add_column("share", justify="right")
+    for name in tier_names:
+        n = result.tiers.get(name, 0)
+        tiers.add_row(name, f"{n:,}", f"{n / max(result.users, 1):.1%}")
+    console.print(tiers)
 
 
 def rollback(

@@ -287,8 +287,14 @@ class Warehouse:
         result = WriteResult()
         if table.num_rows == 0:
             return result
-        buckets = bucket_of(table.column("user_id").to_numpy(), self.n_buckets)
-        order = np.argsort(buckets, kind="stable")
+        user = table.column("user_id").to_numpy()
+        buckets = bucket_of(user, self.n_buckets)
+        # one stable sort by (bucket, sort keys) instead of a split and then a sort per bucket
+        if table_name == "events":
+            ts = table.column("ts").cast(pa.int64()).to_numpy()
+            order = np.lexsort((ts, user, buckets))
+        else:
+            order = np.lexsort((user, buckets))
         sorted_buckets = buckets[order]
         table = table.take(pa.array(order))
         cuts = np.flatnonzero(np.diff(sorted_buckets)) + 1
@@ -296,11 +302,11 @@ class Warehouse:
         ends = np.concatenate([cuts, [len(sorted_buckets)]])
         for s, e in zip(starts, ends, strict=True):
             b = int(sorted_buckets[s])
-            result.parts.append(
-                self.write_bucket(
-                    table_name, b, table.slice(s, e - s), write_id, sort=True, columns=columns
-                )
-            )
+            part = self.write_bucket(
+                table_name, b, table.slice(s, e - s), write_id, already_sorted=True,
+                columns=columns,
+            )  # fmt: skip
+            result.parts.append(part)
         return result
 
     def commit(

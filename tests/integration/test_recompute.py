@@ -233,3 +233,31 @@ def test_two_node_cluster_matches_single_node(warehouse_root: str, tmp_path: Pat
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["nodes"] == 2
     assert _digests(single, ref.version) == _digests(multi, info["version"])
+
+
+def test_imported_minimal_logs_leave_unknown_features_null(tmp_path: Path, ray_local: Any) -> None:
+    """user/time/amount only: coupon and category features are unknown (null), not zero."""
+    from jobs import ingest
+    from strata.ids import pseudonymise
+    from strata.ingest import load_mapping
+
+    lines = ["uid,paid_at,amount"]
+    for u in range(60):
+        for k in range(1 + u % 4):
+            lines.append(f"{1000 + u},2026-09-{1 + (u + 7 * k) % 28:02d} 1{k}:00:00,{10 + u}.5")
+    src = tmp_path / "orders.csv"
+    src.write_text("\n".join(lines) + "\n")
+    settings = Settings(data=str(tmp_path / "data"), pseudonym_key=TEST_KEY, n_buckets=4)
+    mapping = load_mapping(None, user_col="uid", time_col="paid_at", amount_col="amount")
+    imported = ingest.run(settings, [str(src)], mapping)
+    assert imported.accepted == len(lines) - 1 and imported.rejected == 0
+    result = RecomputeJob(settings, AS_OF, actors=2, publish=False).run()
+    table = SnapshotStore(settings.data).read(result.version).sort_by("user_id")
+    assert table.num_rows == 60
+    assert table.column("top_category").null_count == 60
+    assert table.column("coupon_order_share").null_count == 60
+    assert set(table.column("price_sensitivity").to_pylist()) == {"unknown"}
+    assert table.column("recency_days").null_count == 0
+    uid = pseudonymise("1003", TEST_KEY.encode())
+    row = table.filter(pc.equal(table.column("user_id"), uid)).to_pylist()[0]
+    assert row["orders_total"] == 4 and row["spend_total_cny"] == pytest.approx(4 * 13.5)
