@@ -50,8 +50,11 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if isinstance(part, int):
             continue
         fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
+        if not fields:
             return []
+        if part not in fields:
+            # a key of a dict of models (e.g. a persona name): stay on the value's model
+            continue
         annotation = fields[part].annotation
         current = _model_in(annotation)
         if current is None:

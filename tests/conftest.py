@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from strata.io.redis_server import EmbeddedRedis
 from strata.settings import Settings
@@ -14,20 +15,21 @@ from strata.settings import Settings
 TEST_KEY = "strata-test-pseudonym-key-0123456789"
 
 
-@pytest.fixture(autouse=True)
-def _pseudonym_key(
-    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """Every test gets a fixed pseudonymisation key and never touches the user's key file."""
-    monkeypatch.setenv("STRATA_PSEUDONYM_KEY", TEST_KEY)
-    monkeypatch.setenv("STRATA_KEY_FILE", str(tmp_path_factory.getbasetemp() / "no.key"))
-    monkeypatch.delenv("STRATA_REDIS_URL", raising=False)
+@pytest.fixture(scope="session", autouse=True)
+def _pseudonym_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The whole session uses a fixed pseudonymisation key and never touches the user's key
+    file (session-scoped, so module and session fixtures that build Settings see it too)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STRATA_PSEUDONYM_KEY", TEST_KEY)
+        mp.setenv("STRATA_KEY_FILE", str(tmp_path_factory.getbasetemp() / "no.key"))
+        mp.delenv("STRATA_REDIS_URL", raising=False)
+        yield
 
 
 @pytest.fixture
 def settings(tmp_path: Any) -> Settings:
     """Settings with the data root in a fresh temporary folder."""
-    return Settings(data=str(tmp_path / "data"), pseudonym_key=TEST_KEY, n_buckets=16)
+    return Settings(data=str(tmp_path / "data"), pseudonym_key=SecretStr(TEST_KEY), n_buckets=16)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,428 @@
+"""``strata generate``: synthetic grocery behaviour into the warehouse, sharded over Ray.
+
+The driver derives the users (synthetic raw ids, pseudonymised with the run's key) and groups
+them by bucket; one Ray task per bucket runs :func:`strata.synth.generate_bucket` and writes
+the bucket's events and users part files plus a ground-truth part. The driver then commits
+all parts in one manifest replace, so a failed run leaves the warehouse as it was. Ground
+truth (persona, next-month orders and spend, churn) goes to ``<data>/truth/users.parquet``,
+outside the warehouse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+import resource
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import numpy as np
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import typer
+
+from jobs._runtime import console, progress, ray_session, summary_table
+from strata.config import CalendarConfig, ConfigError, load_calendar
+from strata.ids import bucket_of, pseudonymise_many
+from strata.io.keys import load_pseudonym_key
+from strata.io.warehouse import (
+    PARQUET_OPTIONS,
+    TABLES,
+    PartFile,
+    Warehouse,
+    WarehouseError,
+    WriteResult,
+    resolve,
+)
+from strata.schema import EVENT_TYPES
+from strata.settings import Settings
+from strata.synth import (
+    GeneratorConfig,
+    generate_bucket,
+    load_generator_config,
+    raw_user_ids,
+    truth_schema,
+    window_start,
+)
+
+TRUTH_DIR = "truth"
+TRUTH_FILE = "users.parquet"
+HORIZON_DAYS = 30
+
+
+class GenerateError(RuntimeError):
+    """Generation failed; nothing was committed."""
+
+
+@dataclass
+class ShardResult:
+    """What one generation task wrote and counted (one bucket)."""
+
+    bucket: int
+    parts: list[PartFile]
+    users: int
+    events: int
+    event_counts: dict[str, int]
+    seconds: float
+    peak_rss_mb: float
+
+
+@dataclass
+class GenerateResult:
+    """Counts and timings of one ``strata generate`` run."""
+
+    users: int
+    days: int
+    seed: int
+    start: dt.date
+    end: dt.date
+    buckets: int
+    events: int
+    orders: int
+    event_counts: dict[str, int]
+    seconds: float
+    events_per_s: float
+    peak_worker_rss_mb: float
+    driver_rss_mb: float
+    truth_path: str
+    write_id: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _truth_part(staging: str, bucket: int) -> str:
+    return posixpath.join(staging, f"part-{bucket:05d}.parquet")
+
+
+def generate_shard(
+    data_root: str,
+    write_id: str,
+    truth_staging: str,
+    bucket: int,
+    user_ids: np.ndarray,
+    raw_ids: np.ndarray,
+    cfg: GeneratorConfig,
+    calendar: CalendarConfig,
+    seed: int,
+    start: dt.date,
+    days: int,
+) -> ShardResult:
+    """Generate one bucket and write its parts (uncommitted). The body of a Ray task.
+
+    Args:
+        data_root: the data root holding ``warehouse/`` (which must exist).
+        write_id: the run's write id (names the part files).
+        truth_staging: folder for the bucket's ground-truth part.
+        bucket, user_ids, raw_ids, cfg, calendar, seed, start, days: as in
+            :func:`strata.synth.generate_bucket`.
+    """
+    t0 = time.perf_counter()
+    out = generate_bucket(
+        bucket, user_ids, raw_ids, cfg, calendar, seed, start, days, horizon_days=HORIZON_DAYS
+    )
+    wh = Warehouse(data_root)
+    parts = [
+        wh.write_bucket("events", bucket, out.events, write_id, already_sorted=True),
+        wh.write_bucket("users", bucket, out.users, write_id, already_sorted=True),
+    ]
+    wh.fs.create_dir(truth_staging, recursive=True)
+    pq.write_table(
+        out.truth, _truth_part(truth_staging, bucket), filesystem=wh.fs, **PARQUET_OPTIONS
+    )
+    return ShardResult(
+        bucket=bucket,
+        parts=parts,
+        users=out.users.num_rows,
+        events=out.events.num_rows,
+        event_counts=out.event_counts(),
+        seconds=time.perf_counter() - t0,
+        peak_rss_mb=_rss_mb(),
+    )
+
+
+def users_by_bucket(
+    n_users: int, key: bytes, n_buckets: int
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """The synthetic users, grouped by bucket: ``(bucket, user_ids, raw_ids)``, ascending."""
+    raw = raw_user_ids(n_users)
+    ids = pseudonymise_many(raw.tolist(), key)
+    buckets = bucket_of(ids, n_buckets)
+    order = np.argsort(buckets, kind="stable")
+    cuts = np.flatnonzero(np.diff(buckets[order])) + 1
+    groups = []
+    for idx in np.split(order, cuts):
+        if len(idx):
+            groups.append((int(buckets[idx[0]]), ids[idx], raw[idx]))
+    return groups
+
+
+def _prepare_warehouse(
+    settings: Settings, overwrite: bool
+) -> tuple[Warehouse, list[tuple[str, int]]]:
+    """Open or create the warehouse; return it and the (table, bucket) pairs to replace."""
+    wh = Warehouse(settings.data)
+    if not wh.exists():
+        wh.create(settings.n_buckets)
+        return wh, []
+    has_rows = any(wh.bucket_rows(t).get(b, 0) for t in TABLES for b in wh.buckets(t))
+    if has_rows and not overwrite:
+        raise GenerateError(
+            f"the warehouse at {wh.root} already holds events; pass --overwrite to replace "
+            "them (the existing bucket count is kept)"
+        )
+    replace = [(t, int(b)) for t in TABLES for b in wh.manifest["tables"][t]["buckets"]]
+    return wh, replace
+
+
+def _merge_truth(fs: pafs.FileSystem, staging: str, buckets: Sequence[int], target: str) -> None:
+    """Concatenate the truth parts (bucket order) into one file, one part in memory at a time."""
+    with pq.ParquetWriter(
+        target, truth_schema(HORIZON_DAYS), filesystem=fs, **PARQUET_OPTIONS
+    ) as writer:
+        for b in buckets:
+            writer.write_table(pq.read_table(_truth_part(staging, b), filesystem=fs))
+
+
+def _delete_dir(fs: pafs.FileSystem, path: str) -> None:
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
+def run(
+    settings: Settings,
+    users: int,
+    days: int,
+    seed: int,
+    end: dt.date | None,
+    overwrite: bool = False,
+    workers: int | None = None,
+    config_dir: str | None = None,
+    show_progress: bool = True,
+) -> GenerateResult:
+    """Generate ``users`` synthetic users over the ``days`` local days before ``end``.
+
+    Events fall in [end - days, end) local time (UTC+8); ``end`` defaults to today (UTC).
+    The same seed, users, days, end, bucket count and pseudonym key give byte-identical
+    files.
+
+    Args:
+        settings: data root, key and (for a new warehouse) bucket count.
+        users: number of synthetic users.
+        days: window length in days.
+        seed: random seed.
+        end: first local day after the window.
+        overwrite: replace the events of an existing warehouse (its bucket count is kept);
+            without it a warehouse that already holds rows is refused.
+        workers: CPUs for a local Ray (default: all); at most twice as many bucket tasks
+            are in flight at a time.
+        config_dir: where generator.yaml and calendar.yaml live (default: configs/).
+        show_progress: draw the rich progress bar.
+
+    Raises:
+        GenerateError: the warehouse already holds rows, or a task failed (nothing committed).
+    """
+    if users < 1 or days < 1:
+        raise GenerateError("users and days must be at least 1")
+    t_start = time.perf_counter()
+    end = end or dt.datetime.now(dt.UTC).date()
+    start = window_start(end, days)
+    cfg = load_generator_config(config_dir)
+    calendar = load_calendar(config_dir)
+    wh, replace = _prepare_warehouse(settings, overwrite)
+    n_buckets = wh.n_buckets
+    key = load_pseudonym_key(settings)
+    groups = users_by_bucket(users, key, n_buckets)
+    write_id = f"gen-{uuid.uuid4().hex[:12]}"
+    fs, root = resolve(settings.data)
+    # workers may run in another working directory: hand them an absolute local path
+    data_root = settings.data if "://" in settings.data else root
+    truth_dir = posixpath.join(root, TRUTH_DIR)
+    fs.create_dir(truth_dir, recursive=True)
+    staging = posixpath.join(truth_dir, f"_staging-{write_id}")
+    t_prepared = time.perf_counter()
+
+    shards: list[ShardResult] = []
+    with ray_session(settings, num_cpus=workers) as ray:
+        t_ray = time.perf_counter()
+        parallel = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        max_in_flight = 2 * parallel
+        task = ray.remote(num_cpus=1, max_retries=0)(generate_shard)
+        cfg_ref, cal_ref = ray.put(cfg), ray.put(calendar)
+        pending: dict[Any, int] = {}
+        queue = deque(groups)
+        bar = progress() if show_progress else None
+        bar_task = bar.add_task("generating buckets", total=len(groups)) if bar else None
+        try:
+            if bar:
+                bar.start()
+            while queue or pending:
+                while queue and len(pending) < max_in_flight:
+                    b, ids, raw = queue.popleft()
+                    ref = task.remote(
+                        data_root, write_id, staging, b, ids, raw,
+                        cfg_ref, cal_ref, seed, start, days,
+                    )  # fmt: skip
+                    pending[ref] = b
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    b = pending.pop(ref)
+                    try:
+                        shards.append(ray.get(ref))
+                    except Exception as exc:
+                        for other in pending:
+                            ray.cancel(other, force=True)
+                        cause = getattr(exc, "cause", None) or exc
+                        raise GenerateError(
+                            f"generation of bucket {b} failed: {type(cause).__name__}: {cause}; "
+                            "nothing was committed (orphan part files are removed by "
+                            "`strata vacuum`)"
+                        ) from exc
+                    if bar and bar_task is not None:
+                        bar.advance(bar_task)
+        except BaseException:
+            _delete_dir(fs, staging)
+            raise
+        finally:
+            if bar:
+                bar.stop()
+    t_generated = time.perf_counter()
+
+    shards.sort(key=lambda s: s.bucket)
+    result = WriteResult([p for s in shards for p in s.parts])
+    counts = dict.fromkeys(EVENT_TYPES, 0)
+    for s in shards:
+        for k, v in s.event_counts.items():
+            counts[k] += v
+    events = sum(s.events for s in shards)
+    truth_path = posixpath.join(truth_dir, TRUTH_FILE)
+    truth_tmp = posixpath.join(truth_dir, f".{TRUTH_FILE}.{write_id}.tmp")
+    try:
+        _merge_truth(fs, staging, [s.bucket for s in shards], truth_tmp)
+        wh.commit(
+            result,
+            "generate",
+            replace_buckets=replace,
+            info={
+                "write_id": write_id,
+                "users": users,
+                "days": days,
+                "seed": seed,
+                "window_start": start.isoformat(),
+                "window_end": end.isoformat(),
+                "orders": counts["order"],
+            },
+        )
+        fs.move(truth_tmp, truth_path)
+    finally:
+        _delete_dir(fs, staging)
+        if fs.get_file_info(truth_tmp).type == pafs.FileType.File:
+            fs.delete_file(truth_tmp)
+    t_end = time.perf_counter()
+    seconds = t_end - t_start
+    return GenerateResult(
+        users=users,
+        days=days,
+        seed=seed,
+        start=start,
+        end=end,
+        buckets=len(shards),
+        events=events,
+        orders=counts["order"],
+        event_counts=counts,
+        seconds=seconds,
+        events_per_s=events / seconds if seconds > 0 else 0.0,
+        peak_worker_rss_mb=max((s.peak_rss_mb for s in shards), default=0.0),
+        driver_rss_mb=_rss_mb(),
+        truth_path=truth_path,
+        write_id=write_id,
+        timings={
+            "prepare_s": t_prepared - t_start,
+            "ray_start_s": t_ray - t_prepared,
+            "generate_s": t_generated - t_ray,
+            "commit_s": t_end - t_generated,
+            "task_s": sum(s.seconds for s in shards),
+        },
+    )
+
+
+def summary_rows(r: GenerateResult) -> list[tuple[str, Any]]:
+    """Rows of the summary table printed after a run."""
+    rows: list[tuple[str, Any]] = [
+        ("window (local days)", f"{r.start} .. {r.end - dt.timedelta(days=1)}"),
+        ("users", r.users),
+        ("buckets written", r.buckets),
+        ("events", r.events),
+        ("orders", r.orders),
+    ]
+    rows += [(f"  {k}", v) for k, v in sorted(r.event_counts.items(), key=lambda kv: -kv[1])]
+    rows += [
+        ("seconds", r.seconds),
+        ("events/s", round(r.events_per_s)),
+        ("peak worker RSS (MB)", r.peak_worker_rss_mb),
+        ("driver RSS (MB)", r.driver_rss_mb),
+        ("ground truth", r.truth_path),
+    ]
+    return rows
+
+
+def command(
+    data: Annotated[
+        str, typer.Option("--data", envvar="STRATA_DATA", help="Data root (path or URI).")
+    ] = "./data",
+    users: Annotated[int, typer.Option("--users", min=1, help="Synthetic users.")] = 50_000,
+    days: Annotated[int, typer.Option("--days", min=1, max=3650, help="Window days.")] = 60,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    end: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            "--end",
+            formats=["%Y-%m-%d"],
+            help="First local day after the window (default: today, UTC).",
+        ),
+    ] = None,
+    buckets: Annotated[
+        int | None,
+        typer.Option(
+            "--buckets",
+            min=1,
+            help="Buckets of a new warehouse (default: STRATA_N_BUCKETS or 256).",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the events of an existing warehouse.")
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="CPUs to use (default: all).")
+    ] = None,
+) -> None:
+    """Generate synthetic grocery behaviour (events, users, ground truth) into the warehouse."""
+    overrides: dict[str, Any] = {"data": data}
+    if buckets is not None:
+        overrides["n_buckets"] = buckets
+    settings = Settings(**overrides)
+    try:
+        result = run(
+            settings,
+            users=users,
+            days=days,
+            seed=seed,
+            end=end.date() if end else None,
+            overwrite=overwrite,
+            workers=workers,
+        )
+    except (GenerateError, WarehouseError, ConfigError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(summary_table("strata generate", summary_rows(result)))
+
+
+if __name__ == "__main__":
+    typer.run(command)

@@ -1,0 +1,159 @@
+"""`strata generate` end to end on a local Ray: warehouse, buckets, truth, determinism."""
+
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import typer
+from pydantic import SecretStr
+from typer.testing import CliRunner
+
+from jobs import generate
+from strata.ids import bucket_of
+from strata.io.warehouse import Warehouse
+from strata.settings import Settings
+from tests.conftest import TEST_KEY
+
+pytestmark = pytest.mark.integration
+
+END = dt.date(2025, 10, 8)
+USERS = 2000
+DAYS = 14
+
+
+def _run(settings: Settings, **kwargs: Any) -> generate.GenerateResult:
+    args: dict[str, Any] = {"users": USERS, "days": DAYS, "seed": 11, "end": END}
+    args.update(kwargs)
+    return generate.run(settings, show_progress=False, **args)
+
+
+def _files(wh: Warehouse) -> dict[tuple[str, int], bytes]:
+    out = {}
+    for t in ("events", "users"):
+        for b in wh.buckets(t):
+            (path,) = wh.bucket_files(t, b)
+            out[(t, b)] = Path(path).read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def generated(ray_local: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Any]:
+    settings = Settings(
+        data=str(tmp_path_factory.mktemp("gen") / "data"),
+        pseudonym_key=SecretStr(TEST_KEY),
+        n_buckets=16,
+    )
+    return settings, _run(settings)
+
+
+def test_manifest_counts_match_the_rows_read_back(generated: tuple[Settings, Any]) -> None:
+    settings, result = generated
+    wh = Warehouse(settings.data)
+    events = wh.read_table("events")
+    assert events.num_rows == result.events == sum(wh.bucket_rows("events").values())
+    assert result.orders == result.event_counts["order"] > USERS * DAYS * 0.15
+    assert sum(result.event_counts.values()) == result.events
+    assert all(wh.is_sorted(t, b) for t in ("events", "users") for b in wh.buckets(t))
+    write = wh.manifest["writes"][-1]
+    assert write["source"] == "generate" and write["events_rows"] == result.events
+    assert write["seed"] == 11 and write["window_end"] == END.isoformat()
+    assert result.peak_worker_rss_mb > 0 and result.events_per_s > 0
+
+
+def test_each_user_lives_in_exactly_its_own_bucket(generated: tuple[Settings, Any]) -> None:
+    settings, _ = generated
+    wh = Warehouse(settings.data)
+    seen: dict[int, int] = {}
+    for b in wh.buckets("events"):
+        ids = np.unique(wh.read_bucket("events", b, ["user_id"])["user_id"].to_numpy())
+        assert np.all(bucket_of(ids, 16) == b)
+        for uid in ids:
+            assert uid not in seen
+            seen[int(uid)] = b
+    users = wh.read_table("users")
+    assert users.num_rows == USERS
+    assert len(np.unique(users["user_id"].to_numpy())) == USERS
+    assert set(seen) <= set(users["user_id"].to_pylist())
+
+
+def test_truth_file_has_one_row_per_user(generated: tuple[Settings, Any]) -> None:
+    settings, result = generated
+    assert result.truth_path == posixpath.join(settings.data, "truth", "users.parquet")
+    truth = pq.read_table(result.truth_path)
+    assert truth.num_rows == USERS
+    assert sorted(truth["raw_user_id"].to_pylist()) == sorted(
+        str(10_000_001 + i) for i in range(USERS)
+    )
+    users = Warehouse(settings.data).read_table("users")
+    assert set(truth["user_id"].to_pylist()) == set(users["user_id"].to_pylist())
+    assert not any(p.name.startswith("_staging") for p in Path(result.truth_path).parent.iterdir())
+
+
+def test_same_seed_gives_byte_identical_files(
+    generated: tuple[Settings, Any], tmp_path: Path
+) -> None:
+    settings, first = generated
+    other = Settings(data=str(tmp_path / "again"), pseudonym_key=SecretStr(TEST_KEY), n_buckets=16)
+    second = _run(other, workers=1)
+    assert _files(Warehouse(settings.data)) == _files(Warehouse(other.data))
+    assert Path(first.truth_path).read_bytes() == Path(second.truth_path).read_bytes()
+
+
+def test_non_empty_warehouse_needs_overwrite(ray_local: Any, settings: Settings) -> None:
+    _run(settings, users=200, days=5)
+    wh = Warehouse(settings.data)
+    before = wh.manifest["writes"]
+    with pytest.raises(generate.GenerateError, match="overwrite"):
+        _run(settings, users=200, days=5)
+    wh.reload()
+    assert wh.manifest["writes"] == before
+    old_files = {
+        p for t in ("events", "users") for b in wh.buckets(t) for p in wh.bucket_files(t, b)
+    }
+    result = _run(settings, users=300, days=5, overwrite=True, seed=3)
+    wh.reload()
+    assert wh.read_table("users").num_rows == 300
+    assert wh.read_table("events").num_rows == result.events
+    assert all(not Path(p).exists() for p in old_files)
+
+
+def test_command_line(ray_local: Any, tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.command()(generate.command)
+    data = str(tmp_path / "cli")
+    args = ["--data", data, "--users", "300", "--days", "7", "--end", "2025-10-08"]
+    result = CliRunner().invoke(app, [*args, "--buckets", "4"])
+    assert result.exit_code == 0, result.output
+    assert "events" in result.output and "orders" in result.output
+    assert Warehouse(data).n_buckets == 4
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 1 and "--overwrite" in again.output
+
+
+_generate_shard = generate.generate_shard
+
+
+def _failing_shard(*args: Any) -> generate.ShardResult:
+    if args[3] == 5:
+        raise RuntimeError("disk on fire")
+    return _generate_shard(*args)
+
+
+def test_a_failing_task_fails_the_job_and_commits_nothing(
+    ray_local: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(generate, "generate_shard", _failing_shard)
+    with pytest.raises(generate.GenerateError, match=r"bucket 5 failed.*disk on fire"):
+        _run(settings, users=400, days=3)
+    wh = Warehouse(settings.data)
+    assert wh.manifest["writes"] == []
+    assert wh.read_table("events").num_rows == 0
+    truth = Path(settings.data) / "truth"
+    assert not (truth / "users.parquet").exists()
+    assert not any(p.name.startswith("_staging") for p in truth.iterdir())
