@@ -113,6 +113,8 @@ FEATURES_SCHEMA = pa.schema(
         pa.field("monetary_30d", _F64),
         pa.field("monetary_90d", _F64),
         pa.field("monetary_180d", _F64),
+        pa.field("frequency_prev_30d", _I32),
+        pa.field("monetary_prev_30d", _F64),
         pa.field("frequency_prev_90d", _I32),
         pa.field("monetary_prev_90d", _F64),
         pa.field("orders_total", _I32),
@@ -623,7 +625,7 @@ class _Windows:
 
     def __init__(self, obs_day: int, config: FeatureConfig, orders: _Orders, n: int) -> None:
         w = config.windows
-        used = {30, 90, 180, w.recent_coupon_days}
+        used = {30, 60, 90, 180, w.recent_coupon_days}
         used |= {d for d in (w.funnel_days, w.price_days, w.activity_days) if d is not None}
         self.obs_day = obs_day
         self.days: list[int] = sorted(used)
@@ -733,7 +735,9 @@ def _rfm_columns(cols: dict[str, pa.Array], orders: _Orders, win: _Windows) -> N
     for d in (30, 90, 180):
         cols[f"frequency_{d}d"] = _i32(counts[:, win.column(d)])
         cols[f"monetary_{d}d"] = _f64(spend[:, win.column(d)])
-    c90, c180 = win.column(90), win.column(180)
+    c30, c60, c90, c180 = (win.column(d) for d in (30, 60, 90, 180))
+    cols["frequency_prev_30d"] = _i32(counts[:, c60] - counts[:, c30])
+    cols["monetary_prev_30d"] = _f64(spend[:, c60] - spend[:, c30])
     cols["frequency_prev_90d"] = _i32(counts[:, c180] - counts[:, c90])
     cols["monetary_prev_90d"] = _f64(spend[:, c180] - spend[:, c90])
     total = counts[:, -1]

@@ -7,6 +7,7 @@ gets the rule that fired (``lifecycle_rule``) so the stage can be explained.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +24,7 @@ class LifecycleRules(StrictModel):
 
     churned_after_days: int = Field(90, ge=1)
     new_within_days: int = Field(30, ge=1)
+    declining_window_days: Literal[30, 90] = 30
     declining_ratio: float = Field(0.5, gt=0, lt=1)
     declining_min_prev_orders: int = Field(2, ge=1)
     mature_min_orders: int = Field(6, ge=1)
@@ -64,7 +66,8 @@ def assign_lifecycle(
 
     Args:
         features: per-user features with ``first_order_ts``, ``last_order_ts``, ``orders_total``,
-            ``frequency_90d``, ``frequency_prev_90d`` and ``signup_ts``.
+            ``frequency_<w>d``, ``frequency_prev_<w>d`` (w = the declining window) and
+            ``signup_ts``.
         as_of_ms: the as-of instant (epoch ms, UTC).
         rules: thresholds.
 
@@ -76,8 +79,9 @@ def assign_lifecycle(
     since_first = _days_since(features.column("first_order_ts"), as_of_ms)
     since_signup = _days_since(features.column("signup_ts"), as_of_ms)
     orders = _int_col(features, "orders_total")
-    f90 = _int_col(features, "frequency_90d")
-    prev90 = _int_col(features, "frequency_prev_90d")
+    w = rules.declining_window_days
+    recent = _int_col(features, f"frequency_{w}d")
+    before = _int_col(features, f"frequency_prev_{w}d")
     has_order = orders > 0
 
     churned_gap = has_order & (since_last >= rules.churned_after_days)
@@ -86,13 +90,14 @@ def assign_lifecycle(
     new_signup = ~has_order & (since_signup < rules.new_within_days)
     declining = (
         has_order
-        & (prev90 >= rules.declining_min_prev_orders)
-        & (f90 <= rules.declining_ratio * prev90)
+        & (before >= rules.declining_min_prev_orders)
+        & (recent <= rules.declining_ratio * before)
     )
+    # tenure counts from signup when known: the warehouse may hold less history than the
+    # customer relationship (first_order_ts is the first order *in the data*)
+    tenure = np.where(np.isnan(since_signup), since_first, np.fmax(since_signup, since_first))
     mature = (
-        has_order
-        & (orders >= rules.mature_min_orders)
-        & (since_first >= rules.mature_min_tenure_days)
+        has_order & (orders >= rules.mature_min_orders) & (tenure >= rules.mature_min_tenure_days)
     )
     conditions = [churned_gap, never_old, new_buyer, new_signup, declining, mature, has_order]
     stages = ["churned", "churned", "new", "new", "declining", "mature", "growing"]
@@ -101,9 +106,9 @@ def assign_lifecycle(
         f"no order ever, signed up >= {rules.new_within_days} days ago",
         f"first order < {rules.new_within_days} days ago",
         f"signed up < {rules.new_within_days} days ago, no order yet",
-        f"orders last 90d <= {rules.declining_ratio:g} x previous 90d "
+        f"orders last {w}d <= {rules.declining_ratio:g} x previous {w}d "
         f"(>= {rules.declining_min_prev_orders})",
-        f">= {rules.mature_min_orders} orders, first >= {rules.mature_min_tenure_days} days ago",
+        f">= {rules.mature_min_orders} orders, customer >= {rules.mature_min_tenure_days} days",
         "ordering, not yet mature",
     ]
     choice = np.full(n, len(conditions) - 1, dtype=np.int8)

@@ -137,6 +137,8 @@ def _features(rows: list[dict]) -> pa.Table:
             "last_order_ts": pa.array([ts(r.get("last")) for r in rows], TS),
             "signup_ts": pa.array([ts(r.get("signup")) for r in rows], TS),
             "orders_total": pa.array([r.get("orders", 0) for r in rows], pa.int32()),
+            "frequency_30d": pa.array([r.get("f30", 0) for r in rows], pa.int32()),
+            "frequency_prev_30d": pa.array([r.get("prev30", 0) for r in rows], pa.int32()),
             "frequency_90d": pa.array([r.get("f90", 0) for r in rows], pa.int32()),
             "frequency_prev_90d": pa.array([r.get("prev90", 0) for r in rows], pa.int32()),
         }
@@ -145,15 +147,18 @@ def _features(rows: list[dict]) -> pa.Table:
 
 def test_lifecycle_stages_follow_the_rules_in_order() -> None:
     rules = load_lifecycle_rules()
+    assert rules.declining_window_days == 30
     feats = _features(
         [
             {"first": 400, "last": 120, "orders": 10, "signup": 500},  # churned
             {"signup": 200},  # never, old
-            {"first": 10, "last": 2, "orders": 2, "f90": 2, "signup": 12},  # new buyer
+            {"first": 10, "last": 2, "orders": 2, "f30": 2, "signup": 12},  # new buyer
             {"signup": 5},  # new signup
-            {"first": 300, "last": 40, "orders": 12, "f90": 2, "prev90": 6},  # declining
-            {"first": 300, "last": 3, "orders": 12, "f90": 5, "prev90": 5},  # mature
-            {"first": 60, "last": 3, "orders": 3, "f90": 3},  # growing
+            {"first": 300, "last": 20, "orders": 12, "f30": 1, "prev30": 4},  # declining
+            {"first": 300, "last": 3, "orders": 12, "f30": 4, "prev30": 4},  # mature
+            {"first": 60, "last": 3, "orders": 3, "f30": 2},  # growing
+            {"first": 50, "last": 3, "orders": 8, "f30": 4, "signup": 400},  # mature by signup
+            {"first": 50, "last": 3, "orders": 8, "f30": 4},  # growing: no signup
         ]
     )
     stage, rule = assign_lifecycle(feats, AS_OF, rules)
@@ -165,8 +170,20 @@ def test_lifecycle_stages_follow_the_rules_in_order() -> None:
         "declining",
         "mature",
         "growing",
+        "mature",
+        "growing",
     ]
     assert rule.to_pylist()[0] == "no order for >= 90 days"
+    assert rule.to_pylist()[4] == "orders last 30d <= 0.35 x previous 30d (>= 3)"
+    # the 90-day comparison reads the 90-day columns instead
+    ninety = rules.model_copy(update={"declining_window_days": 90})
+    feats = _features(
+        [
+            {"first": 300, "last": 20, "orders": 12, "f30": 1, "prev30": 4, "f90": 5, "prev90": 6},
+            {"first": 300, "last": 20, "orders": 12, "f30": 4, "prev30": 4, "f90": 2, "prev90": 6},
+        ]
+    )
+    assert assign_lifecycle(feats, AS_OF, ninety)[0].to_pylist() == ["mature", "declining"]
 
 
 def test_lifecycle_validation(tmp_path: Path) -> None:
