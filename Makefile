@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PIP_FLAGS := --disable-pip-version-check -q
 
-.PHONY: install demo test unit integration lint typecheck format bench clean
+.PHONY: install demo test unit integration lint typecheck format bench bench-generate bench-recompute clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: $(STAMP)
+bench: bench-generate bench-recompute
+
+bench-generate: $(STAMP)
 	$(PY) bench/generate.py --users 1000000 --days 90
+
+bench-recompute: $(STAMP)
+	$(PY) bench/recompute.py --data /tmp/strata-bench-1m --users 1000000 --days 90 --actors 1,2
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
