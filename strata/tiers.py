@@ -42,9 +42,14 @@ class Band(StrictModel):
 
 
 class ChurnWarning(StrictModel):
+    """Win-back tier. With a churn model, users whose calibrated ``churn_p`` reaches
+    ``churn_p_min`` get it; without one, users in ``lifecycle_stages``. Either way only users
+    who spent at least ``min_ltv_cny`` (they were worth something)."""
+
     name: str = "churn_warning"
     lifecycle_stages: list[str] = Field(default_factory=lambda: ["declining", "churned"])
     min_ltv_cny: float = Field(0.0, ge=0)
+    churn_p_min: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _known_stages(self) -> ChurnWarning:
@@ -103,6 +108,7 @@ def assign_tiers(
     ltv_cny: np.ndarray,
     previous_tier: pa.Array | pa.ChunkedArray | None,
     rules: TierRules,
+    churn_p: np.ndarray | None = None,
 ) -> tuple[pa.Array, pa.Array, pa.Array]:
     """Tier, fired rule and explanation of every user.
 
@@ -112,6 +118,9 @@ def assign_tiers(
         ltv_cny: spend to date per user (NaN/0 when none).
         previous_tier: the user's tier in the previous snapshot, null for users new to it.
         rules: tier configuration.
+        churn_p: model churn probability per user (NaN where unknown); with
+            ``churn_warning.churn_p_min`` set it decides the churn warning instead of the
+            lifecycle stage.
 
     Returns:
         (tier, tier_rule, tier_explanation) string arrays.
@@ -141,22 +150,28 @@ def assign_tiers(
         rule[(promote | demote) & (chosen != raw)] = 1
     tier_idx = chosen.astype(np.int16)
     cw = rules.churn_warning
+    by_model = cw is not None and cw.churn_p_min is not None and churn_p is not None
     if cw is not None:
-        stage = pc.fill_null(lifecycle_stage.cast(pa.string()), "")
-        in_stage = pc.is_in(stage, pa.array(cw.lifecycle_stages)).to_numpy(zero_copy_only=False)
-        worth = np.nan_to_num(np.asarray(ltv_cny, dtype="float64")) >= cw.min_ltv_cny
-        warn = (
-            np.asarray(in_stage, dtype=bool)
-            & worth
-            & (np.nan_to_num(np.asarray(ltv_cny, dtype="float64")) > 0)
-        )
+        ltv = np.nan_to_num(np.asarray(ltv_cny, dtype="float64"))
+        worth = (ltv >= cw.min_ltv_cny) & (ltv > 0)
+        if by_model:
+            assert churn_p is not None and cw.churn_p_min is not None
+            flagged = np.nan_to_num(np.asarray(churn_p, dtype="float64")) >= cw.churn_p_min
+        else:
+            stage = pc.fill_null(lifecycle_stage.cast(pa.string()), "")
+            in_stage = pc.is_in(stage, pa.array(cw.lifecycle_stages))
+            flagged = np.asarray(in_stage.to_numpy(zero_copy_only=False), dtype=bool)
+        warn = flagged & worth
         tier_idx = np.where(warn, len(bands), tier_idx).astype(np.int16)
         rule[warn] = 2
     tier = pa.DictionaryArray.from_arrays(pa.array(tier_idx), pa.array(names)).cast(pa.string())
     rule_arr = pa.DictionaryArray.from_arrays(
         pa.array(rule), pa.array([RULE_BAND, RULE_HOLD, RULE_CHURN])
     ).cast(pa.string())
-    return tier, rule_arr, _explain(score, raw, tier_idx, rule, lifecycle_stage, ltv_cny, rules)
+    explanation = _explain(
+        score, raw, tier_idx, rule, lifecycle_stage, ltv_cny, rules, churn_p if by_model else None
+    )
+    return tier, rule_arr, explanation
 
 
 def _explain(
@@ -167,6 +182,7 @@ def _explain(
     stage: pa.Array | pa.ChunkedArray,
     ltv: np.ndarray,
     rules: TierRules,
+    churn_p: np.ndarray | None = None,
 ) -> pa.Array:
     """Vectorised one-line explanations, e.g. ``rfm_score 0.834 > 0.8 -> high_value``."""
     names = np.asarray(rules.tier_names, dtype=object)
@@ -194,11 +210,18 @@ def _explain(
     cw = rules.churn_warning
     if cw is None:
         return pc.if_else(pa.array(rule == 1), hold_txt, band_txt)
-    churn_txt = pc.binary_join_element_wise(
-        "lifecycle ", pc.fill_null(stage.cast(pa.string()), "unknown"),
-        " with ltv_cny ", txt(np.round(np.nan_to_num(np.asarray(ltv, dtype="float64")), 2)),
-        f" >= {cw.min_ltv_cny:g} -> {cw.name}", "",
-    )  # fmt: skip
+    ltv_txt = txt(np.round(np.nan_to_num(np.asarray(ltv, dtype="float64")), 2))
+    if churn_p is not None:
+        churn_txt = pc.binary_join_element_wise(
+            "churn_p ", txt(np.round(np.nan_to_num(np.asarray(churn_p, dtype="float64")), 3)),
+            f" >= {cw.churn_p_min:g} with ltv_cny ", ltv_txt,
+            f" >= {cw.min_ltv_cny:g} -> {cw.name}", "",
+        )  # fmt: skip
+    else:
+        churn_txt = pc.binary_join_element_wise(
+            "lifecycle ", pc.fill_null(stage.cast(pa.string()), "unknown"),
+            " with ltv_cny ", ltv_txt, f" >= {cw.min_ltv_cny:g} -> {cw.name}", "",
+        )  # fmt: skip
     return pc.if_else(
         pa.array(rule == 2), churn_txt, pc.if_else(pa.array(rule == 1), hold_txt, band_txt)
     )

@@ -208,3 +208,20 @@ def test_previous_alignment_transitions_and_merge() -> None:
         "ordinary": {"ordinary": 1},
     }
     assert merge_counts([moves, {"(new)": {"ordinary": 2}}])["(new)"] == {"ordinary": 3}
+
+
+def test_churn_warning_from_model_probability() -> None:
+    rules = load_tier_rules()
+    cw = rules.churn_warning
+    assert cw is not None and cw.churn_p_min is not None
+    stage = pa.array(["mature", "declining", "mature", "mature"])
+    ltv = np.array([500.0, 500.0, 50.0, 500.0])
+    churn_p = np.array([cw.churn_p_min + 0.05, 0.1, 0.95, np.nan])
+    tier, _, why = assign_tiers(np.full(4, 0.9), stage, ltv, None, rules, churn_p=churn_p)
+    # the model decides (not the lifecycle stage); past value still required; unknown p: no
+    assert tier.to_pylist() == ["churn_warning", "high_value", "high_value", "high_value"]
+    assert why.to_pylist()[0].startswith(f"churn_p {round(cw.churn_p_min + 0.05, 3):g} >= ")
+    # without predictions the lifecycle rule applies
+    assert assign_tiers(np.full(4, 0.9), stage, ltv, None, rules)[0].to_pylist()[1] == (
+        "churn_warning"
+    )
