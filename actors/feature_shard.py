@@ -24,6 +24,7 @@ from strata.features import (
     compute_features,
     rfm_partials,
 )
+from strata.io.models import LoadedModels, ModelRegistry
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
@@ -39,15 +40,23 @@ class FeatureShard:
         buckets: the warehouse buckets this shard owns.
         as_of_ms: the as-of instant (epoch ms, UTC).
         config: validated recompute configuration.
+        model_version: trained model to score users with (None: no predictions).
     """
 
     def __init__(
-        self, data_root: str, buckets: list[int], as_of_ms: int, config: RecomputeConfig
+        self,
+        data_root: str,
+        buckets: list[int],
+        as_of_ms: int,
+        config: RecomputeConfig,
+        model_version: str | None = None,
     ) -> None:
         self.data_root = data_root
         self.buckets = list(buckets)
         self.as_of_ms = as_of_ms
         self.config = config
+        self.model_version = model_version
+        self._models: LoadedModels | None = None
         self.warehouse = Warehouse(data_root)
         self.snapshots = SnapshotStore(data_root)
         self._features: dict[int, pa.Table] | None = None
@@ -106,12 +115,22 @@ class FeatureShard:
                     previous_version, b, n_buckets, ["user_id", "tier"]
                 )
                 previous = align_previous(table.column("user_id"), prev)
-            scored = score_features(table, partials, previous, self.as_of_ms, self.config)
+            predictions = None
+            if self.model_version is not None:
+                if self._models is None:
+                    self._models = ModelRegistry(self.data_root).load(self.model_version)
+                predictions = self._models.predict(table)
+            scored = score_features(
+                table, partials, previous, self.as_of_ms, self.config, predictions
+            )
             self.snapshots.write_bucket(version, b, n_buckets, scored)
             tiers.append(count_by(scored, "tier"))
             stages.append(count_by(scored, "lifecycle_stage"))
             moves.append(transitions(scored))
         return {
+            "predict_users": sum(t.num_rows for t in self._compute().values())
+            if self.model_version is not None
+            else 0,
             "tiers": tiers,
             "stages": stages,
             "transitions": moves,

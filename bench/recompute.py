@@ -227,6 +227,9 @@ def main() -> None:
                 "e2e_recompute_s": round(e2e_s, 2),
                 "e2e_timings": {k: round(v, 2) for k, v in result.timings.items()},
                 "redis_bytes_per_user": round((after - before) / max(result.users, 1), 1),
+                "model": result.model,
+                # the scoring pass: ranks, lifecycle, tiers and (with a model) predictions
+                "scoring_users_per_s": round(result.users / result.timings["scoring_s"]),
                 "peak_actor_rss_mb": round(result.max_actor_rss_mb, 0),
                 "driver_peak_rss_mb": round(
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from jobs import demo, generate, ingest, recompute, warehouse_cmds
+from jobs import demo, generate, ingest, recompute, train, warehouse_cmds
 
 app = typer.Typer(
     name="strata",
@@ -21,6 +21,8 @@ app.command("generate", help=generate.command.__doc__)(generate.command)
 app.command("import", help=ingest.command.__doc__)(ingest.command)
 app.command("recompute", help=recompute.command.__doc__)(recompute.command)
 app.command("rollback", help=recompute.rollback.__doc__)(recompute.rollback)
+app.command("train", help=train.command.__doc__)(train.command)
+app.command("models", help=train.models.__doc__)(train.models)
 app.command("compact", help=warehouse_cmds.compact.__doc__)(warehouse_cmds.compact)
 app.command("info", help=warehouse_cmds.info.__doc__)(warehouse_cmds.info)
 app.command("vacuum", help=warehouse_cmds.vacuum.__doc__)(warehouse_cmds.vacuum)

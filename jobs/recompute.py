@@ -23,8 +23,9 @@ import typer
 from rich.table import Table
 
 from jobs._runtime import console, progress, ray_session, redis_session, summary_table
-from strata.features import RfmPartials
+from strata.features import FEATURES_SCHEMA, RfmPartials
 from strata.ids import assign
+from strata.io.models import ModelError, ModelRegistry
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
@@ -51,6 +52,7 @@ class RecomputeResult:
     previous_version: str | None
     published: bool
     snapshot_path: str
+    model: str
     timings: dict[str, float] = field(default_factory=dict)
     max_actor_rss_mb: float = 0.0
 
@@ -114,6 +116,7 @@ class RecomputeJob:
         rows = warehouse.bucket_rows("events")
         snapshots = SnapshotStore(self.settings.data)
         previous = snapshots.latest_before(self.as_of_ms)
+        model_version, model_status = self._resolve_model()
         version = dt.datetime.now(dt.UTC).strftime("v%Y%m%dT%H%M%S%fZ")
         with ray_session(self.settings) as ray:
             from actors.feature_shard import FeatureShardActor
@@ -125,7 +128,7 @@ class RecomputeJob:
             plan = [p for p in assign(buckets, n, [rows.get(b, 0) + 1 for b in buckets]) if p]
             shards: list[Any] = [
                 FeatureShardActor.options(num_cpus=cpus_per_actor).remote(
-                    self.settings.data, p, self.as_of_ms, self.config
+                    self.settings.data, p, self.as_of_ms, self.config, model_version
                 )
                 for p in plan
             ]
@@ -173,6 +176,7 @@ class RecomputeJob:
                 "outputs": {"users": users, "tiers": tiers, "lifecycle_stages": stages},
                 "transitions": moves,
                 "actors": len(shards),
+                "predictions": {"model_version": model_version, "status": model_status},
                 "published": False,
                 "timings": timings,
             }
@@ -206,9 +210,42 @@ class RecomputeJob:
             previous_version=previous,
             published=published,
             snapshot_path=snapshots.path(version),
+            model=f"{model_version or '-'} ({model_status})",
             timings=timings,
             max_actor_rss_mb=max(s["max_rss_mb"] for s in scores),
         )
+
+    def _resolve_model(self) -> tuple[str | None, str]:
+        """The trained model to score with (or None) and a note for the manifest.
+
+        Raises:
+            RecomputeError: predictions are required and there is no good model, or the model
+                is corrupt / does not fit the features and ``on_model_error`` is ``fail``.
+        """
+        options = self.config.options
+        if options.predictions == "off":
+            return None, "off (configs/recompute.yaml)"
+        registry = ModelRegistry(self.settings.data)
+        # the newest version *marked* good; a damaged one must fail loudly below rather than
+        # quietly give way to an older model
+        version = next(
+            (v for v in reversed(registry.versions()) if _status(registry, v) == "good"), None
+        )
+        if version is None:
+            if options.predictions == "required":
+                raise RecomputeError(
+                    f"predictions are required but {registry.root} holds no good model; "
+                    "run `strata train` first"
+                )
+            return None, "no trained model yet"
+        try:
+            registry.load(version).check_features(FEATURES_SCHEMA.names)
+        except ModelError as exc:
+            if options.on_model_error == "fail":
+                raise RecomputeError(f"cannot score with model {version}: {exc}") from exc
+            console.print(f"[yellow]continuing without predictions: {exc}")
+            return None, f"model {version} not used: {exc}"
+        return version, "used"
 
     def _hook(self, phase: str, shards: list[Any]) -> None:
         if self.on_phase is not None:
@@ -231,7 +268,10 @@ class RecomputeJob:
     def _publish(
         self, ray: Any, shards: list[Any], version: str, users: int, manifest: dict[str, Any]
     ) -> None:
-        layout = snapshot_layout(self.config.tiers.tier_names)
+        layout = snapshot_layout(
+            self.config.tiers.tier_names,
+            predictions=manifest["predictions"]["model_version"] is not None,
+        )
         with redis_session(self.settings) as url:
             store = SegmentStore(url, namespace=NAMESPACE)
             store.begin_version(
@@ -253,6 +293,14 @@ class RecomputeJob:
                 raise
             finally:
                 store.close()
+
+
+def _status(registry: ModelRegistry, version: str) -> str | None:
+    try:
+        status = registry.meta(version).get("status")
+    except ModelError:
+        return None
+    return str(status) if status is not None else None
 
 
 def transition_table(moves: dict[str, dict[str, int]], tier_names: list[str]) -> Table:
@@ -300,6 +348,7 @@ def print_result(result: RecomputeResult, tier_names: list[str]) -> None:
                 ("previous version", result.previous_version or "-"),
                 ("users", result.users),
                 *[(f"lifecycle {k}", v) for k, v in sorted(result.stages.items())],
+                ("model", result.model),
                 ("published to Redis", "yes" if result.published else "no"),
                 ("snapshot", result.snapshot_path),
                 *[(k, v) for k, v in result.timings.items()],

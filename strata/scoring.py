@@ -12,17 +12,30 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from strata.config import StrictModel, config_path, load_yaml
 from strata.features import FeatureConfig, RfmPartials, load_feature_config, rfm_scores
 from strata.lifecycle import LifecycleRules, assign_lifecycle, load_lifecycle_rules
 from strata.tiers import TierRules, assign_tiers, load_tier_rules
 
 NEW_USER = "(new)"
+PREDICTION_COLUMNS: tuple[str, ...] = ("churn_p", "repurchase_p", "predicted_spend")
+
+
+class RecomputeOptions(StrictModel):
+    """configs/recompute.yaml: how trained models are used."""
+
+    predictions: Literal["auto", "required", "off"] = "auto"
+    on_model_error: Literal["fail", "continue"] = "fail"
+
+
+def load_recompute_options(config_dir: str | Path | None = None) -> RecomputeOptions:
+    return load_yaml(config_path("recompute", config_dir), RecomputeOptions)
 
 
 @dataclass(frozen=True)
@@ -32,10 +45,11 @@ class RecomputeConfig:
     features: FeatureConfig
     lifecycle: LifecycleRules
     tiers: TierRules
+    options: RecomputeOptions
 
     @classmethod
     def load(cls, config_dir: str | Path | None = None) -> RecomputeConfig:
-        """Load and validate configs/features.yaml, lifecycle.yaml and tiers.yaml.
+        """Load and validate configs/features.yaml, lifecycle.yaml, tiers.yaml, recompute.yaml.
 
         Raises:
             strata.config.ConfigError: naming the file and key at fault.
@@ -44,15 +58,17 @@ class RecomputeConfig:
             features=load_feature_config(config_dir),
             lifecycle=load_lifecycle_rules(config_dir),
             tiers=load_tier_rules(config_dir),
+            options=load_recompute_options(config_dir),
         )
 
     def digest(self) -> str:
-        """sha256 of the canonical JSON of all three configs (recorded in the manifest)."""
+        """sha256 of the canonical JSON of every config (recorded in the manifest)."""
         blob = json.dumps(
             {
                 "features": self.features.model_dump(mode="json"),
                 "lifecycle": self.lifecycle.model_dump(mode="json"),
                 "tiers": self.tiers.model_dump(mode="json"),
+                "options": self.options.model_dump(mode="json"),
             },
             sort_keys=True,
         )
@@ -65,8 +81,9 @@ def score_features(
     previous_tier: pa.Array | pa.ChunkedArray | None,
     as_of_ms: int,
     config: RecomputeConfig,
+    predictions: dict[str, np.ndarray] | None = None,
 ) -> pa.Table:
-    """Add rfm_r/f/m, rfm_score, lifecycle and tier columns to one shard's features.
+    """Add rfm_r/f/m, rfm_score, predictions, lifecycle and tier columns to one shard's features.
 
     Args:
         features: per-user features of one bucket, sorted by user_id.
@@ -75,6 +92,8 @@ def score_features(
             null for users it did not have; None when there is no previous snapshot.
         as_of_ms: the as-of instant.
         config: all recompute configuration.
+        predictions: model outputs per user (``PREDICTION_COLUMNS``), None without a model
+            (the columns are then null).
 
     Returns:
         ``features`` with the scoring columns appended.
@@ -83,7 +102,10 @@ def score_features(
     r, f, m, score = rfm_scores(features, partials, (w.recency, w.frequency, w.monetary))
     stage, stage_rule = assign_lifecycle(features, as_of_ms, config.lifecycle)
     ltv = features.column("ltv_cny").to_numpy(zero_copy_only=False).astype("float64")
-    tier, tier_rule, explanation = assign_tiers(score, stage, ltv, previous_tier, config.tiers)
+    churn_p = predictions["churn_p"] if predictions is not None else None
+    tier, tier_rule, explanation = assign_tiers(
+        score, stage, ltv, previous_tier, config.tiers, churn_p=churn_p
+    )
     prev = (
         previous_tier.cast(pa.string())
         if previous_tier is not None
@@ -94,6 +116,14 @@ def score_features(
         "rfm_f": pa.array(np.round(f, 6)),
         "rfm_m": pa.array(np.round(m, 6)),
         "rfm_score": pa.array(np.round(score, 6)),
+        **{
+            name: (
+                pa.array(np.round(predictions[name], 6), pa.float64())
+                if predictions is not None
+                else pa.nulls(features.num_rows, pa.float64())
+            )
+            for name in PREDICTION_COLUMNS
+        },
         "lifecycle_stage": stage,
         "lifecycle_rule": stage_rule,
         "tier": tier,

@@ -1,0 +1,377 @@
+"""Versioned model registry: ``<data root>/models/<version>/`` on any pyarrow filesystem.
+
+A version holds one XGBoost model per target in xgboost's UBJSON format (``churn.ubj``,
+``repurchase.ubj``, ``spend.ubj``) and ``meta.json``: the feature list and types, objective and
+parameters per model, the data hash, cutoffs, horizon, test metrics, baselines, the winner per
+target, status (``good`` / ``failed``) and the size and SHA-256 of every model file. The meta
+file is written last, through an atomic rename: it is the commit marker, so a folder without
+one is an incomplete save and is never listed. ``models/_work/<version>/`` is scratch space of
+the training job (training example shards), never a version.
+
+Scoring (:meth:`LoadedModels.predict`) runs the same feature transform as training
+(:func:`strata.training.model_features`) and refuses a features table that lacks a model
+feature rather than guessing its values. Imports xgboost, never ray.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import posixpath
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import xgboost as xgb
+
+from strata.features import FEATURES_SCHEMA
+from strata.io.warehouse import resolve
+
+__all__ = [
+    "META",
+    "MODEL_NAMES",
+    "PREDICTION_COLUMNS",
+    "STATUSES",
+    "WORK_DIR",
+    "LoadedModels",
+    "ModelError",
+    "ModelRegistry",
+    "new_version",
+]
+
+META = "meta.json"
+WORK_DIR = "_work"
+#: The models of a version, one per target.
+MODEL_NAMES: tuple[str, ...] = ("churn", "repurchase", "spend")
+#: Output column of each model in :meth:`LoadedModels.predict`.
+PREDICTION_COLUMNS: dict[str, str] = {
+    "churn": "churn_p",
+    "repurchase": "repurchase_p",
+    "spend": "predicted_spend",
+}
+STATUSES: tuple[str, ...] = ("good", "failed")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ModelError(RuntimeError):
+    """A model version is missing, incomplete, corrupt, or does not fit the input."""
+
+
+def new_version(now: dt.datetime | None = None) -> str:
+    """A fresh version name; names sort by creation time (``vYYYYmmddTHHMMSSffffffZ``)."""
+    return (now or dt.datetime.now(dt.UTC)).strftime("v%Y%m%dT%H%M%S%fZ")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _model_file(name: str) -> str:
+    return f"{name}.ubj"
+
+
+@dataclass
+class LoadedModels:
+    """The three boosters of one version, ready to score features tables.
+
+    Picklable (boosters pickle as their raw model), but cheap enough to rebuild in each Ray
+    actor with ``ModelRegistry(data_root).load()``.
+
+    Attributes:
+        version: the model version.
+        meta: its ``meta.json``.
+        boosters: one booster per name in :data:`MODEL_NAMES`.
+        nthread: threads per prediction call (1 inside actors: one CPU each).
+    """
+
+    version: str
+    meta: dict[str, Any]
+    boosters: dict[str, xgb.Booster] = field(repr=False)
+    nthread: int = 1
+
+    @property
+    def features(self) -> list[str]:
+        """Model features, in the column order the boosters expect."""
+        return list(self.meta["features"])
+
+    def check_features(self, columns: Sequence[str]) -> None:
+        """Check, without data, that tables with these columns can be scored.
+
+        Args:
+            columns: column names of the features tables that will be passed to
+                :meth:`predict` (e.g. ``strata.features.FEATURES_SCHEMA.names``).
+
+        Raises:
+            ModelError: a model feature cannot be derived from ``columns`` (names them).
+        """
+        known = set(FEATURES_SCHEMA.names)
+        fields = [
+            FEATURES_SCHEMA.field(c) if c in known else pa.field(c, pa.float64()) for c in columns
+        ]
+        self._model_table(pa.schema(fields).empty_table())
+
+    def _model_table(self, features: pa.Table) -> pa.Table:
+        from strata.training import model_features
+
+        try:
+            table = model_features(features)
+        except (KeyError, ValueError) as exc:
+            raise ModelError(
+                f"model version {self.version}: cannot derive the model features ({exc}); "
+                "feature mismatch: retrain or recompute the features"
+            ) from exc
+        missing = [name for name in self.features if name not in table.column_names]
+        if missing:
+            raise ModelError(
+                f"model version {self.version}: the features table lacks model feature "
+                f"column(s) {missing} (feature mismatch; retrain or recompute the features)"
+            )
+        return table
+
+    def predict(self, features: pa.Table) -> dict[str, np.ndarray]:
+        """Score a features table (one row per user, as the recompute computes it).
+
+        Args:
+            features: per-user features (``strata.features.compute_features`` output).
+
+        Returns:
+            ``churn_p`` and ``repurchase_p`` (probabilities) and ``predicted_spend`` (CNY in
+            the horizon, never negative): float32 arrays aligned with the input rows.
+
+        Raises:
+            ModelError: the table lacks a feature the models were trained on (names it).
+        """
+        from strata.training import feature_matrix
+
+        X = feature_matrix(self._model_table(features), self.features)
+        out: dict[str, np.ndarray] = {}
+        for name, column in PREDICTION_COLUMNS.items():
+            if X.shape[0] == 0:
+                out[column] = np.zeros(0, dtype=np.float32)
+                continue
+            out[column] = np.asarray(self.boosters[name].inplace_predict(X), dtype=np.float32)
+        out["predicted_spend"] = np.clip(out["predicted_spend"], 0.0, None)
+        return out
+
+
+class ModelRegistry:
+    """Reader and writer of the model versions under one data root.
+
+    Args:
+        data_root: local path or pyarrow filesystem URI of the data root.
+    """
+
+    def __init__(self, data_root: str) -> None:
+        self.data_root = data_root
+        self.fs, root = resolve(data_root)
+        self.root = posixpath.join(root, "models")
+
+    # ------------------------------------------------------------------ paths
+    def path(self, version: str) -> str:
+        """Folder of one version."""
+        return posixpath.join(self.root, version)
+
+    def work_dir(self, version: str) -> str:
+        """Scratch folder of the training run that produces ``version``."""
+        return posixpath.join(self.root, WORK_DIR, version)
+
+    def delete_work(self, version: str) -> None:
+        """Remove the scratch folder of ``version`` (nothing if there is none)."""
+        path = self.work_dir(version)
+        if self.fs.get_file_info(path).type == pafs.FileType.Directory:
+            self.fs.delete_dir(path)
+        parent = posixpath.join(self.root, WORK_DIR)
+        if self.fs.get_file_info(parent).type == pafs.FileType.Directory and not (
+            self.fs.get_file_info(pafs.FileSelector(parent))
+        ):
+            self.fs.delete_dir(parent)
+
+    # ------------------------------------------------------------------ writing
+    def save(self, version: str, boosters: dict[str, xgb.Booster], meta: dict[str, Any]) -> str:
+        """Write the models of ``version`` and then, last, its ``meta.json``.
+
+        Args:
+            version: version name (see :func:`new_version`).
+            boosters: models by name; a ``good`` version needs all of :data:`MODEL_NAMES`
+                (a ``failed`` one may have any, or none).
+            meta: metadata; ``status`` defaults to ``good``, ``created_at`` to now. The
+                registry adds ``version`` and ``files`` (name, bytes, SHA-256 per model).
+
+        Returns:
+            The version's folder.
+
+        Raises:
+            ModelError: bad version name or status, a good version without all models or
+                without a feature list, or a version that already exists.
+        """
+        if not _VERSION_RE.match(version) or version == WORK_DIR:
+            raise ModelError(f"invalid model version name {version!r}")
+        status = meta.get("status", "good")
+        if status not in STATUSES:
+            raise ModelError(f"model version {version}: status {status!r} not in {STATUSES}")
+        if status == "good":
+            lacking = [n for n in MODEL_NAMES if n not in boosters]
+            if lacking:
+                raise ModelError(f"model version {version}: a good version lacks {lacking}")
+            if not meta.get("features"):
+                raise ModelError(f"model version {version}: meta has no feature list")
+        folder = self.path(version)
+        if self.fs.get_file_info(posixpath.join(folder, META)).type != pafs.FileType.NotFound:
+            raise ModelError(f"model version {version} already exists at {folder}")
+        self.fs.create_dir(folder, recursive=True)
+        files: dict[str, dict[str, Any]] = {}
+        for name in sorted(boosters):
+            raw = bytes(boosters[name].save_raw("ubj"))
+            file = _model_file(name)
+            with self.fs.open_output_stream(posixpath.join(folder, file)) as f:
+                f.write(raw)
+            files[name] = {
+                "file": file,
+                "bytes": len(raw),
+                "sha256": hashlib.sha256(raw).hexdigest(),
+            }
+        full = {
+            **meta,
+            "version": version,
+            "status": status,
+            "created_at": meta.get("created_at") or dt.datetime.now(dt.UTC).isoformat(),
+            "files": files,
+        }
+        data = json.dumps(full, indent=1, sort_keys=True, default=_json_default).encode("utf-8")
+        tmp = posixpath.join(folder, f".{META}.{uuid.uuid4().hex}.tmp")
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self.fs.move(tmp, posixpath.join(folder, META))  # the commit: atomic rename
+        return folder
+
+    def delete(self, version: str) -> None:
+        """Remove a version folder (used to discard a half-written save)."""
+        path = self.path(version)
+        if self.fs.get_file_info(path).type == pafs.FileType.Directory:
+            self.fs.delete_dir(path)
+
+    # ------------------------------------------------------------------ reading
+    def versions(self) -> list[str]:
+        """Committed versions (those with ``meta.json``), oldest first."""
+        if self.fs.get_file_info(self.root).type != pafs.FileType.Directory:
+            return []
+        out = []
+        for info in self.fs.get_file_info(pafs.FileSelector(self.root)):
+            name = posixpath.basename(info.path)
+            if info.type != pafs.FileType.Directory or name.startswith(("_", ".")):
+                continue
+            marker = self.fs.get_file_info(posixpath.join(info.path, META))
+            if marker.type == pafs.FileType.File:
+                out.append(name)
+        return sorted(out)
+
+    def meta(self, version: str) -> dict[str, Any]:
+        """The ``meta.json`` of one version.
+
+        Raises:
+            ModelError: it is missing or not valid JSON (names the version and file).
+        """
+        path = posixpath.join(self.path(version), META)
+        try:
+            with self.fs.open_input_stream(path) as f:
+                raw = f.read()
+        except FileNotFoundError as exc:
+            raise ModelError(f"model version {version}: {path} is missing") from exc
+        try:
+            meta = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"model version {version}: {path} is corrupt ({exc})") from exc
+        if not isinstance(meta, dict):
+            raise ModelError(f"model version {version}: {path} is not a JSON object")
+        return meta
+
+    def _complete(self, version: str, meta: dict[str, Any]) -> bool:
+        """Every model file is there with the size and SHA-256 that meta.json records."""
+        files = meta.get("files") or {}
+        for name in MODEL_NAMES:
+            entry = files.get(name)
+            if not entry:
+                return False
+            path = posixpath.join(self.path(version), entry["file"])
+            info = self.fs.get_file_info(path)
+            if info.type != pafs.FileType.File or info.size != entry.get("bytes"):
+                return False
+            digest = entry.get("sha256")
+            if digest is not None:
+                with self.fs.open_input_stream(path) as f:
+                    if hashlib.sha256(f.read()).hexdigest() != digest:
+                        return False
+        return True
+
+    def latest_good(self) -> str | None:
+        """The newest version with status ``good`` whose model files are all present and intact
+        (sizes and checksums as recorded; a few MB read per version tried)."""
+        for version in reversed(self.versions()):
+            try:
+                meta = self.meta(version)
+            except ModelError:
+                continue
+            if meta.get("status") == "good" and self._complete(version, meta):
+                return version
+        return None
+
+    def load(self, version: str | None = None, nthread: int = 1) -> LoadedModels:
+        """Load the boosters of ``version`` (default: :meth:`latest_good`).
+
+        Every file is checked against the size and SHA-256 recorded in ``meta.json``.
+
+        Args:
+            version: version to load; None loads the newest good one.
+            nthread: prediction threads per call (keep 1 inside Ray actors).
+
+        Raises:
+            ModelError: no good version exists, or a file is missing or corrupt (the message
+                names the version and the file), or the version is marked failed.
+        """
+        if version is None:
+            version = self.latest_good()
+            if version is None:
+                raise ModelError(f"no good model version under {self.root}; run `strata train`")
+        meta = self.meta(version)
+        if meta.get("status") != "good":
+            raise ModelError(
+                f"model version {version} has status {meta.get('status')!r}, not 'good'"
+            )
+        files = meta.get("files") or {}
+        boosters: dict[str, xgb.Booster] = {}
+        for name in MODEL_NAMES:
+            entry = files.get(name) or {"file": _model_file(name)}
+            path = posixpath.join(self.path(version), entry["file"])
+            try:
+                with self.fs.open_input_stream(path) as f:
+                    raw = f.read()
+            except FileNotFoundError as exc:
+                raise ModelError(f"model version {version}: model file {path} is missing") from exc
+            digest = entry.get("sha256")
+            if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
+                raise ModelError(
+                    f"model version {version}: model file {path} is corrupt "
+                    f"(SHA-256 differs from meta.json)"
+                )
+            booster = xgb.Booster()
+            try:
+                booster.load_model(bytearray(raw))
+            except xgb.core.XGBoostError as exc:
+                raise ModelError(
+                    f"model version {version}: model file {path} is corrupt ({exc})"
+                ) from exc
+            booster.set_param({"nthread": nthread})
+            boosters[name] = booster
+        return LoadedModels(version=version, meta=meta, boosters=boosters, nthread=nthread)
