@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -23,6 +24,68 @@ from strata.io.redis_server import EmbeddedRedis
 from strata.settings import Settings
 
 console = Console(stderr=False)
+
+T = TypeVar("T")
+
+
+class BucketTaskError(RuntimeError):
+    """One bucket's Ray task failed; the other tasks were cancelled.
+
+    Attributes:
+        bucket: the bucket whose task failed.
+        cause: the task's own exception (unwrapped from Ray's error).
+    """
+
+    def __init__(self, bucket: int, cause: BaseException) -> None:
+        super().__init__(f"bucket {bucket}: {type(cause).__name__}: {cause}")
+        self.bucket = bucket
+        self.cause = cause
+
+
+def map_buckets(
+    ray: Any,
+    items: Iterable[T],
+    bucket_of_item: Callable[[T], int],
+    submit: Callable[[T], Any],
+    max_in_flight: int,
+    description: str,
+    show_progress: bool = True,
+) -> list[Any]:
+    """Run one Ray task per item (a bucket's work), at most ``max_in_flight`` at once.
+
+    Keeps memory bounded by the tasks in flight and shows a progress bar. Results come in
+    completion order (callers sort them when order matters).
+
+    Raises:
+        BucketTaskError: a task failed; every task still pending is cancelled first.
+    """
+    queue = deque(items)
+    pending: dict[Any, int] = {}
+    results: list[Any] = []
+    bar = progress() if show_progress else None
+    bar_task = bar.add_task(description, total=len(queue)) if bar else None
+    if bar:
+        bar.start()
+    try:
+        while queue or pending:
+            while queue and len(pending) < max_in_flight:
+                item = queue.popleft()
+                pending[submit(item)] = bucket_of_item(item)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                bucket = pending.pop(ref)
+                try:
+                    results.append(ray.get(ref))
+                except Exception as exc:
+                    for other in pending:
+                        ray.cancel(other, force=True)
+                    raise BucketTaskError(bucket, getattr(exc, "cause", None) or exc) from exc
+                if bar and bar_task is not None:
+                    bar.advance(bar_task)
+    finally:
+        if bar:
+            bar.stop()
+    return results
 
 
 @contextlib.contextmanager

@@ -15,7 +15,6 @@ import posixpath
 import resource
 import time
 import uuid
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -25,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import typer
 
-from jobs._runtime import console, progress, ray_session, summary_table
+from jobs._runtime import BucketTaskError, console, map_buckets, ray_session, summary_table
 from strata.config import CalendarConfig, ConfigError, load_calendar
 from strata.ids import bucket_of, pseudonymise_many
 from strata.io.keys import load_pseudonym_key
@@ -256,43 +255,28 @@ def run(
         max_in_flight = 2 * parallel
         task = ray.remote(num_cpus=1, max_retries=0)(generate_shard)
         cfg_ref, cal_ref = ray.put(cfg), ray.put(calendar)
-        pending: dict[Any, int] = {}
-        queue = deque(groups)
-        bar = progress() if show_progress else None
-        bar_task = bar.add_task("generating buckets", total=len(groups)) if bar else None
+
+        def submit(group: tuple[int, Any, Any]) -> Any:
+            b, ids, raw = group
+            return task.remote(
+                data_root, write_id, staging, b, ids, raw, cfg_ref, cal_ref, seed, start, days
+            )
+
         try:
-            if bar:
-                bar.start()
-            while queue or pending:
-                while queue and len(pending) < max_in_flight:
-                    b, ids, raw = queue.popleft()
-                    ref = task.remote(
-                        data_root, write_id, staging, b, ids, raw,
-                        cfg_ref, cal_ref, seed, start, days,
-                    )  # fmt: skip
-                    pending[ref] = b
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    b = pending.pop(ref)
-                    try:
-                        shards.append(ray.get(ref))
-                    except Exception as exc:
-                        for other in pending:
-                            ray.cancel(other, force=True)
-                        cause = getattr(exc, "cause", None) or exc
-                        raise GenerateError(
-                            f"generation of bucket {b} failed: {type(cause).__name__}: {cause}; "
-                            "nothing was committed (orphan part files are removed by "
-                            "`strata vacuum`)"
-                        ) from exc
-                    if bar and bar_task is not None:
-                        bar.advance(bar_task)
+            shards = map_buckets(
+                ray, groups, lambda g: g[0], submit, max_in_flight, "generating buckets",
+                show_progress,
+            )  # fmt: skip
+        except BucketTaskError as exc:
+            _delete_dir(fs, staging)
+            raise GenerateError(
+                f"generation of bucket {exc.bucket} failed: {type(exc.cause).__name__}: "
+                f"{exc.cause}; nothing was committed (orphan part files are removed by "
+                "`strata vacuum`)"
+            ) from exc
         except BaseException:
             _delete_dir(fs, staging)
             raise
-        finally:
-            if bar:
-                bar.stop()
     t_generated = time.perf_counter()
 
     shards.sort(key=lambda s: s.bucket)

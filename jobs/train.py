@@ -28,7 +28,6 @@ import json
 import math
 import posixpath
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +38,14 @@ import pyarrow.parquet as pq
 import typer
 from rich.table import Table
 
-from jobs._runtime import console, progress, ray_session, summary_table
+from jobs._runtime import (
+    BucketTaskError,
+    console,
+    map_buckets,
+    progress,
+    ray_session,
+    summary_table,
+)
 from jobs.recompute import parse_as_of
 from strata.config import ConfigError
 from strata.features import (
@@ -268,36 +274,22 @@ def build_examples(
     """
     task = ray.remote(num_cpus=1, max_retries=3)(bucket_examples)
     fc_ref, cfg_ref = ray.put(feature_config), ray.put(cfg)
-    queue = deque(sorted(buckets, key=lambda b: (-weights.get(b, 0), b)))
-    pending: dict[Any, int] = {}
-    results: list[dict[str, Any]] = []
-    bar = progress() if show_progress else None
-    bar_task = bar.add_task("training examples", total=len(buckets)) if bar else None
-    if bar:
-        bar.start()
+    ordered = sorted(buckets, key=lambda b: (-weights.get(b, 0), b))
     try:
-        while queue or pending:
-            while queue and len(pending) < workers:
-                b = queue.popleft()
-                ref = task.remote(data_root, work_dir, b, cutoffs_ms, horizon_ms, fc_ref, cfg_ref)
-                pending[ref] = b
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                b = pending.pop(ref)
-                try:
-                    results.append(ray.get(ref))
-                except Exception as exc:
-                    for other in pending:
-                        ray.cancel(other, force=True)
-                    cause = getattr(exc, "cause", None) or exc
-                    raise TrainError(
-                        f"training examples of bucket {b} failed: {type(cause).__name__}: {cause}"
-                    ) from exc
-                if bar and bar_task is not None:
-                    bar.advance(bar_task)
-    finally:
-        if bar:
-            bar.stop()
+        results: list[dict[str, Any]] = map_buckets(
+            ray,
+            ordered,
+            lambda b: b,
+            lambda b: task.remote(data_root, work_dir, b, cutoffs_ms, horizon_ms, fc_ref, cfg_ref),
+            workers,
+            "training examples",
+            show_progress,
+        )
+    except BucketTaskError as exc:
+        raise TrainError(
+            f"training examples of bucket {exc.bucket} failed: "
+            f"{type(exc.cause).__name__}: {exc.cause}"
+        ) from exc
     return merge_examples(results)
 
 
