@@ -48,6 +48,7 @@ __all__ = [
     "LogHistogram",
     "RfmPartials",
     "compute_features",
+    "int64_values",
     "load_feature_config",
     "money_bin",
     "percentile_rank",
@@ -392,7 +393,7 @@ def _valid_at(col: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> np.ndarray:
     return valid
 
 
-def _int64(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
+def int64_values(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
     """A non-null integer or timestamp column as int64 numpy (timestamps in ms)."""
     arr = _one_array(col)
     if arr.null_count:
@@ -474,8 +475,8 @@ def _prepare_events(events: pa.Table, as_of_ms: int) -> _Events:
     names = events.column_names
     if "user_id" not in names or "ts" not in names:
         raise ValueError("events need at least the columns user_id and ts")
-    uid = _int64(events.column("user_id"), "user_id")
-    ts = _int64(events.column("ts"), "ts")
+    uid = int64_values(events.column("user_id"), "user_id")
+    ts = int64_values(events.column("ts"), "ts")
     n = len(uid)
     if "event_type" in names:
         code = _event_codes(events.column("event_type"))
@@ -500,7 +501,7 @@ def _prepare_users(users: pa.Table | None, as_of_ms: int) -> tuple[np.ndarray, p
     with unknown signup), and their rows in the same order."""
     if users is None or users.num_rows == 0 or "user_id" not in users.column_names:
         return np.zeros(0, dtype=np.int64), None
-    ids = _int64(users.column("user_id"), "user_id")
+    ids = int64_values(users.column("user_id"), "user_id")
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     last = np.concatenate((sorted_ids[1:] != sorted_ids[:-1], [True]))
@@ -510,7 +511,7 @@ def _prepare_users(users: pa.Table | None, as_of_ms: int) -> tuple[np.ndarray, p
         signed = _valid(signup)
         if pa.types.is_timestamp(signup.type) and signup.type.unit != "ms":
             signup = signup.cast(pa.timestamp("ms", tz=signup.type.tz), safe=False)
-        signup_ms = _int64(pc.fill_null(signup.cast(pa.int64()), 0), "signup_ts")
+        signup_ms = int64_values(pc.fill_null(signup.cast(pa.int64()), 0), "signup_ts")
         sel = sel[~signed[sel] | (signup_ms[sel] <= as_of_ms)]
     if len(sel) == users.num_rows and bool((sel[1:] > sel[:-1]).all()):
         return ids[sel], users  # already sorted and unique

@@ -41,6 +41,7 @@ from strata.features import (
     SLOTS,
     FeatureConfig,
     compute_features,
+    int64_values,
 )
 from strata.schema import (
     AGE_BANDS,
@@ -450,17 +451,6 @@ def feature_matrix(table: pa.Table, names: Sequence[str]) -> np.ndarray:
 
 
 # =========================================================================== labels
-def _ms_of(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A non-null timestamp or integer column as int64 epoch ms."""
-    if pa.types.is_timestamp(col.type):
-        if col.type.unit != "ms":
-            col = col.cast(pa.timestamp("ms", tz=col.type.tz), safe=False)
-        col = col.cast(pa.int64())
-    elif col.type != pa.int64():
-        col = col.cast(pa.int64())
-    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
-
-
 def _is_order(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """event_type == "order" per row (string or dictionary<string>; null is not an order)."""
     chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
@@ -518,12 +508,12 @@ def labels(
     names = events.column_names
     if "user_id" not in names or "ts" not in names:
         raise ValueError("events need at least the columns user_id and ts")
-    ts = _ms_of(events.column("ts"))
+    ts = int64_values(events.column("ts"), "ts")
     sel = (ts >= cutoff_ms) & (ts < end_ms)
     if "event_type" in names:
         sel &= _is_order(events.column("event_type"))
     rows = np.flatnonzero(sel)
-    uid = _ms_of(events.column("user_id").take(pa.array(rows, type=pa.int64())))
+    uid = int64_values(events.column("user_id").take(pa.array(rows, type=pa.int64())), "user_id")
     uniq, inverse = np.unique(ids, return_inverse=True)
     n = len(uniq)
     pos = np.minimum(np.searchsorted(uniq, uid), max(n - 1, 0))
@@ -635,9 +625,9 @@ def data_hash(data: pa.Table | np.ndarray) -> str:
     names = [c for c in ("user_id", "cutoff_ms", "split", *LABEL_COLUMNS) if c in data.column_names]
     if "user_id" not in names:
         raise ValueError("data_hash needs a user_id column")
-    uid = _ms_of(data.column("user_id"))
+    uid = int64_values(data.column("user_id"), "user_id")
     cut = (
-        _ms_of(data.column("cutoff_ms"))
+        int64_values(data.column("cutoff_ms"), "cutoff_ms")
         if "cutoff_ms" in names
         else np.zeros(len(uid), dtype=np.int64)
     )
@@ -649,7 +639,7 @@ def data_hash(data: pa.Table | np.ndarray) -> str:
         if pa.types.is_floating(col.type):
             values = np.nan_to_num(_f64_of(col), nan=0.0).astype("<f8")
         else:
-            values = _ms_of(pc.fill_null(col, 0)).astype("<i8")
+            values = int64_values(pc.fill_null(col, 0), name).astype("<i8")
         h.update(values[order].tobytes())
     return h.hexdigest()
 
@@ -769,20 +759,30 @@ def regression_metrics(y: ArrayLike, yhat: ArrayLike) -> dict[str, Any]:
     }
 
 
-def winner(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """Name of the model with the highest ``auc`` (ties: the first listed).
+def winner(
+    results: Mapping[str, Mapping[str, Any]], metric: str = "auc", higher_is_better: bool = True
+) -> str:
+    """Name of the model with the best ``metric`` (ties: the first listed; NaN never wins).
+
+    Args:
+        results: metrics per model name.
+        metric: e.g. ``auc`` (classification) or ``rmse`` (regression).
+        higher_is_better: False for errors such as ``rmse``.
 
     Raises:
-        ValueError: no entry has a defined AUC.
+        ValueError: no entry has a defined value of ``metric``.
     """
     best: str | None = None
-    best_auc = -np.inf
+    best_value = -np.inf
     for name, metrics in results.items():
-        auc = metrics.get("auc")
-        if auc is not None and np.isfinite(auc) and auc > best_auc:
-            best, best_auc = name, float(auc)
+        value = metrics.get(metric)
+        if value is None or not np.isfinite(value):
+            continue
+        score = float(value) if higher_is_better else -float(value)
+        if score > best_value:
+            best, best_value = name, score
     if best is None:
-        raise ValueError(f"no model with a defined auc among {list(results)}")
+        raise ValueError(f"no model with a defined {metric} among {list(results)}")
     return best
 
 
