@@ -72,6 +72,9 @@ from strata.training import (
     regression_metrics,
     training_examples,
 )
+from strata.training import (
+    winner as training_winner,
+)
 
 DAY_MS = 86_400_000
 #: Split codes of ``training_examples`` (0, 1, 2) and their folder names.
@@ -349,17 +352,14 @@ def winner(target: Target, metrics: dict[str, dict[str, Any]]) -> str:
     The contest is between the model (``distributed``) and the baselines; the single-node
     model is the same model trained another way (a parity reference), so it does not compete.
     """
-
-    def key(method: str) -> float:
-        name = "auc" if target.kind == "classification" else "rmse"
-        value = metrics[method].get(name)
-        v = math.nan if value is None else float(value)
-        if not math.isfinite(v):
-            return math.inf
-        return -v if target.kind == "classification" else v
-
-    ordered = [m for m in METHODS if m in metrics and m != "single_node"]
-    return min(ordered, key=lambda m: (key(m), ordered.index(m)))
+    contenders = {m: metrics[m] for m in METHODS if m in metrics and m != "single_node"}
+    classification = target.kind == "classification"
+    try:
+        return training_winner(
+            contenders, "auc" if classification else "rmse", higher_is_better=classification
+        )
+    except ValueError:
+        return next(iter(contenders))  # nothing measurable: the model, listed first
 
 
 def importance(booster: Any, top: int = IMPORTANCE_TOP) -> list[tuple[str, float]]:
