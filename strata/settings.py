@@ -23,6 +23,10 @@ class Settings(BaseSettings):
         n_buckets: user buckets of a new warehouse (an existing one keeps its own).
         ray_address: Ray cluster to join (``auto``, ``ray://host:10001``); unset starts local Ray.
         num_cpus: CPUs for a local Ray (unset: all).
+        api_keys: API key records as JSON (``[{"name", "scopes", "sha256"}, ...]``: hashes
+            only, never the keys), added to those in ``api_keys_file``.
+        api_keys_file: the key file ``strata keys`` maintains (default ``<data>/api_keys.json``
+            for a local data root).
     """
 
     model_config = SettingsConfigDict(env_prefix="STRATA_", extra="ignore")
@@ -36,3 +40,14 @@ class Settings(BaseSettings):
     n_buckets: int = Field(default=DEFAULT_N_BUCKETS, ge=1, le=65536)
     ray_address: str | None = None
     num_cpus: int | None = Field(default=None, ge=1)
+    api_keys: str | None = None
+    api_keys_file: Path | None = None
+
+    def keys_path(self) -> Path | None:
+        """The API key file: ``api_keys_file``, else ``<data>/api_keys.json`` when the data
+        root is a local folder, else None (keys then come from ``STRATA_API_KEYS`` only)."""
+        if self.api_keys_file is not None:
+            return self.api_keys_file
+        if "://" in self.data and not self.data.startswith("file://"):
+            return None
+        return Path(self.data.removeprefix("file://")) / "api_keys.json"
