@@ -44,6 +44,7 @@ from strata.segment_codec import (
     ACTIVE_SLOTS,
     LIFECYCLE_STAGES,
     PRICE_SENSITIVITIES,
+    TIER_RULES,
     TIERS,
     decode_many,
     encode,
@@ -72,6 +73,7 @@ def realistic_records(n: int, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]
     monetary = np.where(has_order, rng.lognormal(5.5, 0.9, n).round(2), 0.0)
     cols: dict[str, Any] = {
         "tier": pick(TIERS, [0.1, 0.25, 0.5, 0.15]),
+        "tier_rule": pick(TIER_RULES, [0.85, 0.1, 0.05]),
         "lifecycle_stage": pick(LIFECYCLE_STAGES, [0.1, 0.2, 0.4, 0.2, 0.1]),
         "top_category": pick(CATEGORIES, [1 / 8] * 8, null_share=0.1),
         "price_sensitivity": pick(PRICE_SENSITIVITIES, [0.3, 0.2, 0.3, 0.2]),

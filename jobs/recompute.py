@@ -268,18 +268,22 @@ class RecomputeJob:
     def _publish(
         self, ray: Any, shards: list[Any], version: str, users: int, manifest: dict[str, Any]
     ) -> None:
+        model_version = manifest["predictions"]["model_version"]
         layout = snapshot_layout(
-            self.config.tiers.tier_names,
-            predictions=manifest["predictions"]["model_version"] is not None,
+            self.config.tiers.tier_names, predictions=model_version is not None
         )
+        # what the online API needs to explain a record and list the tiers, from Redis alone
+        meta: dict[str, Any] = {
+            "as_of": manifest["as_of"],
+            "config_sha256": manifest["config_sha256"],
+            "tier_rules": self.config.tiers.model_dump(mode="json"),
+            "tiers": manifest["outputs"]["tiers"],
+            "lifecycle_stages": manifest["outputs"]["lifecycle_stages"],
+            "model_version": model_version,
+        }
         with redis_session(self.settings) as url:
             store = SegmentStore(url, namespace=NAMESPACE)
-            store.begin_version(
-                version,
-                layout,
-                n_groups_for(users),
-                {"as_of": manifest["as_of"], "config_sha256": manifest["config_sha256"]},
-            )
+            store.begin_version(version, layout, n_groups_for(users), meta)
             try:
                 layout_json = layout.model_dump_json()
                 self._gather(

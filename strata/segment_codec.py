@@ -1,8 +1,8 @@
 """Fixed-size binary records for the online segment store, and the user → group mapping.
 
 A :class:`RecordLayout` is an ordered list of typed fields. Every user's record is encoded into
-the same small number of bytes (21 for :func:`snapshot_layout` with predictions), so that
-50-100 users packed into one Redis hash stay in Redis's compact listpack/ziplist encoding
+the same small number of bytes (21 for :func:`snapshot_layout` with predictions, 14 without), so
+that 50-100 users packed into one Redis hash stay in Redis's compact listpack/ziplist encoding
 (~38 bytes of Redis memory per user instead of ~440 for one hash per user with text fields).
 
 Field kinds (all little-endian; "null" is a reserved code, so every field is nullable):
@@ -27,7 +27,7 @@ order from the least significant bit; the other fields follow in declared order,
 Every byte of a record costs ~1.1 bytes of Redis memory per user (jemalloc rounds each hash's
 listpack up to a size class), on top of ~17 bytes of fixed cost (8-byte field, entry headers,
 per-hash overhead). The 40-bytes-per-user budget therefore leaves ~21 bytes for the record,
-which is why six enums share 3 bytes, money is exact cents in 3 bytes (``cny``) and the RFM
+which is why seven enums share 3 bytes, money is exact cents in 3 bytes (``cny``) and the RFM
 percentile scores use 1/200 steps (``unit8``).
 
 A layout is stored (as JSON) with each published version, so a reader always decodes with the
@@ -39,7 +39,7 @@ modulo the group count: unlike :func:`strata.ids.bucket_of` (a golden-ratio mult
 warehouse bucket spreads evenly over all groups. The field key of a user inside its group is
 its id as 8 big-endian bytes (:func:`user_field`).
 
-Pure: numpy, pyarrow and pydantic only.
+Pure: numpy, pyarrow and pydantic only (plus the rule names of :mod:`strata.tiers`).
 """
 
 from __future__ import annotations
@@ -58,12 +58,14 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from strata.schema import CATEGORIES, CHANNELS
+from strata.tiers import RULE_BAND, RULE_CHURN, RULE_HOLD
 
 __all__ = [
     "ACTIVE_SLOTS",
     "LIFECYCLE_STAGES",
     "PRICE_SENSITIVITIES",
     "TIERS",
+    "TIER_RULES",
     "FieldKind",
     "FieldSpec",
     "RecordLayout",
@@ -88,6 +90,8 @@ PRICE_SENSITIVITIES: tuple[str, ...] = (
     "unknown",
 )
 ACTIVE_SLOTS: tuple[str, ...] = ("morning", "noon", "afternoon", "evening", "night")
+#: The rule that gave a user its tier (the snapshot's ``tier_rule`` column).
+TIER_RULES: tuple[str, ...] = (RULE_BAND, RULE_HOLD, RULE_CHURN)
 
 _UNIT_SCALE = 10_000
 _UNIT8_SCALE = 200
@@ -642,7 +646,8 @@ def snapshot_layout(
     predictions: bool = False,
 ) -> RecordLayout:
     """The record of a snapshot that is served online: tier, lifecycle stage, tags, RFM scores,
-    key features and (optionally) predictions. 14 bytes, 21 with predictions.
+    key features, the rule that gave the tier and (optionally) predictions. 14 bytes, 21 with
+    predictions (the seven enums take 21 bits of the first 3 bytes).
 
     Field names are the snapshot's column names, so ``encode(snapshot_table, layout)`` works.
 
@@ -676,6 +681,9 @@ def snapshot_layout(
             of("recency_days", FieldKind.UINT16),
             of("frequency_90d", FieldKind.UINT16),
             of("monetary_90d", FieldKind.CNY),
+            # last, so the other fields keep their order and bit positions; 2 bits, which still
+            # fit in the 3 enum bytes
+            enum("tier_rule", TIER_RULES),
         )
     )
     if predictions:

@@ -18,10 +18,12 @@ import pytest
 from jobs import generate
 from jobs.recompute import RecomputeError, RecomputeJob, parse_as_of
 from strata.config import CONFIG_DIR, ConfigError
+from strata.explain import explain, rules_from_meta
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
 from strata.settings import Settings
+from strata.tiers import load_tier_rules
 from tests.conftest import TEST_KEY
 
 pytestmark = pytest.mark.integration
@@ -136,6 +138,21 @@ def test_publish_hysteresis_transitions_and_rollback(
         strict=True,
     ):
         assert rec is not None and rec["tier"] == tier and rec["lifecycle_stage"] == stage
+    # the version carries what the online API needs to explain records and list the tiers
+    info = store.info(second.version)
+    assert info is not None
+    rules = rules_from_meta(info.meta)
+    assert rules == load_tier_rules()
+    assert info.meta["tiers"] == second.tiers
+    assert info.meta["lifecycle_stages"] == second.stages
+    assert "model_version" in info.meta
+    user_id = int(snap.column("user_id")[0].as_py())
+    got = store.get(user_id)
+    assert got is not None and got[0] == second.version
+    assert got[1]["tier_rule"] == snap.column("tier_rule")[0].as_py()
+    assert got[1]["tier_rule"] in {"score_band", "hysteresis_hold", "churn_warning"}
+    why = explain(got[1], rules)
+    assert (why.tier, why.rule) == (got[1]["tier"], got[1]["tier_rule"])
     assert store.rollback() == first.version
     assert store.current() == first.version
     store.close()

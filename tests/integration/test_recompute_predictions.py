@@ -72,7 +72,9 @@ def test_predictions_in_snapshot_redis_and_churn_warning(
     assert churn and all(w.startswith("churn_p ") for w in churn)
     store = SegmentStore(redis_url, namespace="strata")
     got = store.get(int(table.column("user_id")[0].as_py()))
+    info = store.info(result.version)
     store.close()
+    assert info is not None and info.meta["model_version"] == version
     assert got is not None
     assert got[1]["churn_p"] == pytest.approx(table.column("churn_p")[0].as_py(), abs=1e-3)
 

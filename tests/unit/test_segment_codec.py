@@ -45,6 +45,7 @@ def _rows() -> dict[str, list[object]]:
         "recency_days": [3, None, 400],
         "frequency_90d": [0, 5, 17],
         "monetary_90d": [123.45, None, 9999.99],
+        "tier_rule": ["score_band", "hysteresis_hold", "churn_warning"],
         "churn_p": [0.1234, 0.9999, None],
         "repurchase_p": [None, 0.5, 0.0],
         "predicted_spend": [1.5, None, 0.0],
@@ -55,8 +56,9 @@ def test_snapshot_layout_sizes() -> None:
     assert LAYOUT.size == 21
     assert snapshot_layout().size == 14
     assert LAYOUT.dtype.itemsize == 21
-    # six enums of 3, 3, 4, 3, 3, 3 bits share the first 3 bytes
-    assert [f.bits for f in LAYOUT.fields if f.kind is FieldKind.ENUM] == [3, 3, 4, 3, 3, 3]
+    # seven enums of 3, 3, 4, 3, 3, 3, 2 bits share the first 3 bytes
+    assert [f.bits for f in LAYOUT.fields if f.kind is FieldKind.ENUM] == [3, 3, 4, 3, 3, 3, 2]
+    assert LAYOUT.field("tier_rule").labels == ("score_band", "hysteresis_hold", "churn_warning")
 
 
 def test_roundtrip_with_nulls() -> None:
@@ -94,6 +96,7 @@ def test_inputs_table_mapping_numpy_dictionary_chunked_give_same_bytes() -> None
             "price_sensitivity",
             "active_slot",
             "channel",
+            "tier_rule",
         )
         else v
         for k, v in rows.items()
