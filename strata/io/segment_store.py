@@ -90,7 +90,7 @@ _SEND_BYTES = 4 << 20
 # users' 8-byte fields back to back. Returns {} when nothing is published, {version} when the
 # pointer is not the assumed version (nothing read), else {version, found mask ('1'/'0' per
 # user), the found records back to back}: three bulk strings, cheap to send and parse.
-_READ_LUA = """
+READ_LUA = """
 local v = redis.call('GET', KEYS[1])
 if not v then return {} end
 if v ~= ARGV[1] then return {v} end
@@ -190,7 +190,9 @@ class VersionInfo:
 
 
 @dataclass(frozen=True)
-class _ReadMeta:
+class ReadMeta:
+    """What a reader needs to know of a version: its group count and record layout."""
+
     n_groups: int
     layout: RecordLayout
 
@@ -241,11 +243,11 @@ class SegmentStore:
         self.write_chunk_users = write_chunk_users
         self.max_batch = max_batch
         self.on_loose_encoding = on_loose_encoding
-        self._read_script = self._redis.register_script(_READ_LUA)
+        self._read_script = self._redis.register_script(READ_LUA)
         self._flip_script = self._redis.register_script(_FLIP_LUA)
         self._mark_deleting_script = self._redis.register_script(_MARK_DELETING_LUA)
         self._lock = threading.Lock()
-        self._read_meta_cache: dict[str, _ReadMeta] = {}
+        self._read_meta_cache: dict[str, ReadMeta] = {}
         self._assumed_version = ""
         self._limits: CompactLimits | None = None
 
@@ -530,23 +532,7 @@ class SegmentStore:
 
     def info(self, version: str) -> VersionInfo | None:
         """Everything in the meta hash of ``version``, or None if it does not exist."""
-        raw = self._redis.hgetall(self.meta_key(version))
-        if not raw or b"layout" not in raw:
-            return None
-        m = {_text(k): _text(v) for k, v in raw.items()}
-        return VersionInfo(
-            version=version,
-            status=m["status"],
-            layout=RecordLayout.from_json(m["layout"]),
-            n_groups=int(m["n_groups"]),
-            created_at=m["created_at"],
-            as_of=m.get("as_of"),
-            published_at=m.get("published_at"),
-            users_written=int(m.get("users_written", 0)),
-            n_users=int(m["n_users"]) if "n_users" in m else None,
-            expected_users=int(m["expected_users"]) if "expected_users" in m else None,
-            meta=json.loads(m.get("meta", "{}")),
-        )
+        return version_info(version, self._redis.hgetall(self.meta_key(version)))
 
     def history(self, limit: int = 20) -> list[dict[str, str]]:
         """The latest pointer flips, newest first: ``{action, version, previous, at}``."""
@@ -581,13 +567,9 @@ class SegmentStore:
         if len(ids) > self.max_batch:
             raise ValueError(f"at most {self.max_batch} users per batch, got {len(ids)}")
         version, found, records = self._read(ids)
-        out: list[dict[str, Any] | None] = [None] * len(ids)
-        if version is None or not records:
-            return version, out
-        decoded = iter(decode_many(records, self._read_meta(version).layout))
-        for i in np.flatnonzero(found).tolist():
-            out[i] = next(decoded)
-        return version, out
+        if version is None:
+            return None, [None] * len(ids)
+        return version, decode_found(found, records, self._read_meta(version).layout)
 
     def close(self) -> None:
         """Close the client if this store created it."""
@@ -609,9 +591,7 @@ class SegmentStore:
 
     def _read(self, ids: np.ndarray) -> tuple[str | None, np.ndarray, bytes]:
         """One consistent read: (version read, found mask, found records back to back)."""
-        if len(ids) and ids.min() < 0:
-            raise ValueError("user ids must be non-negative")
-        fields = user_fields(ids)
+        fields = check_read_ids(ids)
         prefix = f"{self.namespace}:v:"
         for _ in range(_READ_ATTEMPTS):
             assumed = self._assumed_version
@@ -619,40 +599,25 @@ class SegmentStore:
                 meta = self._read_meta(assumed) if assumed else None
             except VersionStateError:  # evicted from the cache and deleted since
                 assumed, meta = "", None
-            groups = ""
-            if meta is not None:
-                if len(ids) == 1:  # the scalar path is ~10x faster than numpy for one id
-                    groups = str(group_of(int(ids[0]), meta.n_groups))
-                else:
-                    groups = " ".join(map(str, group_of(ids, meta.n_groups).tolist()))
             reply = self._read_script(
-                keys=[self.pointer_key()], args=[assumed, prefix, groups, fields]
+                keys=[self.pointer_key()], args=[assumed, prefix, read_groups(ids, meta), fields]
             )
-            if not reply:
-                return None, np.zeros(len(ids), dtype=bool), b""
+            result = parse_read_reply(reply, assumed, meta, len(ids))
+            if result is not None:
+                return result
             version = _text(reply[0])
-            if len(reply) == 3 and version == assumed:
-                found = np.frombuffer(reply[1], dtype=np.uint8) == ord("1")
-                records = bytes(reply[2])
-                assert meta is not None
-                if len(records) != int(found.sum()) * meta.layout.size:
-                    raise SegmentStoreError(
-                        f"version {version!r} holds records that are not {meta.layout.size} "
-                        "bytes: written with another layout?"
-                    )
-                return version, found, records
             self._read_meta(version)  # learn the new version's n_groups and layout
             self._assumed_version = version
         raise SegmentStoreError(f"the pointer moved {_READ_ATTEMPTS} times during one read")
 
-    def _read_meta(self, version: str) -> _ReadMeta:
+    def _read_meta(self, version: str) -> ReadMeta:
         cached = self._read_meta_cache.get(version)
         if cached is not None:
             return cached
         n_groups, layout = self._redis.hmget(self.meta_key(version), ["n_groups", "layout"])
         if n_groups is None or layout is None:
             raise VersionStateError(f"version {version!r} has no meta")
-        meta = _ReadMeta(int(n_groups), RecordLayout.from_json(layout))
+        meta = ReadMeta(int(n_groups), RecordLayout.from_json(layout))
         with self._lock:
             while len(self._read_meta_cache) >= _META_CACHE:
                 self._read_meta_cache.pop(next(iter(self._read_meta_cache)))
@@ -814,6 +779,76 @@ class SegmentStore:
         if batch:
             deleted += int(self._redis.unlink(*batch))
         return deleted
+
+
+def version_info(version: str, raw: Mapping[Any, Any]) -> VersionInfo | None:
+    """A :class:`VersionInfo` from the HGETALL of a version's meta hash (None if empty)."""
+    if not raw or b"layout" not in raw:
+        return None
+    m = {_text(k): _text(v) for k, v in raw.items()}
+    return VersionInfo(
+        version=version,
+        status=m["status"],
+        layout=RecordLayout.from_json(m["layout"]),
+        n_groups=int(m["n_groups"]),
+        created_at=m["created_at"],
+        as_of=m.get("as_of"),
+        published_at=m.get("published_at"),
+        users_written=int(m.get("users_written", 0)),
+        n_users=int(m["n_users"]) if "n_users" in m else None,
+        expected_users=int(m["expected_users"]) if "expected_users" in m else None,
+        meta=json.loads(m.get("meta", "{}")),
+    )
+
+
+def check_read_ids(ids: np.ndarray) -> bytes:
+    """The 8-byte fields of the ids a read asks for (ids must be non-negative)."""
+    if len(ids) and ids.min() < 0:
+        raise ValueError("user ids must be non-negative")
+    return user_fields(ids)
+
+
+def read_groups(ids: np.ndarray, meta: ReadMeta | None) -> str:
+    """The read script's group argument: the group of each id under ``meta`` ("" unknown)."""
+    if meta is None:
+        return ""
+    if len(ids) == 1:  # the scalar path is ~10x faster than numpy for one id
+        return str(group_of(int(ids[0]), meta.n_groups))
+    return " ".join(map(str, group_of(ids, meta.n_groups).tolist()))
+
+
+def parse_read_reply(
+    reply: Sequence[Any], assumed: str, meta: ReadMeta | None, n_ids: int
+) -> tuple[str | None, np.ndarray, bytes] | None:
+    """Decode the read script's reply: ``(version, found mask, records)``, or None when the
+    pointer is at a version other than ``assumed`` (learn it and read again)."""
+    if not reply:
+        return None, np.zeros(n_ids, dtype=bool), b""
+    version = _text(reply[0])
+    if len(reply) != 3 or version != assumed:
+        return None
+    assert meta is not None
+    found = np.frombuffer(reply[1], dtype=np.uint8) == ord("1")
+    records = bytes(reply[2])
+    if len(records) != int(found.sum()) * meta.layout.size:
+        raise SegmentStoreError(
+            f"version {version!r} holds records that are not {meta.layout.size} "
+            "bytes: written with another layout?"
+        )
+    return version, found, records
+
+
+def decode_found(
+    found: np.ndarray, records: bytes, layout: RecordLayout
+) -> list[dict[str, Any] | None]:
+    """Records in input order (None where not found) from a read's mask and records."""
+    out: list[dict[str, Any] | None] = [None] * len(found)
+    if not records:
+        return out
+    decoded = iter(decode_many(records, layout))
+    for i in np.flatnonzero(found).tolist():
+        out[i] = next(decoded)
+    return out
 
 
 class _Checkout:

@@ -24,9 +24,6 @@ from strata.io.segment_store import (
     VersionStateError,
 )
 from strata.segment_codec import (
-    ACTIVE_SLOTS,
-    LIFECYCLE_STAGES,
-    TIERS,
     FieldKind,
     FieldSpec,
     RecordLayout,
@@ -34,40 +31,10 @@ from strata.segment_codec import (
     encode,
     group_of,
     n_groups_for,
-    snapshot_layout,
 )
+from tests.support import BASE, FULL, segment_columns
 
 pytestmark = pytest.mark.integration
-
-FULL = snapshot_layout(predictions=True)
-BASE = snapshot_layout()
-
-
-def _columns(ids: np.ndarray, marker: int, layout: RecordLayout = FULL) -> dict[str, Any]:
-    """Deterministic records of ``ids``; ``frequency_90d`` carries the version's marker."""
-    ids = np.asarray(ids, dtype=np.int64)
-    cols: dict[str, Any] = {
-        "tier": pa.array(np.array(TIERS)[ids % len(TIERS)]),
-        "lifecycle_stage": pa.array(np.array(LIFECYCLE_STAGES)[(ids // 7) % 5]),
-        "top_category": pa.array(
-            [None if i % 9 == 0 else "fruit" if i % 2 else "seafood" for i in ids.tolist()],
-            pa.string(),
-        ),
-        "price_sensitivity": pa.array(["unknown"] * len(ids)),
-        "active_slot": pa.array(np.array(ACTIVE_SLOTS)[ids % 5]),
-        "channel": pa.array(["ads"] * len(ids)),
-        "rfm_r": (ids % 200) / 200,
-        "rfm_f": (ids % 100) / 100,
-        "rfm_m": (ids % 50) / 50,
-        "rfm_score": (ids % 10_000) / 10_000,
-        "recency_days": np.where(ids % 11 == 0, np.nan, ids % 365),
-        "frequency_90d": np.full(len(ids), marker),
-        "monetary_90d": (ids % 100_000) / 100 + 0.5,
-        "churn_p": (ids % 9_999) / 10_000,
-        "repurchase_p": ((ids + 1) % 9_999) / 10_000,
-        "predicted_spend": (ids % 3_000) / 10,
-    }
-    return {k: v for k, v in cols.items() if k in layout.names}
 
 
 def _ids(n: int, seed: int = 0) -> np.ndarray:
@@ -85,12 +52,12 @@ def _publish(
     keep: int = 3,
 ) -> None:
     store.begin_version(version, layout, n_groups or n_groups_for(len(ids)), {"job": "test"})
-    store.write_users(version, ids, encode(_columns(ids, marker, layout), layout))
+    store.write_users(version, ids, encode(segment_columns(ids, marker, layout), layout))
     store.publish(version, keep=keep, expected_users=len(ids))
 
 
 def _expected(ids: np.ndarray, marker: int, layout: RecordLayout = FULL) -> list[dict[str, Any]]:
-    return decode_many(encode(_columns(ids, marker, layout), layout), layout)
+    return decode_many(encode(segment_columns(ids, marker, layout), layout), layout)
 
 
 def _keys(url: str, pattern: str) -> list[bytes]:
@@ -110,7 +77,7 @@ def store(redis_url: str) -> Iterator[SegmentStore]:
 def _write_half(url: str, version: str, ids: np.ndarray, marker: int) -> int:
     """A writer process: its own store, its own users."""
     with SegmentStore(url) as s:
-        return s.write_users(version, ids, encode(_columns(ids, marker), FULL))
+        return s.write_users(version, ids, encode(segment_columns(ids, marker), FULL))
 
 
 # ----------------------------------------------------------------------------- publish & read
@@ -120,7 +87,7 @@ def test_publish_and_read_back(store: SegmentStore) -> None:
     ids = _ids(5000)
     assert store.current() is None and store.get(int(ids[0])) is None
     store.begin_version("v1", FULL, 64, {"job": "test", "as_of": "2026-10-01T00:00:00+08:00"})
-    assert store.write_users("v1", ids, encode(_columns(ids, 1), FULL)) == 5000
+    assert store.write_users("v1", ids, encode(segment_columns(ids, 1), FULL)) == 5000
     assert store.current() is None  # written, not visible
     info = store.publish("v1", expected_users=5000)
     assert (info.status, info.n_users, info.users_written) == ("published", 5000, 5000)
@@ -182,7 +149,7 @@ def test_parallel_thread_writers_and_retried_chunks(redis_url: str) -> None:
         for t in threads:
             t.join()
         # a retried shard rewrites its users: no new users, no double count
-        assert s.write_users("v1", parts[0], encode(_columns(parts[0], 1), FULL)) == 0
+        assert s.write_users("v1", parts[0], encode(segment_columns(parts[0], 1), FULL)) == 0
         assert s.info("v1").users_written == 20_000  # type: ignore[union-attr]
         assert s.publish("v1", expected_users=20_000).n_users == 20_000
 
@@ -237,7 +204,7 @@ def test_discard_unpublished_leaves_current(redis_url: str, store: SegmentStore)
     ids = _ids(1000)
     _publish(store, "v1", ids, 1)
     store.begin_version("v2", FULL, 16)
-    store.write_users("v2", ids[:600], encode(_columns(ids[:600], 2), FULL))
+    store.write_users("v2", ids[:600], encode(segment_columns(ids[:600], 2), FULL))
     assert store.discard("v2") == 17  # 16 groups + meta
     assert _keys(redis_url, "strata:v:v2:*") == []
     assert store.current() == "v1" and store.versions() == ["v1"]
@@ -256,12 +223,12 @@ def test_incomplete_publish_raises_and_keeps_current(store: SegmentStore) -> Non
     ids = _ids(1000)
     _publish(store, "v1", ids, 1)
     store.begin_version("v2", FULL, 16, expected_users=1000)
-    store.write_users("v2", ids[:990], encode(_columns(ids[:990], 2), FULL))
+    store.write_users("v2", ids[:990], encode(segment_columns(ids[:990], 2), FULL))
     with pytest.raises(IncompleteVersionError, match="990 users, expected 1000"):
         store.publish("v2")
     assert store.current() == "v1" and store.info("v2").status == "writing"  # type: ignore[union-attr]
     assert store.get(int(ids[0]))[0] == "v1"  # type: ignore[index]
-    store.write_users("v2", ids[990:], encode(_columns(ids[990:], 2), FULL))
+    store.write_users("v2", ids[990:], encode(segment_columns(ids[990:], 2), FULL))
     with pytest.raises(IncompleteVersionError):
         store.publish("v2", expected_users=999)
     store.publish("v2")
@@ -273,7 +240,7 @@ def test_incomplete_publish_raises_and_keeps_current(store: SegmentStore) -> Non
 
 def test_state_errors(store: SegmentStore) -> None:
     ids = _ids(100)
-    encoded = encode(_columns(ids, 1), FULL)
+    encoded = encode(segment_columns(ids, 1), FULL)
     with pytest.raises(VersionStateError, match="does not exist"):
         store.write_users("v1", ids, encoded)
     with pytest.raises(VersionStateError, match="does not exist"):
@@ -282,12 +249,14 @@ def test_state_errors(store: SegmentStore) -> None:
     with pytest.raises(VersionStateError, match="already exists"):
         store.begin_version("v1", FULL, 4)
     with pytest.raises(ValueError, match="needs 21"):
-        store.write_users("v1", ids, encode(_columns(ids, 1, BASE), BASE))
+        store.write_users("v1", ids, encode(segment_columns(ids, 1, BASE), BASE))
     with pytest.raises(ValueError, match="same length"):
         store.write_users("v1", ids[:5], encoded)
     other = RecordLayout(fields=(*FULL.fields[:-1], FieldSpec(name="spend", kind=FieldKind.CNY)))
     with pytest.raises(ValueError, match="another layout"):
-        store.write_users("v1", ids, encode(_columns(ids, 1) | {"spend": np.ones(100)}, other))
+        store.write_users(
+            "v1", ids, encode(segment_columns(ids, 1) | {"spend": np.ones(100)}, other)
+        )
     store.write_users("v1", ids, encoded)
     store.publish("v1")
     with pytest.raises(VersionStateError, match="published, not writing"):
@@ -465,13 +434,13 @@ def test_one_oversized_group_warns_many_raise(store: SegmentStore, caplog: Any) 
     rest = pool[groups >= 2][:3000]
     one = np.concatenate([crowd[0], rest])
     store.begin_version("one", FULL, 128)
-    store.write_users("one", one, encode(_columns(one, 1), FULL))
+    store.write_users("one", one, encode(segment_columns(one, 1), FULL))
     with caplog.at_level(logging.WARNING, logger="strata.io.segment_store"):
         store.publish("one")  # 1 of 128 groups: a warning, not a failure
     assert "1 of 128 groups are not in the compact encoding" in caplog.text
     two = np.concatenate([crowd[0], crowd[1], rest])
     store.begin_version("two", FULL, 128)
-    store.write_users("two", two, encode(_columns(two, 2), FULL))
+    store.write_users("two", two, encode(segment_columns(two, 2), FULL))
     with pytest.raises(LooseEncodingError, match="2 of 128 groups"):
         store.publish("two")
     assert store.current() == "one"

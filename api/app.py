@@ -1,0 +1,114 @@
+"""The app factory: ``create_app(settings)`` builds the FastAPI app that answers segment
+lookups from the Redis snapshot. The Ray Serve deployment (api/deployment.py) wraps it; plain
+uvicorn runs it too (``uvicorn --factory api.app:create_app``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI
+
+from api.deps import ApiState, require
+from api.metrics import ApiMetrics
+from api.middleware import RequestMiddleware
+from api.routers import health, segments, tiers
+from strata.apikeys import Scope
+from strata.breaker import CircuitBreaker
+from strata.io.keyfile import load_keyring
+from strata.io.keys import load_pseudonym_key
+from strata.io.segment_reader import AsyncSegmentReader
+from strata.serving import ApiConfig, load_api_config
+from strata.settings import Settings
+from strata.tiers import load_tier_rules
+
+log = logging.getLogger("strata.api")
+
+API_VERSION = "1.0.0"
+
+
+class ApiSetupError(RuntimeError):
+    """The API cannot start: missing Redis URL, key, or a bad config."""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    config: ApiConfig | None = None,
+    config_dir: str | Path | None = None,
+    demo: bool = False,
+) -> FastAPI:
+    """Build the API.
+
+    Args:
+        settings: runtime settings (default: from ``STRATA_*`` env). ``redis_url`` must be set
+            (``strata serve`` sets it to the embedded server when none is configured).
+        config: API limits (default: configs/api.yaml).
+        config_dir: folder of YAML configs (api.yaml, and tiers.yaml for snapshots published
+            without their tier rules).
+        demo: accept the fixed demo key (``strata demo`` only; never in production).
+
+    Raises:
+        ApiSetupError: no Redis URL, no pseudonymisation key, or no API key at all.
+    """
+    settings = settings or Settings()
+    config = config or load_api_config(config_dir)
+    if not settings.redis_url:
+        raise ApiSetupError("no Redis to serve from: set STRATA_REDIS_URL")
+    try:
+        # never create a key here: a fresh key would pseudonymise every id differently
+        key = load_pseudonym_key(settings, create=False)
+    except ValueError as exc:
+        raise ApiSetupError(f"cannot pseudonymise user ids: {exc}") from exc
+    keyring = load_keyring(settings, demo=demo)
+    if not len(keyring):
+        raise ApiSetupError(
+            "no API keys: create one with `strata keys create --data DIR --scope segments:read` "
+            "or set STRATA_API_KEYS (hashes only)"
+        )
+    redis_cfg = config.redis
+    state = ApiState(
+        settings=settings,
+        config=config,
+        pseudonym_key=key,
+        metrics=ApiMetrics(),
+        breaker=CircuitBreaker(redis_cfg.breaker_failures, redis_cfg.breaker_reset_s),
+        fallback_rules=load_tier_rules(config_dir),
+        demo=demo,
+    )
+    redis_url = settings.redis_url
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.reader = AsyncSegmentReader(
+            redis_url,
+            config.namespace,
+            timeout_s=redis_cfg.timeout_ms / 1000,
+            connect_timeout_s=redis_cfg.connect_timeout_ms / 1000,
+            max_connections=redis_cfg.max_connections,
+            max_batch=config.max_batch,
+        )
+        try:
+            yield
+        finally:
+            await state.reader.aclose()
+            state.reader = None
+
+    app = FastAPI(
+        title="strata segments API",
+        version=API_VERSION,
+        summary="Online user segments (tier, lifecycle stage, tags, scores) from Redis.",
+        lifespan=lifespan,
+    )
+    app.state.strata = state
+    app.include_router(segments.router)
+    app.include_router(tiers.router)
+    app.include_router(health.router)
+    metrics_auth = [Depends(require(Scope.ADMIN))] if config.metrics_require_key else []
+    app.include_router(health.metrics_router, dependencies=metrics_auth)
+    app.add_middleware(
+        RequestMiddleware, metrics=state.metrics, max_body_bytes=config.max_body_bytes
+    )
+    return app

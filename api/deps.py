@@ -1,0 +1,148 @@
+"""Dependencies: the app's state, API-key authentication, guarded Redis calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Annotated, TypeVar
+
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis.exceptions import RedisError
+
+from api.metrics import ApiMetrics
+from strata.apikeys import KeyRecord, KeyRing, Scope
+from strata.breaker import BreakerState, CircuitBreaker
+from strata.io.keyfile import load_keyring
+from strata.io.segment_reader import AsyncSegmentReader
+from strata.io.segment_store import SegmentStoreError
+from strata.serving import ApiConfig
+from strata.settings import Settings
+from strata.tiers import TierRules
+
+log = logging.getLogger("strata.api")
+T = TypeVar("T")
+
+#: a whole Redis-backed answer, retries included, must finish inside this (then 503)
+_BUDGET_MARGIN_S = 0.1
+_KEYRING_CHECK_S = 1.0
+
+
+@dataclass
+class ApiState:
+    """Everything the routers share, built once per app (per Serve replica)."""
+
+    settings: Settings
+    config: ApiConfig
+    pseudonym_key: bytes
+    metrics: ApiMetrics
+    breaker: CircuitBreaker
+    fallback_rules: TierRules
+    demo: bool = False
+    reader: AsyncSegmentReader | None = None
+    _keyring: KeyRing = field(default_factory=KeyRing)
+    _keys_mtime: float | None = None
+    _keys_checked: float = 0.0
+
+    @property
+    def budget_s(self) -> float:
+        """Deadline of one Redis-backed answer: the socket timeout plus a margin."""
+        return self.config.redis.timeout_ms / 1000 * 2 + _BUDGET_MARGIN_S
+
+    def keyring(self) -> KeyRing:
+        """The API keys, re-read when the key file changes (revocations apply within ~1 s)."""
+        now = time.monotonic()
+        if now - self._keys_checked >= _KEYRING_CHECK_S or not self._keys_checked:
+            self._keys_checked = now
+            path = self.settings.keys_path()
+            try:
+                mtime = os.stat(path).st_mtime if path is not None else None
+            except FileNotFoundError:
+                mtime = None
+            if mtime != self._keys_mtime or not len(self._keyring):
+                self._keyring = load_keyring(self.settings, demo=self.demo)
+                self._keys_mtime = mtime
+        return self._keyring
+
+    async def redis(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis-backed call under the deadline and the circuit breaker.
+
+        Raises:
+            HTTPException: 503 with ``Retry-After`` when the breaker is open, or the call
+                fails or runs out of time.
+        """
+        breaker = self.breaker
+        if not breaker.allow():
+            self.metrics.breaker_rejections.inc()
+            raise _unavailable("Redis is unavailable (circuit open)", breaker.retry_after_s())
+        try:
+            async with asyncio.timeout(self.budget_s):
+                result = await call()
+        except (RedisError, OSError, TimeoutError, SegmentStoreError) as exc:
+            breaker.failure()
+            kind = type(exc).__name__
+            self.metrics.redis_errors.labels(kind).inc()
+            self.metrics.breaker_open.set(1 if breaker.state is not BreakerState.CLOSED else 0)
+            log.warning("redis call failed: %s", kind)
+            raise _unavailable(f"Redis did not answer ({kind})", breaker.retry_after_s()) from None
+        breaker.success()
+        self.metrics.breaker_open.set(0)
+        return result
+
+
+def _unavailable(detail: str, retry_after_s: int) -> HTTPException:
+    return HTTPException(503, detail, headers={"Retry-After": str(retry_after_s)})
+
+
+def get_state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.strata
+    return state
+
+
+State = Annotated[ApiState, Depends(get_state)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key from `strata keys create`, as `Authorization: Bearer <key>`.",
+)
+
+
+def require(scope: Scope) -> Callable[..., Awaitable[KeyRecord]]:
+    """A dependency that admits keys holding ``scope`` (401 without a valid key, 403 without
+    the scope)."""
+
+    async def check(
+        state: State,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    ) -> KeyRecord:
+        if credentials is None:
+            raise HTTPException(
+                401,
+                "missing API key: send `Authorization: Bearer <key>`",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        record = state.keyring().authenticate(credentials.credentials)
+        if record is None:
+            raise HTTPException(
+                401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"}
+            )
+        if not record.allows(scope):
+            raise HTTPException(403, f"key {record.name!r} lacks scope {scope.value!r}")
+        return record
+
+    return check
+
+
+SegmentsReader = Annotated[KeyRecord, Depends(require(Scope.SEGMENTS_READ))]
+Admin = Annotated[KeyRecord, Depends(require(Scope.ADMIN))]
+
+
+def reader_of(state: ApiState) -> AsyncSegmentReader:
+    """The state's Redis reader (created at startup)."""
+    if state.reader is None:
+        raise _unavailable("the API is starting", 1)
+    return state.reader

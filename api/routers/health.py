@@ -1,0 +1,55 @@
+"""Liveness, readiness (checks Redis and that a snapshot is published) and metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import JSONResponse, Response
+
+from api.deps import State, reader_of
+from api.metrics import PROMETHEUS_CONTENT_TYPE
+from api.models import ErrorPublic, HealthPublic
+
+router = APIRouter(tags=["health"])
+#: GET /metrics; the app factory adds the admin-key dependency when ``metrics_require_key``
+metrics_router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=HealthPublic, summary="Liveness: the process answers")
+async def healthz(state: State) -> HealthPublic:
+    return HealthPublic(status="ok", redis="not_checked", breaker=state.breaker.state.value)
+
+
+@router.get(
+    "/healthz/ready",
+    response_model=HealthPublic,
+    responses={503: {"model": HealthPublic, "description": "Redis down or nothing published."}},
+    summary="Readiness: Redis answers and a snapshot is published",
+)
+async def ready(state: State) -> Response:
+    reader = reader_of(state)
+    try:
+        version = await state.redis(reader.current)
+    except HTTPException as exc:
+        body = HealthPublic(status="unavailable", redis="down", breaker=state.breaker.state.value)
+        return JSONResponse(body.model_dump(), status_code=503, headers=exc.headers)
+    body = HealthPublic(
+        status="ok" if version else "unavailable",
+        redis="ok",
+        version=version,
+        breaker=state.breaker.state.value,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if version else 503)
+
+
+@metrics_router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {PROMETHEUS_CONTENT_TYPE: {}}, "description": "Prometheus text."},
+        401: {"model": ErrorPublic},
+        403: {"model": ErrorPublic},
+    },
+    summary="Prometheus metrics of this process (one Serve replica)",
+)
+async def metrics(state: State) -> Response:
+    return Response(state.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)

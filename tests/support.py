@@ -1,0 +1,82 @@
+"""Test helpers shared by several test modules: deterministic segment records and a publish."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from strata.ids import pseudonymise_many
+from strata.io.segment_store import SegmentStore
+from strata.segment_codec import (
+    ACTIVE_SLOTS,
+    LIFECYCLE_STAGES,
+    TIER_RULES,
+    TIERS,
+    RecordLayout,
+    encode,
+    n_groups_for,
+    snapshot_layout,
+)
+
+FULL = snapshot_layout(predictions=True)
+BASE = snapshot_layout()
+
+
+def segment_columns(ids: np.ndarray, marker: int, layout: RecordLayout = FULL) -> dict[str, Any]:
+    """Deterministic records of ``ids``; ``frequency_90d`` carries the version's marker."""
+    ids = np.asarray(ids, dtype=np.int64)
+    cols: dict[str, Any] = {
+        "tier": pa.array(np.array(TIERS)[ids % len(TIERS)]),
+        "lifecycle_stage": pa.array(np.array(LIFECYCLE_STAGES)[(ids // 7) % 5]),
+        "top_category": pa.array(
+            [None if i % 9 == 0 else "fruit" if i % 2 else "seafood" for i in ids.tolist()],
+            pa.string(),
+        ),
+        "price_sensitivity": pa.array(["unknown"] * len(ids)),
+        "active_slot": pa.array(np.array(ACTIVE_SLOTS)[ids % 5]),
+        "channel": pa.array(["ads"] * len(ids)),
+        "rfm_r": (ids % 200) / 200,
+        "rfm_f": (ids % 100) / 100,
+        "rfm_m": (ids % 50) / 50,
+        "rfm_score": (ids % 10_000) / 10_000,
+        "recency_days": np.where(ids % 11 == 0, np.nan, ids % 365),
+        "frequency_90d": np.full(len(ids), marker),
+        "monetary_90d": (ids % 100_000) / 100 + 0.5,
+        "churn_p": (ids % 9_999) / 10_000,
+        "repurchase_p": ((ids + 1) % 9_999) / 10_000,
+        "predicted_spend": (ids % 3_000) / 10,
+        "tier_rule": pa.array(np.array(TIER_RULES)[ids % len(TIER_RULES)]),
+    }
+    return {k: v for k, v in cols.items() if k in layout.names}
+
+
+def publish_raw_users(
+    url: str,
+    version: str,
+    raw_ids: Sequence[str],
+    key: str,
+    *,
+    marker: int = 1,
+    layout: RecordLayout = FULL,
+    meta: Mapping[str, Any] | None = None,
+    namespace: str = "strata",
+    keep: int = 3,
+) -> np.ndarray:
+    """Publish ``raw_ids`` (pseudonymised with ``key``) as ``version``; returns their ids."""
+    ids = pseudonymise_many(list(raw_ids), key.encode())
+    store = SegmentStore(url, namespace=namespace)
+    try:
+        store.begin_version(
+            version,
+            layout,
+            n_groups_for(len(ids)),
+            {"job": "test", "as_of": "2026-11-01T00:00:00+08:00", **(meta or {})},
+        )
+        store.write_users(version, ids, encode(segment_columns(ids, marker, layout), layout))
+        store.publish(version, keep=keep, expected_users=len(ids))
+    finally:
+        store.close()
+    return ids
