@@ -118,12 +118,17 @@ def redis_session(settings: Settings) -> Iterator[str]:
     """Yield a Redis URL: ``STRATA_REDIS_URL``, else an embedded redis-server for this run.
 
     With a local data root the embedded server keeps its dataset in ``<data>/redis/`` between
-    runs, so what `strata recompute` published is there for `strata serve` and `rollback`.
+    runs, so what `strata recompute` published is there for `strata serve` and `rollback`;
+    while one process runs it, the others on the same data root use it too.
     """
     if settings.redis_url:
         yield settings.redis_url
         return
     persist = None if "://" in settings.data else os.path.join(settings.data, "redis")
+    running = EmbeddedRedis.running_in(persist) if persist else None
+    if running:  # e.g. a `strata serve` on the same data root: publish where it reads
+        yield running
+        return
     with EmbeddedRedis(persist_dir=persist) as server:
         yield server.url
 

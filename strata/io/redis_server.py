@@ -8,6 +8,8 @@ on exit. It is the same server as production Redis, not a fake.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import json
 import os
 import shutil
 import socket
@@ -17,6 +19,9 @@ import time
 from types import TracebackType
 
 import redis
+
+#: in a persist_dir: pid and port of the server running on it (removed at stop)
+_STATE_FILE = "server.json"
 
 
 def find_redis_server() -> str:
@@ -76,6 +81,28 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @staticmethod
+    def running_in(persist_dir: str) -> str | None:
+        """URL of an embedded server another process runs on ``persist_dir``, if it answers.
+
+        So `strata recompute` publishes into the Redis a running `strata serve` reads, instead
+        of starting a second server on the same files.
+        """
+        try:
+            with open(os.path.join(persist_dir, _STATE_FILE)) as f:
+                state = json.load(f)
+            os.kill(int(state["pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        client = redis.Redis(port=int(state["port"]), socket_connect_timeout=0.5)
+        try:
+            client.ping()
+        except redis.exceptions.RedisError:
+            return None
+        finally:
+            client.close()
+        return f"redis://127.0.0.1:{int(state['port'])}/0"
+
     @property
     def pid(self) -> int | None:
         """Process id of the running server (None when stopped)."""
@@ -124,6 +151,7 @@ class EmbeddedRedis:
                     raise RuntimeError(f"redis-server ({binary}) exited at start: {err.strip()}")
                 try:
                     if client.ping():
+                        self._write_state()
                         return self
                 except redis.exceptions.ConnectionError:
                     time.sleep(0.05)
@@ -132,8 +160,18 @@ class EmbeddedRedis:
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout_s}s")
 
+    def _write_state(self) -> None:
+        if self.persist_dir and self._proc is not None:
+            path = os.path.join(self.persist_dir, _STATE_FILE)
+            with open(path + ".tmp", "w") as f:
+                json.dump({"pid": self._proc.pid, "port": self.port}, f)
+            os.replace(path + ".tmp", path)
+
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 5 s) and remove its directory."""
+        if self.persist_dir and self._proc is not None:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(self.persist_dir, _STATE_FILE))
         if self._proc is not None:
             if self._proc.poll() is None and self.persist_dir:
                 try:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis
 
+from jobs._runtime import redis_session
 from strata.io.redis_server import EmbeddedRedis, find_redis_server
+from strata.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -31,3 +35,15 @@ def test_session_fixture_flushes(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     assert client.dbsize() == 0
     client.close()
+
+
+def test_a_second_process_finds_the_running_embedded_server(tmp_path: Any) -> None:
+    persist = str(tmp_path / "redis")
+    assert EmbeddedRedis.running_in(persist) is None
+    with EmbeddedRedis(persist_dir=persist) as server:
+        assert EmbeddedRedis.running_in(persist) == server.url
+        settings = Settings(data=str(tmp_path))
+        with redis_session(settings) as url:  # reuses it instead of starting another
+            assert url == server.url
+        assert server.running  # the session did not stop a server it does not own
+    assert EmbeddedRedis.running_in(persist) is None
