@@ -98,7 +98,9 @@ def _unavailable(detail: str, retry_after_s: int) -> HTTPException:
     return HTTPException(503, detail, headers={"Retry-After": str(retry_after_s)})
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
+    # async on purpose: FastAPI runs a sync dependency in a worker thread (one thread hop per
+    # request); on a Serve replica that cost ~40% of the throughput (docs/serving.md)
     state: ApiState = request.app.state.strata
     return state
 

@@ -37,7 +37,14 @@ def ray_local() -> Iterator[Any]:
     """A local Ray with 2 CPUs for the whole session, always shut down."""
     import ray
 
+    from api.deployment import isolated_serve_env
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Serve's fast configuration (HAProxy + direct ingress) is read from the environment of
+    # Ray's processes, so it is set before Ray starts; HAProxy's files and ports are private
+    # to this session (other Rays may share the machine)
+    for name, value in isolated_serve_env().items():
+        os.environ.setdefault(name, value)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
