@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from jobs import demo, generate, ingest, keys, recompute, train, warehouse_cmds
+from jobs import demo, generate, ingest, keys, recompute, serve, train, warehouse_cmds
 
 app = typer.Typer(
     name="strata",
@@ -27,6 +27,7 @@ app.command("compact", help=warehouse_cmds.compact.__doc__)(warehouse_cmds.compa
 app.command("info", help=warehouse_cmds.info.__doc__)(warehouse_cmds.info)
 app.command("vacuum", help=warehouse_cmds.vacuum.__doc__)(warehouse_cmds.vacuum)
 app.command("demo", help=demo.command.__doc__)(demo.command)
+app.command("serve", help=serve.command.__doc__)(serve.command)
 app.add_typer(keys.app, name="keys", help="API keys of the segment API (stored as hashes).")
 
 

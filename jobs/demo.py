@@ -10,12 +10,16 @@ import typer
 from jobs import generate
 from jobs._runtime import console, ray_session, redis_session, summary_table
 from jobs.recompute import NAMESPACE, RecomputeJob, print_result
+from jobs.serve import run_server
+from strata.ids import pseudonymise
+from strata.io.keys import load_pseudonym_key
 from strata.io.segment_store import SegmentStore
-from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
 from strata.settings import Settings
 
 LOCAL_TZ = dt.timezone(dt.timedelta(hours=8))
+#: the generator's first platform id (``strata.synth.raw_user_ids``): in every demo sample
+DEMO_USER = "10000001"
 
 
 def command(
@@ -24,8 +28,13 @@ def command(
     days: int = typer.Option(60, "--days", min=7, help="Days of history."),
     seed: int = typer.Option(0, "--seed"),
     fresh: bool = typer.Option(False, "--fresh", help="Regenerate even if data exists."),
+    serve: bool = typer.Option(
+        True, "--serve/--no-serve", help="End with the API running (demo key) until Ctrl-C."
+    ),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="API port."),
 ) -> None:
-    """Generate a sample, recompute tiers on local Ray and publish them to an embedded Redis."""
+    """Generate a sample, recompute tiers on local Ray, publish them to an embedded Redis and
+    serve them over HTTP (with the demo API key) until Ctrl-C."""
     settings = Settings(data=data)
     t0 = time.perf_counter()
     wh = Warehouse(settings.data)
@@ -44,14 +53,14 @@ def command(
         job = RecomputeJob(settings, as_of)
         result = job.run()
     console.rule("[bold]3. online lookup from Redis")
-    sample = SnapshotStore(settings.data).read(result.version, ["user_id"]).column("user_id")
+    key = load_pseudonym_key(settings)
     with redis_session(settings) as url:
         store = SegmentStore(url, namespace=NAMESPACE)
-        found = store.get(int(sample[0].as_py()))
+        found = store.get(pseudonymise(DEMO_USER, key))
         store.close()
     if found is not None:
         version, record = found
-        console.print(f"user {sample[0].as_py()} in version {version}: {record}")
+        console.print(f"platform user {DEMO_USER} in version {version}: {record}")
     console.print(
         summary_table(
             "strata demo",
@@ -68,6 +77,9 @@ def command(
         )
     )
     print_result(result, job.config.tiers.tier_names)
+    if serve:
+        console.rule("[bold]4. segment API (FastAPI on Ray Serve), demo key")
+        run_server(settings, port=port, demo=True, example_user=DEMO_USER)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,114 @@
+"""`strata serve`: the segment API on Ray Serve, answering from the Redis snapshot.
+
+Starts (or joins) Ray with the Serve settings of api/deployment.py, deploys the FastAPI app
+and stays in the foreground until Ctrl-C (or SIGTERM), then shuts Serve down cleanly. Redis is
+``STRATA_REDIS_URL`` or the embedded server that keeps what `strata recompute` published.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+import typer
+
+from jobs._runtime import console, ray_session, redis_session, summary_table
+from strata.apikeys import DEMO_KEY
+from strata.io.keyfile import load_keyring
+from strata.io.segment_store import SegmentStore
+from strata.serving import load_api_config
+from strata.settings import Settings
+
+
+def curl_line(base_url: str, raw_user_id: str, key: str = "$STRATA_API_KEY") -> str:
+    """A copy-paste lookup of one user."""
+    return f"curl -s -H 'Authorization: Bearer {key}' {base_url}/v1/users/{raw_user_id}/segment"
+
+
+def run_server(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    replicas: int = 1,
+    demo: bool = False,
+    example_user: str = "10000001",
+    until: Callable[[], bool] | None = None,
+) -> None:
+    """Serve until interrupted (or until ``until()`` returns True; for tests).
+
+    Raises:
+        typer.Exit: no API key is configured (outside demo mode).
+    """
+    from api.deployment import SERVE_ENV, isolated_serve_env, start
+
+    if not demo and not len(load_keyring(settings)):
+        console.print(
+            "[red]no API keys: create one with `strata keys create --data DIR --scope "
+            "segments:read` (or set STRATA_API_KEYS); only `strata demo` has a default key"
+        )
+        raise typer.Exit(1)
+    # before Ray starts: its processes read them. A local Ray gets private HAProxy files and
+    # ports, so a second strata (tests, another data root) on the machine does not collide
+    local = not (settings.ray_address or os.environ.get("RAY_ADDRESS"))
+    for name, value in (isolated_serve_env() if local else SERVE_ENV).items():
+        os.environ.setdefault(name, value)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with redis_session(settings) as url, ray_session(settings):
+            from ray import serve
+
+            served = settings.model_copy(update={"redis_url": url})
+            store = SegmentStore(url, namespace=load_api_config().namespace)
+            current = store.current()
+            store.close()
+            base_url = start(served, host=host, port=port, num_replicas=replicas, demo=demo)
+            try:
+                key = DEMO_KEY if demo else "$STRATA_API_KEY"
+                console.print(
+                    summary_table(
+                        "strata serve",
+                        [
+                            ("API", base_url),
+                            ("OpenAPI docs", f"{base_url}/docs"),
+                            ("replicas", replicas),
+                            ("redis", settings.redis_url or f"embedded ({url})"),
+                            ("snapshot version", current or "none published yet"),
+                            ("key", "demo key (demo mode)" if demo else "from strata keys"),
+                        ],
+                    )
+                )
+                console.print("try:", style="bold")
+                console.print(curl_line(base_url, example_user, key), soft_wrap=True, markup=False)
+                console.print("Ctrl-C stops the server.")
+                while not stop.wait(0.5):
+                    if until is not None and until():
+                        break
+            finally:
+                console.print("stopping Serve ...")
+                serve.shutdown()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def command(
+    data: str = typer.Option("./data", "--data", help="Data root (key file, embedded Redis)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="HTTP port."),
+    replicas: int = typer.Option(1, "--replicas", min=1, help="Serve replicas of the API."),
+) -> None:
+    """Serve segment lookups over HTTP (FastAPI on Ray Serve) until Ctrl-C."""
+    run_server(Settings(data=data), host=host, port=port, replicas=replicas)
+
+
+if __name__ == "__main__":
+    typer.run(command)
