@@ -1,0 +1,114 @@
+"""`strata keys create` then `strata serve` as the operator runs them: real subprocesses, a
+keyed curl-style lookup, and Ctrl-C (SIGINT) stops the server cleanly with exit status 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from strata.io.redis_server import free_port
+from tests.conftest import TEST_KEY
+from tests.support import publish_raw_users
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+STRATA = str(Path(sys.executable).with_name("strata"))
+RAW_IDS = [str(10_000_001 + i) for i in range(50)]
+
+
+def _get(url: str, key: str | None) -> tuple[int, dict[str, object]]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_keys_create_then_serve_until_ctrl_c(tmp_path: Path, redis_url: str) -> None:
+    data = tmp_path / "data"
+    env = {
+        **os.environ,
+        "STRATA_REDIS_URL": redis_url,
+        "STRATA_PSEUDONYM_KEY": TEST_KEY,
+        "STRATA_NUM_CPUS": "2",
+        "PYTHONUNBUFFERED": "1",
+        "COLUMNS": "200",
+    }
+    env.pop("RAY_ADDRESS", None)  # its own local Ray, whatever the test session runs
+    publish_raw_users(redis_url, "v1", RAW_IDS, TEST_KEY)
+
+    # no key yet: a clear refusal, not an open API (only `strata demo` has a default key)
+    refused = subprocess.run(
+        [STRATA, "serve", "--data", str(data)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 1 and "no API keys" in refused.stdout + refused.stderr
+
+    created = subprocess.run(
+        [STRATA, "keys", "create", "--data", str(data), "--scope", "segments:read"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    key = created.stdout.strip()
+    assert key.startswith("stk_") and key not in (data / "api_keys.json").read_text()
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [STRATA, "serve", "--data", str(data), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C stops" in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(150), "strata serve did not come up:\n" + "".join(lines[-40:])
+        out = "".join(lines)
+        assert f"http://127.0.0.1:{port}/v1/users/10000001/segment" in out  # the curl line
+        base = f"http://127.0.0.1:{port}"
+        status, body = _get(f"{base}/v1/users/{RAW_IDS[3]}/segment", key)
+        assert status == 200, body
+        assert body["user_id"] == RAW_IDS[3] and body["version"] == "v1"
+        assert _get(f"{base}/v1/users/{RAW_IDS[3]}/segment", None)[0] == 401
+        assert _get(f"{base}/v1/users/{RAW_IDS[3]}/segment", "stk_" + "0" * 43)[0] == 401
+        assert _get(f"{base}/v1/users/99999999999/segment", key)[0] == 404
+
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        rc = proc.wait(90)
+        stop_s = time.monotonic() - t0
+        reader.join(10)
+        assert rc == 0, "".join(lines[-40:])
+        assert "Traceback" not in "".join(lines)
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"{base}/healthz", timeout=2)
+        print(f"strata serve stopped {stop_s:.1f} s after SIGINT")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
