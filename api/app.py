@@ -101,6 +101,9 @@ def create_app(
         version=API_VERSION,
         summary="Online user segments (tier, lifecycle stage, tags, scores) from Redis.",
         lifespan=lifespan,
+        telemetry=None
+        if config.opentelemetry
+        else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.strata = state
     app.include_router(segments.router)
