@@ -27,12 +27,18 @@ RAW_IDS = [str(10_000_001 + i) for i in range(50)]
 
 
 def _get(url: str, key: str | None) -> tuple[int, dict[str, object]]:
+    """``(status, JSON body)``; a non-JSON body (Serve's own proxy while the app deploys)
+    comes back as ``{"text": ...}``."""
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
+            status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw or b"{}")
+    except ValueError:
+        return status, {"text": raw.decode(errors="replace")}
 
 
 def test_keys_create_then_serve_until_ctrl_c(tmp_path: Path, redis_url: str) -> None:
@@ -108,6 +114,66 @@ def test_keys_create_then_serve_until_ctrl_c(tmp_path: Path, redis_url: str) -> 
         with pytest.raises(OSError):
             urllib.request.urlopen(f"{base}/healthz", timeout=2)
         print(f"strata serve stopped {stop_s:.1f} s after SIGINT")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def test_serve_run_with_the_config_in_configs(tmp_path: Path, redis_url: str) -> None:
+    """`serve run configs/serve.yaml` (Ray's own CLI) deploys the app with the replicas'
+    settings from STRATA_* and the fast configuration from api.deployment's variables."""
+    import yaml
+
+    from api.deployment import isolated_serve_env
+    from strata.apikeys import dump_records, new_key
+
+    publish_raw_users(redis_url, "v1", RAW_IDS, TEST_KEY)
+    key, record = new_key("serve-run", ["segments:read"])
+    config = yaml.safe_load((Path(__file__).parents[2] / "configs" / "serve.yaml").read_text())
+    port = free_port()
+    config["http_options"].update(host="127.0.0.1", port=port)
+    config["applications"][0]["args"]["num_replicas"] = "1"  # 2 cores: the test session's Ray
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {
+        **os.environ,
+        **isolated_serve_env(),
+        "STRATA_REDIS_URL": redis_url,
+        "STRATA_PSEUDONYM_KEY": TEST_KEY,
+        "STRATA_API_KEYS": dump_records([record]),
+        "STRATA_DATA": str(tmp_path / "data"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("serve")), "run", str(path)],
+        env=env,
+        cwd=Path(__file__).parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    out: list[str] = []
+    threading.Thread(target=lambda: out.extend(proc.stdout or []), daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{port}/v1/users/{RAW_IDS[7]}/segment"
+        deadline = time.monotonic() + 150
+        status, body = 0, {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                status, body = _get(url, key)
+            except OSError:
+                status = 0
+            if status == 200:
+                break
+            time.sleep(0.5)
+        assert status == 200, f"no answer from `serve run` ({status}):\n" + "".join(out[-40:])
+        assert body["user_id"] == RAW_IDS[7] and body["version"] == "v1"
+        assert _get(url, None)[0] == 401
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(90) == 0, "".join(out[-40:])
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
