@@ -19,7 +19,10 @@ RawUserId = Field(
 
 class TagsPublic(BaseModel):
     top_category: str | None = Field(description="Category with the most spend (90 days).")
-    price_sensitivity: str | None = Field(description="low / medium / high discount reliance.")
+    price_sensitivity: str | None = Field(
+        description="coupon_sensitive / quality_sensitive / price_insensitive / unknown "
+        "(features.yaml rules on coupon use and price level)."
+    )
     active_slot: str | None = Field(description="Time of day with most activity (UTC+8).")
     channel: str | None = Field(description="Acquisition channel.")
 
