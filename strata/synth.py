@@ -936,6 +936,14 @@ def _horizon(
     return _Horizon(stop_day, sessions, orders, spend)
 
 
+def _gather(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``values[index]`` where ``index`` may point at order 0 of a bucket without any order
+    (those rows are masked out afterwards): zeros then, not an IndexError."""
+    if len(values):
+        return values[index]
+    return np.zeros(len(index), dtype=values.dtype)
+
+
 def _events_table(
     rows: _Rows,
     ids: np.ndarray,
@@ -949,7 +957,7 @@ def _events_table(
     has_discount = is_order | (rows.type == _TYPE_CODE[EventType.COUPON_USE])
     oi = np.maximum(rows.order, 0)
     order_rows = rows.order[is_order]
-    n_cat = np.where(is_order, baskets.n_categories[oi], 0)
+    n_cat = np.where(is_order, _gather(baskets.n_categories, oi), 0)
     offsets = np.concatenate([[0], np.cumsum(n_cat)]).astype(np.int32)
     used = np.arange(4)[None, :] < baskets.n_categories[order_rows][:, None]
     cat_codes = baskets.categories[order_rows][used].astype(np.int32)
@@ -966,10 +974,10 @@ def _events_table(
             _take(_CATEGORY_ARRAY, rows.category),
             _take(_WORD_ARRAY, rows.query),
             _take(order_ids, rows.order),
-            _masked(orders.paid[oi], ~is_order, pa.float64()),
-            _masked(orders.discount[oi], ~has_discount, pa.float64()),
+            _masked(_gather(orders.paid, oi), ~is_order, pa.float64()),
+            _masked(_gather(orders.discount, oi), ~has_discount, pa.float64()),
             _take(_coupon_ids(tiers), rows.tier),
-            _masked(baskets.items[oi].astype(np.int16), ~is_order, pa.int16()),
+            _masked(_gather(baskets.items, oi).astype(np.int16), ~is_order, pa.int16()),
             pa.ListArray.from_arrays(
                 pa.array(offsets),
                 _CATEGORY_ARRAY.take(pa.array(cat_codes)),

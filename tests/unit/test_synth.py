@@ -123,6 +123,25 @@ def test_output_does_not_depend_on_input_order() -> None:
     assert a.events.equals(b.events) and a.truth.equals(b.truth)
 
 
+def test_tiny_buckets_without_orders_or_users() -> None:
+    """A small sample spreads few users over many buckets: a bucket may have one user who
+    only browses, or none (it failed with an IndexError: `strata demo --users 300`)."""
+    cfg, cal = synth.load_generator_config(), load_calendar()
+    start = synth.window_start(END, 14)
+    raw = synth.raw_user_ids(3)
+    ids = pseudonymise_many(raw.tolist(), KEY)
+    without_orders = 0
+    for seed in range(40):
+        for n in (1, 2):
+            out = synth.generate_bucket(3, ids[:n], raw[:n], cfg, cal, seed, start, 14)
+            assert out.users.num_rows == n
+            types = set(out.events.column("event_type").to_pylist())
+            without_orders += out.events.num_rows > 0 and "order" not in types
+    assert without_orders > 0  # the case that failed was generated
+    empty = synth.generate_bucket(3, ids[:0], raw[:0], cfg, cal, 1, start, 14)
+    assert empty.events.num_rows == 0 and empty.users.num_rows == 0
+
+
 # ---------------------------------------------------------------------------- funnels
 def test_order_columns_follow_the_conventions(frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     ev, _ = frames
