@@ -178,3 +178,52 @@ def test_serve_run_with_the_config_in_configs(tmp_path: Path, redis_url: str) ->
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def test_demo_ends_serving_with_a_working_curl_line(tmp_path: Path) -> None:
+    """`strata demo` (what `make demo` runs), small: it ends with the API up, and the curl
+    line it prints (demo key, a user of the sample) answers that user's segment."""
+    import shlex
+
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "300", "STRATA_NUM_CPUS": "2"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("STRATA_REDIS_URL", None)  # the demo's own embedded Redis
+    cmd = [STRATA, "demo", "--data", str(tmp_path / "data"), "--users", "300", "--days", "14"]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C stops" in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert ready.wait(200), "the demo did not reach serving:\n" + "".join(lines[-40:])
+        (curl,) = [line.strip() for line in lines if line.startswith("curl ")]
+        words = shlex.split(curl)
+        header = words[words.index("-H") + 1]
+        url = words[-1]
+        assert header.startswith("Authorization: Bearer ") and url.startswith(
+            f"http://127.0.0.1:{port}/v1/users/"
+        )
+        status, body = _get(url, header.removeprefix("Authorization: Bearer "))
+        assert status == 200, body
+        assert body["found"] is True and body["tier"] and body["version"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(90) == 0, "".join(lines[-40:])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
