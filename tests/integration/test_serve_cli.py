@@ -41,6 +41,55 @@ def _get(url: str, key: str | None) -> tuple[int, dict[str, object]]:
         return status, {"text": raw.decode(errors="replace")}
 
 
+class _Foreground:
+    """A foreground command (``strata serve``, ``serve run``, ``strata demo``) in its own
+    session: its output is collected by a thread, ``interrupt`` is Ctrl-C, and leaving the
+    ``with`` block kills whatever still runs."""
+
+    def __init__(
+        self, args: list[str], env: dict[str, str], ready_marker: str = "Ctrl-C stops"
+    ) -> None:
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self._marker = ready_marker
+        self.proc = subprocess.Popen(
+            args,
+            env=env,
+            cwd=Path(__file__).parents[2],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if self._marker in line:
+                self.ready.set()
+
+    def tail(self, n: int = 40) -> str:
+        return "".join(self.lines[-n:])
+
+    def interrupt(self, timeout_s: float = 90) -> int:
+        """Send SIGINT (what Ctrl-C sends); the exit status once the command has ended."""
+        self.proc.send_signal(signal.SIGINT)
+        rc = self.proc.wait(timeout_s)
+        self._reader.join(10)
+        return rc
+
+    def __enter__(self) -> _Foreground:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
 def test_keys_create_then_serve_until_ctrl_c(tmp_path: Path, redis_url: str) -> None:
     data = tmp_path / "data"
     env = {
@@ -72,29 +121,9 @@ def test_keys_create_then_serve_until_ctrl_c(tmp_path: Path, redis_url: str) -> 
     assert key.startswith("stk_") and key not in (data / "api_keys.json").read_text()
 
     port = free_port()
-    proc = subprocess.Popen(
-        [STRATA, "serve", "--data", str(data), "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "Ctrl-C stops" in line:
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert ready.wait(150), "strata serve did not come up:\n" + "".join(lines[-40:])
-        out = "".join(lines)
+    with _Foreground([STRATA, "serve", "--data", str(data), "--port", str(port)], env) as serve:
+        assert serve.ready.wait(150), "strata serve did not come up:\n" + serve.tail()
+        out = "".join(serve.lines)
         assert f"http://127.0.0.1:{port}/v1/users/10000001/segment" in out  # the curl line
         base = f"http://127.0.0.1:{port}"
         status, body = _get(f"{base}/v1/users/{RAW_IDS[3]}/segment", key)
@@ -105,19 +134,13 @@ def test_keys_create_then_serve_until_ctrl_c(tmp_path: Path, redis_url: str) -> 
         assert _get(f"{base}/v1/users/99999999999/segment", key)[0] == 404
 
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        rc = proc.wait(90)
+        rc = serve.interrupt()
         stop_s = time.monotonic() - t0
-        reader.join(10)
-        assert rc == 0, "".join(lines[-40:])
-        assert "Traceback" not in "".join(lines)
+        assert rc == 0, serve.tail()
+        assert "Traceback" not in "".join(serve.lines)
         with pytest.raises(OSError):
             urllib.request.urlopen(f"{base}/healthz", timeout=2)
         print(f"strata serve stopped {stop_s:.1f} s after SIGINT")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def test_serve_run_with_the_config_in_configs(tmp_path: Path, redis_url: str) -> None:
@@ -146,22 +169,12 @@ def test_serve_run_with_the_config_in_configs(tmp_path: Path, redis_url: str) ->
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("serve")), "run", str(path)],
-        env=env,
-        cwd=Path(__file__).parents[2],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    out: list[str] = []
-    threading.Thread(target=lambda: out.extend(proc.stdout or []), daemon=True).start()
-    try:
+    serve_cli = str(Path(sys.executable).with_name("serve"))
+    with _Foreground([serve_cli, "run", str(path)], env) as run:
         url = f"http://127.0.0.1:{port}/v1/users/{RAW_IDS[7]}/segment"
         deadline = time.monotonic() + 150
-        status, body = 0, {}
-        while time.monotonic() < deadline and proc.poll() is None:
+        status, body = 0, dict[str, object]()
+        while time.monotonic() < deadline and run.proc.poll() is None:
             try:
                 status, body = _get(url, key)
             except OSError:
@@ -169,15 +182,10 @@ def test_serve_run_with_the_config_in_configs(tmp_path: Path, redis_url: str) ->
             if status == 200:
                 break
             time.sleep(0.5)
-        assert status == 200, f"no answer from `serve run` ({status}):\n" + "".join(out[-40:])
+        assert status == 200, f"no answer from `serve run` ({status}):\n" + run.tail()
         assert body["user_id"] == RAW_IDS[7] and body["version"] == "v1"
         assert _get(url, None)[0] == 401
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(90) == 0, "".join(out[-40:])
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        assert run.interrupt() == 0, run.tail()
 
 
 def test_demo_ends_serving_with_a_working_curl_line(tmp_path: Path) -> None:
@@ -190,28 +198,9 @@ def test_demo_ends_serving_with_a_working_curl_line(tmp_path: Path) -> None:
     env.pop("RAY_ADDRESS", None)
     env.pop("STRATA_REDIS_URL", None)  # the demo's own embedded Redis
     cmd = [STRATA, "demo", "--data", str(tmp_path / "data"), "--users", "300", "--days", "14"]
-    proc = subprocess.Popen(
-        [*cmd, "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "Ctrl-C stops" in line:
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        assert ready.wait(200), "the demo did not reach serving:\n" + "".join(lines[-40:])
-        (curl,) = [line.strip() for line in lines if line.startswith("curl ")]
+    with _Foreground([*cmd, "--port", str(port)], env) as demo:
+        assert demo.ready.wait(200), "the demo did not reach serving:\n" + demo.tail()
+        (curl,) = [line.strip() for line in demo.lines if line.startswith("curl ")]
         words = shlex.split(curl)
         header = words[words.index("-H") + 1]
         url = words[-1]
@@ -221,9 +210,4 @@ def test_demo_ends_serving_with_a_working_curl_line(tmp_path: Path) -> None:
         status, body = _get(url, header.removeprefix("Authorization: Bearer "))
         assert status == 200, body
         assert body["found"] is True and body["tier"] and body["version"]
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(90) == 0, "".join(lines[-40:])
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        assert demo.interrupt() == 0, demo.tail()
