@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable
 from types import FrameType
 
 import typer
@@ -36,9 +35,8 @@ def run_server(
     replicas: int = 1,
     demo: bool = False,
     example_user: str = "10000001",
-    until: Callable[[], bool] | None = None,
 ) -> None:
-    """Serve until interrupted (or until ``until()`` returns True; for tests).
+    """Serve until interrupted (Ctrl-C or SIGTERM).
 
     Raises:
         typer.Exit: no API key is configured (outside demo mode).
@@ -89,9 +87,9 @@ def run_server(
                 console.print("try:", style="bold")
                 console.print(curl_line(base_url, example_user, key), soft_wrap=True, markup=False)
                 console.print("Ctrl-C stops the server.")
+                # short waits: the signal handler runs in this thread between them
                 while not stop.wait(0.5):
-                    if until is not None and until():
-                        break
+                    pass
             finally:
                 console.print("stopping Serve ...")
                 serve.shutdown()
