@@ -26,7 +26,6 @@ import atexit
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import time
 import urllib.error
@@ -41,6 +40,7 @@ from ray.serve import Application, Deployment
 
 from api.app import create_app
 from strata.io.keys import load_pseudonym_key
+from strata.io.redis_server import free_ports
 from strata.settings import Settings
 
 __all__ = [
@@ -280,7 +280,7 @@ def isolated_serve_env(workdir: str | Path | None = None) -> dict[str, str]:
         base.mkdir(parents=True, exist_ok=True)
     if len(str(base)) > _MAX_HAPROXY_DIR:
         raise ValueError(f"{base} is longer than {_MAX_HAPROXY_DIR} characters (socket paths)")
-    ports = _free_ports(4)
+    ports = free_ports(4)
     return {
         **SERVE_ENV,
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
@@ -320,19 +320,6 @@ def _serve_http_port(default: int) -> int:
         return int(ray.get(client._controller.get_http_config.remote()).port)
     except Exception:  # a private API: fall back to the port asked for
         return default
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def main() -> None:
