@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -44,8 +44,12 @@ __all__ = [
     "PRICE_SENSITIVITY_LABELS",
     "SLOTS",
     "FeatureConfig",
+    "FrequencyMeasure",
     "IntHistogram",
     "LogHistogram",
+    "MonetaryMeasure",
+    "RecencyMeasure",
+    "RfmMeasures",
     "RfmPartials",
     "compute_features",
     "int64_values",
@@ -123,6 +127,10 @@ FEATURES_SCHEMA = pa.schema(
         pa.field("aov_cny", _F64),
         pa.field("first_order_ts", TIMESTAMP),
         pa.field("last_order_ts", TIMESTAMP),
+        # RFM over long windows (sparse categories, tiers.yaml measures)
+        pa.field("frequency_365d", _I32),
+        pa.field("monetary_365d", _F64),
+        pa.field("active_months", _I32),
         # BTYD summary (lifetimes conventions, day granularity)
         pa.field("btyd_frequency", _F64),
         pa.field("btyd_recency", _F64),
@@ -702,6 +710,7 @@ def compute_features(
 
     cols: dict[str, pa.Array] = {"user_id": pa.array(out_ids, type=pa.int64())}
     _rfm_columns(cols, orders, win)
+    _long_window_columns(cols, orders, win)
     _category_columns(cols, events, ev, orders, win, config)
     discount_sensitivity = _price_columns(cols, orders, win, config)
     _activity_columns(cols, ev, uidx, orders, win, config)
@@ -781,6 +790,33 @@ def _rfm_columns(cols: dict[str, pa.Array], orders: _Orders, win: _Windows) -> N
     cols["last_order_ts"] = _ts(last_ts, has)
     for j, name in enumerate(("btyd_frequency", "btyd_recency", "btyd_t", "btyd_monetary_value")):
         cols[name] = _f64(btyd[j], has)
+
+
+#: Length of an "active month" in days (a twelfth of a Julian year).
+MONTH_DAYS = 365.25 / 12
+
+
+def _long_window_columns(cols: dict[str, pa.Array], orders: _Orders, win: _Windows) -> None:
+    """Orders and spend in the last 365 days and active months (sparse-category RFM).
+
+    ``active_months``: whole months (of :data:`MONTH_DAYS`, rounded up) from the local day of
+    the user's first order to the observation day, both counted; null without an order. One
+    bincount per quantity over the order rows, separate from the shorter windows' classes.
+    """
+    n = win.n
+    recent = orders.ts >= _start_ms(win.obs_day, 365)
+    u = orders.user[recent]
+    cols["frequency_365d"] = _i32(np.bincount(u, minlength=n))
+    cols["monetary_365d"] = _f64(np.bincount(u, weights=orders.amount[recent], minlength=n))
+    months = np.zeros(n, dtype=np.int64)
+    has = np.zeros(n, dtype=bool)
+    if len(orders.user):
+        starts = _runs(orders.user)
+        users = orders.user[starts]
+        tenure_days = win.obs_day - _local_day(orders.ts[starts]) + 1
+        months[users] = np.ceil(tenure_days / MONTH_DAYS).astype(np.int64)
+        has[users] = True
+    cols["active_months"] = _i32(np.maximum(months, 1), has)
 
 
 def _category_spend(
@@ -1109,10 +1145,16 @@ class LogHistogram:
 
 
 def percentile_rank(
-    values: np.ndarray, histogram: IntHistogram | LogHistogram, n: int | None = None
+    values: np.ndarray,
+    histogram: IntHistogram | LogHistogram,
+    n: int | None = None,
+    ties: str = "average",
 ) -> np.ndarray:
-    """Mid-rank percentile of each value: ``(count(< v) + 0.5 * count(== v)) / n``.
+    """Percentile rank of each value in a population given by its histogram.
 
+    ``ties`` says what a group of equal values gets: ``average`` the mid-rank
+    ``(count(< v) + 0.5 * count(== v)) / n``, ``min`` the share strictly below it
+    ``count(< v) / n``, ``max`` the share at or below it ``(count(< v) + count(== v)) / n``.
     Exact for an :class:`IntHistogram`; for a :class:`LogHistogram` "equal" means "in the same
     0.5 % bin". Deterministic, and identical however the users were split into shards.
 
@@ -1121,97 +1163,241 @@ def percentile_rank(
         histogram: the merged histogram of the population.
         n: population size (default: the histogram's total; pass more when the population
             has users outside the histogram, e.g. users with no recency).
+        ties: ``average``, ``min`` or ``max``.
 
     Returns:
         float64 ranks in [0, 1] (0 for an empty population).
     """
+    if ties not in _TIE_SHARE:
+        raise ValueError(f"ties must be one of {sorted(_TIE_SHARE)}, got {ties!r}")
     total = histogram.total if n is None else int(n)
     below, equal = histogram.below_equal(values)
     if total <= 0:
         return np.zeros(len(below), dtype=np.float64)
-    return np.asarray((below + 0.5 * equal) / total, dtype=np.float64)
+    return np.asarray((below + _TIE_SHARE[ties] * equal) / total, dtype=np.float64)
+
+
+_TIE_SHARE: dict[str, float] = {"average": 0.5, "min": 0.0, "max": 1.0}
+
+
+# --------------------------------------------------------------------------- RFM measures
+RfmWindow = Literal["30d", "90d", "180d", "365d", "lifetime"]
+RankTies = Literal["average", "min", "max"]
+#: Users with nothing in a measure's window always get 0 for it; this says whether they count
+#: in the population everyone else is ranked against (``in_population``: a buyer's rank starts
+#: above their share) or not (``excluded``: buyers spread over the whole [0, 1]).
+ZeroUsers = Literal["in_population", "excluded"]
+_WINDOW_DAYS: dict[str, int | None] = {
+    "30d": 30,
+    "90d": 90,
+    "180d": 180,
+    "365d": 365,
+    "lifetime": None,
+}
+#: ``orders per active month`` ranks on ``orders * RATE_SCALE / months`` in money bins, so that
+#: rates down to 1 order in 100 years keep 0.5 % resolution (money bins start at 0.01).
+RATE_SCALE = 100.0
+
+
+class RecencyMeasure(StrictModel):
+    """R: days since the last order (recent ranks high). A last order older than ``window``
+    counts as no order (r = 0)."""
+
+    window: RfmWindow = "lifetime"
+    ties: RankTies = "average"
+    zeros: ZeroUsers = "in_population"
+
+
+class FrequencyMeasure(StrictModel):
+    """F: orders in ``window`` (``per: window``) or orders per active month in it
+    (``per: active_month``: orders / min(active_months, months of the window))."""
+
+    window: RfmWindow = "90d"
+    per: Literal["window", "active_month"] = "window"
+    ties: RankTies = "average"
+    zeros: ZeroUsers = "in_population"
+
+
+class MonetaryMeasure(StrictModel):
+    """M: spend (CNY) in ``window``."""
+
+    window: RfmWindow = "90d"
+    ties: RankTies = "average"
+    zeros: ZeroUsers = "in_population"
+
+
+class RfmMeasures(StrictModel):
+    """What R, F and M rank (tiers.yaml ``measures``); the defaults are the grocery setting
+    (recency to date, orders and spend in the last 90 days)."""
+
+    recency: RecencyMeasure = Field(default_factory=RecencyMeasure)
+    frequency: FrequencyMeasure = Field(default_factory=FrequencyMeasure)
+    monetary: MonetaryMeasure = Field(default_factory=MonetaryMeasure)
+
+    def columns(self) -> list[str]:
+        """Feature columns the measures read."""
+        f, m = self.frequency, self.monetary
+        cols = ["recency_days", _FREQUENCY_COLUMN[f.window], _MONETARY_COLUMN[m.window]]
+        if f.per == "active_month":
+            cols.append("active_months")
+        return cols
+
+
+_FREQUENCY_COLUMN: dict[str, str] = {
+    "30d": "frequency_30d",
+    "90d": "frequency_90d",
+    "180d": "frequency_180d",
+    "365d": "frequency_365d",
+    "lifetime": "orders_total",
+}
+_MONETARY_COLUMN: dict[str, str] = {
+    "30d": "monetary_30d",
+    "90d": "monetary_90d",
+    "180d": "monetary_180d",
+    "365d": "monetary_365d",
+    "lifetime": "spend_total_cny",
+}
 
 
 @dataclass(frozen=True)
 class RfmPartials:
     """Mergeable sufficient statistics for global R, F, M percentile ranks.
 
-    ``recency`` counts ``recency_days`` of users with an order, ``frequency`` counts
-    ``frequency_90d`` and ``monetary`` bins ``monetary_90d`` of every user; ``n_users`` is the
-    population of all three ranks.
+    ``recency`` counts ``recency_days`` of users with an order inside the recency window,
+    ``frequency`` counts every user's frequency measure (an :class:`IntHistogram` of orders,
+    or a :class:`LogHistogram` of scaled orders per active month) and ``monetary`` bins every
+    user's spend in the monetary window; ``n_users`` is the population of all three ranks.
     """
 
     n_users: int
     recency: IntHistogram
-    frequency: IntHistogram
+    frequency: IntHistogram | LogHistogram
     monetary: LogHistogram
 
     @classmethod
-    def empty(cls) -> RfmPartials:
-        """The neutral element of :meth:`merge`."""
+    def empty(cls, measures: RfmMeasures | None = None) -> RfmPartials:
+        """The neutral element of :meth:`merge` (for ``measures``, default the grocery ones)."""
+        rate = measures is not None and measures.frequency.per == "active_month"
         return cls(
             0,
             IntHistogram(np.zeros(0, dtype=np.int64)),
-            IntHistogram(np.zeros(0, dtype=np.int64)),
+            LogHistogram(np.zeros(MONEY_BINS, dtype=np.int64))
+            if rate
+            else IntHistogram(np.zeros(0, dtype=np.int64)),
             LogHistogram(np.zeros(MONEY_BINS, dtype=np.int64)),
         )
 
     def merge(self, other: RfmPartials) -> RfmPartials:
         """Partials of the union of both shards' users (integer addition)."""
+        if type(self.frequency) is not type(other.frequency):
+            raise ValueError("cannot merge RFM partials of different frequency measures")
         return RfmPartials(
             self.n_users + other.n_users,
             self.recency.merge(other.recency),
-            self.frequency.merge(other.frequency),
+            self.frequency.merge(other.frequency),  # type: ignore[arg-type]
             self.monetary.merge(other.monetary),
         )
 
 
-def _rfm_inputs(features: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class _RfmInputs:
+    rec: np.ndarray  # days since the last order (0 where none)
+    has: np.ndarray  # an order inside the recency window
+    freq: np.ndarray  # int64 orders, or float64 scaled orders per active month
+    mon: np.ndarray
+
+
+def _numbers(features: pa.Table, name: str, fill: float) -> np.ndarray:
+    col = pc.fill_null(_one_array(features.column(name)), fill)
+    return np.asarray(col.to_numpy(zero_copy_only=False))
+
+
+def _rfm_inputs(features: pa.Table, measures: RfmMeasures) -> _RfmInputs:
     rec_col = _one_array(features.column("recency_days"))
     has = _valid(rec_col)
     rec = np.asarray(pc.fill_null(rec_col, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
-    freq_col = pc.fill_null(_one_array(features.column("frequency_90d")), 0)
-    freq = np.asarray(freq_col.to_numpy(zero_copy_only=False), dtype=np.int64)
-    mon_col = pc.fill_null(_one_array(features.column("monetary_90d")), 0.0)
-    mon = np.asarray(mon_col.to_numpy(zero_copy_only=False), dtype=np.float64)
-    return rec, has, freq, mon
+    r_days = _WINDOW_DAYS[measures.recency.window]
+    if r_days is not None:
+        has = has & (rec < r_days)
+    f = measures.frequency
+    freq: np.ndarray = _numbers(features, _FREQUENCY_COLUMN[f.window], 0).astype(np.int64)
+    if f.per == "active_month":
+        months = _numbers(features, "active_months", 1).astype(np.int64)
+        f_days = _WINDOW_DAYS[f.window]
+        if f_days is not None:
+            months = np.minimum(months, math.ceil(f_days / MONTH_DAYS))
+        freq = freq * RATE_SCALE / np.maximum(months, 1)
+    mon = _numbers(features, _MONETARY_COLUMN[measures.monetary.window], 0.0)
+    return _RfmInputs(rec, has, freq, mon.astype(np.float64))
 
 
-def rfm_partials(features: pa.Table) -> RfmPartials:
-    """RFM partials of one shard's features (columns recency_days, frequency_90d,
-    monetary_90d)."""
-    rec, has, freq, mon = _rfm_inputs(features)
-    return RfmPartials(
-        features.num_rows,
-        IntHistogram.of(rec[has]),
-        IntHistogram.of(freq),
-        LogHistogram.of(mon),
+def rfm_partials(features: pa.Table, measures: RfmMeasures | None = None) -> RfmPartials:
+    """RFM partials of one shard's features (the columns :meth:`RfmMeasures.columns` names).
+
+    Args:
+        features: one shard's features.
+        measures: what R, F and M rank (default: the grocery setting, see RfmMeasures).
+    """
+    m = measures or RfmMeasures()
+    x = _rfm_inputs(features, m)
+    freq: IntHistogram | LogHistogram = (
+        LogHistogram.of(x.freq) if m.frequency.per == "active_month" else IntHistogram.of(x.freq)
     )
+    return RfmPartials(
+        features.num_rows, IntHistogram.of(x.rec[x.has]), freq, LogHistogram.of(x.mon)
+    )
+
+
+def _zeros(histogram: IntHistogram | LogHistogram) -> int:
+    """Users whose value is 0 (bin 0 of either histogram)."""
+    return int(histogram.counts[0]) if len(histogram.counts) else 0
 
 
 def rfm_scores(
     features: pa.Table,
     partials: RfmPartials,
     weights: tuple[float, float, float] = (0.4, 0.3, 0.3),
+    measures: RfmMeasures | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Global R, F, M ranks and their weighted score, each float64 in [0, 1].
 
-    ``r = 1 - percentile_rank(recency_days)`` (recent is high; a user with no order has
-    r = 0), ``f = percentile_rank(frequency_90d)`` and ``m = percentile_rank(monetary_90d)``
-    over all ``partials.n_users`` users, with f = 0 for no order in 90 days and m = 0 for no
-    spend; ``score = w_r * r + w_f * f + w_m * m``.
+    With the default measures ``r = 1 - percentile_rank(recency_days)`` (recent is high; a
+    user with no order has r = 0), ``f = percentile_rank(frequency_90d)`` and
+    ``m = percentile_rank(monetary_90d)`` over all ``partials.n_users`` users, with f = 0 for
+    no order in 90 days and m = 0 for no spend; ``score = w_r * r + w_f * f + w_m * m``.
+    ``measures`` changes the windows, the frequency unit, the tie ranks and whether users with
+    nothing in a window count in the population (:class:`RfmMeasures`).
 
     Args:
         features: one shard's features.
-        partials: the merged partials of every shard.
+        partials: the merged partials of every shard (built with the same ``measures``).
         weights: (w_r, w_f, w_m), non-negative, summing to 1.
+        measures: what R, F and M rank (default: the grocery setting).
     """
     if len(weights) != 3 or any(x < 0 for x in weights) or abs(sum(weights) - 1) > 1e-9:
         raise ValueError(f"weights must be 3 non-negative numbers summing to 1, got {weights}")
-    rec, has, freq, mon = _rfm_inputs(features)
+    ms = measures or RfmMeasures()
+    x = _rfm_inputs(features, ms)
     n = partials.n_users
-    r = np.where(has, 1.0 - percentile_rank(rec, partials.recency, n), 0.0)
-    f = np.where(freq > 0, percentile_rank(freq, partials.frequency, n), 0.0)
-    m = np.where(mon > 0, percentile_rank(mon, partials.monetary, n), 0.0)
+
+    def rank(
+        values: np.ndarray, hist: IntHistogram | LogHistogram, zeros: str, ties: str
+    ) -> np.ndarray:
+        """Rank of positive values; ``excluded`` drops the users at 0 from below and from n."""
+        if zeros == "in_population":
+            return percentile_rank(values, hist, n, ties)
+        z = _zeros(hist)
+        nonzero = hist.total - z
+        if nonzero <= 0:
+            return np.zeros(len(values), dtype=np.float64)
+        return (percentile_rank(values, hist, nonzero, ties) * nonzero - z) / nonzero
+
+    rm, fm, mm = ms.recency, ms.frequency, ms.monetary
+    # r ranks "recent is high": a tied group's min rank is 1 - its share at or below
+    r_ties = {"average": "average", "min": "max", "max": "min"}[rm.ties]
+    n_r = n if rm.zeros == "in_population" else partials.recency.total
+    r = np.where(x.has, 1.0 - percentile_rank(x.rec, partials.recency, n_r, r_ties), 0.0)
+    f = np.where(x.freq > 0, rank(x.freq, partials.frequency, fm.zeros, fm.ties), 0.0)
+    m = np.where(x.mon > 0, rank(x.mon, partials.monetary, mm.zeros, mm.ties), 0.0)
     score = weights[0] * r + weights[1] * f + weights[2] * m
     return r, f, m, score
