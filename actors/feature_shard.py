@@ -30,6 +30,7 @@ from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
 from strata.scoring import RecomputeConfig, align_previous, count_by, score_features, transitions
 from strata.segment_codec import RecordLayout, encode
+from strata.tiers import ScoreHistogram
 
 
 class FeatureShard:
@@ -91,7 +92,7 @@ class FeatureShard:
         feats = self._compute()
         partials: RfmPartials | None = None
         for table in feats.values():
-            p = rfm_partials(table)
+            p = rfm_partials(table, self.config.tiers.measures)
             partials = p if partials is None else partials.merge(p)
         return {
             "partials": partials,
@@ -108,6 +109,7 @@ class FeatureShard:
         tiers: list[dict[str, int]] = []
         stages: list[dict[str, int]] = []
         moves: list[dict[str, dict[str, int]]] = []
+        histograms: list[ScoreHistogram] = []
         for b, table in self._compute().items():
             previous = None
             if previous_version is not None:
@@ -125,6 +127,7 @@ class FeatureShard:
             )
             self.snapshots.write_bucket(version, b, n_buckets, scored)
             tiers.append(count_by(scored, "tier"))
+            histograms.append(ScoreHistogram.of(scored, self.config.tiers))
             stages.append(count_by(scored, "lifecycle_stage"))
             moves.append(transitions(scored))
         return {
@@ -134,6 +137,7 @@ class FeatureShard:
             "tiers": tiers,
             "stages": stages,
             "transitions": moves,
+            "score_histogram": ScoreHistogram.merge_all(histograms, self.config.tiers),
             "seconds": time.perf_counter() - t0,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from jobs._runtime import console, progress, ray_session, redis_session, summary_table
+from strata.config import ConfigError
 from strata.features import FEATURES_SCHEMA, RfmPartials
 from strata.ids import assign
 from strata.io.models import ModelError, ModelRegistry
@@ -33,6 +35,7 @@ from strata.schema import SCHEMA_VERSION
 from strata.scoring import NEW_USER, RecomputeConfig, merge_counts
 from strata.segment_codec import n_groups_for, snapshot_layout
 from strata.settings import Settings
+from strata.tiers import ScoreHistogram, band_warnings, histogram_rows
 
 NAMESPACE = "strata"
 
@@ -55,6 +58,8 @@ class RecomputeResult:
     model: str
     timings: dict[str, float] = field(default_factory=dict)
     max_actor_rss_mb: float = 0.0
+    histogram: list[tuple[str, str, str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def parse_as_of(text: str) -> dt.datetime:
@@ -160,6 +165,9 @@ class RecomputeJob:
             stages = merge_counts([t for s in scores for t in s["stages"]])
             moves = merge_counts([t for s in scores for t in s["transitions"]])
             users = sum(f["users"] for f in firsts)
+            rules = self.config.tiers
+            hist = ScoreHistogram.merge_all([s["score_histogram"] for s in scores], rules)
+            warnings = band_warnings(hist, rules)
             manifest: dict[str, Any] = {
                 "version": version,
                 "as_of": self.as_of.isoformat(),
@@ -173,7 +181,13 @@ class RecomputeJob:
                     "users": warehouse.summary()["users"]["rows"],
                     "warehouse_updated_at": warehouse.manifest["updated_at"],
                 },
-                "outputs": {"users": users, "tiers": tiers, "lifecycle_stages": stages},
+                "outputs": {
+                    "users": users,
+                    "tiers": tiers,
+                    "lifecycle_stages": stages,
+                    "score_histogram": hist.to_json(rules),
+                },
+                "warnings": warnings,
                 "transitions": moves,
                 "actors": len(shards),
                 "predictions": {"model_version": model_version, "status": model_status},
@@ -213,6 +227,8 @@ class RecomputeJob:
             model=f"{model_version or '-'} ({model_status})",
             timings=timings,
             max_actor_rss_mb=max(s["max_rss_mb"] for s in scores),
+            histogram=histogram_rows(hist, rules),
+            warnings=warnings,
         )
 
     def _resolve_model(self) -> tuple[str | None, str]:
@@ -280,6 +296,8 @@ class RecomputeJob:
             "tiers": manifest["outputs"]["tiers"],
             "lifecycle_stages": manifest["outputs"]["lifecycle_stages"],
             "model_version": model_version,
+            "band_counts": manifest["outputs"]["score_histogram"]["bands"],
+            "warnings": manifest["warnings"],
         }
         with redis_session(self.settings) as url:
             store = SegmentStore(url, namespace=NAMESPACE)
@@ -330,14 +348,18 @@ def command(
 ) -> None:
     """Recompute features, tiers and lifecycle for every user; publish to Redis atomically."""
     settings = Settings(data=data)
-    job = RecomputeJob(
-        settings,
-        parse_as_of(as_of),
-        actors=actors,
-        publish=not no_publish,
-        config_dir=config_dir,
-        keep_versions=keep,
-    )
+    try:
+        job = RecomputeJob(
+            settings,
+            parse_as_of(as_of),
+            actors=actors,
+            publish=not no_publish,
+            config_dir=config_dir,
+            keep_versions=keep,
+        )
+    except ConfigError as exc:  # a bad config is bad input: its message, no traceback
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
     result = job.run()
     print_result(result, job.config.tiers.tier_names)
 
@@ -361,6 +383,20 @@ def print_result(result: RecomputeResult, tier_names: list[str]) -> None:
     )
     if result.previous_version is not None:
         console.print(transition_table(result.transitions, tier_names))
+    if result.histogram:
+        hist = Table(title="rfm_score histogram (band boundaries marked)", header_style="bold")
+        for name, justify in (
+            ("score", "left"),
+            ("users", "right"),
+            ("share", "right"),
+            ("", "left"),
+        ):
+            hist.add_column(name, justify=justify)  # type: ignore[arg-type]
+        for row in result.histogram:
+            hist.add_row(*(escape(c) for c in row))
+        console.print(hist)
+    for w in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}")
     tiers = Table(title=f"tiers as of {result.as_of}", header_style="bold")
     tiers.add_column("tier")
     tiers.add_column("users", justify="right")

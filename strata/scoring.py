@@ -99,7 +99,9 @@ def score_features(
         ``features`` with the scoring columns appended.
     """
     w = config.tiers.weights
-    r, f, m, score = rfm_scores(features, partials, (w.recency, w.frequency, w.monetary))
+    r, f, m, score = rfm_scores(
+        features, partials, (w.recency, w.frequency, w.monetary), config.tiers.measures
+    )
     stage, stage_rule = assign_lifecycle(features, as_of_ms, config.lifecycle)
     ltv = features.column("ltv_cny").to_numpy(zero_copy_only=False).astype("float64")
     churn_p = predictions["churn_p"] if predictions is not None else None

@@ -8,7 +8,11 @@ built from the values the rule used.
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +20,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from strata.config import StrictModel, config_path, load_yaml
+from strata.features import RfmMeasures
 from strata.lifecycle import STAGES
 
 RULE_BAND = "score_band"
@@ -63,9 +68,12 @@ class TierRules(StrictModel):
     """configs/tiers.yaml."""
 
     weights: RfmWeights
+    measures: RfmMeasures = Field(default_factory=RfmMeasures)
     bands: list[Band] = Field(min_length=1)
     churn_warning: ChurnWarning | None = None
     hysteresis_margin: float = Field(0.0, ge=0, lt=0.5)
+    #: a score band holding less than this share of the scored users is a recompute warning
+    min_band_share: float = Field(0.01, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _bands_in_order(self) -> TierRules:
@@ -225,3 +233,146 @@ def _explain(
     return pc.if_else(
         pa.array(rule == 2), churn_txt, pc.if_else(pa.array(rule == 1), hold_txt, band_txt)
     )
+
+
+# --------------------------------------------------------------------------- score histogram
+#: Equal-width bins of the score histogram: (lo, hi], the first one [0, 0.1].
+SCORE_BINS = 10
+_LONG_WINDOWS = ("365d", "lifetime")
+
+
+@dataclass(frozen=True)
+class ScoreHistogram:
+    """Mergeable counts of ``rfm_score``: per equal-width bin and per score band.
+
+    ``bands`` counts users by the band their score falls in (``band_index``), before the
+    churn-warning override and hysteresis: it shows whether the bands cut the score
+    distribution where users are. Shards return one each; :meth:`merge` adds them.
+    """
+
+    bins: tuple[int, ...]
+    bands: tuple[int, ...]
+
+    @classmethod
+    def of(cls, scores: np.ndarray | pa.Table, rules: TierRules) -> ScoreHistogram:
+        """Histogram of scores (an array, or a scored table's ``rfm_score`` column)."""
+        if isinstance(scores, pa.Table):
+            scores = scores.column("rfm_score").to_numpy()
+        s = np.nan_to_num(np.asarray(scores, dtype=np.float64))
+        # (lo, hi] bins like the bands' strict "score > min_score"; rounding drops float noise
+        idx = np.clip(np.ceil(np.round(s * SCORE_BINS, 9)) - 1, 0, SCORE_BINS - 1)
+        bins = np.bincount(idx.astype(np.int64), minlength=SCORE_BINS)
+        bands = np.bincount(band_index(s, rules), minlength=len(rules.bands))
+        return cls(tuple(int(c) for c in bins), tuple(int(c) for c in bands))
+
+    @classmethod
+    def empty(cls, rules: TierRules) -> ScoreHistogram:
+        """The neutral element of :meth:`merge`."""
+        return cls((0,) * SCORE_BINS, (0,) * len(rules.bands))
+
+    def merge(self, other: ScoreHistogram) -> ScoreHistogram:
+        """Counts of both (integer addition, order-independent)."""
+        if len(self.bins) != len(other.bins) or len(self.bands) != len(other.bands):
+            raise ValueError("cannot merge score histograms of different bins or bands")
+        return ScoreHistogram(
+            tuple(a + b for a, b in zip(self.bins, other.bins, strict=True)),
+            tuple(a + b for a, b in zip(self.bands, other.bands, strict=True)),
+        )
+
+    @classmethod
+    def merge_all(cls, parts: Sequence[ScoreHistogram], rules: TierRules) -> ScoreHistogram:
+        """Sum of any number of histograms (the empty one for none)."""
+        out = cls.empty(rules)
+        for p in parts:
+            out = out.merge(p)
+        return out
+
+    @property
+    def total(self) -> int:
+        return sum(self.bins)
+
+    def to_json(self, rules: TierRules) -> dict[str, Any]:
+        """Manifest form: bin edges, bin counts and users per band by name."""
+        return {
+            "edges": [round(i / SCORE_BINS, 6) for i in range(SCORE_BINS + 1)],
+            "counts": list(self.bins),
+            "bands": {b.name: c for b, c in zip(rules.bands, self.bands, strict=True)},
+        }
+
+
+def _band_range(rules: TierRules, i: int) -> str:
+    lo = rules.bands[i].min_score
+    if i == 0:
+        return f"rfm_score > {lo:g}"
+    hi = rules.bands[i - 1].min_score
+    return f"{lo:g} < rfm_score <= {hi:g}" if lo > 0 else f"rfm_score <= {hi:g}"
+
+
+def band_warnings(histogram: ScoreHistogram, rules: TierRules) -> list[str]:
+    """One warning per score band holding less than ``rules.min_band_share`` of the scored
+    users, naming the band and the tiers.yaml settings that move users into it."""
+    total = histogram.total
+    if total == 0:
+        return []
+    out = []
+    ms = rules.measures
+    short = [
+        f"measures.{name}.window"
+        for name, m in (("frequency", ms.frequency), ("monetary", ms.monetary))
+        if m.window not in _LONG_WINDOWS
+    ]
+    for i, (band, count) in enumerate(zip(rules.bands, histogram.bands, strict=True)):
+        if count >= rules.min_band_share * total:
+            continue
+        keys = [f"bands[{i}].min_score"] if band.min_score > 0 else []
+        if i > 0:
+            keys.append(f"bands[{i - 1}].min_score")
+        text = (
+            f"tier band {band.name!r} ({_band_range(rules, i)}) holds {count:,} of "
+            f"{total:,} scored users ({count / total:.1%}, under "
+            f"{rules.min_band_share:.0%}): move its bounds (tiers.yaml {' / '.join(keys)})"
+        )
+        if short:
+            text += (
+                " or, for a sparse purchase cadence, rank over a longer window (tiers.yaml "
+                f"{' / '.join(short)}: 365d or lifetime)"
+            )
+        out.append(text)
+    return out
+
+
+def histogram_rows(
+    histogram: ScoreHistogram, rules: TierRules, width: int = 30
+) -> list[tuple[str, str, str, str]]:
+    """Rows ``(score bin, users, share, bar)`` from the highest bin down; where a band
+    boundary falls on a bin edge a marker row ``-- 0.8: high_value above, potential below --``
+    separates them (a boundary inside a bin is noted on that bin's row)."""
+    total = max(histogram.total, 1)
+    peak = max(max(histogram.bins), 1)
+    bands = rules.bands
+    cuts = [(bands[i].min_score, bands[i].name, bands[i + 1].name) for i in range(len(bands) - 1)]
+
+    def cut_text(cut: tuple[float, str, str]) -> str:
+        return f"{cut[0]:g}: {cut[1]} above, {cut[2]} below"
+
+    rows: list[tuple[str, str, str, str]] = []
+    for k in reversed(range(SCORE_BINS)):
+        lo, hi = k / SCORE_BINS, (k + 1) / SCORE_BINS
+        count = histogram.bins[k]
+        bar = "#" * round(width * count / peak)
+        inside = [c for c in cuts if lo + 1e-9 < c[0] < hi - 1e-9]
+        if inside:
+            bar += "  <- " + "; ".join(cut_text(c) for c in inside)
+        label = f"[{lo:.1f}, {hi:.1f}]" if k == 0 else f"({lo:.1f}, {hi:.1f}]"
+        rows.append((label, f"{count:,}", f"{count / total:.1%}", bar))
+        for c in cuts:
+            if math.isclose(c[0], lo, abs_tol=1e-9):
+                rows.append((f"-- {cut_text(c)} --", "", "", ""))
+    return rows
+
+
+def empty_bands(band_counts: Mapping[str, int], users: int, rules: TierRules) -> dict[str, bool]:
+    """Per score band: True when it holds less than ``rules.min_band_share`` of ``users``."""
+    if users <= 0:
+        return {b.name: False for b in rules.bands}
+    return {b.name: band_counts.get(b.name, 0) < rules.min_band_share * users for b in rules.bands}
