@@ -57,7 +57,18 @@ class ApiMetrics:
             ["version"],
             registry=r,
         )
+        self.tier_users = Gauge(
+            "strata_tier_users", "Users per tier in the current snapshot.", ["tier"], registry=r
+        )
+        self.tier_empty = Gauge(
+            "strata_tier_empty",
+            "1 when the score band holds under tiers.yaml min_band_share of the current "
+            "snapshot's scored users (the recompute warned about it), else 0.",
+            ["tier"],
+            registry=r,
+        )
         self._version: str | None = None
+        self.tiers_version: str | None = None
 
     def saw_version(self, version: str) -> None:
         """Record the version an answer came from (one labelled series at a time)."""
@@ -66,6 +77,16 @@ class ApiMetrics:
                 self.snapshot.remove(self._version)
             self.snapshot.labels(version).set(1)
             self._version = version
+
+    def saw_tiers(self, version: str, users: dict[str, int], empty: dict[str, bool]) -> None:
+        """Set the tier gauges from a snapshot's tier counts and empty bands."""
+        self.tier_users.clear()
+        self.tier_empty.clear()
+        for tier, n in users.items():
+            self.tier_users.labels(tier).set(n)
+        for tier, is_empty in empty.items():
+            self.tier_empty.labels(tier).set(1 if is_empty else 0)
+        self.tiers_version = version
 
     def render(self) -> bytes:
         """The exposition text."""

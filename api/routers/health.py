@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
 from api.deps import State, reader_of
 from api.metrics import PROMETHEUS_CONTENT_TYPE
 from api.models import ErrorPublic, HealthPublic
+from strata.explain import rules_from_meta
+from strata.tiers import empty_bands
 
 router = APIRouter(tags=["health"])
 #: GET /metrics; the app factory adds the admin-key dependency when ``metrics_require_key``
@@ -52,4 +55,29 @@ async def ready(state: State) -> Response:
     summary="Prometheus metrics of this process (one Serve replica)",
 )
 async def metrics(state: State) -> Response:
+    await _refresh_tier_gauges(state)
     return Response(state.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+
+async def _refresh_tier_gauges(state: State) -> None:
+    """Tier gauges of the current snapshot, from its meta (read again when the version
+    changes). Without Redis the last values stay: /metrics answers regardless."""
+    try:
+        reader = reader_of(state)
+        version = await state.redis(reader.current)
+        if version is None or version == state.metrics.tiers_version:
+            return
+        info = await state.redis(lambda: reader.info(version))
+    except HTTPException:
+        return
+    if info is None:
+        return
+    try:
+        rules = rules_from_meta(info.meta) or state.fallback_rules
+    except ValidationError:
+        rules = state.fallback_rules
+    tiers = {str(k): int(v) for k, v in (info.meta.get("tiers") or {}).items()}
+    # snapshots published before band counts were recorded: judge by the tier counts
+    bands = info.meta.get("band_counts") or tiers
+    empty = empty_bands(bands, info.n_users or sum(bands.values()), rules)
+    state.metrics.saw_tiers(version, tiers, empty)
