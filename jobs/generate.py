@@ -40,9 +40,11 @@ from strata.io.warehouse import (
 from strata.schema import EVENT_TYPES
 from strata.settings import Settings
 from strata.synth import (
+    ORDER_LOG_COLUMNS,
     GeneratorConfig,
     generate_bucket,
     load_generator_config,
+    orders_only,
     raw_user_ids,
     truth_schema,
     window_start,
@@ -90,6 +92,7 @@ class GenerateResult:
     truth_path: str
     write_id: str
     timings: dict[str, float] = field(default_factory=dict)
+    orders_only: bool = False
 
 
 def _rss_mb() -> float:
@@ -113,6 +116,7 @@ def generate_shard(
     seed: int,
     start: dt.date,
     days: int,
+    only_orders: bool = False,
 ) -> ShardResult:
     """Generate one bucket and write its parts (uncommitted). The body of a Ray task.
 
@@ -122,16 +126,27 @@ def generate_shard(
         truth_staging: folder for the bucket's ground-truth part.
         bucket, user_ids, raw_ids, cfg, calendar, seed, start, days: as in
             :func:`strata.synth.generate_bucket`.
+        only_orders: write a transaction log (:func:`strata.synth.orders_only`): order
+            events with :data:`strata.synth.ORDER_LOG_COLUMNS`, no users part.
     """
     t0 = time.perf_counter()
     out = generate_bucket(
         bucket, user_ids, raw_ids, cfg, calendar, seed, start, days, horizon_days=HORIZON_DAYS
     )
     wh = Warehouse(data_root)
-    parts = [
-        wh.write_bucket("events", bucket, out.events, write_id, already_sorted=True),
-        wh.write_bucket("users", bucket, out.users, write_id, already_sorted=True),
-    ]
+    if only_orders:
+        out = orders_only(out)
+        parts = [
+            wh.write_bucket(
+                "events", bucket, out.events, write_id, already_sorted=True,
+                columns=ORDER_LOG_COLUMNS,
+            )
+        ]  # fmt: skip
+    else:
+        parts = [
+            wh.write_bucket("events", bucket, out.events, write_id, already_sorted=True),
+            wh.write_bucket("users", bucket, out.users, write_id, already_sorted=True),
+        ]
     wh.fs.create_dir(truth_staging, recursive=True)
     pq.write_table(
         out.truth, _truth_part(truth_staging, bucket), filesystem=wh.fs, **PARQUET_OPTIONS
@@ -205,6 +220,7 @@ def run(
     workers: int | None = None,
     config_dir: str | None = None,
     show_progress: bool = True,
+    only_orders: bool = False,
 ) -> GenerateResult:
     """Generate ``users`` synthetic users over the ``days`` local days before ``end``.
 
@@ -224,6 +240,8 @@ def run(
             are in flight at a time.
         config_dir: where generator.yaml and calendar.yaml live (default: configs/).
         show_progress: draw the rich progress bar.
+        only_orders: a transaction log only (``--orders-only``): order events with
+            :data:`strata.synth.ORDER_LOG_COLUMNS` and no users table; the truth as usual.
 
     Raises:
         GenerateError: the warehouse already holds rows, or a task failed (nothing committed).
@@ -259,8 +277,9 @@ def run(
         def submit(group: tuple[int, Any, Any]) -> Any:
             b, ids, raw = group
             return task.remote(
-                data_root, write_id, staging, b, ids, raw, cfg_ref, cal_ref, seed, start, days
-            )
+                data_root, write_id, staging, b, ids, raw, cfg_ref, cal_ref, seed, start, days,
+                only_orders,
+            )  # fmt: skip
 
         try:
             shards = map_buckets(
@@ -302,6 +321,7 @@ def run(
                 "window_start": start.isoformat(),
                 "window_end": end.isoformat(),
                 "orders": counts["order"],
+                "orders_only": only_orders,
             },
         )
         fs.move(truth_tmp, truth_path)
@@ -334,6 +354,7 @@ def run(
             "commit_s": t_end - t_generated,
             "task_s": sum(s.seconds for s in shards),
         },
+        orders_only=only_orders,
     )
 
 
@@ -342,6 +363,7 @@ def summary_rows(r: GenerateResult) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("window (local days)", f"{r.start} .. {r.end - dt.timedelta(days=1)}"),
         ("users", r.users),
+        ("mode", "orders only (no users table)" if r.orders_only else "full behaviour"),
         ("buckets written", r.buckets),
         ("events", r.events),
         ("orders", r.orders),
@@ -386,6 +408,13 @@ def command(
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="CPUs to use (default: all).")
     ] = None,
+    orders_only_: Annotated[
+        bool,
+        typer.Option(
+            "--orders-only",
+            help="Only order events (a transaction log: no sessions, no users table).",
+        ),
+    ] = False,
 ) -> None:
     """Generate synthetic grocery behaviour (events, users, ground truth) into the warehouse."""
     overrides: dict[str, Any] = {"data": data}
@@ -401,6 +430,7 @@ def command(
             end=end.date() if end else None,
             overwrite=overwrite,
             workers=workers,
+            only_orders=orders_only_,
         )
     except (GenerateError, WarehouseError, ConfigError) as exc:
         console.print(f"[red]error:[/red] {exc}")

@@ -1093,3 +1093,35 @@ def generate_bucket(
         schema=truth_schema(horizon_days),
     )
     return BucketData(events=events, users=users, truth=truth)
+
+
+#: Columns of an orders-only log (``strata generate --orders-only``): what a shop's order
+#: export carries. Sessions, items, queries and ratings are not part of it.
+ORDER_LOG_COLUMNS: tuple[str, ...] = (
+    "user_id",
+    "ts",
+    "event_type",
+    "order_id",
+    "amount_cny",
+    "discount_cny",
+    "coupon_id",
+    "item_count",
+    "categories",
+)
+
+
+def orders_only(data: BucketData) -> BucketData:
+    """One bucket as a transaction log: its order events only, with :data:`ORDER_LOG_COLUMNS`
+    (the other event columns null), and no users (an empty users table). The ground truth is
+    unchanged: it describes the same simulated users.
+    """
+    events = data.events.filter(pc.equal(data.events.column("event_type"), EventType.ORDER.value))
+    kept = set(ORDER_LOG_COLUMNS)
+    events = pa.Table.from_arrays(
+        [
+            events.column(f.name) if f.name in kept else pa.nulls(events.num_rows, f.type)
+            for f in EVENTS_SCHEMA
+        ],
+        schema=EVENTS_SCHEMA,
+    )
+    return BucketData(events=events, users=USERS_SCHEMA.empty_table(), truth=data.truth)
