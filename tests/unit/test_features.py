@@ -21,6 +21,7 @@ from strata.features import (
     FeatureConfig,
     IntHistogram,
     LogHistogram,
+    RfmMeasures,
     RfmPartials,
     compute_features,
     load_feature_config,
@@ -733,3 +734,112 @@ def test_rfm_scores_conventions(config: FeatureConfig) -> None:
     assert np.all((score >= 0) & (score <= 1))
     with pytest.raises(ValueError):
         rfm_scores(f, rfm_partials(f), weights=(0.5, 0.5, 0.5))
+
+
+# ------------------------------------------------------------------ long windows and measures
+def test_long_window_columns(config: FeatureConfig) -> None:
+    rows = [
+        {"user": 1, "at": "2024-11-01 10:00", "amount_cny": 5.0},  # 426 days back: lifetime only
+        {"user": 1, "at": "2025-03-01 10:00", "amount_cny": 20.0},  # 306 days back
+        {"user": 1, "at": "2025-12-31 23:00", "amount_cny": 30.0},  # the observation day
+        {"user": 2, "at": "2025-12-31 09:00", "amount_cny": 7.0},  # first order today
+        {"user": 3, "at": "2025-12-30 10:00", "type": "app_visit"},  # never ordered
+        {"user": 4, "at": "2025-12-02 10:00", "amount_cny": 1.0},  # 30 days, both counted
+        {"user": 5, "at": "2025-12-01 10:00", "amount_cny": 1.0},  # 31 days
+    ]
+    f = compute_features(events_table(rows), None, AS_OF, config)
+    assert f.column("frequency_365d").to_pylist() == [2, 1, 0, 1, 1]
+    assert f.column("monetary_365d").to_pylist() == [50.0, 7.0, 0.0, 1.0, 1.0]
+    # 426 days -> ceil(426 / 30.4375) = 14 months; 1 day -> 1; 30 -> 1; 31 -> 2; none -> null
+    assert f.column("active_months").to_pylist() == [14, 1, None, 1, 2]
+
+
+def test_percentile_rank_ties() -> None:
+    h = IntHistogram.of(np.array([0, 1, 1, 3]))
+    probe = np.array([1, 3])
+    assert percentile_rank(probe, h, ties="average").tolist() == [0.5, 0.875]
+    assert percentile_rank(probe, h, ties="min").tolist() == [0.25, 0.75]
+    assert percentile_rank(probe, h, ties="max").tolist() == [0.75, 1.0]
+    with pytest.raises(ValueError, match="ties"):
+        percentile_rank(probe, h, ties="dense")
+
+
+def test_measures_windows_zeros_and_rate(config: FeatureConfig) -> None:
+    rows = [
+        {"user": 1, "at": "2025-12-30 10:00", "amount_cny": 100.0},  # recent
+        {"user": 2, "at": "2025-03-01 10:00", "amount_cny": 300.0},  # 10 months ago, big
+        {"user": 2, "at": "2025-03-02 10:00", "amount_cny": 300.0},
+        {"user": 3, "at": "2025-06-01 10:00", "amount_cny": 50.0},  # 7 months ago, small
+        {"user": 4, "at": "2025-12-30 10:00", "type": "app_visit"},  # never ordered
+    ]
+    f = compute_features(events_table(rows), None, AS_OF, config)
+    # default: only user 1 ordered in 90 days, ranked above the 3 users at 0
+    _, fr, m, _ = rfm_scores(f, rfm_partials(f))
+    assert fr.tolist() == [(3 + 0.5) / 4, 0.0, 0.0, 0.0]
+    # lifetime: user 2 (2 orders, 600) ranks first, user 3 (1 order, 50) shares f with user 1
+    life = RfmMeasures.model_validate(
+        {"frequency": {"window": "lifetime"}, "monetary": {"window": "lifetime"}}
+    )
+    _, fr, m, _ = rfm_scores(f, rfm_partials(f, life), measures=life)
+    assert fr.tolist() == [(1 + 1.0) / 4, (3 + 0.5) / 4, (1 + 1.0) / 4, 0.0]
+    assert m.tolist() == [(2 + 0.5) / 4, (3 + 0.5) / 4, (1 + 0.5) / 4, 0.0]
+    # zeros excluded: buyers ranked among the 3 buyers only
+    excl = RfmMeasures.model_validate(
+        {
+            "frequency": {"window": "lifetime", "zeros": "excluded"},
+            "monetary": {"window": "lifetime", "zeros": "excluded"},
+        }
+    )
+    _, fr, m, _ = rfm_scores(f, rfm_partials(f, excl), measures=excl)
+    assert m.tolist() == [1.5 / 3, 2.5 / 3, 0.5 / 3, 0.0]
+    # orders per active month: user 1 1/1, user 2 2/11, user 3 1/8 (lifetime)
+    rate = RfmMeasures.model_validate({"frequency": {"window": "lifetime", "per": "active_month"}})
+    p = rfm_partials(f, rate)
+    assert isinstance(p.frequency, LogHistogram)
+    _, fr, _, _ = rfm_scores(f, p, measures=rate)
+    assert fr.tolist() == [3.5 / 4, 2.5 / 4, 1.5 / 4, 0.0]
+    # recency window: a last order older than 180 days counts as none
+    rec = RfmMeasures.model_validate({"recency": {"window": "180d"}})
+    r, _, _, _ = rfm_scores(f, rfm_partials(f, rec), measures=rec)
+    assert r[0] > 0 and r[1] == 0 and r[2] == 0 and r[3] == 0
+    with pytest.raises(ValueError, match="different frequency measures"):
+        p.merge(rfm_partials(f))
+
+
+@pytest.mark.parametrize("shards", [2, 4])
+def test_long_window_partials_are_shard_independent(config: FeatureConfig, shards: int) -> None:
+    events, users = _random_bucket(seed=5, n_users=300, n=9000)
+    whole = compute_features(events, users, AS_OF, config)
+    ms = RfmMeasures.model_validate(
+        {
+            "recency": {"window": "365d", "ties": "min"},
+            "frequency": {"window": "lifetime", "per": "active_month", "zeros": "excluded"},
+            "monetary": {"window": "365d", "ties": "max", "zeros": "excluded"},
+        }
+    )
+    expected = rfm_scores(whole, rfm_partials(whole, ms), measures=ms)
+    ids = whole.column("user_id").to_numpy()
+    shard = np.random.default_rng(shards).integers(0, shards, len(ids))
+    parts = [whole.filter(pa.array(shard == s)) for s in range(shards)]
+    merged = RfmPartials.empty(ms)
+    for part in parts:
+        merged = merged.merge(rfm_partials(part, ms))
+    got = np.zeros((4, len(ids)))
+    for s, part in enumerate(parts):
+        got[:, shard == s] = np.vstack(rfm_scores(part, merged, measures=ms))
+    assert np.array_equal(got, np.vstack(expected))
+
+
+def test_measures_config_names_key_and_allowed_values(tmp_path: Path) -> None:
+    from strata.config import load_yaml
+
+    bad = tmp_path / "m.yaml"
+    bad.write_text("frequency: {window: 60d}\n")
+    with pytest.raises(ConfigError, match=r"frequency\.window: .*'365d' or 'lifetime'"):
+        load_yaml(bad, RfmMeasures)
+    bad.write_text("monetary: {per: active_month}\n")
+    with pytest.raises(ConfigError, match="unknown key 'per'; allowed keys: ties, window, zeros"):
+        load_yaml(bad, RfmMeasures)
+    bad.write_text("recency: {ties: dense}\n")
+    with pytest.raises(ConfigError, match=r"recency\.ties: .*'average', 'min' or 'max'"):
+        load_yaml(bad, RfmMeasures)

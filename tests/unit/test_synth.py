@@ -408,3 +408,20 @@ def test_invalid_values_are_clear_errors(
 def test_window_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="days"):
         _generate(10, 0)
+
+
+def test_orders_only_keeps_the_orders_and_drops_the_rest(data: synth.BucketData) -> None:
+    log = synth.orders_only(data)
+    assert log.events.schema.equals(EVENTS_SCHEMA) and log.users.schema.equals(USERS_SCHEMA)
+    assert log.users.num_rows == 0
+    assert set(log.events.column("event_type").to_pylist()) == {"order"}
+    orders = data.events.filter(pc.equal(data.events.column("event_type"), "order"))
+    assert log.events.num_rows == orders.num_rows > 0
+    for name in EVENTS_SCHEMA.names:
+        if name in synth.ORDER_LOG_COLUMNS:
+            assert log.events.column(name).equals(orders.column(name)), name
+        else:
+            assert log.events.column(name).null_count == log.events.num_rows, name
+    assert log.truth.equals(data.truth)
+    assert log.event_counts()["order"] == data.event_counts()["order"]
+    assert sum(log.event_counts().values()) == log.events.num_rows
