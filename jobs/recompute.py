@@ -385,13 +385,10 @@ def print_result(result: RecomputeResult, tier_names: list[str]) -> None:
         console.print(transition_table(result.transitions, tier_names))
     if result.histogram:
         hist = Table(title="rfm_score histogram (band boundaries marked)", header_style="bold")
-        for name, justify in (
-            ("score", "left"),
-            ("users", "right"),
-            ("share", "right"),
-            ("", "left"),
-        ):
-            hist.add_column(name, justify=justify)  # type: ignore[arg-type]
+        hist.add_column("score")
+        hist.add_column("users", justify="right")
+        hist.add_column("share", justify="right")
+        hist.add_column("")
         for row in result.histogram:
             hist.add_row(*(escape(c) for c in row))
         console.print(hist)

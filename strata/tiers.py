@@ -345,8 +345,8 @@ def histogram_rows(
     histogram: ScoreHistogram, rules: TierRules, width: int = 30
 ) -> list[tuple[str, str, str, str]]:
     """Rows ``(score bin, users, share, bar)`` from the highest bin down; where a band
-    boundary falls on a bin edge a marker row ``-- 0.8: high_value above, potential below --``
-    separates them (a boundary inside a bin is noted on that bin's row)."""
+    boundary falls on a bin edge a marker row ``("", "", "", "-- 0.8: high_value above,
+    potential below --")`` separates them (a boundary inside a bin is noted after its bar)."""
     total = max(histogram.total, 1)
     peak = max(max(histogram.bins), 1)
     bands = rules.bands
@@ -367,7 +367,7 @@ def histogram_rows(
         rows.append((label, f"{count:,}", f"{count / total:.1%}", bar))
         for c in cuts:
             if math.isclose(c[0], lo, abs_tol=1e-9):
-                rows.append((f"-- {cut_text(c)} --", "", "", ""))
+                rows.append(("", "", "", f"-- {cut_text(c)} --"))
     return rows
 
 

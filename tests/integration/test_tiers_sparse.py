@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from jobs import generate
-from jobs.recompute import RecomputeJob, parse_as_of
+from jobs._runtime import console
+from jobs.recompute import RecomputeJob, parse_as_of, print_result
 from strata.apikeys import dump_records, new_key
 from strata.config import CONFIG_DIR
 from strata.io.snapshots import SnapshotStore
@@ -94,8 +95,7 @@ def test_recompute_on_orders_only_records_histogram_and_sets_gauges(
     # grocery cadence: every band is populated, nothing to warn about
     assert manifest["warnings"] == result.warnings == []
     assert min(hist["bands"].values()) >= 0.01 * result.users
-    labels = [row[0] for row in result.histogram]
-    assert "-- 0.8: high_value above, potential below --" in labels
+    assert ("", "", "", "-- 0.8: high_value above, potential below --") in result.histogram
     # users without attributes: the orders-only log has no users table
     snap = SnapshotStore(settings.data).read_bucket(result.version, 0, 8)
     assert snap is not None and snap.column("channel").null_count == snap.num_rows
@@ -123,6 +123,11 @@ def test_a_band_under_one_percent_is_a_warning_and_a_gauge(
     assert "'high_value'" in warning and "tiers.yaml bands[0].min_score" in warning
     manifest = SnapshotStore(settings.data).manifest(result.version)
     assert manifest["warnings"] == result.warnings
+    with console.capture() as printed:
+        print_result(result, ["high_value", "potential", "ordinary", "churn_warning"])
+    out = printed.get()
+    assert "rfm_score histogram" in out and "<- 0.999:" in out
+    assert "warning:" in out and "'high_value'" in out
     assert manifest["outputs"]["score_histogram"]["bands"]["high_value"] < 0.01 * result.users
     with TestClient(create_app(settings)) as client:
         text = client.get("/metrics").text

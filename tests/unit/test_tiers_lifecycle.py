@@ -295,10 +295,11 @@ def test_band_under_one_percent_is_a_warning_naming_band_and_keys() -> None:
 def test_histogram_rows_mark_band_boundaries() -> None:
     rules = load_tier_rules()
     rows = histogram_rows(ScoreHistogram.of(np.array([0.05, 0.95, 0.95]), rules), rules)
-    labels = [r[0] for r in rows]
+    labels = [r[0] or r[3] for r in rows]
     assert labels[0] == "(0.9, 1.0]" and labels[-1] == "[0.0, 0.1]"
     i = labels.index("-- 0.8: high_value above, potential below --")
     assert labels[i - 1] == "(0.8, 0.9]" and labels[i + 1] == "(0.7, 0.8]"
+    assert rows[i][:3] == ("", "", "")
     assert "-- 0.5: potential above, ordinary below --" in labels
     assert rows[0][1:3] == ("2", "66.7%") and rows[0][3] == "#" * 30
     odd = _rules(bands=[Band(name="a", min_score=0.45), Band(name="b", min_score=0.0)])
