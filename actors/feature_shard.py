@@ -28,8 +28,8 @@ from strata.io.models import LoadedModels, ModelRegistry
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
+from strata.online.codec import RecordLayout, encode
 from strata.scoring import RecomputeConfig, align_previous, count_by, score_features, transitions
-from strata.segment_codec import RecordLayout, encode
 
 
 class FeatureShard:

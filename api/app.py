@@ -84,7 +84,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.reader = AsyncSegmentReader(
             redis_url,
-            config.namespace,
+            settings.redis_namespace,
             timeout_s=redis_cfg.timeout_ms / 1000,
             connect_timeout_s=redis_cfg.connect_timeout_ms / 1000,
             max_connections=redis_cfg.max_connections,

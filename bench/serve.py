@@ -47,7 +47,7 @@ from strata.apikeys import dump_records, new_key
 from strata.ids import pseudonymise_many
 from strata.io.redis_server import EmbeddedRedis, free_port
 from strata.io.segment_store import SegmentStore
-from strata.segment_codec import (
+from strata.online.codec import (
     ACTIVE_SLOTS,
     CATEGORIES,
     CHANNELS,
@@ -57,7 +57,6 @@ from strata.segment_codec import (
     encode,
     snapshot_layout,
 )
-from strata.serving import load_api_config
 from strata.settings import Settings
 
 console = Console(width=150)
@@ -100,7 +99,7 @@ def publish(redis_url: str, n_users: int, key: bytes) -> float:
     layout = snapshot_layout(predictions=True)
     ids = pseudonymise_many([str(FIRST_RAW_ID + i) for i in range(n_users)], key)
     records = encode(synthetic_columns(n_users), layout, allow_missing=True)
-    with SegmentStore(redis_url, namespace=load_api_config().namespace) as store:
+    with SegmentStore(redis_url, namespace=Settings().redis_namespace) as store:
         store.begin_version(
             "bench",
             layout,

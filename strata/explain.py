@@ -1,6 +1,6 @@
 """Why a user is in its tier, from the online record alone.
 
-The online API has a user's decoded segment record (:func:`strata.segment_codec.snapshot_layout`)
+The online API has a user's decoded segment record (:func:`strata.online.codec.snapshot_layout`)
 and the published version's meta, which holds the tier rules (:func:`rules_from_meta`). From
 those, :func:`explain` gives the rule that fired, the feature values and thresholds it used, and
 how far the user is from the next better tier; :func:`tier_definitions` lists every tier.

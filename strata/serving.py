@@ -33,7 +33,6 @@ class RedisLimits(StrictModel):
 class ApiConfig(StrictModel):
     """configs/api.yaml."""
 
-    namespace: str = "strata"
     max_batch: int = Field(default=1000, ge=1, le=10_000)
     max_body_bytes: int = Field(default=131_072, ge=1024)
     redis: RedisLimits = Field(default_factory=RedisLimits)

@@ -28,7 +28,8 @@ from strata.io.segment_store import (
     read_groups,
     version_info,
 )
-from strata.segment_codec import decode
+from strata.online.codec import decode
+from strata.online.keys import KeyLayout
 
 __all__ = ["AsyncSegmentReader"]
 
@@ -59,6 +60,7 @@ class AsyncSegmentReader:
         max_batch: int = 1000,
     ) -> None:
         self.namespace = namespace
+        self.keys = KeyLayout(namespace)
         self.max_batch = max_batch
         self._redis = aioredis.Redis.from_url(
             url,
@@ -76,7 +78,8 @@ class AsyncSegmentReader:
 
     @property
     def pointer_key(self) -> str:
-        return f"{self.namespace}:current"
+        """Key of the current-version pointer."""
+        return self.keys.pointer
 
     async def get(self, user_id: int) -> tuple[str, dict[str, Any]] | None:
         """``(version, record)`` of one user, or None (absent, or nothing published)."""
@@ -119,7 +122,7 @@ class AsyncSegmentReader:
         cached = self._info.get(version)
         if cached is not None:
             return cached
-        raw = await self._redis.hgetall(f"{self.namespace}:v:{version}:meta")
+        raw = await self._redis.hgetall(self.keys.meta(version))
         info = version_info(version, raw)
         if info is not None:
             async with self._info_lock:
@@ -138,7 +141,7 @@ class AsyncSegmentReader:
 
     async def _read(self, ids: np.ndarray) -> tuple[str | None, np.ndarray, bytes]:
         fields = check_read_ids(ids)
-        prefix = f"{self.namespace}:v:"
+        prefix = self.keys.versions_prefix
         for _ in range(_READ_ATTEMPTS):
             assumed = self._assumed
             info = await self.info(assumed) if assumed else None
