@@ -29,7 +29,13 @@ from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
 from strata.online.codec import RecordLayout, encode
-from strata.scoring import RecomputeConfig, align_previous, count_by, score_features, transitions
+from strata.tiering.scoring import (
+    RecomputeConfig,
+    align_previous,
+    count_by,
+    score_features,
+    transitions,
+)
 
 
 class FeatureShard:

@@ -15,14 +15,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.exceptions import RedisError
 
 from api.metrics import ApiMetrics
-from strata.apikeys import KeyRecord, KeyRing, Scope
-from strata.breaker import BreakerState, CircuitBreaker
 from strata.io.keyfile import load_keyring
 from strata.io.segment_reader import AsyncSegmentReader
 from strata.io.segment_store import SegmentStoreError
-from strata.serving import ApiConfig
+from strata.serving.apikeys import KeyRecord, KeyRing, Scope
+from strata.serving.breaker import BreakerState, CircuitBreaker
+from strata.serving.config import ApiConfig
 from strata.settings import Settings
-from strata.tiers import TierRules
+from strata.tiering.tiers import TierRules
 
 log = logging.getLogger("strata.api")
 T = TypeVar("T")

@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from strata.explain import Explanation, TierThreshold
-from strata.serving import RAW_ID_PATTERN
+from strata.serving.config import RAW_ID_PATTERN
+from strata.tiering.explain import Explanation, TierThreshold
 
 RawUserId = Field(
     pattern=RAW_ID_PATTERN,

@@ -53,8 +53,8 @@ from strata.ids import assign
 from strata.io.redis_server import EmbeddedRedis
 from strata.io.warehouse import Warehouse
 from strata.schema import CATEGORIES, LOCAL_UTC_OFFSET_HOURS
-from strata.scoring import RecomputeConfig
 from strata.settings import Settings
+from strata.tiering.scoring import RecomputeConfig
 
 console = Console()
 DAY_MS = 86_400_000

@@ -43,7 +43,6 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from strata.apikeys import dump_records, new_key
 from strata.ids import pseudonymise_many
 from strata.io.redis_server import EmbeddedRedis, free_port
 from strata.io.segment_store import SegmentStore
@@ -57,6 +56,7 @@ from strata.online.codec import (
     encode,
     snapshot_layout,
 )
+from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
 
 console = Console(width=150)

@@ -31,8 +31,8 @@ from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
 from strata.online.codec import n_groups_for, snapshot_layout
 from strata.schema import SCHEMA_VERSION
-from strata.scoring import NEW_USER, RecomputeConfig, merge_counts
 from strata.settings import Settings
+from strata.tiering.scoring import NEW_USER, RecomputeConfig, merge_counts
 
 
 class RecomputeError(RuntimeError):

@@ -15,9 +15,9 @@ from types import FrameType
 import typer
 
 from jobs._runtime import console, ray_session, redis_session, summary_table
-from strata.apikeys import DEMO_KEY
 from strata.io.keyfile import load_keyring
 from strata.io.segment_store import SegmentStore
+from strata.serving.apikeys import DEMO_KEY
 from strata.settings import Settings
 
 

@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from strata.apikeys import dump_records, new_key
 from strata.ids import pseudonymise_many
 from strata.io.redis_server import free_port
 from strata.io.segment_store import SegmentStore
@@ -25,6 +24,7 @@ from strata.online.codec import (
     n_groups_for,
     snapshot_layout,
 )
+from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
 from tests.conftest import TEST_KEY
 

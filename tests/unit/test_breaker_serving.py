@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from strata.breaker import BreakerState, CircuitBreaker
 from strata.config import ConfigError
-from strata.serving import ApiConfig, load_api_config, valid_raw_id
+from strata.serving.breaker import BreakerState, CircuitBreaker
+from strata.serving.config import ApiConfig, load_api_config, valid_raw_id
 
 
 class Clock:

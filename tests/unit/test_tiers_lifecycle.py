@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from strata.config import ConfigError, load_yaml
-from strata.lifecycle import LifecycleRules, assign_lifecycle, load_lifecycle_rules
-from strata.scoring import align_previous, merge_counts, transitions
-from strata.tiers import TierRules, assign_tiers, band_index, load_tier_rules
+from strata.tiering.lifecycle import LifecycleRules, assign_lifecycle, load_lifecycle_rules
+from strata.tiering.scoring import align_previous, merge_counts, transitions
+from strata.tiering.tiers import TierRules, assign_tiers, band_index, load_tier_rules
 
 AS_OF = int(dt.datetime(2026, 10, 1, tzinfo=dt.UTC).timestamp() * 1000)
 DAY = 86_400_000

@@ -10,7 +10,7 @@ values, while the online ``rfm_score`` is rounded to 1/200. Conditions that the 
 implies are therefore reported as met, and a ``precision_note`` says when the rounded score is
 close enough to a threshold that it may look as if the tier were wrong.
 
-Pure: pydantic and the stdlib only (plus :mod:`strata.tiers` for the rules).
+Pure: pydantic and the stdlib only (plus :mod:`strata.tiering.tiers` for the rules).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from strata.tiers import RULE_BAND, RULE_CHURN, RULE_HOLD, ChurnWarning, TierRules
+from strata.tiering.tiers import RULE_BAND, RULE_CHURN, RULE_HOLD, ChurnWarning, TierRules
 
 __all__ = [
     "Condition",

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from strata.config import StrictModel, config_path, load_yaml
-from strata.lifecycle import STAGES
+from strata.tiering.lifecycle import STAGES
 
 RULE_BAND = "score_band"
 RULE_HOLD = "hysteresis_hold"
