@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from strata.io.paths import is_remote, local_path
 from strata.online.keys import check_namespace
 
 DEFAULT_N_BUCKETS = 256
@@ -58,6 +59,6 @@ class Settings(BaseSettings):
         root is a local folder, else None (keys then come from ``STRATA_API_KEYS`` only)."""
         if self.api_keys_file is not None:
             return self.api_keys_file
-        if "://" in self.data and not self.data.startswith("file://"):
+        if is_remote(self.data):
             return None
-        return Path(self.data.removeprefix("file://")) / "api_keys.json"
+        return Path(local_path(self.data)) / "api_keys.json"
