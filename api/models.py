@@ -9,13 +9,6 @@ from pydantic import BaseModel, Field, StringConstraints
 from strata.serving.config import RAW_ID_PATTERN
 from strata.tiering.explain import Explanation, TierThreshold
 
-RawUserId = Field(
-    pattern=RAW_ID_PATTERN,
-    description="The platform's user id (1-64 letters, digits, _ or -). It is pseudonymised "
-    "with the same keyed hash as the importer before the lookup and never logged.",
-    examples=["10000001"],
-)
-
 
 class TagsPublic(BaseModel):
     top_category: str | None = Field(description="Category with the most spend (90 days).")

@@ -29,7 +29,7 @@ from strata.io.models import ModelError, ModelRegistry
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
-from strata.online.codec import n_groups_for, snapshot_layout
+from strata.online.codec import snapshot_layout
 from strata.schema import SCHEMA_VERSION
 from strata.settings import Settings
 from strata.tiering.scoring import NEW_USER, RecomputeConfig, merge_counts
@@ -281,7 +281,7 @@ class RecomputeJob:
         }
         with redis_session(self.settings) as url:
             store = SegmentStore(url, namespace=self.settings.redis_namespace)
-            store.begin_version(version, layout, n_groups_for(users), meta)
+            store.begin_version(version, layout, store.plan_n_groups(users), meta)
             try:
                 layout_json = layout.model_dump_json()
                 self._gather(

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from strata.io.segment_store import (
@@ -31,10 +32,41 @@ from strata.io.segment_store import (
 from strata.online.codec import decode
 from strata.online.keys import KeyLayout
 
-__all__ = ["AsyncSegmentReader"]
+__all__ = ["READ_ERRORS", "AsyncSegmentReader", "SegmentReader"]
+
+#: What a failed read raises: Redis and network errors, timeouts, an inconsistent store. The
+#: API answers each with 503 behind its circuit breaker, without importing redis itself.
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    RedisError,
+    OSError,
+    TimeoutError,
+    SegmentStoreError,
+)
 
 _READ_ATTEMPTS = 3
 _INFO_CACHE = 16
+
+
+class SegmentReader(Protocol):
+    """The reads the online API needs (what :class:`AsyncSegmentReader` offers)."""
+
+    max_batch: int
+
+    async def get(self, user_id: int) -> tuple[str, dict[str, Any]] | None: ...
+
+    async def lookup(self, user_id: int) -> tuple[str | None, dict[str, Any] | None]: ...
+
+    async def get_many(
+        self, user_ids: Sequence[int] | np.ndarray
+    ) -> tuple[str | None, list[dict[str, Any] | None]]: ...
+
+    async def current(self) -> str | None: ...
+
+    async def info(self, version: str) -> VersionInfo | None: ...
+
+    async def ping(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
 
 
 class AsyncSegmentReader:
