@@ -28,9 +28,15 @@ from strata.io.models import LoadedModels, ModelRegistry
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
-from strata.scoring import RecomputeConfig, align_previous, count_by, score_features, transitions
-from strata.segment_codec import RecordLayout, encode
-from strata.tiers import ScoreHistogram
+from strata.online.codec import RecordLayout, encode
+from strata.tiering.scoring import (
+    RecomputeConfig,
+    align_previous,
+    count_by,
+    score_features,
+    transitions,
+)
+from strata.tiering.tiers import ScoreHistogram
 
 
 class FeatureShard:

@@ -15,14 +15,14 @@ from api.deps import ApiState, require
 from api.metrics import ApiMetrics
 from api.middleware import RequestMiddleware
 from api.routers import health, segments, tiers
-from strata.apikeys import Scope
-from strata.breaker import CircuitBreaker
 from strata.io.keyfile import load_keyring
 from strata.io.keys import load_pseudonym_key
 from strata.io.segment_reader import AsyncSegmentReader
-from strata.serving import ApiConfig, load_api_config
+from strata.serving.apikeys import Scope
+from strata.serving.breaker import CircuitBreaker
+from strata.serving.config import ApiConfig, load_api_config
 from strata.settings import Settings
-from strata.tiers import load_tier_rules
+from strata.tiering.tiers import load_tier_rules
 
 log = logging.getLogger("strata.api")
 
@@ -84,7 +84,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.reader = AsyncSegmentReader(
             redis_url,
-            config.namespace,
+            settings.redis_namespace,
             timeout_s=redis_cfg.timeout_ms / 1000,
             connect_timeout_s=redis_cfg.connect_timeout_ms / 1000,
             max_connections=redis_cfg.max_connections,

@@ -40,6 +40,7 @@ from ray.serve import Application, Deployment
 
 from api.app import create_app
 from strata.io.keys import load_pseudonym_key
+from strata.io.paths import is_remote, local_path
 from strata.io.redis_server import free_ports
 from strata.settings import Settings
 
@@ -297,8 +298,8 @@ def isolated_serve_env(workdir: str | Path | None = None) -> dict[str, str]:
 
 def _replica_settings(settings: Settings, key: bytes) -> dict[str, Any]:
     data = settings.data
-    if "://" not in data or data.startswith("file://"):
-        data = str(Path(data.removeprefix("file://")).expanduser().resolve())
+    if not is_remote(data):
+        data = local_path(data)
     keys_file = settings.api_keys_file
     return {
         "data": data,

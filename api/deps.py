@@ -12,17 +12,15 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from redis.exceptions import RedisError
 
 from api.metrics import ApiMetrics
-from strata.apikeys import KeyRecord, KeyRing, Scope
-from strata.breaker import BreakerState, CircuitBreaker
 from strata.io.keyfile import load_keyring
-from strata.io.segment_reader import AsyncSegmentReader
-from strata.io.segment_store import SegmentStoreError
-from strata.serving import ApiConfig
+from strata.io.segment_reader import READ_ERRORS, SegmentReader
+from strata.serving.apikeys import KeyRecord, KeyRing, Scope
+from strata.serving.breaker import BreakerState, CircuitBreaker
+from strata.serving.config import ApiConfig
 from strata.settings import Settings
-from strata.tiers import TierRules
+from strata.tiering.tiers import TierRules
 
 log = logging.getLogger("strata.api")
 T = TypeVar("T")
@@ -43,7 +41,7 @@ class ApiState:
     breaker: CircuitBreaker
     fallback_rules: TierRules
     demo: bool = False
-    reader: AsyncSegmentReader | None = None
+    reader: SegmentReader | None = None
     _keyring: KeyRing = field(default_factory=KeyRing)
     _keys_mtime: float | None = None
     _keys_checked: float = 0.0
@@ -82,7 +80,7 @@ class ApiState:
         try:
             async with asyncio.timeout(self.budget_s):
                 result = await call()
-        except (RedisError, OSError, TimeoutError, SegmentStoreError) as exc:
+        except READ_ERRORS as exc:
             breaker.failure()
             kind = type(exc).__name__
             self.metrics.redis_errors.labels(kind).inc()
@@ -140,10 +138,9 @@ def require(scope: Scope) -> Callable[..., Awaitable[KeyRecord]]:
 
 
 SegmentsReader = Annotated[KeyRecord, Depends(require(Scope.SEGMENTS_READ))]
-Admin = Annotated[KeyRecord, Depends(require(Scope.ADMIN))]
 
 
-def reader_of(state: ApiState) -> AsyncSegmentReader:
+def reader_of(state: ApiState) -> SegmentReader:
     """The state's Redis reader (created at startup)."""
     if state.reader is None:
         raise _unavailable("the API is starting", 1)

@@ -6,15 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from strata.explain import Explanation, TierThreshold
-from strata.serving import RAW_ID_PATTERN
-
-RawUserId = Field(
-    pattern=RAW_ID_PATTERN,
-    description="The platform's user id (1-64 letters, digits, _ or -). It is pseudonymised "
-    "with the same keyed hash as the importer before the lookup and never logged.",
-    examples=["10000001"],
-)
+from strata.serving.config import RAW_ID_PATTERN
+from strata.tiering.explain import Explanation, TierThreshold
 
 
 class TagsPublic(BaseModel):

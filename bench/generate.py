@@ -1,8 +1,10 @@
 """Benchmark of ``strata generate``: events/s and peak memory on Ray, against one process.
 
 Runs ``jobs.generate.run`` at the given size (default 1M users x 90 days) into a scratch data
-root, then, as the baseline, the same per-bucket work (generate + write) in this process
-without Ray over a spread subset of the buckets (or all of them with ``--baseline-full``).
+root, then, as the baseline, the same per-bucket work (generate + write) in one fresh child
+process without Ray over a spread subset of the buckets (or all of them with
+``--baseline-full``); the child reports its own peak RSS, compared with the peak RSS of Ray's
+driver and busiest worker.
 The last line printed is one JSON object with the figures.
 
     python -m bench.generate --users 1000000 --days 90
@@ -14,7 +16,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import multiprocessing
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -56,6 +60,33 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _baseline(a: argparse.Namespace, scratch: str, key: str) -> tuple[int, int, int, float, float]:
+    """The single-process baseline (run in a fresh child): buckets done, buckets in all,
+    events, seconds, and this process's peak RSS in MB."""
+    base = Settings(
+        data=str(Path(scratch) / "single"), n_buckets=a.buckets, pseudonym_key=SecretStr(key)
+    )
+    wh = Warehouse(base.data)
+    wh.create(a.buckets, overwrite=True)
+    groups = generate.users_by_bucket(a.users, load_pseudonym_key(base), a.buckets)
+    step = 1 if a.baseline_full else max(1, round(1 / max(a.baseline_share, 1e-9)))
+    subset = groups[::step]
+    cfg, calendar = load_generator_config(), load_calendar()
+    start = window_start(a.end, a.days)
+    staging = str(Path(scratch) / "single" / "truth-staging")
+    t1 = time.perf_counter()
+    events = 0
+    for b, ids, raw in subset:
+        shard = generate.generate_shard(
+            base.data, "bench", staging, b, ids, raw,
+            cfg, calendar, a.seed, start, a.days,
+        )  # fmt: skip
+        events += shard.events
+    seconds = time.perf_counter() - t1
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return len(subset), len(groups), events, seconds, rss_mb
+
+
 def main(argv: list[str] | None = None) -> dict[str, float | int]:
     """Run the benchmark; print a report and, last, one JSON line. Returns the figures."""
     a = _args(argv)
@@ -78,31 +109,15 @@ def main(argv: list[str] | None = None) -> dict[str, float | int]:
         )
         print(f"peak RSS: driver {driver_rss:.0f} MB, worker max {res.peak_worker_rss_mb:.0f} MB")
 
-        # baseline: the same per-bucket work in this process, no Ray
-        base = Settings(
-            data=str(scratch / "single"), n_buckets=a.buckets, pseudonym_key=SecretStr(key)
-        )
-        wh = Warehouse(base.data)
-        wh.create(a.buckets, overwrite=True)
-        groups = generate.users_by_bucket(a.users, load_pseudonym_key(base), a.buckets)
-        step = 1 if a.baseline_full else max(1, round(1 / max(a.baseline_share, 1e-9)))
-        subset = groups[::step]
-        cfg, calendar = load_generator_config(), load_calendar()
-        start = window_start(a.end, a.days)
-        staging = str(scratch / "single" / "truth-staging")
-        t1 = time.perf_counter()
-        base_events = 0
-        for b, ids, raw in subset:
-            shard = generate.generate_shard(
-                base.data, "bench", staging, b, ids, raw,
-                cfg, calendar, a.seed, start, a.days,
-            )  # fmt: skip
-            base_events += shard.events
-        base_s = time.perf_counter() - t1
+        # baseline: the same per-bucket work in one fresh process, no Ray
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            n_subset, n_groups, base_events, base_s, base_rss = pool.apply(
+                _baseline, (a, str(scratch), key)
+            )
         base_rate = base_events / base_s
         print(
-            f"single process: {len(subset)}/{len(groups)} buckets, {base_events:,} events in "
-            f"{base_s:.1f} s ({base_rate:,.0f} events/s)"
+            f"single process: {n_subset}/{n_groups} buckets, {base_events:,} events in "
+            f"{base_s:.1f} s ({base_rate:,.0f} events/s), peak RSS {base_rss:.0f} MB"
         )
         ratio = (res.events / wall) / base_rate
         ratio_buckets = (res.events / res.timings["generate_s"]) / base_rate
@@ -119,8 +134,12 @@ def main(argv: list[str] | None = None) -> dict[str, float | int]:
             "events_per_s": round(res.events / wall),
             "peak_driver_rss_mb": round(driver_rss, 1),
             "peak_worker_rss_mb": round(res.peak_worker_rss_mb, 1),
-            "baseline_buckets": len(subset),
+            "baseline_buckets": n_subset,
             "baseline_events_per_s": round(base_rate),
+            "baseline_peak_rss_mb": round(base_rss, 1),
+            "ratio_peak_rss_vs_single_process": round(
+                max(driver_rss, res.peak_worker_rss_mb) / base_rss, 3
+            ),
             "ratio_vs_single_process": round(ratio, 3),
             "ratio_bucket_phase": round(ratio_buckets, 3),
         }

@@ -1,17 +1,25 @@
-"""Benchmark: the Ray feature stage vs one DuckDB query over the same warehouse files.
+"""Benchmark: the Ray feature stage vs the strongest DuckDB query over the same warehouse files.
 
-    python bench/recompute.py --data /tmp/bench1m --users 1000000 --days 90 [--actors 1,2]
+    python bench/recompute.py [--data /tmp/strata-bench] [--actors 1,2] [--users 1000000]
 
-1. Generates the data if the data root has no warehouse (strata generate; kept for reruns).
-2. DuckDB (2 threads) computes the core feature set (RFM windows, first/last order, coupon
-   and discount, weekend and time-slot shares, per-category spend shares, funnel counts) in one
-   query over the warehouse's committed Parquet files, materialised into a table.
-3. The Ray feature stage (2 actors by default, 1 CPU each) computes the full feature set (a
-   superset: it adds BTYD, labels, attributes) over the same files. Both are warmed once and
-   timed on the second run. Ratio = Ray rows/s / DuckDB rows/s (same input rows).
-4. End to end: the whole recompute (features, scoring, snapshot, publish into an embedded
+1. Generates the data when the data root has no events (`strata generate` in a child process;
+   kept for reruns; every benchmark shares the default root, see bench/_data.py).
+2. DuckDB, timed in this process before Ray starts, with threads = actors: the core feature
+   set (RFM windows, first/last order, coupon share and discount depth, weekend and time-slot
+   shares, per-category spend shares, funnel counts) with strata's exact semantics (local
+   calendar-day windows, distinct orders, activity = visits + orders) written for speed: order
+   rows deduplicated and aggregated apart from all rows, event types compared once per CTE,
+   windows as FILTERs on the order side only, integer local-time arithmetic. Two variants: one
+   query over every file with T threads, and one query per bucket on N single-threaded
+   connections in parallel; the faster is the baseline. Warm once, best of ``--repeat``.
+3. Cross-check: on ``--check-buckets`` buckets, DuckDB's per-bucket answer and strata's
+   features (the same FeatureShard code the actors run, in process) must agree on every shared
+   column (to 1e-9); a mismatch is printed and recorded (``crosscheck_mismatches``).
+4. The Ray feature stage (N actors, 1 CPU each) computes the full feature set (a superset) over
+   the same files, warmed once, best of ``--repeat``. Ratio = best DuckDB seconds / Ray
+   seconds at the same parallelism (> 1: Ray is faster).
+5. End to end: the whole recompute (features, scoring, snapshot, publish into an embedded
    Redis with the pointer flip), its peak RSS and Redis bytes per user.
-5. ``--actors 1,2,4,8,16`` prints the feature stage time per actor count.
 
 The last line is one JSON object with the figures.
 """
@@ -19,111 +27,230 @@ The last line is one JSON object with the figures.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import resource
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _data
 import duckdb
-import ray
-import redis
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from rich.console import Console
 from rich.table import Table
 
-from jobs import generate
 from jobs.recompute import RecomputeJob, parse_as_of
+from strata.features import FeatureConfig
 from strata.ids import assign
 from strata.io.redis_server import EmbeddedRedis
 from strata.io.warehouse import Warehouse
-from strata.scoring import RecomputeConfig
+from strata.schema import CATEGORIES, LOCAL_UTC_OFFSET_HOURS
 from strata.settings import Settings
+from strata.tiering.scoring import RecomputeConfig
 
 console = Console()
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+OFFSET_MS = LOCAL_UTC_OFFSET_HOURS * HOUR_MS
+
+#: DuckDB column -> strata feature column, for the cross-check
+_RENAMED = {"first_ms": "first_order_ts", "last_ms": "last_order_ts"}
 
 
-def duckdb_query(files: list[str], as_of: dt.datetime) -> str:
-    """The core feature set in one DuckDB query (local time = UTC+8)."""
-    cats = ["vegetables", "fruit", "meat_poultry", "seafood", "dairy_eggs", "grain_oil",
-            "snacks_drinks", "daily_goods"]  # fmt: skip
-    a = f"TIMESTAMPTZ '{as_of.isoformat()}'"
-    o = "event_type = 'order'"
-    windows = []
-    for d in (30, 90, 180):
-        windows.append(f"count(*) FILTER (WHERE {o} AND ts >= {a} - INTERVAL {d} DAY) AS f{d}")
-        windows.append(
-            f"coalesce(sum(amount_cny) FILTER (WHERE {o} AND ts >= {a} - INTERVAL {d} DAY), 0)"
-            f" AS m{d}"
-        )
-    shares = [
-        f"sum(amount_cny / len(categories) * list_contains(categories, '{c}')::INT) "
-        f"FILTER (WHERE {o}) / nullif(sum(amount_cny) FILTER (WHERE {o}), 0) AS share_{c}"
-        for c in cats
-    ]
-    # local hour and weekday by integer arithmetic on epoch ms (UTC+8, no DST): as cheap as it
-    # gets in DuckDB, so the baseline is not slowed by time-zone conversion
-    slots = {"morning": (6, 11), "noon": (11, 14), "afternoon": (14, 18), "evening": (18, 22)}
-    slot_cols = [
-        f"avg((lh >= {lo} AND lh < {hi})::INT) AS slot_{name}" for name, (lo, hi) in slots.items()
-    ] + ["avg((lh >= 22 OR lh < 6)::INT) AS slot_night"]
-    counts = {
-        "views": "('item_view', 'category_view')", "searches": "('search')",
-        "carts": "('add_to_cart')", "favourites": "('favourite')", "shares": "('share')",
-        "claims": "('coupon_claim')", "reviews": "('review')", "contacts": "('service_contact')",
-        "visits": "('app_visit')",
-    }  # fmt: skip
-    count_cols = [f"count(*) FILTER (WHERE event_type IN {v}) AS {k}" for k, v in counts.items()]
-    file_list = ", ".join(f"'{f}'" for f in files)
-    return f"""
-    CREATE OR REPLACE TEMP TABLE feats AS
-    WITH e AS (
-      SELECT user_id, ts, event_type, amount_cny, discount_cny, coupon_id, categories, rating,
-             ((epoch_ms(ts) // 3600000 + 8) % 24) AS lh,
-             ((epoch_ms(ts) + 28800000) // 86400000 + 3) % 7 AS ldow
-      FROM read_parquet([{file_list}]) WHERE ts < {a}
+def duckdb_query(source: str, as_of_ms: int, config: FeatureConfig) -> str:
+    """The core feature set with strata's semantics, as one DuckDB SELECT over ``source``."""
+    w = config.windows
+    if (w.activity_days, w.funnel_days, w.price_days) != (90, 90, None) or w.category_days is None:
+        raise SystemExit("bench/recompute.py's DuckDB query needs features.yaml's default windows")
+    obs_day = (as_of_ms - 1 + OFFSET_MS) // DAY_MS
+
+    def start(days: int) -> int:  # first UTC ms of a window of local days ending on obs_day
+        return (obs_day - days + 1) * DAY_MS - OFFSET_MS
+
+    s30, s90, s180, sc = start(30), start(90), start(180), start(w.category_days)
+    slots = config.time_slots.model_dump()
+    names = list(slots)
+    bounds = [slots[n] for n in names]
+    slot_cols = []
+    for i, name in enumerate(names):
+        lo, hi = bounds[i], bounds[(i + 1) % len(names)]
+        cond = f"h >= {lo} AND h < {hi}" if lo < hi else f"h >= {lo} OR h < {hi}"
+        slot_cols.append(f"avg(({cond})::INT) AS slot_{name}")
+    shares = ",\n    ".join(
+        f"sum(w) FILTER (list_contains(categories, '{c}')) / sum(amount_cny) AS share_{c}"
+        for c in CATEGORIES
     )
-    SELECT user_id,
-      date_diff('day', max(ts) FILTER (WHERE {o}), {a}) AS recency_days,
-      min(ts) FILTER (WHERE {o}) AS first_order_ts,
-      max(ts) FILTER (WHERE {o}) AS last_order_ts,
-      count(*) FILTER (WHERE {o}) AS orders_total,
-      coalesce(sum(amount_cny) FILTER (WHERE {o}), 0) AS spend_total,
-      avg(amount_cny) FILTER (WHERE {o}) AS aov,
-      {", ".join(windows)},
-      avg((coupon_id IS NOT NULL)::INT) FILTER (WHERE {o}) AS coupon_order_share,
-      avg(coalesce(discount_cny, 0) / nullif(amount_cny + coalesce(discount_cny, 0), 0))
-        FILTER (WHERE {o}) AS avg_discount_depth,
-      avg((ldow >= 5)::INT) AS weekend_share,
-      {", ".join(slot_cols)},
-      {", ".join(shares)},
-      {", ".join(count_cols)},
-      avg(rating) FILTER (WHERE event_type = 'review') AS mean_rating
-    FROM e GROUP BY user_id
-    """
+    return f"""
+WITH e AS (
+  SELECT user_id, epoch_ms(ts) AS t, event_type AS ty, amount_cny, discount_cny, coupon_id,
+         order_id, categories, rating
+  FROM {source} WHERE ts < to_timestamp({as_of_ms / 1000})
+),
+o AS (  -- distinct orders: line rows sharing (user, ts, order id) are one order
+  SELECT user_id, t, sum(coalesce(amount_cny, 0)) AS amt, sum(coalesce(discount_cny, 0)) AS disc,
+         bool_or(coupon_id IS NOT NULL) AS cpn
+  FROM e WHERE ty = 'order' GROUP BY user_id, t, order_id
+),
+oa AS (
+  SELECT user_id, count(*) AS orders_total, sum(amt) AS spend_total_cny,
+    min(t) AS first_ms, max(t) AS last_ms,
+    count(*) FILTER (t >= {s30}) AS frequency_30d,
+    coalesce(sum(amt) FILTER (t >= {s30}), 0) AS monetary_30d,
+    count(*) FILTER (t >= {s90}) AS frequency_90d,
+    coalesce(sum(amt) FILTER (t >= {s90}), 0) AS monetary_90d,
+    count(*) FILTER (t >= {s180}) AS frequency_180d,
+    coalesce(sum(amt) FILTER (t >= {s180}), 0) AS monetary_180d,
+    count(*) FILTER (t >= {s180} AND t < {s90}) AS frequency_prev_90d,
+    coalesce(sum(amt) FILTER (t >= {s180} AND t < {s90}), 0) AS monetary_prev_90d,
+    avg(cpn::INT) AS coupon_order_share,
+    avg(disc / (amt + disc)) FILTER (amt + disc > 0) AS avg_discount_depth
+  FROM o GROUP BY user_id
+),
+aa AS (  -- activity: app visits and distinct orders in the window, local hour and weekday
+  SELECT user_id, avg(((((t + {OFFSET_MS}) // {DAY_MS}) + 3) % 7 >= 5)::INT) AS weekend_share,
+    {", ".join(slot_cols)}
+  FROM (
+    SELECT user_id, t, ((t + {OFFSET_MS}) // {HOUR_MS}) % 24 AS h FROM (
+      SELECT user_id, t FROM e WHERE ty = 'app_visit' AND t >= {s90}
+      UNION ALL SELECT user_id, t FROM o WHERE t >= {s90}
+    )
+  ) GROUP BY user_id
+),
+ca AS (  -- category spend shares: each row's amount split across the categories it lists
+  SELECT user_id,
+    {shares}
+  FROM (
+    SELECT user_id, amount_cny, categories, amount_cny / len(categories) AS w FROM e
+    WHERE ty = 'order' AND t >= {sc} AND len(categories) > 0
+  ) GROUP BY user_id
+),
+fa AS (
+  SELECT user_id,
+    count(*) FILTER (ty IN ('item_view', 'category_view')) AS views,
+    count(*) FILTER (ty = 'search') AS searches,
+    count(*) FILTER (ty = 'add_to_cart') AS add_to_carts,
+    count(*) FILTER (ty = 'remove_from_cart') AS cart_removals,
+    count(*) FILTER (ty = 'favourite') AS favourites,
+    count(*) FILTER (ty = 'share') AS shares,
+    count(*) FILTER (ty = 'coupon_claim') AS coupon_claims,
+    count(*) FILTER (ty = 'coupon_use') AS coupon_uses,
+    count(*) FILTER (ty = 'review') AS reviews,
+    count(*) FILTER (ty = 'service_contact') AS service_contacts,
+    count(*) FILTER (ty = 'community_post') AS community_posts,
+    count(*) FILTER (ty = 'app_visit') AS visits
+  FROM e WHERE t >= {s90} GROUP BY user_id
+)
+SELECT * FROM oa FULL JOIN aa USING (user_id) FULL JOIN ca USING (user_id)
+  FULL JOIN fa USING (user_id)
+"""
 
 
-def time_duckdb(files: list[str], as_of: dt.datetime, threads: int) -> tuple[float, int]:
+def _source(files: list[str]) -> str:
+    return "read_parquet([" + ", ".join(f"'{f}'" for f in files) + "])"
+
+
+def _connect(threads: int) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}")
     con.execute("SET TimeZone = 'UTC'")
-    sql = duckdb_query(files, as_of)
-    best = float("inf")
-    for _ in range(2):
+    return con
+
+
+def time_duckdb_one_query(
+    files: list[str], as_of_ms: int, config: FeatureConfig, threads: int, repeat: int
+) -> tuple[float, int]:
+    """One query over every file with ``threads`` threads, materialised as a table."""
+    con = _connect(threads)
+    sql = "CREATE OR REPLACE TEMP TABLE feats AS " + duckdb_query(_source(files), as_of_ms, config)
+    times = []
+    for _ in range(repeat + 1):  # the first run warms the page cache and is not counted
         t0 = time.perf_counter()
         con.execute(sql)
-        best = min(best, time.perf_counter() - t0)
-    users = con.execute("SELECT count(*) FROM feats").fetchone()
+        times.append(time.perf_counter() - t0)
+    row = con.execute("SELECT count(*) FROM feats").fetchone()
     con.close()
-    return best, int(users[0]) if users else 0
+    return min(times[1:]), int(row[0]) if row else 0
+
+
+def time_duckdb_per_bucket(
+    bucket_files: list[list[str]],
+    as_of_ms: int,
+    config: FeatureConfig,
+    connections: int,
+    repeat: int,
+) -> tuple[float, int]:
+    """One query per bucket on ``connections`` single-threaded connections in parallel (DuckDB
+    releases the GIL), each result materialised as a table."""
+    cons = [_connect(1) for _ in range(connections)]
+    sqls = [duckdb_query(_source(f), as_of_ms, config) for f in bucket_files if f]
+
+    def work(i: int) -> int:
+        con, n = cons[i], 0
+        for j, sql in enumerate(sqls[i::connections]):
+            con.execute(f"CREATE OR REPLACE TEMP TABLE f{j} AS {sql}")
+            row = con.execute(f"SELECT count(*) FROM f{j}").fetchone()
+            n += int(row[0]) if row else 0
+        return n
+
+    times, users = [], 0
+    with ThreadPoolExecutor(connections) as pool:
+        for _ in range(repeat + 1):
+            t0 = time.perf_counter()
+            users = sum(pool.map(work, range(connections)))
+            times.append(time.perf_counter() - t0)
+    for con in cons:
+        con.close()
+    return min(times[1:]), users
+
+
+def cross_check(
+    data: str, buckets: list[int], as_of_ms: int, config: RecomputeConfig
+) -> dict[str, int]:
+    """Mismatching users per shared column between DuckDB and strata on ``buckets``."""
+    from actors.feature_shard import FeatureShard
+
+    wh = Warehouse(data)
+    shard = FeatureShard(data, buckets, as_of_ms, config)
+    ours = shard._compute()
+    con = _connect(1)
+    bad: dict[str, int] = {}
+    for b in buckets:
+        sql = duckdb_query(_source(wh.bucket_files("events", b)), as_of_ms, config.features)
+        theirs = con.sql(sql + " ORDER BY user_id").to_arrow_table()
+        mine = ours[b].filter(pc.is_in(ours[b]["user_id"], value_set=theirs["user_id"]))
+        if mine.num_rows != theirs.num_rows:
+            bad["users"] = bad.get("users", 0) + abs(mine.num_rows - theirs.num_rows)
+            continue
+        for col in theirs.column_names[1:]:
+            ref = mine[_RENAMED.get(col, col)]
+            if pa.types.is_timestamp(ref.type):
+                ref = ref.cast(pa.int64())
+            x = np.nan_to_num(np.asarray(ref.to_numpy(zero_copy_only=False), float), nan=0.0)
+            y = np.nan_to_num(
+                np.asarray(theirs[col].to_numpy(zero_copy_only=False), float), nan=0.0
+            )
+            n = int((~np.isclose(x, y, rtol=1e-9, atol=1e-9)).sum())
+            if n:
+                bad[col] = bad.get(col, 0) + n
+    con.close()
+    return bad
 
 
 def time_ray_features(
-    settings: Settings, as_of: dt.datetime, n_actors: int, config: RecomputeConfig
+    ray: Any,
+    settings: Settings,
+    as_of_ms: int,
+    n_actors: int,
+    config: RecomputeConfig,
+    repeat: int,
 ) -> float:
     """Warm, then time the feature pass of ``n_actors`` actors over every bucket."""
     from actors.feature_shard import FeatureShardActor
@@ -132,7 +259,6 @@ def time_ray_features(
     buckets = wh.buckets()
     rows = wh.bucket_rows()
     plan = [p for p in assign(buckets, n_actors, [rows[b] for b in buckets]) if p]
-    as_of_ms = int(as_of.timestamp() * 1000)
     cpus = float(ray.cluster_resources()["CPU"])
     shards = [
         FeatureShardActor.options(num_cpus=min(1.0, cpus / len(plan))).remote(
@@ -141,78 +267,106 @@ def time_ray_features(
         for p in plan
     ]
     ray.get([s.ping.remote() for s in shards])
-    best = float("inf")
-    for _ in range(2):
+    times = []
+    for _ in range(repeat + 1):
         t0 = time.perf_counter()
         ray.get([s.features.remote(fresh=True) for s in shards])
-        best = min(best, time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
     for s in shards:
         ray.kill(s)
-    return best
+    return min(times[1:])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--data", default="/tmp/strata-bench-1m")
-    ap.add_argument("--users", type=int, default=1_000_000)
-    ap.add_argument("--days", type=int, default=90)
-    ap.add_argument("--end", default="2026-11-01")
-    ap.add_argument("--actors", default="2", help="comma-separated actor counts to time")
-    ap.add_argument("--threads", type=int, default=2, help="DuckDB threads")
+    ap.add_argument("--data", default=_data.DEFAULT_DATA)
+    ap.add_argument("--users", type=int, default=_data.DEFAULT_USERS, help="when generating")
+    ap.add_argument("--days", type=int, default=_data.DEFAULT_DAYS, help="when generating")
+    ap.add_argument("--end", default=_data.DEFAULT_END, help="generated end = as-of")
+    ap.add_argument("--actors", default="2", help="comma-separated actor counts (= DuckDB threads)")
+    ap.add_argument("--repeat", type=int, default=2, help="timed runs after a warm-up (best)")
+    ap.add_argument("--check-buckets", type=int, default=4, help="buckets to cross-check")
     ap.add_argument("--cpus", type=int, default=None, help="local Ray CPUs (default: all)")
     ap.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end recompute")
     args = ap.parse_args()
 
-    os.environ.setdefault("STRATA_PSEUDONYM_KEY", "strata-bench-pseudonym-key-000000")
+    os.environ.setdefault("STRATA_PSEUDONYM_KEY", _data.BENCH_KEY)
+    _data.ensure_generated(args.data, args.users, args.days, args.end)
     settings = Settings(data=args.data)
-    end = dt.date.fromisoformat(args.end)
-    as_of = parse_as_of(end.isoformat())
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    as_of = parse_as_of(args.end)
+    as_of_ms = int(as_of.timestamp() * 1000)
+    config = RecomputeConfig.load()
     wh = Warehouse(settings.data)
-    if not wh.exists() or wh.summary()["events"]["rows"] == 0:
-        console.print(f"generating {args.users:,} users x {args.days} days into {args.data}")
-        generate.run(settings, users=args.users, days=args.days, seed=1, end=end, overwrite=True)
-        wh.reload()
     summary = wh.summary()
-    files = [f for b in wh.buckets() for f in wh.bucket_files("events", b)]
+    bucket_files = [wh.bucket_files("events", b) for b in wh.buckets()]
+    files = [f for fs in bucket_files for f in fs]
     events = summary["events"]["rows"]
-    con = duckdb.connect()
-    orders = con.execute(
+    con = _connect(2)
+    orders_row = con.execute(
         "SELECT count(*) FROM read_parquet(?) WHERE event_type = 'order'", [files]
     ).fetchone()
     con.close()
-    n_orders = int(orders[0]) if orders else 0
-    config = RecomputeConfig.load()
-
-    duck_s, duck_users = time_duckdb(files, as_of, args.threads)
+    n_orders = int(orders_row[0]) if orders_row else 0
     actor_counts = [int(x) for x in args.actors.split(",")]
-    ray_times = {n: time_ray_features(settings, as_of, n, config) for n in actor_counts}
-    ref_n = 2 if 2 in ray_times else actor_counts[0]
-    ratio = duck_s / ray_times[ref_n]
+
+    # DuckDB first, in this process, before any Ray process exists
+    duck: dict[int, dict[str, float]] = {}
+    duck_users = 0
+    for n in actor_counts:
+        one, duck_users = time_duckdb_one_query(files, as_of_ms, config.features, n, args.repeat)
+        per, _ = time_duckdb_per_bucket(bucket_files, as_of_ms, config.features, n, args.repeat)
+        duck[n] = {"one_query": one, "per_bucket": per}
+        console.print(f"DuckDB {n} thread(s): one query {one:.2f} s, per bucket {per:.2f} s")
+    step = max(1, len(wh.buckets()) // max(1, args.check_buckets))
+    checked = wh.buckets()[::step][: args.check_buckets]
+    mismatches = cross_check(args.data, checked, as_of_ms, config)
+    if mismatches:
+        console.print(f"[red]cross-check: DuckDB and strata disagree: {mismatches}[/red]")
+    else:
+        console.print(f"cross-check on {args.check_buckets} buckets: every shared column agrees")
+
+    import ray
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray_times = {
+        n: time_ray_features(ray, settings, as_of_ms, n, config, args.repeat) for n in actor_counts
+    }
 
     table = Table(title=f"feature stage over {events:,} events / {n_orders:,} orders")
     table.add_column("engine")
     table.add_column("seconds", justify="right")
     table.add_column("events/s", justify="right")
-    table.add_row(f"DuckDB, {args.threads} threads (core set)", f"{duck_s:.2f}",
-                  f"{events / duck_s:,.0f}")  # fmt: skip
-    for n, s in ray_times.items():
-        table.add_row(f"Ray, {n} actor(s) (full set)", f"{s:.2f}", f"{events / s:,.0f}")
+    table.add_column("DuckDB best / this", justify="right")
+    ratios: dict[int, float] = {}
+    for n in actor_counts:
+        best = min(duck[n].values())
+        ratios[n] = best / ray_times[n]
+        for variant, s in duck[n].items():
+            name = f"DuckDB, {n} thread(s), {variant.replace('_', ' ')} (core set)"
+            table.add_row(name, f"{s:.2f}", f"{events / s:,.0f}", f"{best / s:.2f}")
+        s = ray_times[n]
+        table.add_row(f"Ray, {n} actor(s) (full set)", f"{s:.2f}", f"{events / s:,.0f}",
+                      f"{ratios[n]:.2f}")  # fmt: skip
     console.print(table)
+    ref_n = 2 if 2 in ray_times else actor_counts[0]
     figures: dict[str, Any] = {
         "users": summary["users"]["rows"],
         "feature_users": duck_users,
         "events": events,
         "orders": n_orders,
-        "duckdb_s": round(duck_s, 3),
+        "duckdb_s": {str(n): {k: round(v, 3) for k, v in d.items()} for n, d in duck.items()},
         "ray_feature_s": {str(n): round(s, 3) for n, s in ray_times.items()},
-        f"ratio_vs_duckdb_{ref_n}_actors": round(ratio, 3),
+        f"ratio_vs_duckdb_{ref_n}_actors": round(ratios[ref_n], 3),
+        "ratios_vs_duckdb": {str(n): round(r, 3) for n, r in ratios.items()},
+        "crosscheck_mismatches": mismatches,
     }
     if 1 in ray_times and len(ray_times) > 1:
         top = max(ray_times)
         figures[f"scaling_efficiency_{top}"] = round(ray_times[1] / (top * ray_times[top]), 3)
 
     if not args.skip_e2e:
+        import redis
+
         with EmbeddedRedis() as server:
             client = redis.Redis.from_url(server.url)
             before = int(client.info("memory")["used_memory"])

@@ -39,8 +39,7 @@ import redis
 
 from strata.io.redis_server import EmbeddedRedis
 from strata.io.segment_store import SegmentStore
-from strata.schema import CATEGORIES, CHANNELS
-from strata.segment_codec import (
+from strata.online.codec import (
     ACTIVE_SLOTS,
     LIFECYCLE_STAGES,
     PRICE_SENSITIVITIES,
@@ -51,6 +50,7 @@ from strata.segment_codec import (
     n_groups_for,
     snapshot_layout,
 )
+from strata.schema import CATEGORIES, CHANNELS
 
 LAYOUT = snapshot_layout(predictions=True)
 

@@ -12,8 +12,10 @@
 4. For each server, the same load generator (bench/loadgen.py, a subprocess) and the same
    requests (random existing raw ids, a valid API key): peak req/s with p50/p99 at fixed
    concurrency (closed loop, after a warm-up), p50/p99 at half of that peak (open loop,
-   rate-limited, latency counted from the scheduled send), and batch lookups (1,000 ids per
-   POST) in users/s.
+   rate-limited, latency counted from the scheduled send), p50/p99 at one fixed rate that is
+   the same for every server (``--fixed-rate``, default 1,000 req/s, open loop: the fair
+   latency comparison, since each server's half-peak differs), and batch lookups (1,000 ids
+   per POST) in users/s.
 
 ``ratio_serve_vs_plain`` = Serve with 1 replica ÷ plain uvicorn with 1 worker (peak req/s:
 the comparison of CALIBRATION.md, one Python process each); ``ratio_serve_vs_plain_<n>``
@@ -41,11 +43,10 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from strata.apikeys import dump_records, new_key
 from strata.ids import pseudonymise_many
 from strata.io.redis_server import EmbeddedRedis, free_port
 from strata.io.segment_store import SegmentStore
-from strata.segment_codec import (
+from strata.online.codec import (
     ACTIVE_SLOTS,
     CATEGORIES,
     CHANNELS,
@@ -55,7 +56,7 @@ from strata.segment_codec import (
     encode,
     snapshot_layout,
 )
-from strata.serving import load_api_config
+from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
 
 console = Console(width=150)
@@ -98,7 +99,7 @@ def publish(redis_url: str, n_users: int, key: bytes) -> float:
     layout = snapshot_layout(predictions=True)
     ids = pseudonymise_many([str(FIRST_RAW_ID + i) for i in range(n_users)], key)
     records = encode(synthetic_columns(n_users), layout, allow_missing=True)
-    with SegmentStore(redis_url, namespace=load_api_config().namespace) as store:
+    with SegmentStore(redis_url, namespace=Settings().redis_namespace) as store:
         store.begin_version(
             "bench",
             layout,
@@ -170,6 +171,13 @@ def measure_server(
             base_url, singles, concurrency=args.concurrency, seconds=args.seconds,
             warmup_s=args.warmup, rate=peak.rps / 2,
         )  # fmt: skip
+    fixed: LoadResult | None = None
+    if args.fixed_rate > 0:
+        console.print(f"[bold]{label}[/]: {args.fixed_rate:,.0f} req/s (fixed, every server) ...")
+        fixed = measure_in_subprocess(
+            base_url, singles, concurrency=args.concurrency, seconds=args.seconds,
+            warmup_s=args.warmup, rate=args.fixed_rate,
+        )  # fmt: skip
     console.print(f"[bold]{label}[/]: batches of {args.batch_size} ...")
     batch = measure_in_subprocess(
         base_url, batches, concurrency=args.batch_concurrency, seconds=args.seconds,
@@ -197,8 +205,19 @@ def measure_server(
                 "half_errors": half.errors,
             }
         )
+    if fixed is not None:
+        out.update(
+            {
+                "fixed_rate": args.fixed_rate,
+                "fixed_achieved_rps": round(fixed.rps, 1),
+                "fixed_p50_ms": fixed.p50_ms,
+                "fixed_p99_ms": fixed.p99_ms,
+                "fixed_errors": fixed.errors,
+            }
+        )
     console.print(
         f"  {out['rps']:,.0f} req/s p50 {out['p50_ms']} ms p99 {out['p99_ms']} ms; "
+        f"at {args.fixed_rate:,.0f} req/s p99 {out.get('fixed_p99_ms')} ms; "
         f"half p99 {out.get('half_p99_ms')} ms; batch {out['batch_users_per_s']:,} users/s"
     )
     return out
@@ -289,6 +308,10 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--cpus", type=int, default=cores, help="local Ray CPUs")
     ap.add_argument("--skip-half", action="store_true", help="skip the half-peak runs")
+    ap.add_argument(
+        "--fixed-rate", type=float, default=1000.0,
+        help="req/s of the fixed-load run, the same for every server (0: skip)",
+    )  # fmt: skip
     args = ap.parse_args()
     counts = sorted({int(w) for w in args.processes.split(",")} if args.processes else {1, cores})
     if min(counts) < 1:
@@ -319,14 +342,17 @@ def main() -> None:
     serve_by = {r["replicas"]: r for r in serves}
     table = Table(title=f"segment lookups, {args.users:,} users in Redis, {cores} cores")
     columns = ["server", f"req/s c={args.concurrency}", "p50 ms", "p99 ms", "half-peak req/s",
-               "p50 ms", "p99 ms", f"batch users/s ({args.batch_size})", "loadgen CPU"]  # fmt: skip
+               "p50 ms", "p99 ms", f"p50 @{args.fixed_rate:,.0f}/s",
+               f"p99 @{args.fixed_rate:,.0f}/s",
+               f"batch users/s ({args.batch_size})", "loadgen CPU"]  # fmt: skip
     for col in columns:
         table.add_column(col, justify="left" if col == "server" else "right")
     for r in [*plains, *serves]:
         table.add_row(
             r["label"], f"{r['rps']:,.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
             f"{r.get('half_achieved_rps', 0):,.0f}", f"{r.get('half_p50_ms', 0):.2f}",
-            f"{r.get('half_p99_ms', 0):.2f}", f"{r['batch_users_per_s']:,}",
+            f"{r.get('half_p99_ms', 0):.2f}", f"{r.get('fixed_p50_ms', 0):.2f}",
+            f"{r.get('fixed_p99_ms', 0):.2f}", f"{r['batch_users_per_s']:,}",
             f"{r['loadgen_cpu']:.2f}",
         )  # fmt: skip
     console.print(table)
@@ -349,6 +375,9 @@ def main() -> None:
         **{f"serve_{n}_rps": serve_by[n]["rps"] for n in counts},
         **{f"plain_{n}_half_p99_ms": plain_by[n].get("half_p99_ms") for n in counts},
         **{f"serve_{n}_half_p99_ms": serve_by[n].get("half_p99_ms") for n in counts},
+        "fixed_rate": args.fixed_rate,
+        **{f"plain_{n}_fixed_p99_ms": plain_by[n].get("fixed_p99_ms") for n in counts},
+        **{f"serve_{n}_fixed_p99_ms": serve_by[n].get("fixed_p99_ms") for n in counts},
         "serve_p50_ms": serve_by[top]["p50_ms"],
         "serve_p99_ms": serve_by[top]["p99_ms"],
         "serve_batch_users_per_s": serve_by[top]["batch_users_per_s"],

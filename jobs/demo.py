@@ -9,7 +9,7 @@ import typer
 
 from jobs import generate
 from jobs._runtime import console, ray_session, redis_session, summary_table
-from jobs.recompute import NAMESPACE, RecomputeJob, print_result
+from jobs.recompute import RecomputeJob, print_result
 from jobs.serve import run_server
 from strata.ids import pseudonymise
 from strata.io.keys import load_pseudonym_key
@@ -55,7 +55,7 @@ def command(
     console.rule("[bold]3. online lookup from Redis")
     key = load_pseudonym_key(settings)
     with redis_session(settings) as url:
-        store = SegmentStore(url, namespace=NAMESPACE)
+        store = SegmentStore(url, namespace=settings.redis_namespace)
         found = store.get(pseudonymise(DEMO_USER, key))
         store.close()
     if found is not None:

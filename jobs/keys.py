@@ -15,8 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from jobs._runtime import console, summary_table
-from strata.apikeys import KeyFileError, KeyRecord, Scope, new_key, parse_records
 from strata.io.keyfile import ENV_SOURCE, KeyFile
+from strata.serving.apikeys import KeyFileError, KeyRecord, Scope, new_key, parse_records
 from strata.settings import Settings
 
 app = typer.Typer(

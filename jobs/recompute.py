@@ -31,13 +31,11 @@ from strata.io.models import ModelError, ModelRegistry
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
+from strata.online.codec import snapshot_layout
 from strata.schema import SCHEMA_VERSION
-from strata.scoring import NEW_USER, RecomputeConfig, merge_counts
-from strata.segment_codec import n_groups_for, snapshot_layout
 from strata.settings import Settings
-from strata.tiers import ScoreHistogram, band_warnings, histogram_rows
-
-NAMESPACE = "strata"
+from strata.tiering.scoring import NEW_USER, RecomputeConfig, merge_counts
+from strata.tiering.tiers import ScoreHistogram, band_warnings, histogram_rows
 
 
 class RecomputeError(RuntimeError):
@@ -300,13 +298,16 @@ class RecomputeJob:
             "warnings": manifest["warnings"],
         }
         with redis_session(self.settings) as url:
-            store = SegmentStore(url, namespace=NAMESPACE)
-            store.begin_version(version, layout, n_groups_for(users), meta)
+            store = SegmentStore(url, namespace=self.settings.redis_namespace)
+            store.begin_version(version, layout, store.plan_n_groups(users), meta)
             try:
                 layout_json = layout.model_dump_json()
                 self._gather(
                     ray,
-                    [s.publish.remote(url, NAMESPACE, version, layout_json) for s in shards],
+                    [
+                        s.publish.remote(url, self.settings.redis_namespace, version, layout_json)
+                        for s in shards
+                    ],
                     "publishing",
                 )
                 store.publish(version, keep=self.keep_versions, expected_users=users)
@@ -411,7 +412,7 @@ def rollback(
     """Point online lookups back at a previous published version."""
     settings = Settings(data=data)
     with redis_session(settings) as url:
-        store = SegmentStore(url, namespace=NAMESPACE)
+        store = SegmentStore(url, namespace=settings.redis_namespace)
         before = store.current()
         after = store.rollback(to)
         versions = store.versions()

@@ -15,10 +15,9 @@ from types import FrameType
 import typer
 
 from jobs._runtime import console, ray_session, redis_session, summary_table
-from strata.apikeys import DEMO_KEY
 from strata.io.keyfile import load_keyring
 from strata.io.segment_store import SegmentStore
-from strata.serving import load_api_config
+from strata.serving.apikeys import DEMO_KEY
 from strata.settings import Settings
 
 
@@ -65,7 +64,7 @@ def run_server(
             from ray import serve
 
             served = settings.model_copy(update={"redis_url": url})
-            store = SegmentStore(url, namespace=load_api_config().namespace)
+            store = SegmentStore(url, namespace=settings.redis_namespace)
             current = store.current()
             store.close()
             base_url = start(served, host=host, port=port, num_replicas=replicas, demo=demo)

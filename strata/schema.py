@@ -11,11 +11,9 @@ from enum import StrEnum
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+from strata.timeutil import LOCAL_UTC_OFFSET_HOURS as LOCAL_UTC_OFFSET_HOURS  # re-export
 
-#: Time zone of the platform's operations (China has no daylight saving). Time-of-day and
-#: day-of-week features are computed in this zone; timestamps are stored in UTC.
-LOCAL_UTC_OFFSET_HOURS = 8
+SCHEMA_VERSION = 1
 
 
 class EventType(StrEnum):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from strata.io.paths import is_remote, local_path
+from strata.online.keys import check_namespace
 
 DEFAULT_N_BUCKETS = 256
 
@@ -17,6 +20,8 @@ class Settings(BaseSettings):
         data: data root (local path or any pyarrow filesystem URI such as ``s3://bucket/strata``)
             holding ``warehouse/``, ``rejects/``, ``snapshots/``, ``models/``.
         redis_url: external Redis; unset means an embedded redis-server on a free local port.
+        redis_namespace: prefix of every Redis key strata writes or reads (letters, digits and
+            ``._:-``): the recompute publishes under it and the API reads under it.
         pseudonym_key: the HMAC key for user ids (text, at least 16 characters). Unset: read
             ``key_file``, creating it with a random key on first use. Never stored with the data.
         key_file: where the local pseudonymisation key is kept when ``pseudonym_key`` is unset.
@@ -33,6 +38,7 @@ class Settings(BaseSettings):
 
     data: str = "./data"
     redis_url: str | None = None
+    redis_namespace: str = "strata"
     pseudonym_key: SecretStr | None = None
     key_file: Path = Field(
         default_factory=lambda: Path.home() / ".config" / "strata" / "pseudonym.key"
@@ -43,11 +49,16 @@ class Settings(BaseSettings):
     api_keys: str | None = None
     api_keys_file: Path | None = None
 
+    @field_validator("redis_namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        return check_namespace(value)
+
     def keys_path(self) -> Path | None:
         """The API key file: ``api_keys_file``, else ``<data>/api_keys.json`` when the data
         root is a local folder, else None (keys then come from ``STRATA_API_KEYS`` only)."""
         if self.api_keys_file is not None:
             return self.api_keys_file
-        if "://" in self.data and not self.data.startswith("file://"):
+        if is_remote(self.data):
             return None
-        return Path(self.data.removeprefix("file://")) / "api_keys.json"
+        return Path(local_path(self.data)) / "api_keys.json"

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from strata.ids import pseudonymise_many
 from strata.io.segment_store import SegmentStore
-from strata.segment_codec import (
+from strata.online.codec import (
     ACTIVE_SLOTS,
     LIFECYCLE_STAGES,
     TIER_RULES,

@@ -9,8 +9,8 @@ from pydantic import ValidationError
 from api.deps import State, reader_of
 from api.metrics import PROMETHEUS_CONTENT_TYPE
 from api.models import ErrorPublic, HealthPublic
-from strata.explain import rules_from_meta
-from strata.tiers import empty_bands
+from strata.tiering.explain import rules_from_meta
+from strata.tiering.tiers import empty_bands
 
 router = APIRouter(tags=["health"])
 #: GET /metrics; the app factory adds the admin-key dependency when ``metrics_require_key``

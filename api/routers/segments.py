@@ -11,10 +11,10 @@ from fastapi.responses import Response
 
 from api.deps import ApiState, SegmentsReader, State, reader_of
 from api.models import ErrorPublic, ExplainPublic, LookupPublic, LookupRequest, SegmentPublic
-from strata.explain import explain, rules_from_meta
 from strata.ids import pseudonymise, pseudonymise_many
 from strata.io.segment_store import VersionInfo
-from strata.serving import RAW_ID_PATTERN
+from strata.serving.config import RAW_ID_PATTERN
+from strata.tiering.explain import explain, rules_from_meta
 
 router = APIRouter(prefix="/v1", tags=["segments"])
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException
 from api.deps import SegmentsReader, State, reader_of
 from api.models import TierPublic, TiersPublic
 from api.routers.segments import AUTH_RESPONSES
-from strata.explain import rules_from_meta, tier_definitions
+from strata.tiering.explain import rules_from_meta, tier_definitions
 
 router = APIRouter(prefix="/v1", tags=["tiers"])
 

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from strata.apikeys import (
+from strata.serving.apikeys import (
     KeyFileError,
     KeyRecord,
     KeyRing,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from strata.io.segment_store import (
@@ -28,12 +29,44 @@ from strata.io.segment_store import (
     read_groups,
     version_info,
 )
-from strata.segment_codec import decode
+from strata.online.codec import decode
+from strata.online.keys import KeyLayout
 
-__all__ = ["AsyncSegmentReader"]
+__all__ = ["READ_ERRORS", "AsyncSegmentReader", "SegmentReader"]
+
+#: What a failed read raises: Redis and network errors, timeouts, an inconsistent store. The
+#: API answers each with 503 behind its circuit breaker, without importing redis itself.
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    RedisError,
+    OSError,
+    TimeoutError,
+    SegmentStoreError,
+)
 
 _READ_ATTEMPTS = 3
 _INFO_CACHE = 16
+
+
+class SegmentReader(Protocol):
+    """The reads the online API needs (what :class:`AsyncSegmentReader` offers)."""
+
+    max_batch: int
+
+    async def get(self, user_id: int) -> tuple[str, dict[str, Any]] | None: ...
+
+    async def lookup(self, user_id: int) -> tuple[str | None, dict[str, Any] | None]: ...
+
+    async def get_many(
+        self, user_ids: Sequence[int] | np.ndarray
+    ) -> tuple[str | None, list[dict[str, Any] | None]]: ...
+
+    async def current(self) -> str | None: ...
+
+    async def info(self, version: str) -> VersionInfo | None: ...
+
+    async def ping(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
 
 
 class AsyncSegmentReader:
@@ -59,6 +92,7 @@ class AsyncSegmentReader:
         max_batch: int = 1000,
     ) -> None:
         self.namespace = namespace
+        self.keys = KeyLayout(namespace)
         self.max_batch = max_batch
         self._redis = aioredis.Redis.from_url(
             url,
@@ -76,7 +110,8 @@ class AsyncSegmentReader:
 
     @property
     def pointer_key(self) -> str:
-        return f"{self.namespace}:current"
+        """Key of the current-version pointer."""
+        return self.keys.pointer
 
     async def get(self, user_id: int) -> tuple[str, dict[str, Any]] | None:
         """``(version, record)`` of one user, or None (absent, or nothing published)."""
@@ -119,7 +154,7 @@ class AsyncSegmentReader:
         cached = self._info.get(version)
         if cached is not None:
             return cached
-        raw = await self._redis.hgetall(f"{self.namespace}:v:{version}:meta")
+        raw = await self._redis.hgetall(self.keys.meta(version))
         info = version_info(version, raw)
         if info is not None:
             async with self._info_lock:
@@ -138,7 +173,7 @@ class AsyncSegmentReader:
 
     async def _read(self, ids: np.ndarray) -> tuple[str | None, np.ndarray, bytes]:
         fields = check_read_ids(ids)
-        prefix = f"{self.namespace}:v:"
+        prefix = self.keys.versions_prefix
         for _ in range(_READ_ATTEMPTS):
             assumed = self._assumed
             info = await self.info(assumed) if assumed else None

@@ -1,6 +1,7 @@
 """The online segment store: versioned, compactly encoded user records in Redis.
 
-Key layout (``ns`` is the namespace, ``strata`` by default; a version id has no ``:``)::
+Key layout (:class:`strata.online.keys.KeyLayout`, shared with the async reader; ``ns`` is the
+namespace, ``strata`` by default; a version id has no ``:``)::
 
     {ns}:current                  string  the published version readers use (the pointer)
     {ns}:versions                 zset    published, retained versions, scored by publish order
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +48,7 @@ from typing import Any, Literal
 import numpy as np
 import redis
 
-from strata.segment_codec import (
+from strata.online.codec import (
     RecordLayout,
     decode,
     decode_many,
@@ -57,6 +57,7 @@ from strata.segment_codec import (
     n_groups_for,
     user_fields,
 )
+from strata.online.keys import KeyLayout
 
 __all__ = [
     "CompactLimits",
@@ -75,8 +76,6 @@ READY = "ready"
 PUBLISHED = "published"
 DELETING = "deleting"
 
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _COMPACT_ENCODINGS = frozenset({b"listpack", b"ziplist"})
 _FIELD_BYTES = 8
 _HISTORY_LEN = 200
@@ -224,8 +223,7 @@ class SegmentStore:
         max_batch: int = 1000,
         on_loose_encoding: Literal["raise", "warn"] = "raise",
     ) -> None:
-        if not _NAMESPACE_RE.match(namespace):
-            raise ValueError(f"bad namespace {namespace!r}: letters, digits and ._:- only")
+        self.keys = KeyLayout(namespace)
         if isinstance(client, str):
             self._redis = redis.Redis.from_url(
                 client,
@@ -255,34 +253,31 @@ class SegmentStore:
 
     def pointer_key(self) -> str:
         """Key of the current-version pointer."""
-        return f"{self.namespace}:current"
+        return self.keys.pointer
 
     def versions_key(self) -> str:
         """Key of the sorted set of published, retained versions."""
-        return f"{self.namespace}:versions"
+        return self.keys.versions
 
     def history_key(self) -> str:
         """Key of the list of pointer flips (newest first)."""
-        return f"{self.namespace}:history"
+        return self.keys.history
 
     def seq_key(self) -> str:
         """Key of the publish counter."""
-        return f"{self.namespace}:seq"
+        return self.keys.seq
 
     def version_prefix(self, version: str) -> str:
         """Prefix of every key of ``version``."""
-        _check_version(version)
-        return f"{self.namespace}:v:{version}:"
+        return self.keys.version_prefix(version)
 
     def meta_key(self, version: str) -> str:
         """Key of the meta hash of ``version``."""
-        return self.version_prefix(version) + "meta"
+        return self.keys.meta(version)
 
     def group_key(self, version: str, group: int) -> str:
         """Key of group ``group`` of ``version``."""
-        if group < 0:
-            raise ValueError("group must be non-negative")
-        return f"{self.version_prefix(version)}g:{group}"
+        return self.keys.group(version, group)
 
     # ---------------------------------------------------------------------------- lifecycle
 
@@ -372,7 +367,7 @@ class SegmentStore:
         Args:
             version: a version begun with :meth:`begin_version`.
             user_ids: int64 ids, one per record.
-            encoded: the records from :func:`strata.segment_codec.encode` with the version's
+            encoded: the records from :func:`strata.online.codec.encode` with the version's
                 layout (or any 1-D array of ``layout.size``-byte items).
 
         Returns:
@@ -592,7 +587,7 @@ class SegmentStore:
     def _read(self, ids: np.ndarray) -> tuple[str | None, np.ndarray, bytes]:
         """One consistent read: (version read, found mask, found records back to back)."""
         fields = check_read_ids(ids)
-        prefix = f"{self.namespace}:v:"
+        prefix = self.keys.versions_prefix
         for _ in range(_READ_ATTEMPTS):
             assumed = self._assumed_version
             try:
@@ -872,13 +867,6 @@ class _Checkout:
         if exc is not None:
             self._conn.disconnect()
         self._pool.release(self._conn)
-
-
-def _check_version(version: str) -> None:
-    if not _VERSION_RE.match(version):
-        raise ValueError(
-            f"bad version id {version!r}: 1-64 letters, digits and ._- (starting alphanumeric)"
-        )
 
 
 def _text(value: Any) -> str:

@@ -31,6 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from strata.ids import bucket_of
+from strata.io.paths import is_remote, local_path
 from strata.schema import SCHEMA_VERSION, TABLE_SCHEMAS, conform
 
 MANIFEST = "manifest.json"
@@ -60,10 +61,10 @@ class WarehouseError(RuntimeError):
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """Filesystem and path of a data root: a local path or any pyarrow filesystem URI."""
-    if "://" in uri:
+    if is_remote(uri):
         fs, path = pafs.FileSystem.from_uri(uri)
         return fs, path.rstrip("/")
-    return pafs.LocalFileSystem(), posixpath.abspath(uri)
+    return pafs.LocalFileSystem(), local_path(uri)
 
 
 @dataclass

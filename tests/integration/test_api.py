@@ -16,9 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import ApiSetupError, create_app
-from strata.apikeys import dump_records, new_key
 from strata.io.keyfile import KeyFile
 from strata.io.redis_server import EmbeddedRedis
+from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
 from tests.conftest import TEST_KEY
 from tests.support import BASE, publish_raw_users

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
 from api.app import create_app
-from strata.apikeys import dump_records, new_key
 from strata.io.redis_server import free_port
+from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
 from tests.conftest import TEST_KEY
 from tests.support import publish_raw_users

@@ -18,12 +18,12 @@ import pytest
 from jobs import generate
 from jobs.recompute import RecomputeError, RecomputeJob, parse_as_of
 from strata.config import CONFIG_DIR, ConfigError
-from strata.explain import explain, rules_from_meta
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
 from strata.settings import Settings
-from strata.tiers import load_tier_rules
+from strata.tiering.explain import explain, rules_from_meta
+from strata.tiering.tiers import load_tier_rules
 from tests.conftest import TEST_KEY
 
 pytestmark = pytest.mark.integration

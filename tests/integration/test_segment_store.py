@@ -23,7 +23,7 @@ from strata.io.segment_store import (
     SegmentStoreError,
     VersionStateError,
 )
-from strata.segment_codec import (
+from strata.online.codec import (
     FieldKind,
     FieldSpec,
     RecordLayout,

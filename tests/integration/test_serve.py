@@ -13,11 +13,10 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from strata.apikeys import dump_records, new_key
 from strata.ids import pseudonymise_many
 from strata.io.redis_server import free_port
 from strata.io.segment_store import SegmentStore
-from strata.segment_codec import (
+from strata.online.codec import (
     ACTIVE_SLOTS,
     LIFECYCLE_STAGES,
     TIERS,
@@ -25,7 +24,7 @@ from strata.segment_codec import (
     n_groups_for,
     snapshot_layout,
 )
-from strata.serving import load_api_config
+from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
 from tests.conftest import TEST_KEY
 
@@ -61,7 +60,7 @@ def _columns(n: int) -> dict[str, Any]:
 def _publish(redis_url: str) -> None:
     raw = [str(FIRST_RAW_ID + i) for i in range(N_USERS)]
     ids = pseudonymise_many(raw, TEST_KEY.encode())
-    with SegmentStore(redis_url, namespace=load_api_config().namespace) as store:
+    with SegmentStore(redis_url, namespace="strata") as store:
         store.begin_version("v1", LAYOUT, n_groups_for(N_USERS), as_of="2026-11-01T00:00:00+08:00")
         store.write_users("v1", ids, encode(_columns(N_USERS), LAYOUT, allow_missing=True))
         store.publish("v1", expected_users=N_USERS)

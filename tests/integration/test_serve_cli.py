@@ -149,7 +149,7 @@ def test_serve_run_with_the_config_in_configs(tmp_path: Path, redis_url: str) ->
     import yaml
 
     from api.deployment import isolated_serve_env
-    from strata.apikeys import dump_records, new_key
+    from strata.serving.apikeys import dump_records, new_key
 
     publish_raw_users(redis_url, "v1", RAW_IDS, TEST_KEY)
     key, record = new_key("serve-run", ["segments:read"])

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from strata.apikeys import (
+from strata.serving.apikeys import (
     DEMO_KEY,
     KEY_PREFIX,
     KeyFileError,

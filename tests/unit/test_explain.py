@@ -1,4 +1,4 @@
-"""Tier explanations from the online record (strata.explain), checked against assign_tiers."""
+"""Tier explanations from the online record (strata.tiering.explain) against assign_tiers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from strata.explain import (
+from strata.tiering.explain import (
     Condition,
     Explanation,
     TierThreshold,
@@ -17,7 +17,7 @@ from strata.explain import (
     rules_from_meta,
     tier_definitions,
 )
-from strata.tiers import RULE_BAND, RULE_CHURN, RULE_HOLD, TierRules, assign_tiers
+from strata.tiering.tiers import RULE_BAND, RULE_CHURN, RULE_HOLD, TierRules, assign_tiers
 
 RULES = TierRules.model_validate(
     {

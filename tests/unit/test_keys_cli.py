@@ -11,8 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from jobs import keys
-from strata.apikeys import DEMO_KEY, KeyFileError, dump_records, hash_key, new_key
 from strata.io.keyfile import KeyFile, load_keyring
+from strata.serving.apikeys import DEMO_KEY, KeyFileError, dump_records, hash_key, new_key
 from strata.settings import Settings
 
 runner = CliRunner()

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from strata.ids import bucket_of
 from strata.io.segment_store import SegmentStore
-from strata.segment_codec import (
+from strata.online.codec import (
     FieldKind,
     FieldSpec,
     RecordLayout,

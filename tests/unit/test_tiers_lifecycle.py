@@ -11,15 +11,15 @@ import pytest
 
 from strata.config import ConfigError, load_yaml
 from strata.features import RfmMeasures, compute_features, rfm_partials
-from strata.lifecycle import LifecycleRules, assign_lifecycle, load_lifecycle_rules
-from strata.scoring import (
+from strata.tiering.lifecycle import LifecycleRules, assign_lifecycle, load_lifecycle_rules
+from strata.tiering.scoring import (
     RecomputeConfig,
     align_previous,
     merge_counts,
     score_features,
     transitions,
 )
-from strata.tiers import (
+from strata.tiering.tiers import (
     Band,
     ScoreHistogram,
     TierRules,

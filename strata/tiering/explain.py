@@ -1,6 +1,6 @@
 """Why a user is in its tier, from the online record alone.
 
-The online API has a user's decoded segment record (:func:`strata.segment_codec.snapshot_layout`)
+The online API has a user's decoded segment record (:func:`strata.online.codec.snapshot_layout`)
 and the published version's meta, which holds the tier rules (:func:`rules_from_meta`). From
 those, :func:`explain` gives the rule that fired, the feature values and thresholds it used, and
 how far the user is from the next better tier; :func:`tier_definitions` lists every tier.
@@ -10,7 +10,7 @@ values, while the online ``rfm_score`` is rounded to 1/200. Conditions that the 
 implies are therefore reported as met, and a ``precision_note`` says when the rounded score is
 close enough to a threshold that it may look as if the tier were wrong.
 
-Pure: pydantic and the stdlib only (plus :mod:`strata.tiers` for the rules).
+Pure: pydantic and the stdlib only (plus :mod:`strata.tiering.tiers` for the rules).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from strata.tiers import RULE_BAND, RULE_CHURN, RULE_HOLD, ChurnWarning, TierRules
+from strata.tiering.tiers import RULE_BAND, RULE_CHURN, RULE_HOLD, ChurnWarning, TierRules
 
 __all__ = [
     "Condition",

@@ -25,8 +25,8 @@ class LifecycleRules(StrictModel):
     churned_after_days: int = Field(90, ge=1)
     new_within_days: int = Field(30, ge=1)
     declining_window_days: Literal[30, 90] = 30
-    declining_ratio: float = Field(0.5, gt=0, lt=1)
-    declining_min_prev_orders: int = Field(2, ge=1)
+    declining_ratio: float = Field(0.35, gt=0, lt=1)
+    declining_min_prev_orders: int = Field(3, ge=1)
     mature_min_orders: int = Field(6, ge=1)
     mature_min_tenure_days: int = Field(90, ge=0)
 

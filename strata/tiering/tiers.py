@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from strata.config import StrictModel, config_path, load_yaml
 from strata.features import RfmMeasures
-from strata.lifecycle import STAGES
+from strata.tiering.lifecycle import STAGES
 
 RULE_BAND = "score_band"
 RULE_HOLD = "hysteresis_hold"

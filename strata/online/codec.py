@@ -39,7 +39,7 @@ modulo the group count: unlike :func:`strata.ids.bucket_of` (a golden-ratio mult
 warehouse bucket spreads evenly over all groups. The field key of a user inside its group is
 its id as 8 big-endian bytes (:func:`user_field`).
 
-Pure: numpy, pyarrow and pydantic only (plus the rule names of :mod:`strata.tiers`).
+Pure: numpy, pyarrow and pydantic only (plus the rule names of :mod:`strata.tiering.tiers`).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from strata.schema import CATEGORIES, CHANNELS
-from strata.tiers import RULE_BAND, RULE_CHURN, RULE_HOLD
+from strata.tiering.tiers import RULE_BAND, RULE_CHURN, RULE_HOLD
 
 __all__ = [
     "ACTIVE_SLOTS",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -12,12 +11,6 @@ from strata.config import StrictModel, config_path, load_yaml
 #: What a platform user id may look like on the API: 1-64 letters, digits, ``_`` or ``-``.
 #: Anything else is answered 422 before it is hashed or looked up.
 RAW_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-_RAW_ID_RE = re.compile(RAW_ID_PATTERN)
-
-
-def valid_raw_id(raw_id: str) -> bool:
-    """Whether ``raw_id`` is an acceptable platform user id."""
-    return bool(_RAW_ID_RE.match(raw_id))
 
 
 class RedisLimits(StrictModel):
@@ -33,7 +26,6 @@ class RedisLimits(StrictModel):
 class ApiConfig(StrictModel):
     """configs/api.yaml."""
 
-    namespace: str = "strata"
     max_batch: int = Field(default=1000, ge=1, le=10_000)
     max_body_bytes: int = Field(default=131_072, ge=1024)
     redis: RedisLimits = Field(default_factory=RedisLimits)

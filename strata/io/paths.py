@@ -1,0 +1,29 @@
+"""Data-root URIs: one rule for "is this remote?" and for the local path of a local root.
+
+A data root is a local path, a ``file://`` URI (local too), or any other pyarrow filesystem
+URI (``s3://bucket/strata``, ``gs://...``, ``hdfs://...``), which is remote.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["is_remote", "local_path"]
+
+
+def is_remote(uri: str) -> bool:
+    """True for a URI with a scheme other than ``file`` (``s3://...``)."""
+    scheme, sep, _ = uri.partition("://")
+    return bool(sep) and scheme.lower() != "file"
+
+
+def local_path(uri: str) -> str:
+    """The absolute local path of a local data root (a path or a ``file://`` URI).
+
+    Raises:
+        ValueError: ``uri`` is remote.
+    """
+    if is_remote(uri):
+        raise ValueError(f"{uri!r} is a remote URI, not a local path")
+    path = uri[len("file://") :] if uri.lower().startswith("file://") else uri
+    return os.path.abspath(os.path.expanduser(path))
