@@ -17,10 +17,10 @@ from api.app import create_app
 from jobs import generate
 from jobs._runtime import console
 from jobs.recompute import RecomputeJob, parse_as_of, print_result
-from strata.apikeys import dump_records, new_key
 from strata.config import CONFIG_DIR
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
+from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
 from strata.synth import ORDER_LOG_COLUMNS
 from tests.conftest import TEST_KEY
