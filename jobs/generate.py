@@ -368,7 +368,11 @@ def summary_rows(r: GenerateResult) -> list[tuple[str, Any]]:
         ("events", r.events),
         ("orders", r.orders),
     ]
-    rows += [(f"  {k}", v) for k, v in sorted(r.event_counts.items(), key=lambda kv: -kv[1])]
+    rows += [
+        (f"  {k}", v)
+        for k, v in sorted(r.event_counts.items(), key=lambda kv: -kv[1])
+        if v or not r.orders_only  # an orders-only log has no other types to list
+    ]
     rows += [
         ("seconds", r.seconds),
         ("events/s", round(r.events_per_s)),
