@@ -8,7 +8,7 @@ import time
 import typer
 
 from jobs import generate
-from jobs._runtime import console, ray_session, redis_session, summary_table
+from jobs._runtime import console, ray_session, redis_session, run_command, summary_table
 from jobs.recompute import NAMESPACE, RecomputeJob, print_result
 from jobs.serve import run_server
 from strata.ids import pseudonymise
@@ -83,4 +83,4 @@ def command(
 
 
 if __name__ == "__main__":
-    typer.run(command)
+    run_command(command)

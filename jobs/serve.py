@@ -14,7 +14,14 @@ from types import FrameType
 
 import typer
 
-from jobs._runtime import console, ray_session, redis_session, summary_table
+from jobs._runtime import (
+    CommandError,
+    console,
+    ray_session,
+    redis_session,
+    run_command,
+    summary_table,
+)
 from strata.apikeys import DEMO_KEY
 from strata.io.keyfile import load_keyring
 from strata.io.segment_store import SegmentStore
@@ -39,16 +46,15 @@ def run_server(
     """Serve until interrupted (Ctrl-C or SIGTERM).
 
     Raises:
-        typer.Exit: no API key is configured (outside demo mode).
+        CommandError: no API key is configured (outside demo mode).
     """
     from api.deployment import SERVE_ENV, isolated_serve_env, start
 
     if not demo and not len(load_keyring(settings)):
-        console.print(
-            "[red]no API keys: create one with `strata keys create --data DIR --scope "
+        raise CommandError(
+            "no API keys: create one with `strata keys create --data DIR --scope "
             "segments:read` (or set STRATA_API_KEYS); only `strata demo` has a default key"
         )
-        raise typer.Exit(1)
     # before Ray starts: its processes read them. A local Ray gets private HAProxy files and
     # ports, so a second strata (tests, another data root) on the machine does not collide
     local = not (settings.ray_address or os.environ.get("RAY_ADDRESS"))
@@ -109,4 +115,4 @@ def command(
 
 
 if __name__ == "__main__":
-    typer.run(command)
+    run_command(command)
