@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -111,3 +112,26 @@ def test_cdnow_imports_with_exactly_the_planted_rows_rejected(
     # ts is UTC; a local (UTC+8) midnight is 16:00 the day before in UTC
     assert pc.min(local_days).as_py() == "19961231" and pc.max(local_days).as_py() == "19980629"
     assert pc.min(events.column("ts")).as_py().isoformat() == "1996-12-31T16:00:00+00:00"
+
+
+def test_cdnow_recompute_as_of_a_local_midnight_prints_the_last_event_included(
+    settings: Settings, tmp_path: Path, ray_local: Any
+) -> None:
+    mapping = tmp_path / "cdnow.yaml"
+    mapping.write_text(MAPPING)
+    data = ["--data", settings.data]
+    out = CliRunner().invoke(cli.app, ["import", str(_cdnow()), *data, "--mapping", str(mapping)])
+    assert out.exit_code == 0, out.output
+    out = CliRunner().invoke(
+        cli.app, ["recompute", *data, "--as-of", "1997-10-01", "--no-publish", "--actors", "2"]
+    )
+    assert out.exit_code == 0, out.output
+    # everything before local midnight of 1 October: the last CDNOW day included is 30 Sept
+    rows = _cdnow().read_text().splitlines()[1:]
+    before = [line for line in rows if line.split()[1] < "19971001"]
+    assert max(line.split()[1] for line in before) == "19970930"
+    assert "1997-09-30T00:00:00+08:00" in out.output
+    row = next(line for line in out.output.splitlines() if "last event included" in line)
+    assert "1997-09-30T00:00:00+08:00" in row
+    users = {line.split()[0] for line in before}
+    assert f"{len(users):,}" in out.output  # every customer seen before as-of is a user
