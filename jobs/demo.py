@@ -15,6 +15,7 @@ from strata.ids import pseudonymise
 from strata.io.keys import load_pseudonym_key
 from strata.io.segment_store import SegmentStore
 from strata.io.warehouse import Warehouse
+from strata.scoring import RecomputeConfig
 from strata.settings import Settings
 
 LOCAL_TZ = dt.timezone(dt.timedelta(hours=8))
@@ -36,6 +37,9 @@ def command(
     """Generate a sample, recompute tiers on local Ray, publish them to an embedded Redis and
     serve them over HTTP (with the demo API key) until Ctrl-C."""
     settings = Settings(data=data)
+    # configs first: a typo fails here, before Ray starts
+    generate.load_generator_config()
+    RecomputeConfig.load()
     t0 = time.perf_counter()
     wh = Warehouse(settings.data)
     today = dt.datetime.now(LOCAL_TZ).date()
