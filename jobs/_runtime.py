@@ -201,28 +201,24 @@ def _is_typer_control(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("typer.")
 
 
-class UserErrorsGroup(TyperGroup):
+class _UserErrorsMixin:
+    """Runs the command's callback and turns its user errors into messages."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click Context
+        try:
+            return super().invoke(ctx)  # type: ignore[misc]
+        except Exception as exc:
+            if _is_typer_control(exc):
+                raise
+            fail_with_message(exc, ctx)
+
+
+class UserErrorsGroup(_UserErrorsMixin, TyperGroup):
     """The ``strata`` app's command group: user errors of any subcommand become messages."""
 
-    def invoke(self, ctx: Any) -> Any:  # typer's vendored click Context
-        try:
-            return super().invoke(ctx)
-        except Exception as exc:
-            if _is_typer_control(exc):
-                raise
-            fail_with_message(exc, ctx)
 
-
-class UserErrorsCommand(TyperCommand):
+class UserErrorsCommand(_UserErrorsMixin, TyperCommand):
     """One job as its own program (``python -m jobs.<name>``), with the same error handling."""
-
-    def invoke(self, ctx: Any) -> Any:  # typer's vendored click Context
-        try:
-            return super().invoke(ctx)
-        except Exception as exc:
-            if _is_typer_control(exc):
-                raise
-            fail_with_message(exc, ctx)
 
 
 def run_command(command: Callable[..., Any]) -> NoReturn:
