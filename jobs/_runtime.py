@@ -154,6 +154,8 @@ def user_error_message(exc: BaseException) -> str | None:
     for i, err in enumerate(chain := _chain(exc)):
         if isinstance(err, domain):
             break
+        if _actor_init_failed(err):
+            return _domain_text(str(err), domain)
         if isinstance(err, _job_errors()):
             inner = chain[i + 1 :]
             if not inner or any(isinstance(e, (*domain, OSError)) for e in inner):
@@ -169,6 +171,31 @@ def user_error_message(exc: BaseException) -> str | None:
     if isinstance(err, ValidationError):
         return _validation_message(err)
     return str(err).strip() or type(err).__name__
+
+
+def _actor_init_failed(exc: BaseException) -> bool:
+    ray_exceptions = sys.modules.get("ray.exceptions")
+    return (
+        ray_exceptions is not None
+        and isinstance(exc, ray_exceptions.RayActorError)
+        and bool(exc.actor_init_failed)
+    )
+
+
+def _domain_text(text: str, domain: tuple[type[BaseException], ...]) -> str | None:
+    """The message of a domain error at the end of a remote traceback's text, if it ends so.
+
+    Ray's ``ActorDiedError`` for an actor whose ``__init__`` raised keeps only the text of the
+    creation task's error (``...\nstrata.config.ConfigError: invalid config ...``).
+    """
+    best: str | None = None
+    at = -1
+    for t in domain:
+        marker = f"\n{t.__module__}.{t.__qualname__}: "
+        i = text.rfind(marker)
+        if i > at:
+            at, best = i, text[i + len(marker) :].strip()
+    return best
 
 
 def _validation_message(exc: ValidationError) -> str:

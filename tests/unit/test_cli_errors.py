@@ -191,6 +191,21 @@ def test_bugs_keep_their_traceback_and_ray_wrappers_are_unwrapped() -> None:
     assert user_error_message(RecomputeError("the warehouse holds no events")) is not None
 
 
+def test_an_actor_whose_init_raised_a_domain_error_gives_that_message() -> None:
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    cause = WarehouseError("no warehouse at /x (missing manifest.json)")
+    traceback_text = (
+        'Traceback (most recent call last):\n  File "actors/feature_shard.py", line 1\n'
+        f"strata.io.warehouse.WarehouseError: {cause}"
+    )
+    died = ActorDiedError(RayTaskError("FeatureShardActor.__init__", traceback_text, cause))
+    assert died.actor_init_failed
+    assert user_error_message(died) == str(cause)
+    bug = RayTaskError("FeatureShardActor.__init__", "...\nKeyError: 'x'", KeyError("x"))
+    assert user_error_message(ActorDiedError(bug)) is None
+
+
 def test_module_entry_point_short_message_and_debug_traceback(tmp_path: Path) -> None:
     env = {**os.environ, "STRATA_PSEUDONYM_KEY": "k" * 20}
     env.pop("STRATA_DEBUG", None)
