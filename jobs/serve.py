@@ -7,6 +7,7 @@ and stays in the foreground until Ctrl-C (or SIGTERM), then shuts Serve down cle
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -67,13 +68,16 @@ def run_server(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with redis_session(settings) as url, ray_session(settings):
-            from ray import serve
-
-            served = settings.model_copy(update={"redis_url": url})
+        with contextlib.ExitStack() as stack:
+            url = stack.enter_context(redis_session(settings))
+            # an unreachable Redis fails here, before Ray starts
             store = SegmentStore(url, namespace=load_api_config().namespace)
             current = store.current()
             store.close()
+            stack.enter_context(ray_session(settings))
+            from ray import serve
+
+            served = settings.model_copy(update={"redis_url": url})
             base_url = start(served, host=host, port=port, num_replicas=replicas, demo=demo)
             try:
                 key = DEMO_KEY if demo else "$STRATA_API_KEY"

@@ -18,9 +18,10 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-from jobs import cli, demo
+from jobs import cli, demo, serve
 from jobs._runtime import USER_ERROR_EXIT, CommandError, user_error_message
 from jobs.recompute import RecomputeError
+from strata.apikeys import dump_records, new_key
 from strata.config import CONFIG_DIR, ConfigError
 from strata.io.redis_server import free_port
 from strata.io.warehouse import WarehouseError
@@ -129,10 +130,20 @@ def test_train_config_typo_and_models_of_an_unreadable_registry(tmp_path: Path) 
 
 
 # ---------------------------------------------------------------------------- serve
-def test_serve_without_api_keys(tmp_path: Path) -> None:
+def test_serve_without_api_keys_or_redis_fails_before_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_ray(*_args: object, **_kw: object) -> None:
+        raise AssertionError("Ray started before the inputs were checked")
+
+    monkeypatch.setattr(serve, "ray_session", no_ray)
     result = runner.invoke(cli.app, ["serve", "--data", str(tmp_path / "d")])
     _user_error(result, "no API keys", "strata keys create")
     _debug_raises(["serve", "--data", str(tmp_path / "d")], CommandError)
+    monkeypatch.setenv("STRATA_API_KEYS", dump_records([new_key("ops", ["admin"])[1]]))
+    monkeypatch.setenv("STRATA_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    result = runner.invoke(cli.app, ["serve", "--data", str(tmp_path / "d")])
+    _user_error(result, "Redis is unreachable", "127.0.0.1")
 
 
 # ---------------------------------------------------------------------------- keys
