@@ -691,7 +691,8 @@ def command(
     max_time: str | None = typer.Option(
         None,
         "--max-time",
-        help="Latest accepted event time, inclusive (same forms). Default: one day after now.",
+        help="End of the accepted event times, exclusive like --as-of (same forms): "
+        "--max-time 1998-07-01 keeps June. Default: one day after now.",
     ),
     mapping_file: str | None = typer.Option(
         None, "--mapping", help="YAML column mapping; flags override its keys."

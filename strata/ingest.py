@@ -17,11 +17,12 @@ Reject reasons, in the order they are checked (a row with several problems gets 
 
 1. ``missing user id`` — the user cell is empty or blank;
 2. ``unparsable timestamp`` — the time does not parse in the mapping's ``time_format``;
-3. ``timestamp before min time`` / ``timestamp after max time`` — outside the mapping's
-   accepted range (``min_time`` .. ``max_time``, both inclusive; flags ``--min-time`` /
-   ``--max-time``). By default the range starts just after the Unix epoch
-   (:data:`DEFAULT_MIN_TIME`: epoch zero, ``19700101`` and year 0001 are garbage, not history)
-   and ends one day after the import (clock skew);
+3. ``timestamp before min time`` / ``timestamp at or after max time`` — outside the
+   mapping's accepted range ``[min_time, max_time)`` (flags ``--min-time`` / ``--max-time``;
+   the upper bound is exclusive like every as-of of strata: ``--max-time 1998-07-01`` keeps
+   June). By default the range starts just after the Unix epoch (:data:`DEFAULT_MIN_TIME`:
+   epoch zero, ``19700101`` and year 0001 are garbage, not history) and ends one day after
+   the import (clock skew);
 4. ``missing event type`` / ``unknown event type 'x'`` — not a :data:`strata.schema.EVENT_TYPES`
    value or alias (:data:`EVENT_TYPE_ALIASES`, plus the mapping's ``event_type_values``);
 5. ``non-numeric amount`` — not a plain decimal number (``12.50``, ``-3``, ``1e3``), or NaN/inf;
@@ -86,7 +87,7 @@ from strata.schema import (
 MISSING_USER = "missing user id"
 UNPARSABLE_TIMESTAMP = "unparsable timestamp"
 TIMESTAMP_TOO_EARLY = "timestamp before min time"
-TIMESTAMP_TOO_LATE = "timestamp after max time"
+TIMESTAMP_TOO_LATE = "timestamp at or after max time"
 MISSING_EVENT_TYPE = "missing event type"
 NON_NUMERIC_AMOUNT = "non-numeric amount"
 NEGATIVE_AMOUNT = "negative amount"
@@ -313,9 +314,9 @@ class ColumnMapping(_MappingFields):
             event type column every row is an ``order``.
         delimiter: CSV field separator (default ``,``; ``\\t`` for ``.tsv`` files), or
             ``whitespace`` for runs of spaces and tabs (no quoting).
-        min_time, max_time: the accepted event-time range, both inclusive: an ISO date
-            (its local midnight) or date-time (naive = local time, ``Z``/offsets honoured).
-            Default: :data:`DEFAULT_MIN_TIME` .. one day after the import.
+        min_time, max_time: the accepted event times ``[min_time, max_time)``, each an ISO
+            date (its local midnight) or date-time (naive = local time, ``Z``/offsets
+            honoured). Default: :data:`DEFAULT_MIN_TIME` .. one day after the import.
         event_type_values, category_values: extra label -> value aliases on top of the
             built-in :data:`EVENT_TYPE_ALIASES` / :data:`CATEGORY_ALIASES`.
     """
@@ -398,12 +399,12 @@ class ColumnMapping(_MappingFields):
 
     @model_validator(mode="after")
     def _range(self) -> ColumnMapping:
-        if self.max_time is not None and self.time_range_ms(0)[0] > self.time_range_ms(0)[1]:
-            raise ValueError(f"min_time {self.min_time} is after max_time {self.max_time}")
+        if self.max_time is not None and self.time_range_ms(0)[0] >= self.time_range_ms(0)[1]:
+            raise ValueError(f"min_time {self.min_time} is not before max_time {self.max_time}")
         return self
 
     def time_range_ms(self, now_ms: int) -> tuple[int, int]:
-        """The accepted event times (epoch ms, both inclusive) of an import run at ``now_ms``."""
+        """The accepted event times ``[lo, hi)`` (epoch ms) of an import run at ``now_ms``."""
         lo = parse_instant_ms(self.min_time or DEFAULT_MIN_TIME)
         hi = parse_instant_ms(self.max_time) if self.max_time else now_ms + MAX_FUTURE_MS
         return lo, hi
@@ -954,7 +955,7 @@ def parse_batch(
         source: the source file, recorded in rejects.
         first_row: 1-based data-row number of the batch's first row.
         now_ms: the import time (epoch ms); without a ``max_time`` in the mapping, events
-            more than a day later are rejected.
+            a day or more later are rejected.
         row_numbers: explicit 1-based row numbers (when rows were skipped before), else
             ``first_row + i``.
         pseudonyms: a cache shared by the batches of one import (same results, less hashing).
@@ -982,7 +983,7 @@ def parse_batch(
     reason = _first_reason(reason, pc.is_null(ts_ms), UNPARSABLE_TIMESTAMP)
     lo_ms, hi_ms = mapping.time_range_ms(now_ms)
     reason = _first_reason(reason, pc.less(ts_ms, float(lo_ms)), TIMESTAMP_TOO_EARLY)
-    reason = _first_reason(reason, pc.greater(ts_ms, float(hi_ms)), TIMESTAMP_TOO_LATE)
+    reason = _first_reason(reason, pc.greater_equal(ts_ms, float(hi_ms)), TIMESTAMP_TOO_LATE)
 
     # 4. event type
     if "event_type" in raw:

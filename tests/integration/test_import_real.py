@@ -47,7 +47,7 @@ PLANTED: dict[int, tuple[str, str | None]] = {
     5: (" 90005 19970301  1     n/a", "non-numeric amount"),
     # a blank user id cannot be written in a whitespace-separated line: the line is short
     6: ("       19970301  1   10.00", "malformed row (expected 4 fields, got 3)"),
-    7: (" 90007 20990101  1   10.00", "timestamp after max time"),  # the future
+    7: (" 90007 20990101  1   10.00", "timestamp at or after max time"),  # the future
     8: (" 90008 19971332  1   10.00", "unparsable timestamp"),
     9: (" 90009 19980630  1    0.00", None),
 }

@@ -74,7 +74,7 @@ def test_each_reject_reason_and_counts_add_up() -> None:
         ("  ", "2024-05-01 10:00:00", "1", "order", "", "missing user id"),
         ("u3", "yesterday", "1", "order", "", "unparsable timestamp"),
         ("u4", "0001-01-01", "1", "order", "", "timestamp before min time"),
-        ("u5", "2024-06-05", "1", "order", "", "timestamp after max time"),
+        ("u5", "2024-06-05", "1", "order", "", "timestamp at or after max time"),
         ("u6", "2024-05-01", "1", "teleport", "", "unknown event type 'teleport'"),
         ("u7", "2024-05-01", "1", "", "", "missing event type"),
         ("u8", "2024-05-01", "12,5", "order", "", "non-numeric amount"),
@@ -236,8 +236,8 @@ def test_timestamp_range_bounds() -> None:
         "ts": [
             "1970-01-01T00:00:00.001Z",  # the default lower bound is inclusive
             "1970-01-01T08:00:00",  # epoch zero in local time: garbage
-            str((NOW_MS + MAX_FUTURE_MS) // 1000),
-            str((NOW_MS + MAX_FUTURE_MS) // 1000 + 1),
+            str((NOW_MS + MAX_FUTURE_MS) // 1000 - 1),
+            str((NOW_MS + MAX_FUTURE_MS) // 1000),  # the upper bound is exclusive
         ],
         "amt": ["1"] * 4,
     }
@@ -247,7 +247,7 @@ def test_timestamp_range_bounds() -> None:
     assert iso.num_rows == 1
     assert _reasons(rejects) == {2: "timestamp before min time"}
     _, rejects = parse_batch(t.slice(2), _mapping(time_format="epoch"), KEY, "f", 3, NOW_MS)
-    assert _reasons(rejects) == {4: "timestamp after max time"}
+    assert _reasons(rejects) == {4: "timestamp at or after max time"}
 
 
 def test_old_history_imports_and_garbage_times_do_not() -> None:
@@ -258,21 +258,30 @@ def test_old_history_imports_and_garbage_times_do_not() -> None:
     assert _reasons(rejects) == {
         3: "timestamp before min time",  # 19700101 is local midnight: before the epoch
         4: "timestamp before min time",
-        6: "timestamp after max time",
+        6: "timestamp at or after max time",
     }
+
+
+def test_time_range_keys_in_the_mapping_file_and_flags_over_them(tmp_path: Path) -> None:
+    f = tmp_path / "m.yaml"
+    f.write_text("user_col: u\ntime_col: t\namount_col: a\nmin_time: '1990-01-01'\n")
+    assert load_mapping(f).time_range_ms(NOW_MS) == (_ms(1990, 1, 1), NOW_MS + MAX_FUTURE_MS)
+    both = load_mapping(f, min_time="1991-01-01", max_time="1992-01-01")
+    assert both.time_range_ms(NOW_MS) == (_ms(1991, 1, 1), _ms(1992, 1, 1))
 
 
 def test_explicit_time_range_from_flags_or_mapping() -> None:
     ts = ["1996-12-31", "1997-01-01", "1998-07-01"]
     table = {"uid": ["a", "b", "c"], "ts": ts, "amt": ["1"] * 3}
-    m = _mapping(min_time="1997-01-01", max_time="1998-06-30T23:59:59+08:00")
-    assert m.time_range_ms(NOW_MS) == (_ms(1997, 1, 1), _ms(1998, 6, 30, 23, 59) + 59_000)
+    m = _mapping(min_time="1997-01-01", max_time="1998-07-01T00:00:00+08:00")
+    assert m.time_range_ms(NOW_MS) == (_ms(1997, 1, 1), _ms(1998, 7, 1))
     _, rejects = _parse(table, mapping=m)
-    assert _reasons(rejects) == {1: "timestamp before min time", 3: "timestamp after max time"}
+    late = "timestamp at or after max time"
+    assert _reasons(rejects) == {1: "timestamp before min time", 3: late}
     with pytest.raises(ValidationError, match="not an ISO date"):
         _mapping(min_time="last year")
-    with pytest.raises(ValidationError, match="after max_time"):
-        _mapping(min_time="1999-01-01", max_time="1998-01-01")
+    with pytest.raises(ValidationError, match="not before max_time"):
+        _mapping(min_time="1998-01-01", max_time="1998-01-01")
 
 
 # ---------------------------------------------------------------------------- labels
