@@ -22,7 +22,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from jobs._runtime import console, progress, ray_session, redis_session, summary_table
+from jobs._runtime import (
+    console,
+    progress,
+    ray_session,
+    redis_session,
+    run_command,
+    summary_table,
+)
 from strata.features import FEATURES_SCHEMA, RfmPartials
 from strata.ids import assign
 from strata.io.models import ModelError, ModelRegistry
@@ -33,6 +40,7 @@ from strata.online.codec import snapshot_layout
 from strata.schema import SCHEMA_VERSION
 from strata.settings import Settings
 from strata.tiering.scoring import NEW_USER, RecomputeConfig, merge_counts
+from strata.timeutil import AS_OF_HELP, LOCAL_TZ
 
 
 class RecomputeError(RuntimeError):
@@ -53,6 +61,8 @@ class RecomputeResult:
     model: str
     timings: dict[str, float] = field(default_factory=dict)
     max_actor_rss_mb: float = 0.0
+    #: the latest event time included (max ts < as-of), local ISO; None: no event
+    last_event: str | None = None
 
 
 def parse_as_of(text: str) -> dt.datetime:
@@ -158,6 +168,7 @@ class RecomputeJob:
             stages = merge_counts([t for s in scores for t in s["stages"]])
             moves = merge_counts([t for s in scores for t in s["transitions"]])
             users = sum(f["users"] for f in firsts)
+            lasts = [f["last_event_ms"] for f in firsts if f.get("last_event_ms") is not None]
             manifest: dict[str, Any] = {
                 "version": version,
                 "as_of": self.as_of.isoformat(),
@@ -211,6 +222,7 @@ class RecomputeJob:
             model=f"{model_version or '-'} ({model_status})",
             timings=timings,
             max_actor_rss_mb=max(s["max_rss_mb"] for s in scores),
+            last_event=_local_iso(max(lasts)) if lasts else None,
         )
 
     def _resolve_model(self) -> tuple[str | None, str]:
@@ -300,6 +312,10 @@ class RecomputeJob:
                 store.close()
 
 
+def _local_iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, LOCAL_TZ).isoformat(timespec="seconds")
+
+
 def _status(registry: ModelRegistry, version: str) -> str | None:
     try:
         status = registry.meta(version).get("status")
@@ -323,7 +339,7 @@ def transition_table(moves: dict[str, dict[str, int]], tier_names: list[str]) ->
 
 def command(
     data: str = typer.Option("./data", "--data", help="Data root."),
-    as_of: str = typer.Option(..., "--as-of", help="As-of time (ISO; naive = UTC+8)."),
+    as_of: str = typer.Option(..., "--as-of", help=AS_OF_HELP),
     actors: int | None = typer.Option(None, "--actors", min=1, help="Feature actors."),
     no_publish: bool = typer.Option(False, "--no-publish", help="Snapshot only, no Redis."),
     config_dir: str | None = typer.Option(None, "--config-dir", help="Folder of YAML configs."),
@@ -352,6 +368,7 @@ def print_result(result: RecomputeResult, tier_names: list[str]) -> None:
                 ("version", result.version),
                 ("previous version", result.previous_version or "-"),
                 ("users", result.users),
+                ("last event included (< as-of)", result.last_event or "none"),
                 *[(f"lifecycle {k}", v) for k, v in sorted(result.stages.items())],
                 ("model", result.model),
                 ("published to Redis", "yes" if result.published else "no"),
@@ -393,4 +410,4 @@ def rollback(
 
 
 if __name__ == "__main__":
-    typer.run(command)
+    run_command(command)
