@@ -22,6 +22,7 @@ from strata.features import (
     FEATURE_USER_COLUMNS,
     RfmPartials,
     compute_features,
+    max_before,
     rfm_partials,
 )
 from strata.io.models import LoadedModels, ModelRegistry
@@ -67,6 +68,7 @@ class FeatureShard:
         self.warehouse = Warehouse(data_root)
         self.snapshots = SnapshotStore(data_root)
         self._features: dict[int, pa.Table] | None = None
+        self._last_event_ms: int | None = None
 
     def _compute(self) -> dict[int, pa.Table]:
         if self._features is None:
@@ -83,6 +85,7 @@ class FeatureShard:
                 )
                 users = self.warehouse.read_bucket("users", b, list(FEATURE_USER_COLUMNS))
                 feats[b] = compute_features(events, users, self.as_of_ms, self.config.features)
+                self._last_event_ms = max_before(events, self.as_of_ms, self._last_event_ms)
             self._features = feats
         return self._features
 
@@ -103,6 +106,7 @@ class FeatureShard:
         return {
             "partials": partials,
             "users": sum(t.num_rows for t in feats.values()),
+            "last_event_ms": self._last_event_ms,
             "seconds": time.perf_counter() - t0,
         }
 

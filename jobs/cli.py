@@ -1,7 +1,9 @@
 """The ``strata`` command: one Typer app whose subcommands are the jobs.
 
 Each job module (``jobs/<name>.py``) defines a ``command`` function with its Typer options and
-can also run alone as ``python -m jobs.<name>``.
+can also run alone as ``python -m jobs.<name>``. User errors (a bad config, input file, data
+root, an unreachable Redis, ...) of every command end as one short message and exit status 2
+(:class:`jobs._runtime.UserErrorsGroup`); ``--debug`` or ``STRATA_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import typer
 
 from jobs import demo, generate, ingest, keys, recompute, serve, train, warehouse_cmds
+from jobs._runtime import DEBUG_ENV, UserErrorsGroup
 
 app = typer.Typer(
     name="strata",
@@ -16,7 +19,25 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=UserErrorsGroup,
 )
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    debug: bool = typer.Option(
+        False,
+        "--debug",
+        envvar=DEBUG_ENV,
+        help=f"Show the traceback of errors (also {DEBUG_ENV}=1); without it a user error is "
+        "one short message and exit status 2.",
+    ),
+) -> None:
+    """User tiering for a fresh-grocery platform, on Ray."""
+    ctx.meta["strata.debug"] = debug
+
+
 app.command("generate", help=generate.command.__doc__)(generate.command)
 app.command("import", help=ingest.command.__doc__)(ingest.command)
 app.command("recompute", help=recompute.command.__doc__)(recompute.command)

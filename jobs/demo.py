@@ -8,7 +8,7 @@ import time
 import typer
 
 from jobs import generate
-from jobs._runtime import console, ray_session, redis_session, summary_table
+from jobs._runtime import console, ray_session, redis_session, run_command, summary_table
 from jobs.recompute import RecomputeJob, print_result
 from jobs.serve import run_server
 from strata.ids import pseudonymise
@@ -16,8 +16,9 @@ from strata.io.keys import load_pseudonym_key
 from strata.io.segment_store import SegmentStore
 from strata.io.warehouse import Warehouse
 from strata.settings import Settings
+from strata.tiering.scoring import RecomputeConfig
+from strata.timeutil import LOCAL_TZ
 
-LOCAL_TZ = dt.timezone(dt.timedelta(hours=8))
 #: the generator's first platform id (``strata.synth.raw_user_ids``): in every demo sample
 DEMO_USER = "10000001"
 
@@ -36,6 +37,9 @@ def command(
     """Generate a sample, recompute tiers on local Ray, publish them to an embedded Redis and
     serve them over HTTP (with the demo API key) until Ctrl-C."""
     settings = Settings(data=data)
+    # configs first: a typo fails here, before Ray starts
+    generate.load_generator_config()
+    RecomputeConfig.load()
     t0 = time.perf_counter()
     wh = Warehouse(settings.data)
     today = dt.datetime.now(LOCAL_TZ).date()
@@ -83,4 +87,4 @@ def command(
 
 
 if __name__ == "__main__":
-    typer.run(command)
+    run_command(command)

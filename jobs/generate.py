@@ -24,8 +24,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import typer
 
-from jobs._runtime import BucketTaskError, console, map_buckets, ray_session, summary_table
-from strata.config import CalendarConfig, ConfigError, load_calendar
+from jobs._runtime import (
+    BucketTaskError,
+    console,
+    map_buckets,
+    ray_session,
+    run_command,
+    summary_table,
+)
+from strata.config import CalendarConfig, load_calendar
 from strata.ids import bucket_of, pseudonymise_many
 from strata.io.keys import load_pseudonym_key
 from strata.io.warehouse import (
@@ -33,7 +40,6 @@ from strata.io.warehouse import (
     TABLES,
     PartFile,
     Warehouse,
-    WarehouseError,
     WriteResult,
     resolve,
 )
@@ -395,7 +401,8 @@ def command(
         typer.Option(
             "--end",
             formats=["%Y-%m-%d"],
-            help="First local day after the window (default: today, UTC).",
+            help="First local day after the window, exclusive: events end before its local "
+            "midnight (UTC+8), like --as-of of the other commands (default: today, UTC).",
         ),
     ] = None,
     buckets: Annotated[
@@ -425,22 +432,18 @@ def command(
     if buckets is not None:
         overrides["n_buckets"] = buckets
     settings = Settings(**overrides)
-    try:
-        result = run(
-            settings,
-            users=users,
-            days=days,
-            seed=seed,
-            end=end.date() if end else None,
-            overwrite=overwrite,
-            workers=workers,
-            only_orders=orders_only_,
-        )
-    except (GenerateError, WarehouseError, ConfigError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    result = run(
+        settings,
+        users=users,
+        days=days,
+        seed=seed,
+        end=end.date() if end else None,
+        overwrite=overwrite,
+        workers=workers,
+        only_orders=orders_only_,
+    )
     console.print(summary_table("strata generate", summary_rows(result)))
 
 
 if __name__ == "__main__":
-    typer.run(command)
+    run_command(command)

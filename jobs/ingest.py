@@ -34,21 +34,26 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from jobs._runtime import console, progress
-from strata.config import ConfigError
+from jobs._runtime import CommandError, console, progress, run_command
 from strata.ingest import (
+    DEFAULT_MIN_TIME,
+    SAMPLE_VALUES,
+    WHITESPACE,
     ColumnMapping,
-    MappingError,
     PseudonymCache,
     check_columns,
     load_mapping,
     malformed_rejects,
     parse_batch,
     pii_columns_in,
+    reject_column,
+    reject_role,
+    reject_warnings,
     rejects_schema,
 )
 from strata.io.keys import load_pseudonym_key
-from strata.io.warehouse import PARQUET_OPTIONS, Warehouse, WarehouseError, WriteResult, resolve
+from strata.io.warehouse import PARQUET_OPTIONS, Warehouse, WriteResult, resolve
+from strata.schema import LOCAL_UTC_OFFSET_HOURS
 from strata.settings import Settings
 
 #: Accepted rows are buffered up to this many, then written as one part per touched bucket.
@@ -59,12 +64,18 @@ CSV_BLOCK_BYTES = 32 << 20
 PARQUET_BATCH_ROWS = 500_000
 
 _CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+#: The one column of a whitespace-separated file as read (whole lines).
+_LINE = "line"
+_UNIT_SEPARATOR = "\x1f"
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 
 Format = Literal["csv", "parquet"]
 
+#: Exit status of an import that accepted no row (its rejects are still written).
+NOTHING_ACCEPTED_EXIT = 1
 
-class InputError(ValueError):
+
+class InputError(CommandError, ValueError):
     """An input file is missing, of an unknown type, or unreadable."""
 
 
@@ -78,6 +89,8 @@ class FileResult:
     rejected: int = 0
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     pii_columns_dropped: list[str] = field(default_factory=list)
+    #: distinct offending values of the first rejects per reason (see strata.ingest.reject_role)
+    samples: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +105,9 @@ class ImportResult:
     rejects_path: str | None
     seconds: float
     import_id: str = ""
+    now_ms: int = 0
+    #: messages for the user: reasons that rejected everything or most of a file
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def rows_per_second(self) -> float:
@@ -145,9 +161,49 @@ def _csv_stream(raw: pa.NativeFile, compression: str | None) -> pa.NativeFile:
 def _csv_parse_options(delimiter: str, handler: Callable[[Any], str] | None) -> pacsv.ParseOptions:
     # Empty lines are kept as rows of empty fields (rejected as "missing user id") so that line
     # numbers and data-row numbers agree: line n of the file is data row n - 1.
+    if delimiter == WHITESPACE:
+        # whole lines, split afterwards (_split_whitespace); a line holding the unit separator
+        # is reported as malformed by the handler
+        return pacsv.ParseOptions(
+            delimiter=_UNIT_SEPARATOR,
+            quote_char=False,
+            escape_char=False,
+            ignore_empty_lines=False,
+            invalid_row_handler=handler,
+        )
     return pacsv.ParseOptions(
         delimiter=delimiter, ignore_empty_lines=False, invalid_row_handler=handler
     )
+
+
+def _split_whitespace(
+    lines: pa.Array, columns: list[str], wanted: list[str], rows: pa.Array
+) -> tuple[pa.Table, pa.Array, list[tuple[int, str]]]:
+    """Split whole lines at runs of whitespace into the ``wanted`` columns (as text).
+
+    Returns the table of the lines with the header's number of fields (an empty line is a row
+    of empty fields, as in CSV), their row numbers, and the other lines as malformed rows.
+    """
+    trimmed = pc.utf8_trim_whitespace(pc.fill_null(lines, ""))
+    parts = pc.utf8_split_whitespace(trimmed)
+    blank = pc.equal(trimmed, "").to_numpy(zero_copy_only=False)
+    # a blank line splits into one empty field: count it as none
+    counts = np.where(blank, 0, pc.list_value_length(parts).to_numpy(zero_copy_only=False))
+    n_fields = len(columns)
+    bad = (counts != n_fields) & (counts != 0)
+    malformed = [
+        (int(r), f"malformed row (expected {n_fields} fields, got {int(c)})")
+        for r, c in zip(rows.to_numpy()[bad], counts[bad], strict=True)
+    ]
+    good = np.flatnonzero(~bad)
+    offsets = parts.offsets.to_numpy()[good]
+    empty = counts[good] == 0
+    flat = parts.values
+    out = {}
+    for name in wanted:
+        idx = pa.array(offsets + columns.index(name), mask=empty)
+        out[name] = pc.fill_null(flat.take(idx), "")
+    return pa.table(out), rows.take(pa.array(good)), malformed
 
 
 def _probe(path: str, mapping: ColumnMapping) -> _Input:
@@ -164,6 +220,19 @@ def _probe(path: str, mapping: ColumnMapping) -> _Input:
             with fs.open_input_file(fs_path) as f:
                 inp.schema = pq.ParquetFile(f).schema_arrow
             inp.columns = list(inp.schema.names)
+        elif delimiter == WHITESPACE:
+            with _open_raw(inp) as raw:
+                reader = pacsv.open_csv(
+                    _csv_stream(raw, compression),
+                    read_options=pacsv.ReadOptions(
+                        block_size=1 << 20, use_threads=False, column_names=[_LINE]
+                    ),
+                    parse_options=_csv_parse_options(delimiter, lambda _row: "skip"),
+                    convert_options=pacsv.ConvertOptions(column_types={_LINE: pa.string()}),
+                )
+                first = reader.read_next_batch().column(0)
+                header = first[0].as_py() if len(first) else ""
+                inp.columns = (header or "").split()
         else:
             with _open_raw(inp) as raw:
                 reader = pacsv.open_csv(
@@ -199,15 +268,21 @@ def _csv_batches(inp: _Input, mapping: ColumnMapping) -> Iterator[_Batch]:
         return "skip"
 
     cols = mapping.source_columns()
+    whitespace = inp.delimiter == WHITESPACE
+    read_cols = [_LINE] if whitespace else cols
     convert = pacsv.ConvertOptions(
-        include_columns=cols,
-        column_types={c: pa.string() for c in cols},
+        include_columns=read_cols,
+        column_types={c: pa.string() for c in read_cols},
         strings_can_be_null=False,
         quoted_strings_can_be_null=False,
     )
     # Single-threaded reading keeps the reader's row numbers of malformed rows (and measured
     # as fast as the threaded reader: parsing is not the bottleneck of an import).
-    read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False)
+    read = pacsv.ReadOptions(
+        block_size=CSV_BLOCK_BYTES,
+        use_threads=False,
+        **({"column_names": [_LINE], "skip_rows": 1} if whitespace else {}),
+    )
     good_rows = 0
     reported = 0
     blocks = 0
@@ -232,7 +307,13 @@ def _csv_batches(inp: _Input, mapping: ColumnMapping) -> Iterator[_Batch]:
             # uncompressed blocks are block_size bytes each, which tracks progress closely.
             blocks += 1
             done = raw.tell() if inp.compression else min(blocks * CSV_BLOCK_BYTES, inp.size)
-            yield _Batch(pa.Table.from_batches([batch]), pa.array(x + shift), new, done)
+            table, numbers = pa.Table.from_batches([batch]), pa.array(x + shift)
+            if whitespace:
+                table, numbers, split_bad = _split_whitespace(
+                    table.column(0).combine_chunks(), inp.columns, cols, numbers
+                )
+                new = sorted(new + split_bad)
+            yield _Batch(table, numbers, new, done)
     if len(malformed) > reported:
         yield _Batch(
             pa.table({c: pa.array([], pa.string()) for c in cols}),
@@ -268,6 +349,27 @@ def _batches(inp: _Input, mapping: ColumnMapping) -> Iterator[_Batch]:
 
 
 # ---------------------------------------------------------------------------- run
+#: Reasons sampled per file at most (each "unknown event type 'x'" is a reason of its own).
+_MAX_SAMPLED_REASONS = 20
+
+
+def _add_samples(
+    samples: dict[str, list[str]], rejects: pa.Table, mapping: ColumnMapping, reasons: list[str]
+) -> None:
+    """Keep up to SAMPLE_VALUES distinct offending values of each reason seen so far."""
+    for reason in reasons:
+        if reason not in samples and len(samples) >= _MAX_SAMPLED_REASONS:
+            continue
+        kept = samples.setdefault(reason, [])
+        role = reject_role(reason)
+        if role is None or len(kept) >= SAMPLE_VALUES:
+            continue
+        rows = rejects.filter(pc.equal(rejects.column("reason"), reason))
+        for value in pc.unique(rows.column(reject_column(mapping, role))).to_pylist():
+            if value is not None and value not in kept and len(kept) < SAMPLE_VALUES:
+                kept.append(value)
+
+
 def _reason_counts(rejects: pa.Table) -> dict[str, int]:
     if rejects.num_rows == 0:
         return {}
@@ -450,7 +552,14 @@ def run(
                     fr.input_rows += b.table.num_rows + len(b.malformed)
                     fr.accepted += accepted.num_rows
                     fr.rejected += rejects.num_rows
-                    reasons.update(_reason_counts(rejects))
+                    counts = _reason_counts(rejects)
+                    reasons.update(counts)
+                    new = [
+                        r
+                        for r in counts
+                        if r in fr.samples or len(fr.samples) < _MAX_SAMPLED_REASONS
+                    ]
+                    _add_samples(fr.samples, rejects, mapping, new)
                     sink.add(accepted, rejects)
                     if bar is not None and task is not None:
                         bar.update(task, completed=(done_before + b.bytes_done) / (1 << 20))
@@ -477,8 +586,18 @@ def run(
     finally:
         sink.close()
     total: Counter[str] = Counter()
+    warnings: list[str] = []
     for fr in results:
         total.update(fr.rejects_by_reason)
+        warnings += reject_warnings(
+            fr.path,
+            fr.input_rows,
+            fr.accepted,
+            fr.rejects_by_reason,
+            fr.samples,
+            mapping,
+            now_ms,
+        )
     return ImportResult(
         input_rows=sum(f.input_rows for f in results),
         accepted=accepted_n,
@@ -488,6 +607,8 @@ def run(
         rejects_path=rejects_path if rejected_n else None,
         seconds=time.perf_counter() - t0,
         import_id=import_id,
+        now_ms=now_ms,
+        warnings=warnings,
     )
 
 
@@ -555,30 +676,44 @@ def command(
         None, "--event-type-col", help="Column of the event type (without: every row is an order)."
     ),
     delimiter: str | None = typer.Option(
-        None, "--delimiter", help="CSV field separator (default , and tab for .tsv)."
+        None,
+        "--delimiter",
+        help="Field separator: one character (default , and tab for .tsv), or 'whitespace' "
+        "for runs of spaces/tabs (no quoting).",
+    ),
+    min_time: str | None = typer.Option(
+        None,
+        "--min-time",
+        help="Earliest accepted event time, inclusive: ISO date (its local midnight, "
+        f"UTC+{LOCAL_UTC_OFFSET_HOURS}) or date-time. Default {DEFAULT_MIN_TIME} "
+        "(epoch zero and year 0001 are garbage).",
+    ),
+    max_time: str | None = typer.Option(
+        None,
+        "--max-time",
+        help="End of the accepted event times, exclusive like --as-of (same forms): "
+        "--max-time 1998-07-01 keeps June. Default: one day after now.",
     ),
     mapping_file: str | None = typer.Option(
         None, "--mapping", help="YAML column mapping; flags override its keys."
     ),
 ) -> None:
     """Import transaction or event logs (CSV or Parquet) into the warehouse."""
-    try:
-        mapping = load_mapping(
-            mapping_file,
-            user_col=user_col,
-            time_col=time_col,
-            amount_col=amount_col,
-            time_format=time_format,
-            order_col=order_col,
-            category_col=category_col,
-            coupon_col=coupon_col,
-            event_type_col=event_type_col,
-            delimiter=delimiter,
-        )
-        result = run(Settings(data=data), files, mapping)
-    except (ConfigError, MappingError, InputError, WarehouseError, ValueError) as exc:
-        console.print(f"[bold red]import failed:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from exc
+    mapping = load_mapping(
+        mapping_file,
+        user_col=user_col,
+        time_col=time_col,
+        amount_col=amount_col,
+        time_format=time_format,
+        order_col=order_col,
+        category_col=category_col,
+        coupon_col=coupon_col,
+        event_type_col=event_type_col,
+        delimiter=delimiter,
+        min_time=min_time,
+        max_time=max_time,
+    )
+    result = run(Settings(data=data), files, mapping)
     for table in _summary(result):
         console.print(table)
     dropped = sorted({c for f in result.files for c in f.pii_columns_dropped})
@@ -590,7 +725,16 @@ def command(
         f"{result.input_rows:,} rows in {result.seconds:,.1f} s "
         f"({result.rows_per_second:,.0f} rows/s); import id {result.import_id}"
     )
+    for warning in result.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    if result.accepted == 0:
+        console.print(
+            f"[bold red]import accepted no rows[/] of {result.input_rows:,}; "
+            "nothing was added to the warehouse",
+            soft_wrap=True,
+        )
+        raise typer.Exit(NOTHING_ACCEPTED_EXIT)
 
 
 if __name__ == "__main__":
-    typer.run(command)
+    run_command(command)

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from jobs._runtime import console, summary_table
+from jobs._runtime import CommandError, console, summary_table
 from strata.io.keyfile import ENV_SOURCE, KeyFile
 from strata.serving.apikeys import KeyFileError, KeyRecord, Scope, new_key, parse_records
 from strata.settings import Settings
@@ -30,18 +30,17 @@ err_console = Console(stderr=True)
 DataOpt = typer.Option("./data", "--data", help="Data root (local path or filesystem URI).")
 
 
-def _fail(message: str, out: Console = console) -> typer.Exit:
-    out.print(f"[bold red]error:[/] {escape(message)}")
-    return typer.Exit(1)
+def _fail(message: str) -> CommandError:
+    """A user error of a keys command: the strata app prints it on stderr and exits 2."""
+    return CommandError(message)
 
 
-def _key_file(settings: Settings, out: Console = console) -> KeyFile:
+def _key_file(settings: Settings) -> KeyFile:
     path = settings.keys_path()
     if path is None:
         raise _fail(
             f"the data root {settings.data} is not a local folder, so it has no key file: set "
-            "STRATA_API_KEYS_FILE to a local path for the key file",
-            out,
+            "STRATA_API_KEYS_FILE to a local path for the key file"
         )
     return KeyFile(path)
 
@@ -58,7 +57,7 @@ def create(
 ) -> None:
     """Create an API key: print it once, store only its SHA-256 hash."""
     settings = Settings(data=data)
-    key_file = _key_file(settings, err_console)
+    key_file = _key_file(settings)
     try:
         key, record = new_key(name or f"key-{secrets.token_hex(4)}", scope)
         # a name in both sources would stop every service from loading its keys
@@ -68,7 +67,7 @@ def create(
             raise KeyFileError(f"an API key named {record.name!r} is defined in {ENV_SOURCE}")
         key_file.add(record)
     except (ValueError, OSError) as exc:
-        raise _fail(str(exc), err_console) from exc
+        raise _fail(str(exc)) from exc
     err_console.print(
         summary_table(
             "API key created",

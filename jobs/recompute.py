@@ -23,8 +23,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from jobs._runtime import console, progress, ray_session, redis_session, summary_table
-from strata.config import ConfigError
+from jobs._runtime import (
+    console,
+    progress,
+    ray_session,
+    redis_session,
+    run_command,
+    summary_table,
+)
 from strata.features import FEATURES_SCHEMA, RfmPartials
 from strata.ids import assign
 from strata.io.models import ModelError, ModelRegistry
@@ -36,6 +42,7 @@ from strata.schema import SCHEMA_VERSION
 from strata.settings import Settings
 from strata.tiering.scoring import NEW_USER, RecomputeConfig, merge_counts
 from strata.tiering.tiers import ScoreHistogram, band_warnings, histogram_rows
+from strata.timeutil import AS_OF_HELP, LOCAL_TZ
 
 
 class RecomputeError(RuntimeError):
@@ -58,6 +65,8 @@ class RecomputeResult:
     max_actor_rss_mb: float = 0.0
     histogram: list[tuple[str, str, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: the latest event time included (max ts < as-of), local ISO; None: no event
+    last_event: str | None = None
 
 
 def parse_as_of(text: str) -> dt.datetime:
@@ -166,6 +175,7 @@ class RecomputeJob:
             rules = self.config.tiers
             hist = ScoreHistogram.merge_all([s["score_histogram"] for s in scores], rules)
             warnings = band_warnings(hist, rules)
+            lasts = [f["last_event_ms"] for f in firsts if f.get("last_event_ms") is not None]
             manifest: dict[str, Any] = {
                 "version": version,
                 "as_of": self.as_of.isoformat(),
@@ -227,6 +237,7 @@ class RecomputeJob:
             max_actor_rss_mb=max(s["max_rss_mb"] for s in scores),
             histogram=histogram_rows(hist, rules),
             warnings=warnings,
+            last_event=_local_iso(max(lasts)) if lasts else None,
         )
 
     def _resolve_model(self) -> tuple[str | None, str]:
@@ -318,6 +329,10 @@ class RecomputeJob:
                 store.close()
 
 
+def _local_iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, LOCAL_TZ).isoformat(timespec="seconds")
+
+
 def _status(registry: ModelRegistry, version: str) -> str | None:
     try:
         status = registry.meta(version).get("status")
@@ -341,7 +356,7 @@ def transition_table(moves: dict[str, dict[str, int]], tier_names: list[str]) ->
 
 def command(
     data: str = typer.Option("./data", "--data", help="Data root."),
-    as_of: str = typer.Option(..., "--as-of", help="As-of time (ISO; naive = UTC+8)."),
+    as_of: str = typer.Option(..., "--as-of", help=AS_OF_HELP),
     actors: int | None = typer.Option(None, "--actors", min=1, help="Feature actors."),
     no_publish: bool = typer.Option(False, "--no-publish", help="Snapshot only, no Redis."),
     config_dir: str | None = typer.Option(None, "--config-dir", help="Folder of YAML configs."),
@@ -349,18 +364,14 @@ def command(
 ) -> None:
     """Recompute features, tiers and lifecycle for every user; publish to Redis atomically."""
     settings = Settings(data=data)
-    try:
-        job = RecomputeJob(
-            settings,
-            parse_as_of(as_of),
-            actors=actors,
-            publish=not no_publish,
-            config_dir=config_dir,
-            keep_versions=keep,
-        )
-    except ConfigError as exc:  # a bad config is bad input: its message, no traceback
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+    job = RecomputeJob(
+        settings,
+        parse_as_of(as_of),
+        actors=actors,
+        publish=not no_publish,
+        config_dir=config_dir,
+        keep_versions=keep,
+    )
     result = job.run()
     print_result(result, job.config.tiers.tier_names)
 
@@ -374,6 +385,7 @@ def print_result(result: RecomputeResult, tier_names: list[str]) -> None:
                 ("version", result.version),
                 ("previous version", result.previous_version or "-"),
                 ("users", result.users),
+                ("last event included (< as-of)", result.last_event or "none"),
                 *[(f"lifecycle {k}", v) for k, v in sorted(result.stages.items())],
                 ("model", result.model),
                 ("published to Redis", "yes" if result.published else "no"),
@@ -426,4 +438,4 @@ def rollback(
 
 
 if __name__ == "__main__":
-    typer.run(command)
+    run_command(command)

@@ -7,6 +7,7 @@ and stays in the foreground until Ctrl-C (or SIGTERM), then shuts Serve down cle
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -14,7 +15,14 @@ from types import FrameType
 
 import typer
 
-from jobs._runtime import console, ray_session, redis_session, summary_table
+from jobs._runtime import (
+    CommandError,
+    console,
+    ray_session,
+    redis_session,
+    run_command,
+    summary_table,
+)
 from strata.io.keyfile import load_keyring
 from strata.io.segment_store import SegmentStore
 from strata.serving.apikeys import DEMO_KEY
@@ -38,16 +46,15 @@ def run_server(
     """Serve until interrupted (Ctrl-C or SIGTERM).
 
     Raises:
-        typer.Exit: no API key is configured (outside demo mode).
+        CommandError: no API key is configured (outside demo mode).
     """
     from api.deployment import SERVE_ENV, isolated_serve_env, start
 
     if not demo and not len(load_keyring(settings)):
-        console.print(
-            "[red]no API keys: create one with `strata keys create --data DIR --scope "
+        raise CommandError(
+            "no API keys: create one with `strata keys create --data DIR --scope "
             "segments:read` (or set STRATA_API_KEYS); only `strata demo` has a default key"
         )
-        raise typer.Exit(1)
     # before Ray starts: its processes read them. A local Ray gets private HAProxy files and
     # ports, so a second strata (tests, another data root) on the machine does not collide
     local = not (settings.ray_address or os.environ.get("RAY_ADDRESS"))
@@ -60,13 +67,16 @@ def run_server(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with redis_session(settings) as url, ray_session(settings):
-            from ray import serve
-
-            served = settings.model_copy(update={"redis_url": url})
+        with contextlib.ExitStack() as stack:
+            url = stack.enter_context(redis_session(settings))
+            # an unreachable Redis fails here, before Ray starts
             store = SegmentStore(url, namespace=settings.redis_namespace)
             current = store.current()
             store.close()
+            stack.enter_context(ray_session(settings))
+            from ray import serve
+
+            served = settings.model_copy(update={"redis_url": url})
             base_url = start(served, host=host, port=port, num_replicas=replicas, demo=demo)
             try:
                 key = DEMO_KEY if demo else "$STRATA_API_KEY"
@@ -108,4 +118,4 @@ def command(
 
 
 if __name__ == "__main__":
-    typer.run(command)
+    run_command(command)

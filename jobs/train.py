@@ -44,10 +44,10 @@ from jobs._runtime import (
     map_buckets,
     progress,
     ray_session,
+    run_command,
     summary_table,
 )
 from jobs.recompute import parse_as_of
-from strata.config import ConfigError
 from strata.features import (
     DICTIONARY_COLUMNS,
     FEATURE_EVENT_COLUMNS,
@@ -56,8 +56,9 @@ from strata.features import (
     load_feature_config,
 )
 from strata.io.models import ModelError, ModelRegistry, new_version
-from strata.io.warehouse import PARQUET_OPTIONS, Warehouse, WarehouseError, resolve
+from strata.io.warehouse import PARQUET_OPTIONS, Warehouse, resolve
 from strata.settings import Settings
+from strata.timeutil import AS_OF_HELP
 from strata.training import (
     LABEL_COLUMNS,
     MODEL_FEATURES,
@@ -880,7 +881,7 @@ def print_result(result: TrainResult) -> None:
 
 def command(
     data: str = typer.Option("./data", "--data", help="Data root."),
-    as_of: str = typer.Option(..., "--as-of", help="As-of time (ISO; naive = UTC+8)."),
+    as_of: str = typer.Option(..., "--as-of", help=AS_OF_HELP),
     horizon: int | None = typer.Option(
         None, "--horizon", min=1, help="Label window in days (default: train.yaml)."
     ),
@@ -889,11 +890,7 @@ def command(
 ) -> None:
     """Train churn, repurchase and spend models (distributed XGBoost) and register them."""
     settings = Settings(data=data)
-    try:
-        result = run(settings, parse_as_of(as_of), horizon, actors, config_dir)
-    except (TrainError, ConfigError, WarehouseError) as exc:
-        console.print(f"[red]train failed: {exc}")
-        raise typer.Exit(1) from exc
+    result = run(settings, parse_as_of(as_of), horizon, actors, config_dir)
     print_result(result)
     if result.status != "good":
         raise typer.Exit(1)
@@ -942,4 +939,4 @@ def models(data: str = typer.Option("./data", "--data", help="Data root.")) -> N
 
 
 if __name__ == "__main__":
-    typer.run(command)
+    run_command(command)

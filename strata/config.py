@@ -7,6 +7,8 @@ the file, the key path, what was wrong and (for unknown keys) the keys that are 
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +19,8 @@ M = TypeVar("M", bound=BaseModel)
 
 #: The repository's configs/ folder (shipped with the code via Ray's working_dir).
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: Environment variable naming another configs folder (a command's ``--config-dir`` wins).
+CONFIG_DIR_ENV = "STRATA_CONFIG_DIR"
 
 
 class ConfigError(ValueError):
@@ -30,17 +34,33 @@ class StrictModel(BaseModel):
 
 
 def _format_errors(path: Path, model: type[BaseModel], exc: ValidationError) -> str:
-    lines = [f"invalid config {path}:"]
-    for err in exc.errors():
+    """One line per problem, naming the file, the key path and the allowed keys or values.
+
+    A required key reported missing next to an unknown key of the same mapping is the typo's
+    echo (``recncy:`` for ``recency:``), so only the unknown key is reported, with a guess.
+    A single problem is one line: ``invalid config FILE: KEY: WHAT``.
+    """
+    errors = exc.errors()
+    unknown_parents = {err["loc"][:-1] for err in errors if err["type"] == "extra_forbidden"}
+    problems = []
+    for err in errors:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
+        if err["type"] == "missing" and err["loc"][:-1] in unknown_parents:
+            continue
         if err["type"] == "extra_forbidden":
+            key = str(err["loc"][-1])
             allowed = _allowed_keys(model, err["loc"][:-1])
-            msg = f"unknown key {err['loc'][-1]!r}" + (
-                f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+            guess = difflib.get_close_matches(key, allowed, n=1)
+            msg = (
+                f"unknown key {key!r}"
+                + (f" (did you mean {guess[0]!r}?)" if guess else "")
+                + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
             )
-        lines.append(f"  - {loc}: {msg}")
-    return "\n".join(lines)
+        problems.append(f"{loc}: {msg}")
+    if len(problems) == 1:
+        return f"invalid config {path}: {problems[0]}"
+    return "\n".join([f"invalid config {path}:", *(f"  - {p}" for p in problems)])
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -93,8 +113,9 @@ def load_yaml(path: str | Path, model: type[M]) -> M:
 
 
 def config_path(name: str, config_dir: str | Path | None = None) -> Path:
-    """Path of ``<name>.yaml`` in ``config_dir`` (default: the repository's configs/)."""
-    return Path(config_dir or CONFIG_DIR) / f"{name}.yaml"
+    """Path of ``<name>.yaml`` in ``config_dir``, else ``$STRATA_CONFIG_DIR``, else the
+    repository's configs/."""
+    return Path(config_dir or os.environ.get(CONFIG_DIR_ENV) or CONFIG_DIR) / f"{name}.yaml"
 
 
 # ---------------------------------------------------------------------- calendar.yaml

@@ -415,6 +415,19 @@ def int64_values(col: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
     return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
+def max_before(events: pa.Table, as_of_ms: int, current: int | None = None) -> int | None:
+    """The latest event time (epoch ms) strictly before ``as_of_ms``, merged with ``current``
+    (the same partial of other buckets): what a recompute as of ``as_of_ms`` includes last."""
+    if events.num_rows == 0:
+        return current
+    ts = int64_values(events.column("ts"), "ts")
+    included = ts[ts < as_of_ms]
+    if not len(included):
+        return current
+    latest = int(included.max())
+    return latest if current is None else max(latest, current)
+
+
 def _lut(dictionary: pa.Array, lookup: dict[str, int], missing: int) -> np.ndarray:
     """Code of each dictionary entry, plus a last entry (``missing``) for null slots."""
     names = dictionary.to_pylist()

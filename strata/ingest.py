@@ -17,7 +17,12 @@ Reject reasons, in the order they are checked (a row with several problems gets 
 
 1. ``missing user id`` — the user cell is empty or blank;
 2. ``unparsable timestamp`` — the time does not parse in the mapping's ``time_format``;
-3. ``timestamp out of range`` — before 2000-01-01 UTC or more than a day after the import;
+3. ``timestamp before min time`` / ``timestamp at or after max time`` — outside the
+   mapping's accepted range ``[min_time, max_time)`` (flags ``--min-time`` / ``--max-time``;
+   the upper bound is exclusive like every as-of of strata: ``--max-time 1998-07-01`` keeps
+   June). By default the range starts just after the Unix epoch (:data:`DEFAULT_MIN_TIME`:
+   epoch zero, ``19700101`` and year 0001 are garbage, not history) and ends one day after
+   the import (clock skew);
 4. ``missing event type`` / ``unknown event type 'x'`` — not a :data:`strata.schema.EVENT_TYPES`
    value or alias (:data:`EVENT_TYPE_ALIASES`, plus the mapping's ``event_type_values``);
 5. ``non-numeric amount`` — not a plain decimal number (``12.50``, ``-3``, ``1e3``), or NaN/inf;
@@ -29,7 +34,13 @@ Reject reasons, in the order they are checked (a row with several problems gets 
 Identity is checked first, then time, then what the event is (whether an amount is required
 depends on it), then the amount, then the optional category. CSV rows with the wrong number of
 fields are rejected by the reader as ``malformed row (expected N fields, got M)``
-(:func:`malformed_rejects`).
+(:func:`malformed_rejects`). With ``delimiter: whitespace`` fields are separated by runs of
+spaces or tabs (leading and trailing ones ignored, no quoting), as in classic research logs
+such as CDNOW; a blank field cannot be written there, so a short line is a malformed row.
+
+After an import, :func:`reject_warnings` turns the counts into what the user must see: a
+reason that rejected every row, or more than half of a file, is named with a sample of the
+offending values and the flag (or mapping key) that changes it.
 
 Time: ``iso`` (default) accepts ISO-8601 dates and date-times; those with ``Z`` or an offset
 (``+08:00``, ``+0800``, ``+08``) are honoured, naive ones are platform local time
@@ -75,16 +86,21 @@ from strata.schema import (
 # ---------------------------------------------------------------------------- constants
 MISSING_USER = "missing user id"
 UNPARSABLE_TIMESTAMP = "unparsable timestamp"
-TIMESTAMP_OUT_OF_RANGE = "timestamp out of range"
+TIMESTAMP_TOO_EARLY = "timestamp before min time"
+TIMESTAMP_TOO_LATE = "timestamp at or after max time"
 MISSING_EVENT_TYPE = "missing event type"
 NON_NUMERIC_AMOUNT = "non-numeric amount"
 NEGATIVE_AMOUNT = "negative amount"
 MISSING_AMOUNT = "missing amount"
 
-#: Earliest accepted event time: 2000-01-01T00:00:00Z.
-MIN_TS_MS = 946_684_800_000
-#: Latest accepted event time, relative to the import's ``now``: one day of clock skew.
+#: Default earliest accepted event time (inclusive): one millisecond after the Unix epoch,
+#: so epoch zero (0, ``1970-01-01 08:00`` local, the date ``19700101``) and anything before it
+#: (year 0001) is rejected as garbage, while decades-old history imports.
+DEFAULT_MIN_TIME = "1970-01-01T00:00:00.001Z"
+#: Default latest accepted event time, relative to the import's ``now``: one day of clock skew.
 MAX_FUTURE_MS = 86_400_000
+#: ``delimiter`` value for runs of spaces/tabs.
+WHITESPACE = "whitespace"
 _LOCAL_OFFSET_MS = LOCAL_UTC_OFFSET_HOURS * 3_600_000
 _LOCAL_TZ = dt.timezone(dt.timedelta(hours=LOCAL_UTC_OFFSET_HOURS))
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -265,6 +281,8 @@ class _MappingFields(StrictModel):
     coupon_col: str | None = None
     event_type_col: str | None = None
     delimiter: str | None = None
+    min_time: str | None = None
+    max_time: str | None = None
     event_type_values: dict[str, str] = Field(default_factory=dict)
     category_values: dict[str, str] = Field(default_factory=dict)
 
@@ -274,7 +292,8 @@ class ImportMappingFile(_MappingFields):
 
     Keys are the flag names with ``_`` for ``-``: ``user_col``, ``time_col``, ``amount_col``,
     ``time_format``, ``order_col``, ``category_col``, ``coupon_col``, ``event_type_col``,
-    ``delimiter``, plus ``event_type_values`` / ``category_values`` (extra labels -> values).
+    ``delimiter``, ``min_time``, ``max_time``, plus ``event_type_values`` /
+    ``category_values`` (extra labels -> values).
     """
 
     user_col: str | None = None
@@ -293,7 +312,11 @@ class ColumnMapping(_MappingFields):
             such as ``%Y%m%d`` or ``%Y-%m-%d %H:%M:%S``.
         order_col, category_col, coupon_col, event_type_col: optional columns. Without an
             event type column every row is an ``order``.
-        delimiter: CSV field separator (default ``,``; ``\\t`` for ``.tsv`` files).
+        delimiter: CSV field separator (default ``,``; ``\\t`` for ``.tsv`` files), or
+            ``whitespace`` for runs of spaces and tabs (no quoting).
+        min_time, max_time: the accepted event times ``[min_time, max_time)``, each an ISO
+            date (its local midnight) or date-time (naive = local time, ``Z``/offsets
+            honoured). Default: :data:`DEFAULT_MIN_TIME` .. one day after the import.
         event_type_values, category_values: extra label -> value aliases on top of the
             built-in :data:`EVENT_TYPE_ALIASES` / :data:`CATEGORY_ALIASES`.
     """
@@ -342,8 +365,17 @@ class ColumnMapping(_MappingFields):
         if v is None:
             return v
         v = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(v, v)
+        if v.lower() in (WHITESPACE, "ws"):
+            return WHITESPACE
         if len(v) != 1 or v in '\r\n"':
-            raise ValueError(f"delimiter must be one character (or \\t), got {v!r}")
+            raise ValueError(f"delimiter must be one character, \\t or {WHITESPACE}, got {v!r}")
+        return v
+
+    @field_validator("min_time", "max_time")
+    @classmethod
+    def _instant(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_instant_ms(v)
         return v
 
     @field_validator("event_type_values")
@@ -364,6 +396,18 @@ class ColumnMapping(_MappingFields):
                 raise ValueError(f"column {col!r} is mapped twice ({seen[col]} and {role})")
             seen[col] = role
         return self
+
+    @model_validator(mode="after")
+    def _range(self) -> ColumnMapping:
+        if self.max_time is not None and self.time_range_ms(0)[0] >= self.time_range_ms(0)[1]:
+            raise ValueError(f"min_time {self.min_time} is not before max_time {self.max_time}")
+        return self
+
+    def time_range_ms(self, now_ms: int) -> tuple[int, int]:
+        """The accepted event times ``[lo, hi)`` (epoch ms) of an import run at ``now_ms``."""
+        lo = parse_instant_ms(self.min_time or DEFAULT_MIN_TIME)
+        hi = parse_instant_ms(self.max_time) if self.max_time else now_ms + MAX_FUTURE_MS
+        return lo, hi
 
     def roles(self) -> dict[Role, str]:
         """Mapped roles and their source column names, in a fixed order."""
@@ -513,6 +557,94 @@ def malformed_rejects(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+# ---------------------------------------------------------------------------- warnings
+#: Distinct offending values shown per reason.
+SAMPLE_VALUES = 5
+
+
+def reject_role(reason: str) -> Role | None:
+    """The mapped role whose values a reject reason is about (what to sample), if any."""
+    if reason in (UNPARSABLE_TIMESTAMP, TIMESTAMP_TOO_EARLY, TIMESTAMP_TOO_LATE):
+        return "time"
+    if reason in (NON_NUMERIC_AMOUNT, NEGATIVE_AMOUNT, MISSING_AMOUNT):
+        return "amount"
+    if reason == MISSING_EVENT_TYPE or reason.startswith("unknown event type"):
+        return "event_type"
+    if reason.startswith("unknown category"):
+        return "category"
+    return None
+
+
+def reject_column(mapping: ColumnMapping, role: Role) -> str:
+    """Name of the rejects-table column that holds a role's source values."""
+    return dict(zip(mapping.roles(), _reject_column_names(mapping), strict=True))[role]
+
+
+def reject_hint(reason: str, mapping: ColumnMapping, now_ms: int) -> str:
+    """What changes a reject reason: the flag, its mapping key and its value now."""
+    lo, hi = mapping.time_range_ms(now_ms)
+    if reason == TIMESTAMP_TOO_EARLY:
+        return f"--min-time (mapping key min_time; now {format_ms(lo)})"
+    if reason == TIMESTAMP_TOO_LATE:
+        return f"--max-time (mapping key max_time; now {format_ms(hi)})"
+    if reason == UNPARSABLE_TIMESTAMP:
+        return f"--time-format (mapping key time_format; now {mapping.time_format!r})"
+    if reason == MISSING_USER:
+        return f"--user-col (mapping key user_col; now {mapping.user_col!r})"
+    if reason in (NON_NUMERIC_AMOUNT, NEGATIVE_AMOUNT, MISSING_AMOUNT):
+        return f"--amount-col (mapping key amount_col; now {mapping.amount_col!r})"
+    if reason == MISSING_EVENT_TYPE or reason.startswith("unknown event type"):
+        return "--event-type-col, or event_type_values in the --mapping file"
+    if reason.startswith("unknown category"):
+        return "--category-col, or category_values in the --mapping file"
+    if reason.startswith("malformed row"):
+        return f"--delimiter (mapping key delimiter; now {mapping.delimiter or 'by extension'!r})"
+    return "the input file"
+
+
+def reject_warnings(
+    source: str,
+    input_rows: int,
+    accepted: int,
+    rejects_by_reason: dict[str, int],
+    samples: dict[str, list[str]],
+    mapping: ColumnMapping,
+    now_ms: int,
+) -> list[str]:
+    """What the user must be told about one file's rejects (empty when nothing is alarming).
+
+    A file that gave no accepted row lists its reasons; otherwise each reason that rejected
+    more than half of the file's rows is named. Each message has the count, a sample of the
+    offending values and the flag (or mapping key) that changes it.
+
+    Args:
+        source: the file.
+        input_rows, accepted: the file's counts.
+        rejects_by_reason: rejected rows per reason.
+        samples: distinct offending values per reason (:func:`reject_role`'s column).
+        mapping: the mapping of the import (for the hint's current values).
+        now_ms: the import time (the default upper bound depends on it).
+    """
+    if input_rows == 0:
+        return [f"{source}: no data rows"]
+    if accepted == 0:
+        alarming = list(rejects_by_reason.items())[:3]
+        head = f"{source}: nothing accepted"
+    else:
+        alarming = [(r, n) for r, n in rejects_by_reason.items() if 2 * n > input_rows]
+        head = f"{source}: more than half of the rows rejected"
+    out = []
+    for reason, n in alarming:
+        values = samples.get(reason) or []
+        shown = ", ".join(repr(v[:_MAX_VALUE_IN_REASON]) for v in values[:SAMPLE_VALUES])
+        out.append(
+            f"{head}: {n:,} of {input_rows:,} rows {reason!r}"
+            + (f" (e.g. {shown})" if shown else "")
+            + f"; to change it: {reject_hint(reason, mapping, now_ms)}"
+        )
+    return out
+
+
 # ---------------------------------------------------------------------------- helpers
 def _array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(col, pa.ChunkedArray):
@@ -617,6 +749,32 @@ class PseudonymCache:
 
 
 # ---------------------------------------------------------------------------- time
+def parse_instant_ms(text: str) -> int:
+    """Epoch ms of a range bound: an ISO date (its local midnight) or date-time (naive = local
+    time, UTC+:data:`strata.schema.LOCAL_UTC_OFFSET_HOURS`; ``Z`` and offsets honoured).
+
+    Raises:
+        ValueError: not an ISO date or date-time.
+    """
+    try:
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise ValueError(
+            f"{text!r} is not an ISO date or date-time (e.g. 1997-01-01, 1997-01-01T08:00:00Z)"
+        ) from exc
+    ms = _datetime_ms(value)
+    if ms is None:
+        raise ValueError(f"{text!r} is out of range")
+    return int(ms)
+
+
+def format_ms(ms: float) -> str:
+    """An epoch-ms instant as local ISO time (``1997-01-01T00:00:00+08:00``)."""
+    t = _EPOCH + dt.timedelta(milliseconds=ms)
+    spec = "seconds" if ms % 1000 == 0 else "milliseconds"
+    return t.astimezone(_LOCAL_TZ).isoformat(timespec=spec)
+
+
 def _datetime_ms(t: dt.datetime) -> float | None:
     """Epoch ms of a Python datetime (naive = local time); None when out of range."""
     if t.tzinfo is None:
@@ -796,7 +954,8 @@ def parse_batch(
         key: the pseudonymisation key.
         source: the source file, recorded in rejects.
         first_row: 1-based data-row number of the batch's first row.
-        now_ms: the import time (epoch ms); events more than a day later are rejected.
+        now_ms: the import time (epoch ms); without a ``max_time`` in the mapping, events
+            a day or more later are rejected.
         row_numbers: explicit 1-based row numbers (when rows were skipped before), else
             ``first_row + i``.
         pseudonyms: a cache shared by the batches of one import (same results, less hashing).
@@ -822,9 +981,9 @@ def parse_batch(
     # 2-3. time
     ts_ms = parse_time_ms(raw["time"], mapping.time_format)
     reason = _first_reason(reason, pc.is_null(ts_ms), UNPARSABLE_TIMESTAMP)
-    too_early = pc.less(ts_ms, float(MIN_TS_MS))
-    too_late = pc.greater(ts_ms, float(now_ms + MAX_FUTURE_MS))
-    reason = _first_reason(reason, _is_true(pc.or_(too_early, too_late)), TIMESTAMP_OUT_OF_RANGE)
+    lo_ms, hi_ms = mapping.time_range_ms(now_ms)
+    reason = _first_reason(reason, pc.less(ts_ms, float(lo_ms)), TIMESTAMP_TOO_EARLY)
+    reason = _first_reason(reason, pc.greater_equal(ts_ms, float(hi_ms)), TIMESTAMP_TOO_LATE)
 
     # 4. event type
     if "event_type" in raw:

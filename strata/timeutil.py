@@ -40,9 +40,9 @@ _EPOCH_UTC = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 #: The help text of every ``--as-of`` option.
 AS_OF_HELP = (
-    "As-of instant, exclusive: an ISO date means everything before that local midnight "
-    f"(UTC+{LOCAL_UTC_OFFSET_HOURS}), e.g. 1997-10-01 = all events up to 1997-09-30 23:59:59 "
-    "local; an ISO date-time without a zone is local time."
+    "As-of instant, exclusive: only events strictly before it count. An ISO date means its "
+    f"local midnight (platform time UTC+{LOCAL_UTC_OFFSET_HOURS}): --as-of 1997-10-01 is "
+    "everything up to 1997-09-30 23:59:59 local; a date-time without offset is local too."
 )
 
 

@@ -9,6 +9,10 @@ from pathlib import Path
 from strata.settings import Settings
 
 
+class PseudonymKeyError(ValueError):
+    """The pseudonymisation key is missing or too short."""
+
+
 def load_pseudonym_key(settings: Settings, create: bool = True) -> bytes:
     """Return the HMAC key for user ids.
 
@@ -16,7 +20,7 @@ def load_pseudonym_key(settings: Settings, create: bool = True) -> bytes:
     bytes (mode 0600) when ``create`` is true and it does not exist yet.
 
     Raises:
-        ValueError: the key is shorter than 16 bytes, or the file is missing and not created.
+        PseudonymKeyError: the key is shorter than 16 bytes, or the file is missing and not created.
     """
     if settings.pseudonym_key is not None:
         key = settings.pseudonym_key.get_secret_value().encode("utf-8")
@@ -24,7 +28,7 @@ def load_pseudonym_key(settings: Settings, create: bool = True) -> bytes:
         path = Path(settings.key_file).expanduser()
         if not path.exists():
             if not create:
-                raise ValueError(
+                raise PseudonymKeyError(
                     f"no pseudonymisation key: set STRATA_PSEUDONYM_KEY or create {path}"
                 )
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,5 +37,8 @@ def load_pseudonym_key(settings: Settings, create: bool = True) -> bytes:
                 f.write(secrets.token_hex(32))
         key = path.read_text().strip().encode("utf-8")
     if len(key) < 16:
-        raise ValueError("pseudonymisation key must be at least 16 bytes")
+        raise PseudonymKeyError(
+            "pseudonymisation key must be at least 16 bytes: set STRATA_PSEUDONYM_KEY "
+            f"or the key file ({settings.key_file}) to a longer text"
+        )
     return key

@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import typer
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from jobs import generate
+from jobs import cli, generate
 from strata.ids import bucket_of
 from strata.io.warehouse import Warehouse
 from strata.settings import Settings
@@ -124,16 +123,14 @@ def test_non_empty_warehouse_needs_overwrite(ray_local: Any, settings: Settings)
 
 
 def test_command_line(ray_local: Any, tmp_path: Path) -> None:
-    app = typer.Typer()
-    app.command()(generate.command)
     data = str(tmp_path / "cli")
-    args = ["--data", data, "--users", "300", "--days", "7", "--end", "2025-10-08"]
-    result = CliRunner().invoke(app, [*args, "--buckets", "4"])
+    args = ["generate", "--data", data, "--users", "300", "--days", "7", "--end", "2025-10-08"]
+    result = CliRunner().invoke(cli.app, [*args, "--buckets", "4"])
     assert result.exit_code == 0, result.output
     assert "events" in result.output and "orders" in result.output
     assert Warehouse(data).n_buckets == 4
-    again = CliRunner().invoke(app, args)
-    assert again.exit_code == 1 and "--overwrite" in again.output
+    again = CliRunner().invoke(cli.app, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
 
 
 _generate_shard = generate.generate_shard

@@ -107,7 +107,7 @@ def test_keys_create_then_serve_until_ctrl_c(tmp_path: Path, redis_url: str) -> 
     refused = subprocess.run(
         [STRATA, "serve", "--data", str(data)], env=env, capture_output=True, text=True, timeout=60
     )
-    assert refused.returncode == 1 and "no API keys" in refused.stdout + refused.stderr
+    assert refused.returncode == 2 and "no API keys" in refused.stdout + refused.stderr
 
     created = subprocess.run(
         [STRATA, "keys", "create", "--data", str(data), "--scope", "segments:read"],

@@ -13,8 +13,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from pydantic import SecretStr, ValidationError
+from typer.testing import CliRunner
 
 import jobs.ingest as ingest_job
+from jobs import cli
 from strata.config import ConfigError
 from strata.ids import pseudonymise
 from strata.ingest import (
@@ -27,12 +29,15 @@ from strata.ingest import (
     load_mapping,
     parse_batch,
     parse_time_ms,
+    reject_warnings,
     rejects_schema,
 )
+from strata.io.warehouse import Warehouse
 from strata.schema import EVENTS_SCHEMA
 from strata.settings import Settings
 
 KEY = b"unit-test-key-0123456789"
+runner = CliRunner()
 #: 2024-06-01T00:00:00Z: the import time of these tests.
 NOW_MS = 1_717_200_000_000
 UTC8 = dt.timezone(dt.timedelta(hours=8))
@@ -68,8 +73,8 @@ def test_each_reject_reason_and_counts_add_up() -> None:
         ("u1", "2024-05-01 10:00:00", "12.50", "order", "fruit", None),
         ("  ", "2024-05-01 10:00:00", "1", "order", "", "missing user id"),
         ("u3", "yesterday", "1", "order", "", "unparsable timestamp"),
-        ("u4", "1999-12-31", "1", "order", "", "timestamp out of range"),
-        ("u5", "2024-06-05", "1", "order", "", "timestamp out of range"),
+        ("u4", "0001-01-01", "1", "order", "", "timestamp before min time"),
+        ("u5", "2024-06-05", "1", "order", "", "timestamp at or after max time"),
         ("u6", "2024-05-01", "1", "teleport", "", "unknown event type 'teleport'"),
         ("u7", "2024-05-01", "1", "", "", "missing event type"),
         ("u8", "2024-05-01", "12,5", "order", "", "non-numeric amount"),
@@ -100,7 +105,7 @@ def test_each_reject_reason_and_counts_add_up() -> None:
 def test_first_reason_in_the_documented_order_wins() -> None:
     table = {
         "uid": ["", "u2", "u3", "u4", "u5"],
-        "ts": ["bad", "bad", "1990-01-01", "2024-05-01", "2024-05-01"],
+        "ts": ["bad", "bad", "1969-01-01", "2024-05-01", "2024-05-01"],
         "amt": ["x", "-1", "x", "x", "-1"],
         "ev": ["bogus", "bogus", "bogus", "bogus", "order"],
         "cat": ["toys", "toys", "toys", "toys", "toys"],
@@ -109,7 +114,7 @@ def test_first_reason_in_the_documented_order_wins() -> None:
     assert _reasons(rejects) == {
         1: "missing user id",
         2: "unparsable timestamp",
-        3: "timestamp out of range",
+        3: "timestamp before min time",
         4: "unknown event type 'bogus'",
         5: "negative amount",
     }
@@ -229,19 +234,54 @@ def test_timestamp_range_bounds() -> None:
     table = {
         "uid": ["a", "b", "c", "d"],
         "ts": [
-            "2000-01-01T00:00:00Z",
-            "1999-12-31T23:59:59Z",
-            str((NOW_MS + MAX_FUTURE_MS) // 1000),
-            str((NOW_MS + MAX_FUTURE_MS) // 1000 + 1),
+            "1970-01-01T00:00:00.001Z",  # the default lower bound is inclusive
+            "1970-01-01T08:00:00",  # epoch zero in local time: garbage
+            str((NOW_MS + MAX_FUTURE_MS) // 1000 - 1),
+            str((NOW_MS + MAX_FUTURE_MS) // 1000),  # the upper bound is exclusive
         ],
         "amt": ["1"] * 4,
     }
     m = _mapping()
     t = pa.table(table)
-    iso, _ = parse_batch(t.slice(0, 2), m, KEY, "f", 1, NOW_MS)
+    iso, rejects = parse_batch(t.slice(0, 2), m, KEY, "f", 1, NOW_MS)
     assert iso.num_rows == 1
+    assert _reasons(rejects) == {2: "timestamp before min time"}
     _, rejects = parse_batch(t.slice(2), _mapping(time_format="epoch"), KEY, "f", 3, NOW_MS)
-    assert _reasons(rejects) == {4: "timestamp out of range"}
+    assert _reasons(rejects) == {4: "timestamp at or after max time"}
+
+
+def test_old_history_imports_and_garbage_times_do_not() -> None:
+    ts = ["19970101", "19850615", "19700101", "00010101", "19700102", "20991231"]
+    table = {"uid": [f"u{i}" for i in range(len(ts))], "ts": ts, "amt": ["1"] * len(ts)}
+    accepted, rejects = _parse(table, time_format="%Y%m%d")
+    assert accepted.num_rows == 3  # 1997, 1985 and 2 January 1970 are history
+    assert _reasons(rejects) == {
+        3: "timestamp before min time",  # 19700101 is local midnight: before the epoch
+        4: "timestamp before min time",
+        6: "timestamp at or after max time",
+    }
+
+
+def test_time_range_keys_in_the_mapping_file_and_flags_over_them(tmp_path: Path) -> None:
+    f = tmp_path / "m.yaml"
+    f.write_text("user_col: u\ntime_col: t\namount_col: a\nmin_time: '1990-01-01'\n")
+    assert load_mapping(f).time_range_ms(NOW_MS) == (_ms(1990, 1, 1), NOW_MS + MAX_FUTURE_MS)
+    both = load_mapping(f, min_time="1991-01-01", max_time="1992-01-01")
+    assert both.time_range_ms(NOW_MS) == (_ms(1991, 1, 1), _ms(1992, 1, 1))
+
+
+def test_explicit_time_range_from_flags_or_mapping() -> None:
+    ts = ["1996-12-31", "1997-01-01", "1998-07-01"]
+    table = {"uid": ["a", "b", "c"], "ts": ts, "amt": ["1"] * 3}
+    m = _mapping(min_time="1997-01-01", max_time="1998-07-01T00:00:00+08:00")
+    assert m.time_range_ms(NOW_MS) == (_ms(1997, 1, 1), _ms(1998, 7, 1))
+    _, rejects = _parse(table, mapping=m)
+    late = "timestamp at or after max time"
+    assert _reasons(rejects) == {1: "timestamp before min time", 3: late}
+    with pytest.raises(ValidationError, match="not an ISO date"):
+        _mapping(min_time="last year")
+    with pytest.raises(ValidationError, match="not before max_time"):
+        _mapping(min_time="1998-01-01", max_time="1998-01-01")
 
 
 # ---------------------------------------------------------------------------- labels
@@ -527,7 +567,7 @@ def test_parquet_tsv_and_gzip_inputs(tmp_path: Path) -> None:
     table = pa.table(
         {
             "uid": ["a", "b", "c"],
-            "ts": pa.array([1_714_557_600, 1_714_557_601, 5], pa.int64()),
+            "ts": pa.array([1_714_557_600, 1_714_557_601, 0], pa.int64()),  # 0: epoch zero
             "amt": pa.array([1.0, 2.0, 3.0]),
         }
     )
@@ -540,7 +580,7 @@ def test_parquet_tsv_and_gzip_inputs(tmp_path: Path) -> None:
     files = [tmp_path / "e.parquet", tmp_path / "e.tsv", tmp_path / "e.csv.gz"]
     result = _run(tmp_path, files, _mapping(time_format="epoch"))
     assert [(f.accepted, f.rejected) for f in result.files] == [(2, 1)] * 3
-    assert result.rejects_by_reason == {"timestamp out of range": 3}
+    assert result.rejects_by_reason == {"timestamp before min time": 3}
 
 
 def test_missing_column_fails_before_anything_is_written(tmp_path: Path) -> None:
@@ -560,3 +600,95 @@ def test_unknown_file_type_and_missing_file(tmp_path: Path) -> None:
         _run(tmp_path, [tmp_path / "e.json"], _mapping())
     with pytest.raises(ingest_job.InputError, match="no such file"):
         _run(tmp_path, [tmp_path / "nope.csv"], _mapping())
+
+
+# ---------------------------------------------------------------------------- whitespace
+def test_whitespace_separated_file_with_padding_tabs_crlf_and_bad_lines(tmp_path: Path) -> None:
+    f = tmp_path / "log.txt"
+    f.write_bytes(
+        b" uid  ts\tqty   amt\r\n"
+        b" 00001 19970101  1   11.77\r\n"
+        b"00002\t19970112 5 77.00   \r\n"
+        b"\r\n"  # blank line: a row of empty fields
+        b" 00004 19970102 2\r\n"  # a field short
+        b" 00005 19970103 1 -3.00 extra\r\n"  # a field too many
+        b" 00006 19970104 1 -3.00\r\n"
+    )
+    m = _mapping(delimiter="whitespace", time_format="%Y%m%d")
+    result = _run(tmp_path, [f], m)
+    assert (result.input_rows, result.accepted, result.rejected) == (6, 2, 4)
+    reasons = _reasons(pq.read_table(result.rejects_path))
+    assert reasons == {
+        3: "missing user id",
+        4: "malformed row (expected 4 fields, got 3)",
+        5: "malformed row (expected 4 fields, got 5)",
+        6: "negative amount",
+    }
+    wh = Warehouse(_settings(tmp_path).data)
+    events = pa.concat_tables(wh.read_bucket("events", b) for b in wh.buckets("events"))
+    assert sorted(events.column("amount_cny").to_pylist()) == [11.77, 77.0]
+    assert sorted(events.column("user_id").to_pylist()) == sorted(
+        pseudonymise(u, KEY) for u in ("00001", "00002")
+    )
+
+
+def test_whitespace_delimiter_spellings() -> None:
+    assert _mapping(delimiter="ws").delimiter == "whitespace"
+    assert _mapping(delimiter="Whitespace").delimiter == "whitespace"
+    with pytest.raises(ValidationError, match="whitespace"):
+        _mapping(delimiter="::")
+
+
+# ---------------------------------------------------------------------------- loud rejects
+def _write_old_log(path: Path, n: int, bad_amounts: int = 0) -> Path:
+    lines = ["uid,ts,amt"]
+    for i in range(n):
+        amount = "oops" if i < bad_amounts else f"{i}.5"
+        lines.append(f"u{i},1995-03-{1 + i % 28:02d},{amount}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_reject_warnings_name_reason_sample_and_flag() -> None:
+    m = _mapping(min_time="2000-01-01")
+    fatal = reject_warnings(
+        "a.csv", 4, 0, {"timestamp before min time": 4}, {"timestamp before min time": ["1995"]},
+        m, NOW_MS,
+    )  # fmt: skip
+    assert fatal == [
+        "a.csv: nothing accepted: 4 of 4 rows 'timestamp before min time' (e.g. '1995'); "
+        "to change it: --min-time (mapping key min_time; now 2000-01-01T00:00:00+08:00)"
+    ]
+    most = reject_warnings("a.csv", 10, 4, {"non-numeric amount": 6}, {}, m, NOW_MS)
+    assert len(most) == 1 and "more than half" in most[0] and "--amount-col" in most[0]
+    assert reject_warnings("a.csv", 10, 5, {"non-numeric amount": 5}, {}, m, NOW_MS) == []
+
+
+def test_cli_import_that_accepts_nothing_fails_loudly(tmp_path: Path) -> None:
+    f = _write_old_log(tmp_path / "old.csv", 12)
+    data = tmp_path / "data"
+    args = ["import", str(f), "--data", str(data), "--user-col", "uid", "--time-col", "ts"]
+    result = runner.invoke(cli.app, [*args, "--amount-col", "amt", "--min-time", "2000-01-01"])
+    assert result.exit_code == ingest_job.NOTHING_ACCEPTED_EXIT != 0, result.output
+    out = " ".join(result.output.split())
+    assert "nothing accepted: 12 of 12 rows 'timestamp before min time'" in out
+    assert "'1995-03-01'" in out  # a sample of the offending values
+    assert "--min-time" in out and "min_time" in out  # what changes it
+    assert "import accepted no rows" in out
+    rejects = list((data / "rejects").glob("*.parquet"))
+    assert len(rejects) == 1 and pq.read_table(rejects[0]).num_rows == 12
+    # the default range takes the same file
+    again = runner.invoke(cli.app, [*args, "--amount-col", "amt"])
+    assert again.exit_code == 0, again.output
+    assert "warning" not in again.output
+
+
+def test_cli_import_warns_when_one_reason_rejects_most_of_a_file(tmp_path: Path) -> None:
+    f = _write_old_log(tmp_path / "amounts.csv", 10, bad_amounts=6)
+    args = ["import", str(f), "--data", str(tmp_path / "data"), "--user-col", "uid"]
+    result = runner.invoke(cli.app, [*args, "--time-col", "ts", "--amount-col", "amt"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "warning:" in out
+    assert "more than half of the rows rejected: 6 of 10 rows 'non-numeric amount'" in out
+    assert "(e.g. 'oops')" in out and "--amount-col" in out

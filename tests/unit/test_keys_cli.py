@@ -11,6 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from jobs import keys
+from jobs._runtime import USER_ERROR_EXIT, UserErrorsGroup
 from strata.io.keyfile import KeyFile, load_keyring
 from strata.serving.apikeys import DEMO_KEY, KeyFileError, dump_records, hash_key, new_key
 from strata.settings import Settings
@@ -26,8 +27,9 @@ def _no_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def app() -> typer.Typer:
-    """A throwaway root app with the sub-app registered as jobs/cli.py will do it."""
-    root = typer.Typer()
+    """A throwaway root app with the sub-app registered as jobs/cli.py will do it (and its
+    handling of user errors: one message on stderr, exit 2)."""
+    root = typer.Typer(cls=UserErrorsGroup)
     root.add_typer(keys.app, name="keys")
 
     @root.command()
@@ -92,18 +94,18 @@ def test_create_needs_a_scope(app: typer.Typer, tmp_path: Path) -> None:
     assert "--scope" in result.output
 
 
-def test_create_bad_or_taken_name_exits_1(app: typer.Typer, tmp_path: Path) -> None:
+def test_create_bad_or_taken_name_exits_2(app: typer.Typer, tmp_path: Path) -> None:
     _create(app, tmp_path, "--scope", "admin", "--name", "ops")
     taken = runner.invoke(
         app, ["keys", "create", "--data", str(tmp_path), "--scope", "admin", "--name", "ops"]
     )
-    assert taken.exit_code == 1
+    assert taken.exit_code == USER_ERROR_EXIT
     assert "exists already" in taken.output
     assert taken.stdout == ""  # no key printed for a key that was not stored
     bad = runner.invoke(
         app, ["keys", "create", "--data", str(tmp_path), "--scope", "admin", "--name", "a b"]
     )
-    assert bad.exit_code == 1
+    assert bad.exit_code == USER_ERROR_EXIT
     assert "invalid name" in bad.output
     assert len(KeyFile(tmp_path / "api_keys.json").read()) == 1
 
@@ -115,7 +117,7 @@ def test_create_refuses_a_name_taken_in_env(
     result = runner.invoke(
         app, ["keys", "create", "--data", str(tmp_path), "--scope", "admin", "--name", "ops"]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == USER_ERROR_EXIT
     assert "STRATA_API_KEYS" in result.output
 
 
@@ -138,10 +140,10 @@ def test_list_empty(app: typer.Typer, tmp_path: Path) -> None:
     assert "no API keys" in result.output
 
 
-def test_list_bad_file_exits_1(app: typer.Typer, tmp_path: Path) -> None:
+def test_list_bad_file_exits_2(app: typer.Typer, tmp_path: Path) -> None:
     (tmp_path / "api_keys.json").write_text("[{")
     result = runner.invoke(app, ["keys", "list", "--data", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == USER_ERROR_EXIT
     assert "not valid JSON" in result.output
 
 
@@ -158,17 +160,17 @@ def test_revoke(app: typer.Typer, tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "api_keys.json").stat().st_mode) == 0o600
 
 
-def test_revoke_unknown_exits_1(app: typer.Typer, tmp_path: Path) -> None:
+def test_revoke_unknown_exits_2(app: typer.Typer, tmp_path: Path) -> None:
     _create(app, tmp_path, "--scope", "admin", "--name", "ops")
     result = runner.invoke(app, ["keys", "revoke", "nope", "--data", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == USER_ERROR_EXIT
     assert "no API key named 'nope'" in result.output
     assert [r.name for r in KeyFile(tmp_path / "api_keys.json").read()] == ["ops"]
 
 
-def test_revoke_without_key_file_exits_1(app: typer.Typer, tmp_path: Path) -> None:
+def test_revoke_without_key_file_exits_2(app: typer.Typer, tmp_path: Path) -> None:
     result = runner.invoke(app, ["keys", "revoke", "nope", "--data", str(tmp_path / "d")])
-    assert result.exit_code == 1
+    assert result.exit_code == USER_ERROR_EXIT
     assert not (tmp_path / "d").exists()  # nothing created
 
 
@@ -177,7 +179,7 @@ def test_remote_data_root_asks_for_keys_file(
 ) -> None:
     for args in (["create", "--scope", "admin"], ["revoke", "x"]):
         result = runner.invoke(app, ["keys", *args, "--data", "s3://bucket/strata"])
-        assert result.exit_code == 1
+        assert result.exit_code == USER_ERROR_EXIT
         assert "STRATA_API_KEYS_FILE" in result.output
 
     keys_file = tmp_path / "secrets" / "keys.json"
