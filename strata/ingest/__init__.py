@@ -17,7 +17,8 @@ What the package offers, by module:
   by the batches of one import;
 * :mod:`~strata.ingest.rejects` — the reject reasons, the rejects table
   (:func:`rejects_schema`, :func:`malformed_rejects`) and what the user is told about them
-  (:func:`reject_warnings`, :func:`reject_hint`).
+  (:func:`reject_warnings`, :func:`reject_hint`), counted and sampled per file
+  (:func:`reason_counts`, :func:`add_samples`).
 """
 
 from strata.ingest.mapping import (
@@ -38,6 +39,7 @@ from strata.ingest.mapping import (
     pii_columns_in,
 )
 from strata.ingest.rejects import (
+    MAX_SAMPLED_REASONS,
     MISSING_AMOUNT,
     MISSING_EVENT_TYPE,
     MISSING_USER,
@@ -49,7 +51,9 @@ from strata.ingest.rejects import (
     TIMESTAMP_TOO_EARLY,
     TIMESTAMP_TOO_LATE,
     UNPARSABLE_TIMESTAMP,
+    add_samples,
     malformed_rejects,
+    reason_counts,
     reject_column,
     reject_hint,
     reject_role,
@@ -64,6 +68,7 @@ __all__ = [
     "DEFAULT_MIN_TIME",
     "EVENT_TYPE_ALIASES",
     "MAX_FUTURE_MS",
+    "MAX_SAMPLED_REASONS",
     "MISSING_AMOUNT",
     "MISSING_EVENT_TYPE",
     "MISSING_USER",
@@ -82,6 +87,7 @@ __all__ = [
     "MappingError",
     "PseudonymCache",
     "Role",
+    "add_samples",
     "check_columns",
     "format_ms",
     "is_pii_column",
@@ -92,6 +98,7 @@ __all__ = [
     "parse_instant_ms",
     "parse_time_ms",
     "pii_columns_in",
+    "reason_counts",
     "reject_column",
     "reject_hint",
     "reject_role",

@@ -43,6 +43,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from strata.ingest.mapping import ColumnMapping, Role
 from strata.ingest.timeparse import format_ms
@@ -197,3 +198,38 @@ def reject_warnings(
             + f"; to change it: {reject_hint(reason, mapping, now_ms)}"
         )
     return out
+
+
+# ---------------------------------------------------------------------------- samples
+#: Reasons sampled per file at most (each "unknown event type 'x'" is a reason of its own).
+MAX_SAMPLED_REASONS = 20
+
+
+def add_samples(
+    samples: dict[str, list[str]], rejects: pa.Table, mapping: ColumnMapping, reasons: list[str]
+) -> None:
+    """Keep up to SAMPLE_VALUES distinct offending values of each reason seen so far."""
+    for reason in reasons:
+        if reason not in samples and len(samples) >= MAX_SAMPLED_REASONS:
+            continue
+        kept = samples.setdefault(reason, [])
+        role = reject_role(reason)
+        if role is None or len(kept) >= SAMPLE_VALUES:
+            continue
+        rows = rejects.filter(pc.equal(rejects.column("reason"), reason))
+        for value in pc.unique(rows.column(reject_column(mapping, role))).to_pylist():
+            if value is not None and value not in kept and len(kept) < SAMPLE_VALUES:
+                kept.append(value)
+
+
+def reason_counts(rejects: pa.Table) -> dict[str, int]:
+    """Rejected rows per reason of a rejects table."""
+    if rejects.num_rows == 0:
+        return {}
+    counts = pc.value_counts(rejects.column("reason").combine_chunks())
+    return {
+        str(v): int(c)
+        for v, c in zip(
+            counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
+        )
+    }
