@@ -27,6 +27,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from strata.config import ConfigError
 from strata.ingest import MappingError
+from strata.io.import_files import InputError
 from strata.io.keys import PseudonymKeyError
 from strata.io.models import ModelError
 from strata.io.redis_server import EmbeddedRedis
@@ -74,6 +75,7 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     WarehouseError,
     MappingError,
+    InputError,
     ModelError,
     KeyFileError,
     PseudonymKeyError,
@@ -136,10 +138,11 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def user_error_message(exc: BaseException) -> str | None:
     """The short message of a user error, or None when ``exc`` is a bug (keep its traceback).
 
-    User errors: the domain errors (config, warehouse, mapping, model registry, key file,
-    pseudonymisation key, segment store, pydantic validation of configs and settings), an
-    unreachable Redis (connection refused or timed out), and the jobs' own errors when what
-    they wrap is one of those, an OS error, or nothing. Ray's task wrapper is looked through.
+    User errors: the domain errors (config, warehouse, mapping, import input file, model
+    registry, key file, pseudonymisation key, segment store, pydantic validation of configs and
+    settings), an unreachable Redis (connection refused or timed out), and the jobs' own errors
+    when what they wrap is one of those, an OS error, or nothing. Ray's task wrapper is looked
+    through.
     """
     unreachable = _redis_unreachable()
     domain = (*_USER_ERRORS, *unreachable)

@@ -32,6 +32,8 @@ from strata.ingest import (
     reject_warnings,
     rejects_schema,
 )
+from strata.io import import_files
+from strata.io.import_files import InputError
 from strata.io.warehouse import Warehouse
 from strata.schema import EVENTS_SCHEMA
 from strata.settings import Settings
@@ -540,7 +542,7 @@ def test_csv_file_import_counts_and_rejects(tmp_path: Path) -> None:
 def test_csv_row_numbers_across_blocks_and_malformed_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ingest_job, "CSV_BLOCK_BYTES", 256)
+    monkeypatch.setattr(import_files, "CSV_BLOCK_BYTES", 256)
     lines = ["uid,ts,amt"]
     bad_rows = {7, 8, 40, 41, 42, 99, 150}
     for i in range(1, 201):
@@ -596,9 +598,9 @@ def test_missing_column_fails_before_anything_is_written(tmp_path: Path) -> None
 
 def test_unknown_file_type_and_missing_file(tmp_path: Path) -> None:
     (tmp_path / "e.json").write_text("{}")
-    with pytest.raises(ingest_job.InputError, match="unknown file type"):
+    with pytest.raises(InputError, match="unknown file type"):
         _run(tmp_path, [tmp_path / "e.json"], _mapping())
-    with pytest.raises(ingest_job.InputError, match="no such file"):
+    with pytest.raises(InputError, match="no such file"):
         _run(tmp_path, [tmp_path / "nope.csv"], _mapping())
 
 
