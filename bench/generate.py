@@ -30,12 +30,13 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from pydantic import SecretStr
 
+from actors.generator_shard import generate_shard
 from jobs import generate
 from strata.config import load_calendar
 from strata.io.keys import load_pseudonym_key
 from strata.io.warehouse import Warehouse
 from strata.settings import Settings
-from strata.synth import load_generator_config, window_start
+from strata.synth import load_generator_config, users_by_bucket, window_start
 
 BENCH_KEY = "strata-bench-pseudonym-key-0123456789"
 
@@ -68,7 +69,7 @@ def _baseline(a: argparse.Namespace, scratch: str, key: str) -> tuple[int, int, 
     )
     wh = Warehouse(base.data)
     wh.create(a.buckets, overwrite=True)
-    groups = generate.users_by_bucket(a.users, load_pseudonym_key(base), a.buckets)
+    groups = users_by_bucket(a.users, load_pseudonym_key(base), a.buckets)
     step = 1 if a.baseline_full else max(1, round(1 / max(a.baseline_share, 1e-9)))
     subset = groups[::step]
     cfg, calendar = load_generator_config(), load_calendar()
@@ -77,7 +78,7 @@ def _baseline(a: argparse.Namespace, scratch: str, key: str) -> tuple[int, int, 
     t1 = time.perf_counter()
     events = 0
     for b, ids, raw in subset:
-        shard = generate.generate_shard(
+        shard = generate_shard(
             base.data, "bench", staging, b, ids, raw,
             cfg, calendar, a.seed, start, a.days,
         )  # fmt: skip

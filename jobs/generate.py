@@ -1,8 +1,9 @@
 """``strata generate``: synthetic grocery behaviour into the warehouse, sharded over Ray.
 
 The driver derives the users (synthetic raw ids, pseudonymised with the run's key) and groups
-them by bucket; one Ray task per bucket runs :func:`strata.synth.generate_bucket` and writes
-the bucket's events and users part files plus a ground-truth part. The driver then commits
+them by bucket; one Ray task per bucket (:func:`actors.generator_shard.generate_shard`) runs
+:func:`strata.synth.generate_bucket` and writes the bucket's events and users part files plus
+a ground-truth part. The driver then commits
 all parts in one manifest replace, so a failed run leaves the warehouse as it was. Ground
 truth (persona, next-month orders and spend, churn) goes to ``<data>/truth/users.parquet``,
 outside the warehouse.
@@ -19,11 +20,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import typer
 
+from actors.generator_shard import (
+    HORIZON_DAYS,
+    ShardResult,
+    generate_shard,
+    generate_shard_task,
+    truth_part,
+)
 from jobs._runtime import (
     BucketTaskError,
     console,
@@ -32,50 +39,19 @@ from jobs._runtime import (
     run_command,
     summary_table,
 )
-from strata.config import CalendarConfig, load_calendar
-from strata.ids import bucket_of, pseudonymise_many
+from strata.config import load_calendar
 from strata.io.keys import load_pseudonym_key
-from strata.io.warehouse import (
-    PARQUET_OPTIONS,
-    TABLES,
-    PartFile,
-    Warehouse,
-    WriteResult,
-    resolve,
-)
+from strata.io.warehouse import PARQUET_OPTIONS, TABLES, Warehouse, WriteResult, resolve
 from strata.schema import EVENT_TYPES
 from strata.settings import Settings
-from strata.synth import (
-    ORDER_LOG_COLUMNS,
-    GeneratorConfig,
-    generate_bucket,
-    load_generator_config,
-    orders_only,
-    raw_user_ids,
-    truth_schema,
-    window_start,
-)
+from strata.synth import load_generator_config, truth_schema, users_by_bucket, window_start
 
 TRUTH_DIR = "truth"
 TRUTH_FILE = "users.parquet"
-HORIZON_DAYS = 30
 
 
 class GenerateError(RuntimeError):
     """Generation failed; nothing was committed."""
-
-
-@dataclass
-class ShardResult:
-    """What one generation task wrote and counted (one bucket)."""
-
-    bucket: int
-    parts: list[PartFile]
-    users: int
-    events: int
-    event_counts: dict[str, int]
-    seconds: float
-    peak_rss_mb: float
 
 
 @dataclass
@@ -106,84 +82,6 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _truth_part(staging: str, bucket: int) -> str:
-    return posixpath.join(staging, f"part-{bucket:05d}.parquet")
-
-
-def generate_shard(
-    data_root: str,
-    write_id: str,
-    truth_staging: str,
-    bucket: int,
-    user_ids: np.ndarray,
-    raw_ids: np.ndarray,
-    cfg: GeneratorConfig,
-    calendar: CalendarConfig,
-    seed: int,
-    start: dt.date,
-    days: int,
-    only_orders: bool = False,
-) -> ShardResult:
-    """Generate one bucket and write its parts (uncommitted). The body of a Ray task.
-
-    Args:
-        data_root: the data root holding ``warehouse/`` (which must exist).
-        write_id: the run's write id (names the part files).
-        truth_staging: folder for the bucket's ground-truth part.
-        bucket, user_ids, raw_ids, cfg, calendar, seed, start, days: as in
-            :func:`strata.synth.generate_bucket`.
-        only_orders: write a transaction log (:func:`strata.synth.orders_only`): order
-            events with :data:`strata.synth.ORDER_LOG_COLUMNS`, no users part.
-    """
-    t0 = time.perf_counter()
-    out = generate_bucket(
-        bucket, user_ids, raw_ids, cfg, calendar, seed, start, days, horizon_days=HORIZON_DAYS
-    )
-    wh = Warehouse(data_root)
-    if only_orders:
-        out = orders_only(out)
-        parts = [
-            wh.write_bucket(
-                "events", bucket, out.events, write_id, already_sorted=True,
-                columns=ORDER_LOG_COLUMNS,
-            )
-        ]  # fmt: skip
-    else:
-        parts = [
-            wh.write_bucket("events", bucket, out.events, write_id, already_sorted=True),
-            wh.write_bucket("users", bucket, out.users, write_id, already_sorted=True),
-        ]
-    wh.fs.create_dir(truth_staging, recursive=True)
-    pq.write_table(
-        out.truth, _truth_part(truth_staging, bucket), filesystem=wh.fs, **PARQUET_OPTIONS
-    )
-    return ShardResult(
-        bucket=bucket,
-        parts=parts,
-        users=out.users.num_rows,
-        events=out.events.num_rows,
-        event_counts=out.event_counts(),
-        seconds=time.perf_counter() - t0,
-        peak_rss_mb=_rss_mb(),
-    )
-
-
-def users_by_bucket(
-    n_users: int, key: bytes, n_buckets: int
-) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """The synthetic users, grouped by bucket: ``(bucket, user_ids, raw_ids)``, ascending."""
-    raw = raw_user_ids(n_users)
-    ids = pseudonymise_many(raw.tolist(), key)
-    buckets = bucket_of(ids, n_buckets)
-    order = np.argsort(buckets, kind="stable")
-    cuts = np.flatnonzero(np.diff(buckets[order])) + 1
-    groups = []
-    for idx in np.split(order, cuts):
-        if len(idx):
-            groups.append((int(buckets[idx[0]]), ids[idx], raw[idx]))
-    return groups
-
-
 def _prepare_warehouse(
     settings: Settings, overwrite: bool
 ) -> tuple[Warehouse, list[tuple[str, int]]]:
@@ -208,7 +106,7 @@ def _merge_truth(fs: pafs.FileSystem, staging: str, buckets: Sequence[int], targ
         target, truth_schema(HORIZON_DAYS), filesystem=fs, **PARQUET_OPTIONS
     ) as writer:
         for b in buckets:
-            writer.write_table(pq.read_table(_truth_part(staging, b), filesystem=fs))
+            writer.write_table(pq.read_table(truth_part(staging, b), filesystem=fs))
 
 
 def _delete_dir(fs: pafs.FileSystem, path: str) -> None:
@@ -277,7 +175,7 @@ def run(
         t_ray = time.perf_counter()
         parallel = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         max_in_flight = 2 * parallel
-        task = ray.remote(num_cpus=1, max_retries=0)(generate_shard)
+        task = generate_shard_task(generate_shard)
         cfg_ref, cal_ref = ray.put(cfg), ray.put(calendar)
 
         def submit(group: tuple[int, Any, Any]) -> Any:

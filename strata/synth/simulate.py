@@ -6,7 +6,7 @@ vectorised (numpy + pyarrow, no per-event Python loop). Its random stream is
 bucket's output depends only on (seed, bucket, its users, config, window), never on how
 buckets are spread over workers.
 
-Window: the ``days`` local days (UTC+8, :data:`strata.schema.LOCAL_UTC_OFFSET_HOURS`) before
+Window: the ``days`` local days (UTC+8, :data:`strata.timeutil.LOCAL_UTC_OFFSET_HOURS`) before
 ``end``: events have ``start 00:00 local <= ts < end 00:00 local`` with ``start = end - days``.
 Timestamps are stored in UTC; every rhythm (weekday, hour, festival) is local. After the window
 ``horizon_days`` more days are simulated only to label the ground truth (orders and spend
@@ -49,18 +49,14 @@ service contacts happen outside a session (``session_id`` null).
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, field_validator, model_validator
 
-from strata.config import CalendarConfig, StrictModel, config_path, load_yaml
+from strata.config import CalendarConfig
 from strata.schema import (
     AGE_BANDS,
     CATEGORIES,
@@ -69,20 +65,15 @@ from strata.schema import (
     EVENT_TYPES,
     EVENTS_SCHEMA,
     GENDERS,
-    LOCAL_UTC_OFFSET_HOURS,
     TIMESTAMP,
     USERS_SCHEMA,
     EventType,
 )
+from strata.synth.config import ITEM_ID_STRIDE, CatalogueConfig, GeneratorConfig
+from strata.timeutil import DAY_MS, HOUR_MS, local_midnight_ms
 
-#: Synthetic raw platform ids are ``str(FIRST_RAW_ID + i)``.
-FIRST_RAW_ID = 10_000_001
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
-_LOCAL_OFFSET_MS = LOCAL_UTC_OFFSET_HOURS * HOUR_MS
 _EPOCH = dt.date(1970, 1, 1)
 _ID_STRIDE = 10**10
-_ITEM_STRIDE = 10**6
 #: Longest window (and horizon) generate_bucket accepts: keeps ms offsets within 40 bits.
 MAX_DAYS = 10_000
 
@@ -99,241 +90,9 @@ QUERY_WORDS: dict[str, tuple[str, ...]] = {
 }
 
 
-# ---------------------------------------------------------------------------- config
-def _check_weights(v: dict[str, float], allowed: Sequence[str], what: str) -> dict[str, float]:
-    unknown = [k for k in v if k not in allowed]
-    if unknown:
-        raise ValueError(f"unknown {what} {unknown}; allowed: {list(allowed)}")
-    if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
-        raise ValueError(f"{what} weights must be >= 0 with a positive sum")
-    return v
-
-
-def _check_range(v: tuple[float, float], lo: float, hi: float) -> tuple[float, float]:
-    if not lo <= v[0] <= v[1] <= hi:
-        raise ValueError(f"needs [low, high] with {lo} <= low <= high <= {hi}, got {list(v)}")
-    return v
-
-
-class PersonaConfig(StrictModel):
-    """One latent persona: how its users sign up, visit, buy, use coupons and leave."""
-
-    description: str = ""
-    share: float = Field(ge=0, le=1, description="share of users")
-    signup: Literal["before_window", "in_window"] = "before_window"
-    signup_days_before: tuple[float, float] = Field(
-        default=(30.0, 1095.0), description="signup age range at window start (before_window)"
-    )
-    trend: Literal["flat", "ramp_up", "decline", "churn"] = "flat"
-    ramp_days: float = Field(
-        default=21.0, gt=0, description="ramp_up: days from signup to full rate"
-    )
-    ramp_start: float = Field(default=0.3, ge=0, le=1, description="ramp_up: rate share at signup")
-    decline_half_life_days: float = Field(default=30.0, gt=0, description="decline: rate half-life")
-    churn_at: tuple[float, float] = Field(
-        default=(0.2, 0.7), description="churn: stop day range, as fractions of the window"
-    )
-    churn_next_prob: float = Field(
-        ge=0, le=1, description="chance to stop during the horizon after the window"
-    )
-    sessions_per_day: float = Field(gt=0, le=50)
-    activity_shape: float = Field(default=2.0, gt=0, description="gamma shape of per-user activity")
-    buy_prob: float = Field(ge=0, le=1, description="chance that a session ends in an order")
-    abandon_prob: float = Field(
-        default=0.2, ge=0, le=1, description="cart left in a non-buy session"
-    )
-    item_views_per_session: float = Field(default=1.0, ge=0)
-    weekend_multiplier: float = Field(default=1.0, gt=0)
-    festival_sensitivity: float = Field(default=1.0, ge=0, le=5)
-    hour_profile: str
-    aov_cny: float = Field(gt=0, description="median basket value before discount")
-    aov_sigma: float = Field(default=0.45, ge=0, le=2)
-    coupon_use_prob: float = Field(ge=0, le=1)
-    coupon_claims_per_session: float = Field(default=0.05, ge=0, le=10)
-    discount_share: float = Field(
-        default=0.1, gt=0, le=0.5, description="typical discount / basket"
-    )
-    bad_experience_prob: float | None = Field(default=None, ge=0, le=1)
-    category_mix: dict[str, float]
-    channels: dict[str, float]
-    age_bands: dict[str, float] | None = None
-    favourite_prob: float = Field(default=0.03, ge=0, le=1)
-    share_prob: float = Field(default=0.01, ge=0, le=1)
-    community_post_prob: float = Field(default=0.005, ge=0, le=1)
-
-    @field_validator("category_mix")
-    @classmethod
-    def _categories(cls, v: dict[str, float]) -> dict[str, float]:
-        return _check_weights(v, CATEGORIES, "categories")
-
-    @field_validator("channels")
-    @classmethod
-    def _channels(cls, v: dict[str, float]) -> dict[str, float]:
-        return _check_weights(v, CHANNELS, "channels")
-
-    @field_validator("age_bands")
-    @classmethod
-    def _age_bands(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        return None if v is None else _check_weights(v, AGE_BANDS, "age bands")
-
-    @field_validator("signup_days_before")
-    @classmethod
-    def _signup_range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        return _check_range(v, 0.0, 36500.0)
-
-    @field_validator("churn_at")
-    @classmethod
-    def _churn_range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        return _check_range(v, 0.0, 1.0)
-
-
-class City(StrictModel):
-    name: str = Field(min_length=1)
-    region: str = Field(min_length=1)
-    weight: float = Field(gt=0)
-
-
-class FunnelConfig(StrictModel):
-    """Session funnel rates shared by every persona."""
-
-    category_views_per_session: float = Field(default=0.15, ge=0)
-    searches_per_session: float = Field(default=0.15, ge=0)
-    extra_cart_adds: float = Field(default=0.15, ge=0)
-    remove_from_cart_prob: float = Field(default=0.06, ge=0, le=1)
-    seconds_per_step: float = Field(default=35.0, gt=0, le=3600)
-
-
-class OrderConfig(StrictModel):
-    avg_item_price_cny: float = Field(default=24.0, gt=0)
-    extra_category_prob: float = Field(default=0.35, ge=0, le=1)
-    user_spend_sigma: float = Field(default=0.3, ge=0, le=2)
-    category_concentration: float = Field(default=25.0, gt=0)
-
-
-class CatalogueConfig(StrictModel):
-    items_per_category: int = Field(default=2000, ge=1, lt=_ITEM_STRIDE)
-    popularity_zipf: float = Field(default=1.3, gt=1)
-
-
-class CouponConfig(StrictModel):
-    tiers_cny: list[float] = Field(min_length=1)
-
-    @field_validator("tiers_cny")
-    @classmethod
-    def _ascending(cls, v: list[float]) -> list[float]:
-        if any(x <= 0 for x in v) or any(a >= b for a, b in itertools.pairwise(v)):
-            raise ValueError("coupon tiers must be positive and strictly ascending")
-        return v
-
-
-def _check_ratings(v: dict[int, float]) -> dict[int, float]:
-    if any(k not in range(1, 6) for k in v):
-        raise ValueError(f"ratings must be 1..5, got {sorted(v)}")
-    if any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
-        raise ValueError("rating weights must be >= 0 with a positive sum")
-    return v
-
-
-class ExperienceConfig(StrictModel):
-    """Bad experiences: how they show in reviews, service contacts and churn."""
-
-    bad_experience_prob: float = Field(default=0.05, ge=0, le=1)
-    review_prob_good: float = Field(default=0.1, ge=0, le=1)
-    review_prob_bad: float = Field(default=0.55, ge=0, le=1)
-    ratings_good: dict[int, float]
-    ratings_bad: dict[int, float]
-    contact_prob_bad: float = Field(default=0.6, ge=0, le=1)
-    contact_prob_good: float = Field(default=0.01, ge=0, le=1)
-    churn_boost_after_bad: float = Field(default=0.15, ge=0, le=1)
-    recent_bad_days: int = Field(default=30, ge=0)
-
-    @field_validator("ratings_good", "ratings_bad")
-    @classmethod
-    def _ratings(cls, v: dict[int, float]) -> dict[int, float]:
-        return _check_ratings(v)
-
-
-class GeneratorConfig(StrictModel):
-    """configs/generator.yaml: personas and the shared parameters of the generator."""
-
-    personas: dict[str, PersonaConfig] = Field(min_length=1)
-    hour_profiles: dict[str, list[float]] = Field(min_length=1)
-    age_bands: dict[str, float]
-    genders: dict[str, float]
-    devices: dict[str, float]
-    birthday_known_share: float = Field(default=0.85, ge=0, le=1)
-    cities: list[City] = Field(min_length=1)
-    funnel: FunnelConfig = Field(default_factory=FunnelConfig)
-    orders: OrderConfig = Field(default_factory=OrderConfig)
-    catalogue: CatalogueConfig = Field(default_factory=CatalogueConfig)
-    coupons: CouponConfig
-    experience: ExperienceConfig
-
-    @field_validator("age_bands")
-    @classmethod
-    def _age_bands(cls, v: dict[str, float]) -> dict[str, float]:
-        return _check_weights(v, AGE_BANDS, "age bands")
-
-    @field_validator("genders")
-    @classmethod
-    def _genders(cls, v: dict[str, float]) -> dict[str, float]:
-        return _check_weights(v, GENDERS, "genders")
-
-    @field_validator("devices")
-    @classmethod
-    def _devices(cls, v: dict[str, float]) -> dict[str, float]:
-        return _check_weights(v, DEVICES, "devices")
-
-    @field_validator("hour_profiles")
-    @classmethod
-    def _hours(cls, v: dict[str, list[float]]) -> dict[str, list[float]]:
-        for name, weights in v.items():
-            if len(weights) != 24 or any(w < 0 for w in weights) or sum(weights) <= 0:
-                raise ValueError(
-                    f"hour profile {name!r} needs 24 weights >= 0 (local hours 0..23) "
-                    "with a positive sum"
-                )
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> GeneratorConfig:
-        total = sum(p.share for p in self.personas.values())
-        if abs(total - 1.0) > 1e-6:
-            shares = ", ".join(f"{k}={p.share:g}" for k, p in self.personas.items())
-            raise ValueError(f"persona shares must sum to 1, got {total:g} ({shares})")
-        for name, p in self.personas.items():
-            if p.hour_profile not in self.hour_profiles:
-                raise ValueError(
-                    f"persona {name!r}: unknown hour_profile {p.hour_profile!r}; "
-                    f"allowed: {sorted(self.hour_profiles)}"
-                )
-        return self
-
-
-def load_generator_config(config_dir: str | Path | None = None) -> GeneratorConfig:
-    """Load and validate ``generator.yaml`` (default: the repository's configs/).
-
-    Raises:
-        strata.config.ConfigError: missing file, bad YAML, or invalid content.
-    """
-    return load_yaml(config_path("generator", config_dir), GeneratorConfig)
-
-
-# ---------------------------------------------------------------------------- helpers
-def raw_user_ids(n_users: int) -> np.ndarray:
-    """The synthetic raw platform ids ``str(10_000_001 + i)`` of ``n_users`` users."""
-    width = len(str(FIRST_RAW_ID + max(n_users, 1) - 1))
-    return np.arange(FIRST_RAW_ID, FIRST_RAW_ID + n_users, dtype=np.int64).astype(f"U{width}")
-
-
 def window_start(end: dt.date, days: int) -> dt.date:
     """First local day of the ``days``-day window that ends (exclusively) at ``end``."""
     return end - dt.timedelta(days=days)
-
-
-def local_midnight_ms(day: dt.date) -> int:
-    """UTC epoch milliseconds of 00:00 local time (UTC+8) on ``day``."""
-    return (day - _EPOCH).days * DAY_MS - _LOCAL_OFFSET_MS
 
 
 def truth_schema(horizon_days: int = 30) -> pa.Schema:
@@ -812,7 +571,7 @@ def _session_events(
     item = np.full(ne, -1, dtype=np.int64)
     has_item = np.flatnonzero(_HAS_ITEM[col])
     rank = _popularity_rank(rng, cfg.catalogue, len(has_item))
-    item[has_item] = (category[has_item] + 1) * _ITEM_STRIDE + rank
+    item[has_item] = (category[has_item] + 1) * ITEM_ID_STRIDE + rank
     # a removal takes back the session's first cart add
     removes = np.flatnonzero(col == _COL[EventType.REMOVE_FROM_CART])
     adds_before = counts[sess[removes], : _COL[EventType.ADD_TO_CART]].sum(axis=1)

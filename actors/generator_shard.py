@@ -1,0 +1,117 @@
+"""generate_shard: the work of one ``strata generate`` task, one warehouse bucket.
+
+A thin shell: it calls :func:`strata.synth.generate_bucket` for the bucket's users and writes
+the bucket's events and users part files (uncommitted) and its ground-truth part; the driver
+(:mod:`jobs.generate`) commits every part in one manifest replace. The same function runs
+without Ray (``bench/generate.py``'s single-process baseline); :func:`generate_shard_task`
+makes it a Ray task in one line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+from ray.remote_function import RemoteFunction
+
+from strata.config import CalendarConfig
+from strata.io.warehouse import PARQUET_OPTIONS, PartFile, Warehouse
+from strata.synth import ORDER_LOG_COLUMNS, GeneratorConfig, generate_bucket, orders_only
+
+#: Days after the window simulated to label the ground truth (next month's orders, churn).
+HORIZON_DAYS = 30
+
+
+@dataclass
+class ShardResult:
+    """What one generation task wrote and counted (one bucket)."""
+
+    bucket: int
+    parts: list[PartFile]
+    users: int
+    events: int
+    event_counts: dict[str, int]
+    seconds: float
+    peak_rss_mb: float
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def truth_part(staging: str, bucket: int) -> str:
+    """Path of a bucket's ground-truth part inside the run's truth staging folder."""
+    return posixpath.join(staging, f"part-{bucket:05d}.parquet")
+
+
+def generate_shard(
+    data_root: str,
+    write_id: str,
+    truth_staging: str,
+    bucket: int,
+    user_ids: np.ndarray,
+    raw_ids: np.ndarray,
+    cfg: GeneratorConfig,
+    calendar: CalendarConfig,
+    seed: int,
+    start: dt.date,
+    days: int,
+    only_orders: bool = False,
+) -> ShardResult:
+    """Generate one bucket and write its parts (uncommitted). The body of a Ray task.
+
+    Args:
+        data_root: the data root holding ``warehouse/`` (which must exist).
+        write_id: the run's write id (names the part files).
+        truth_staging: folder for the bucket's ground-truth part.
+        bucket, user_ids, raw_ids, cfg, calendar, seed, start, days: as in
+            :func:`strata.synth.generate_bucket`.
+        only_orders: write a transaction log (:func:`strata.synth.orders_only`): order
+            events with :data:`strata.synth.ORDER_LOG_COLUMNS`, no users part.
+    """
+    t0 = time.perf_counter()
+    out = generate_bucket(
+        bucket, user_ids, raw_ids, cfg, calendar, seed, start, days, horizon_days=HORIZON_DAYS
+    )
+    wh = Warehouse(data_root)
+    if only_orders:
+        out = orders_only(out)
+        parts = [
+            wh.write_bucket(
+                "events", bucket, out.events, write_id, already_sorted=True,
+                columns=ORDER_LOG_COLUMNS,
+            )
+        ]  # fmt: skip
+    else:
+        parts = [
+            wh.write_bucket("events", bucket, out.events, write_id, already_sorted=True),
+            wh.write_bucket("users", bucket, out.users, write_id, already_sorted=True),
+        ]
+    wh.fs.create_dir(truth_staging, recursive=True)
+    pq.write_table(
+        out.truth, truth_part(truth_staging, bucket), filesystem=wh.fs, **PARQUET_OPTIONS
+    )
+    return ShardResult(
+        bucket=bucket,
+        parts=parts,
+        users=out.users.num_rows,
+        events=out.events.num_rows,
+        event_counts=out.event_counts(),
+        seconds=time.perf_counter() - t0,
+        peak_rss_mb=_rss_mb(),
+    )
+
+
+def generate_shard_task(body: Callable[..., ShardResult] = generate_shard) -> RemoteFunction:
+    """``body`` (:func:`generate_shard`) as a Ray task: one CPU, never retried, so a failed
+    bucket fails the run and nothing is committed. The driver passes the body it holds, which
+    is where a test swaps in a failing one."""
+    return ray.remote(num_cpus=1, max_retries=0)(body)

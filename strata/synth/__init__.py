@@ -1,0 +1,47 @@
+"""The synthetic grocery generator: configuration, per-bucket simulation, synthetic users.
+
+What it offers (every name below is also importable from ``strata.synth`` itself):
+
+* :mod:`strata.synth.config` — :class:`GeneratorConfig` and its :class:`PersonaConfig`
+  entries, loaded and validated from ``configs/generator.yaml`` by
+  :func:`load_generator_config`;
+* :mod:`strata.synth.simulate` — :func:`generate_bucket`, the vectorised simulation of one
+  warehouse bucket into :class:`BucketData` (events, users, and ground truth of
+  :func:`truth_schema`), the window helpers :func:`window_start` and :data:`MAX_DAYS`, and the
+  transaction-log view :func:`orders_only` with its :data:`ORDER_LOG_COLUMNS`;
+* :mod:`strata.synth.users` — :func:`raw_user_ids` (from :data:`FIRST_RAW_ID`) and
+  :func:`users_by_bucket`, the synthetic users grouped by warehouse bucket.
+
+:func:`local_midnight_ms` is :func:`strata.timeutil.local_midnight_ms`, re-exported for the
+callers that bound the window next to :func:`window_start`.
+"""
+
+from strata.synth.config import GeneratorConfig, PersonaConfig, load_generator_config
+from strata.synth.simulate import (
+    MAX_DAYS,
+    ORDER_LOG_COLUMNS,
+    BucketData,
+    generate_bucket,
+    orders_only,
+    truth_schema,
+    window_start,
+)
+from strata.synth.users import FIRST_RAW_ID, raw_user_ids, users_by_bucket
+from strata.timeutil import local_midnight_ms
+
+__all__ = [
+    "FIRST_RAW_ID",
+    "MAX_DAYS",
+    "ORDER_LOG_COLUMNS",
+    "BucketData",
+    "GeneratorConfig",
+    "PersonaConfig",
+    "generate_bucket",
+    "load_generator_config",
+    "local_midnight_ms",
+    "orders_only",
+    "raw_user_ids",
+    "truth_schema",
+    "users_by_bucket",
+    "window_start",
+]
