@@ -176,7 +176,12 @@ class RecomputeJob:
                 "outputs": {"users": users, "tiers": tiers, "lifecycle_stages": stages},
                 "transitions": moves,
                 "actors": len(shards),
-                "predictions": {"model_version": model_version, "status": model_status},
+                "predictions": {
+                    "model_version": model_version,
+                    "status": model_status,
+                    # champion/challenger: the method behind each published prediction
+                    "sources": _prediction_sources(self.settings.data, model_version),
+                },
                 "published": False,
                 "timings": timings,
             }
@@ -297,6 +302,19 @@ class RecomputeJob:
                 raise
             finally:
                 store.close()
+
+
+def _prediction_sources(data: str, version: str | None) -> dict[str, str] | None:
+    """Per prediction column, what publishes it (``model``, ``bgnbd``, ``recency_rule``)."""
+    if version is None:
+        return None
+    from strata.io.models import PREDICTION_COLUMNS
+
+    block = ModelRegistry(data).meta(version).get("champion") or {}
+    return {
+        col: str(block.get(name, {}).get("method", "model"))
+        for name, col in PREDICTION_COLUMNS.items()
+    }
 
 
 def _status(registry: ModelRegistry, version: str) -> str | None:
