@@ -94,7 +94,10 @@ def test_fit_on_patterns_equals_lifetimes_fit(
 ) -> None:
     x, tx, t = cdnow_summary
     half = len(x) // 2
-    parts = [bgnbd_patterns(x[:half], tx[:half], t[:half]), bgnbd_patterns(x[half:], tx[half:], t[half:])]
+    parts = [
+        bgnbd_patterns(x[:half], tx[:half], t[:half]),
+        bgnbd_patterns(x[half:], tx[half:], t[half:]),
+    ]
     patterns, counts = merge_patterns(parts[::-1])
     whole = bgnbd_patterns(x, tx, t)
     np.testing.assert_array_equal(patterns, whole[0])
@@ -218,7 +221,11 @@ def test_simulated_log_recovers_its_parameters_and_its_churn_rate() -> None:
 
 def test_champion_is_the_model_only_when_it_is_at_least_as_good() -> None:
     def m(model: float, bgnbd: float, rule: float) -> dict[str, dict[str, float]]:
-        return {"distributed": {"auc": model}, "bgnbd": {"auc": bgnbd}, "recency_rule": {"auc": rule}}
+        return {
+            "distributed": {"auc": model},
+            "bgnbd": {"auc": bgnbd},
+            "recency_rule": {"auc": rule},
+        }
 
     assert choose_champion(m(0.80, 0.79, 0.70), True)["method"] == "model"
     assert choose_champion(m(0.79, 0.79, 0.70), True)["method"] == "model"  # a tie: the model
