@@ -5,6 +5,9 @@
    (:func:`strata.training.training_examples`). Ray tasks (at most N in flight, one bucket
    each) write them as Parquet shards ``models/_work/<version>/<split>/part-<bucket>.parquet``
    (deterministic: the same inputs give the same files whatever N) and return mergeable counts.
+   Each task also returns the train users' BTYD patterns per cutoff (mergeable counts).
+   BG/NBD: the driver fits it per cutoff on those patterns (:mod:`strata.btyd`); Ray tasks
+   write the BG/NBD features and base margins into the shards (:func:`fill_bgnbd`).
 2. Features: the model feature list is every ``MODEL_FEATURES`` column with at least one value
    in the train split. A feature the data never carries (an import without coupons or
    categories) is dropped and recorded, never zero-filled.
@@ -12,7 +15,10 @@
    over the shards with early stopping on the validation split; plain xgboost trains the same
    models on the same rows in the driver (the single-node baseline and parity check).
 4. Evaluate on the test split: distributed, single-node, the recency rule and BG/NBD. The
-   distributed and single-node AUCs must agree within 0.005 (recorded). Winner per target.
+   distributed and single-node AUCs must agree within 0.005 (recorded). Winner per target;
+   a time-holdout check (older cutoffs only, scored at the newest); the champion per target
+   (the model, or the best baseline when the model does not beat it), which the recompute
+   publishes.
 5. Save: the registry writes the boosters and then ``meta.json`` (the commit marker). The
    scratch shards are deleted on success and kept (path printed) when anything failed.
 
@@ -807,6 +813,10 @@ def _finish(
     else:
         notes.append("BG/NBD baseline skipped: no cutoff could be fitted")
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
+    newest: dict[str, dict[str, dict[str, Any]]] = {}
+    at_newest = (
+        np.asarray(test.column("cutoff_ms").to_numpy(zero_copy_only=False)) == meta["cutoffs_ms"][0]
+    )
     problems: list[str] = []
     for name, target in TARGETS.items():
         y = _label(test, target.label)
@@ -824,6 +834,13 @@ def _finish(
             preds["bgnbd"] = _fill_nan(bgnbd[name])
         # non-finite predictions make the metrics raise: the run is then recorded as failed
         metrics[name] = evaluate(target, y, preds)
+        if len(meta["cutoffs_ms"]) > 1:  # the newest cutoff alone, comparable to cutoffs: 1
+            newest[name] = {
+                m: {k: v for k, v in d.items() if k != "calibration"}
+                for m, d in evaluate(
+                    target, y[at_newest], {m: p[at_newest] for m, p in preds.items()}
+                ).items()
+            }
     timings["evaluate_s"] = time.perf_counter() - t0
 
     parity: dict[str, dict[str, Any]] = {}
@@ -896,7 +913,7 @@ def _finish(
             },
             "winner": winners,
             "champion": champions,
-            "checks": {"parity": parity, "time_holdout": holdout},
+            "checks": {"parity": parity, "time_holdout": holdout, "newest_cutoff": newest},
             "importance_gain": {k: [[f, g] for f, g in v] for k, v in ranked.items()},
             "timings": timings,
         }

@@ -3,7 +3,9 @@
 A version holds one XGBoost model per target in xgboost's UBJSON format (``churn.ubj``,
 ``repurchase.ubj``, ``spend.ubj``) and ``meta.json``: the feature list and types, objective and
 parameters per model, the data hash, cutoffs, horizon, test metrics, baselines, the winner per
-target, status (``good`` / ``failed``) and the size and SHA-256 of every model file. The meta
+target, the champion per target (``model`` or the baseline that publishes instead), the BG/NBD
+parameters scoring uses, status (``good`` / ``failed``) and the size and SHA-256 of every model
+file. The meta
 file is written last, through an atomic rename: it is the commit marker, so a folder without
 one is an incomplete save and is never listed. ``models/_work/<version>/`` is scratch space of
 the training job (training example shards), never a version.
@@ -146,6 +148,10 @@ class LoadedModels:
 
         Args:
             features: per-user features (``strata.features.compute_features`` output).
+
+        Each target comes from its champion (:attr:`champions`): the booster (started from
+        BG/NBD's margin when it was trained so), BG/NBD with the stored parameters, or the
+        recency rule.
 
         Returns:
             ``churn_p`` and ``repurchase_p`` (probabilities) and ``predicted_spend`` (CNY in

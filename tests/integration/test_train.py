@@ -206,7 +206,7 @@ def test_imported_orders_only_data_trains_without_coupon_and_category_features(
 def test_invalid_train_config_fails_before_any_work(generated: Settings, tmp_path: Path) -> None:
     configs = tmp_path / "configs"
     shutil.copytree(CONFIG_DIR, configs)
-    text = (configs / "train.yaml").read_text().replace("max_depth: 6", "max_detph: 6")
+    text = (configs / "train.yaml").read_text().replace("max_depth: 4", "max_detph: 4")
     (configs / "train.yaml").write_text(text)
     before = ModelRegistry(generated.data).versions()
     with pytest.raises(ConfigError, match="max_detph"):
