@@ -16,8 +16,13 @@ same function at training and at scoring time. Evaluation: rank/probability metr
 users, a recency rule (:func:`recency_rule`) and BG/NBD (:func:`bgnbd_baseline`).
 ``docs/models.md`` explains every choice.
 
-Pure: numpy, pyarrow and pydantic (``lifetimes``/pandas are imported lazily by
-:func:`bgnbd_baseline` only).
+BG/NBD enters three ways (:mod:`strata.btyd`, fitted per cutoff on the train users by the
+train job): as model features (:func:`add_bgnbd_features`), as the base margin the models boost
+from (:func:`bgnbd_margins`), and as the baseline the champion rule compares with
+(:func:`bgnbd_predictions_by_cutoff`, :func:`choose_champion`).
+
+Pure: numpy, pyarrow and pydantic (scipy and ``lifetimes``/pandas are imported lazily by
+:mod:`strata.btyd` and :func:`bgnbd_baseline`).
 """
 
 from __future__ import annotations

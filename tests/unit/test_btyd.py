@@ -248,3 +248,31 @@ def test_monotone_constraints_follow_the_known_directions() -> None:
     assert monotone_constraints(features, "repurchase") == "(0,-1,1,-1)"
     assert monotone_constraints(features, "spend") is None
     assert monotone_constraints(["frequency_90d"], "churn") is None
+
+
+def test_bgnbd_features_and_margins_use_each_cutoffs_own_fit() -> None:
+    from strata.training import BGNBD_FEATURES, MARGIN_COLUMNS, apply_bgnbd_by_cutoff
+
+    early = BgnbdParams(r=0.3, alpha=5.0, a=0.8, b=2.5)
+    late = BgnbdParams(r=0.2, alpha=3.0, a=0.6, b=2.0)
+    table = pa.table(
+        {
+            "cutoff_ms": pa.array([1, 2, 1, 2, 3], type=pa.int64()),
+            "btyd_frequency": [2.0, 2.0, 0.0, 5.0, 1.0],
+            "btyd_recency": [30.0, 30.0, 0.0, 80.0, 3.0],
+            "btyd_t": [60.0, 60.0, 10.0, 90.0, 5.0],
+            "spend_total_cny": [90.0, 90.0, 10.0, 300.0, 20.0],
+            **{name: pa.nulls(5, pa.float32()) for name in BGNBD_FEATURES},
+        }
+    )
+    out = apply_bgnbd_by_cutoff(table, {1: early, 2: late, 3: None}, 90, 7)
+    churn = out.column("bgnbd_p_churn").to_pylist()
+    x, tx, t = [2.0, 0.0], [30.0, 0.0], [60.0, 10.0]
+    np.testing.assert_allclose([churn[0], churn[2]], p_no_purchase(early, 90, x, tx, t), rtol=1e-6)
+    np.testing.assert_allclose(churn[1], p_no_purchase(late, 90, [2.0], [30.0], [60.0]), rtol=1e-6)
+    assert churn[0] != churn[1]  # same summary, other cutoff, other fit
+    assert churn[4] is None  # no fit at that cutoff
+    margin = out.column(MARGIN_COLUMNS["churn"]).to_numpy()
+    np.testing.assert_allclose(margin[0], np.log(churn[0] / (1 - churn[0])), rtol=1e-5)
+    assert margin[4] == 0.0
+    assert out.column("bgnbd_p_alive").to_pylist()[2] == 1.0
