@@ -81,6 +81,7 @@ def train_distributed(
     num_boost_round: int,
     early_stopping_rounds: int,
     filesystem: pafs.FileSystem | None = None,
+    base_margin: str | None = None,
 ) -> tuple[xgb.Booster, dict[str, Any]]:
     """Train one model with xgboost-ray over sharded Parquet files.
 
@@ -101,6 +102,7 @@ def train_distributed(
         early_stopping_rounds: stop after this many rounds without validation improvement
             (0: never).
         filesystem: pyarrow filesystem of the files (None: local paths).
+        base_margin: column holding each row's starting margin (None: xgboost's base score).
 
     Returns:
         The booster (cut to the best iteration) and a dict with ``best_iteration``,
@@ -114,10 +116,12 @@ def train_distributed(
         raise ValueError("distributed training needs at least one train and one validation file")
     # distributed loading shards by file: every actor needs at least one file of each split
     n_actors = max(1, min(num_actors, len(train_files), len(valid_files)))
-    columns = [*features, label]
+    columns = [*features, label] + ([base_margin] if base_margin else [])
     read_kwargs: dict[str, Any] = {"columns": columns}
     if filesystem is not None:
         read_kwargs["filesystem"] = filesystem
+    if base_margin:
+        read_kwargs["base_margin"] = base_margin
     dtrain = RayDMatrix(list(train_files), label=label, filetype=RayFileType.PARQUET, **read_kwargs)
     dvalid = RayDMatrix(list(valid_files), label=label, filetype=RayFileType.PARQUET, **read_kwargs)
     evals_result: dict[str, Any] = {}
@@ -164,6 +168,8 @@ def train_single(
     num_boost_round: int,
     early_stopping_rounds: int,
     feature_names: list[str] | None = None,
+    margin_train: np.ndarray | None = None,
+    margin_valid: np.ndarray | None = None,
 ) -> tuple[xgb.Booster, dict[str, Any]]:
     """Train one model with plain xgboost in this process (the single-node baseline).
 
@@ -180,6 +186,8 @@ def train_single(
         num_boost_round: maximum boosting rounds.
         early_stopping_rounds: patience on the validation set (0: never stop early).
         feature_names: names given to the booster's features.
+        margin_train: starting margin of each train row (None: xgboost's base score).
+        margin_valid: the same for the validation rows.
 
     Returns:
         The booster (cut to the best iteration) and a dict with ``best_iteration``,
@@ -187,8 +195,14 @@ def train_single(
         (with DMatrix construction), ``n_train`` and ``nthread``.
     """
     t0 = time.perf_counter()
-    dtrain = xgb.DMatrix(X_train, label=y_train, feature_names=feature_names, nthread=nthread)
-    dvalid = xgb.DMatrix(X_valid, label=y_valid, feature_names=feature_names, nthread=nthread)
+    dtrain = xgb.DMatrix(
+        X_train, label=y_train, feature_names=feature_names, nthread=nthread,
+        base_margin=margin_train,
+    )  # fmt: skip
+    dvalid = xgb.DMatrix(
+        X_valid, label=y_valid, feature_names=feature_names, nthread=nthread,
+        base_margin=margin_valid,
+    )  # fmt: skip
     evals_result: dict[str, Any] = {}
     t1 = time.perf_counter()
     booster = xgb.train(

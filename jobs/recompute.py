@@ -198,7 +198,12 @@ class RecomputeJob:
                 "warnings": warnings,
                 "transitions": moves,
                 "actors": len(shards),
-                "predictions": {"model_version": model_version, "status": model_status},
+                "predictions": {
+                    "model_version": model_version,
+                    "status": model_status,
+                    # champion/challenger: the method behind each published prediction
+                    "sources": _prediction_sources(self.settings.data, model_version),
+                },
                 "published": False,
                 "timings": timings,
             }
@@ -331,6 +336,19 @@ class RecomputeJob:
 
 def _local_iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, LOCAL_TZ).isoformat(timespec="seconds")
+
+
+def _prediction_sources(data: str, version: str | None) -> dict[str, str] | None:
+    """Per prediction column, what publishes it (``model``, ``bgnbd``, ``recency_rule``)."""
+    if version is None:
+        return None
+    from strata.io.models import PREDICTION_COLUMNS
+
+    block = ModelRegistry(data).meta(version).get("champion") or {}
+    return {
+        col: str(block.get(name, {}).get("method", "model"))
+        for name, col in PREDICTION_COLUMNS.items()
+    }
 
 
 def _status(registry: ModelRegistry, version: str) -> str | None:

@@ -5,6 +5,9 @@
    (:func:`strata.training.training_examples`). Ray tasks (at most N in flight, one bucket
    each) write them as Parquet shards ``models/_work/<version>/<split>/part-<bucket>.parquet``
    (deterministic: the same inputs give the same files whatever N) and return mergeable counts.
+   Each task also returns the train users' BTYD patterns per cutoff (mergeable counts).
+   BG/NBD: the driver fits it per cutoff on those patterns (:mod:`strata.btyd`); Ray tasks
+   write the BG/NBD features and base margins into the shards (:func:`fill_bgnbd`).
 2. Features: the model feature list is every ``MODEL_FEATURES`` column with at least one value
    in the train split. A feature the data never carries (an import without coupons or
    categories) is dropped and recorded, never zero-filled.
@@ -12,7 +15,10 @@
    over the shards with early stopping on the validation split; plain xgboost trains the same
    models on the same rows in the driver (the single-node baseline and parity check).
 4. Evaluate on the test split: distributed, single-node, the recency rule and BG/NBD. The
-   distributed and single-node AUCs must agree within 0.005 (recorded). Winner per target.
+   distributed and single-node AUCs must agree within 0.005 (recorded). Winner per target;
+   a time-holdout check (older cutoffs only, scored at the newest); the champion per target
+   (the model, or the best baseline when the model does not beat it), which the recompute
+   publishes.
 5. Save: the registry writes the boosters and then ``meta.json`` (the commit marker). The
    scratch shards are deleted on success and kept (path printed) when anything failed.
 
@@ -48,6 +54,7 @@ from jobs._runtime import (
     summary_table,
 )
 from jobs.recompute import parse_as_of
+from strata.btyd import BgnbdParams, bgnbd_patterns, fit_bgnbd, merge_patterns
 from strata.features import (
     DICTIONARY_COLUMNS,
     FEATURE_EVENT_COLUMNS,
@@ -60,15 +67,20 @@ from strata.io.warehouse import PARQUET_OPTIONS, Warehouse, resolve
 from strata.settings import Settings
 from strata.timeutil import AS_OF_HELP
 from strata.training import (
+    BGNBD_FEATURES,
     LABEL_COLUMNS,
+    MARGIN_COLUMNS,
     MODEL_FEATURES,
     TrainConfig,
-    bgnbd_baseline,
+    apply_bgnbd_by_cutoff,
+    bgnbd_predictions_by_cutoff,
+    choose_champion,
     classification_metrics,
     cutoffs_for,
     data_hash,
     feature_matrix,
     load_train_config,
+    monotone_constraints,
     recency_rule,
     regression_metrics,
     training_examples,
@@ -128,6 +140,7 @@ class TrainResult:
     dropped_features: list[str]
     metrics: dict[str, dict[str, dict[str, Any]]]
     winners: dict[str, str]
+    champions: dict[str, dict[str, Any]]
     parity: dict[str, dict[str, Any]]
     importance: dict[str, list[tuple[str, float]]]
     models: dict[str, dict[str, Any]]
@@ -196,6 +209,7 @@ def bucket_examples(
         "valid": {},
         "positives": {},
         "labelled": {},
+        "patterns": train_patterns(table, split),
     }
     for code, name in enumerate(SPLITS):
         rows = np.flatnonzero(split == code)
@@ -219,6 +233,21 @@ def bucket_examples(
     return out
 
 
+def train_patterns(table: pa.Table, split: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Distinct BTYD summaries (with counts) of the train users, per cutoff: the mergeable
+    input of the BG/NBD fit at that cutoff."""
+    cut = np.asarray(table.column("cutoff_ms").to_numpy(zero_copy_only=False), dtype=np.int64)
+    cols = [
+        np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=np.float64)
+        for c in ("btyd_frequency", "btyd_recency", "btyd_t")
+    ]
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for c in np.unique(cut):
+        rows = (cut == c) & (split == 0)
+        out[int(c)] = bgnbd_patterns(*(v[rows] for v in cols))
+    return out
+
+
 @dataclass
 class Examples:
     """The merged result of the example pass."""
@@ -230,6 +259,7 @@ class Examples:
     labelled: dict[str, dict[str, int]]
     buckets: int
     task_seconds: float
+    patterns: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def merge_examples(shards: list[dict[str, Any]]) -> Examples:
@@ -251,9 +281,65 @@ def merge_examples(shards: list[dict[str, Any]]) -> Examples:
                 positives[split][name] += n
             for name, k in shard["labelled"].get(split, {}).items():
                 labelled[split][name] += k
+    cutoffs = sorted({c for s in shards for c in s.get("patterns", {})})
+    patterns = {
+        c: merge_patterns([s["patterns"][c] for s in shards if c in s.get("patterns", {})])
+        for c in cutoffs
+    }
     return Examples(
-        files, rows, valid, positives, labelled, len(shards), sum(s["seconds"] for s in shards)
+        files,
+        rows,
+        valid,
+        positives,
+        labelled,
+        len(shards),
+        sum(s["seconds"] for s in shards),
+        patterns,
     )
+
+
+def fit_bgnbd_by_cutoff(
+    ex: Examples, sample_users: int, seed: int
+) -> tuple[dict[int, BgnbdParams | None], list[str]]:
+    """BG/NBD parameters fitted on the train users at each cutoff (None where the fit is not
+    possible: too few users, or it failed), and notes saying why. At most ``sample_users``
+    customers per cutoff enter the fit (a seeded draw of the pattern counts)."""
+    out: dict[int, BgnbdParams | None] = {}
+    notes: list[str] = []
+    rng = np.random.default_rng(seed)
+    for cutoff, (patterns, counts) in sorted(ex.patterns.items()):
+        if counts.sum() > sample_users:
+            counts = rng.multivariate_hypergeometric(counts, sample_users)
+            patterns, counts = patterns[counts > 0], counts[counts > 0]
+        try:
+            out[cutoff] = fit_bgnbd(patterns, counts)
+        except (ValueError, RuntimeError) as exc:
+            out[cutoff] = None
+            notes.append(f"BG/NBD at cutoff {_iso_ms(cutoff)} not fitted: {exc}")
+    return out, notes
+
+
+def bgnbd_shards(
+    data_root: str,
+    files: list[str],
+    params_json: dict[int, dict[str, Any] | None],
+    horizon_days: int,
+    repurchase_days: int,
+) -> dict[str, Any]:
+    """Fill the BG/NBD features of one bucket's example shards in place (a Ray task; the
+    same inputs write the same bytes). Returns the non-null counts per split."""
+    params = {
+        c: None if p is None else BgnbdParams.model_validate(p) for c, p in params_json.items()
+    }
+    fs, _ = resolve(data_root)
+    valid: dict[str, dict[str, int]] = {}
+    for path in files:
+        table = pq.read_table(path, filesystem=fs)
+        table = apply_bgnbd_by_cutoff(table, params, horizon_days, repurchase_days)
+        pq.write_table(table, path, filesystem=fs, **PARQUET_OPTIONS)
+        split = posixpath.basename(posixpath.dirname(path))
+        valid[split] = _valid_counts(table, BGNBD_FEATURES)
+    return {"valid": valid}
 
 
 def build_examples(
@@ -297,6 +383,67 @@ def build_examples(
     return merge_examples(results)
 
 
+def fill_bgnbd(
+    ray: Any,
+    data_root: str,
+    ex: Examples,
+    params: dict[int, BgnbdParams | None],
+    horizon_days: int,
+    repurchase_days: int,
+    workers: int,
+    show_progress: bool = True,
+) -> None:
+    """Write the BG/NBD features into every example shard (one Ray task per bucket) and
+    add their non-null counts to ``ex.valid``.
+
+    Raises:
+        TrainError: a bucket failed (after Ray's retries).
+    """
+    by_bucket: dict[int, list[str]] = {}
+    for files in ex.files.values():
+        for path in files:
+            bucket = int(posixpath.basename(path).split("-")[1].split(".")[0])
+            by_bucket.setdefault(bucket, []).append(path)
+    task = ray.remote(num_cpus=1, max_retries=3)(bgnbd_shards)
+    params_json = {c: None if p is None else p.model_dump() for c, p in params.items()}
+    ref = ray.put(params_json)
+    try:
+        results: list[dict[str, Any]] = map_buckets(
+            ray,
+            sorted(by_bucket),
+            lambda b: b,
+            lambda b: task.remote(data_root, by_bucket[b], ref, horizon_days, repurchase_days),
+            workers,
+            "BG/NBD features",
+            show_progress,
+        )
+    except BucketTaskError as exc:
+        raise TrainError(
+            f"BG/NBD features of bucket {exc.bucket} failed: "
+            f"{type(exc.cause).__name__}: {exc.cause}"
+        ) from exc
+    for result in results:
+        for split, counts in result["valid"].items():
+            for name, k in counts.items():
+                ex.valid[split][name] = ex.valid[split].get(name, 0) + k
+
+
+def bgnbd_meta(params: dict[int, BgnbdParams | None], cutoffs_ms: list[int]) -> dict[str, Any]:
+    """The BG/NBD block of meta.json: the parameters per cutoff and those the recompute
+    scores with (the newest cutoff's: the latest fit on the train users' history)."""
+    per_cutoff = {
+        _iso_ms(c): None if params.get(c) is None else params[c].model_dump()  # type: ignore[union-attr]
+        for c in cutoffs_ms
+    }
+    newest = params.get(cutoffs_ms[0]) if cutoffs_ms else None
+    return {
+        "fitted_on": "train users, at each cutoff (history before the cutoff only)",
+        "params_by_cutoff": per_cutoff,
+        "scoring_cutoff": _iso_ms(cutoffs_ms[0]) if cutoffs_ms else None,
+        "scoring_params": None if newest is None else newest.model_dump(),
+    }
+
+
 # ============================================================================ driver helpers
 def select_features(valid_train: dict[str, int]) -> tuple[list[str], list[str]]:
     """Model features = those with at least one value in the train split; and the dropped."""
@@ -311,19 +458,29 @@ def read_split(fs: pafs.FileSystem, files: list[str], columns: list[str] | None)
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
-def xgb_params(cfg: TrainConfig, target: Target) -> dict[str, Any]:
-    """The xgboost parameters of one model (objective and metrics are added by the trainer)."""
+def xgb_params(
+    cfg: TrainConfig, target: Target, features: list[str] | None = None
+) -> dict[str, Any]:
+    """The xgboost parameters of one model (objective and metrics are added by the trainer);
+    with ``features``, the monotone constraints where the direction is known
+    (``monotone`` in train.yaml, :func:`strata.training.monotone_constraints`)."""
     x = cfg.xgboost
-    return {
+    out = {
         "max_depth": x.max_depth,
         "eta": x.eta,
         "subsample": x.subsample,
         "colsample_bytree": x.colsample_bytree,
         "min_child_weight": x.min_child_weight,
+        "lambda": x.reg_lambda,
         "seed": x.seed,
         "tree_method": "hist",
         **dict(target.extra_params),
     }
+    if cfg.monotone and features is not None:
+        constraints = monotone_constraints(features, target.label.removeprefix("label_"))
+        if constraints is not None:
+            out["monotone_constraints"] = constraints
+    return out
 
 
 def _fill_nan(p: np.ndarray) -> np.ndarray:
@@ -494,6 +651,21 @@ def run(
                     f"labels missing for {', '.join(unlabelled)}: the spend label needs "
                     "amount_cny in the events"
                 )
+            stage = "BG/NBD features"
+            t0 = time.perf_counter()
+            params, bg_notes = fit_bgnbd_by_cutoff(ex, cfg.bgnbd_sample_users, cfg.xgboost.seed)
+            fill_bgnbd(ray, data_root, ex, params, horizon, cfg.repurchase_days, n, show_progress)
+            timings["bgnbd_s"] = time.perf_counter() - t0
+            meta["bgnbd"] = bgnbd_meta(params, cutoffs)
+            # boosting needs the newest cutoff's fit (the one scoring uses); rows of an older
+            # cutoff without a fit (too few customers then) start from margin 0
+            boost = cfg.boost_from_bgnbd and params.get(cutoffs[0]) is not None
+            if cfg.boost_from_bgnbd and not boost:
+                bg_notes.append("models not boosted from BG/NBD: the newest cutoff has no fit")
+            meta["bgnbd"]["boost_from"] = boost
+            meta["notes"] = bg_notes
+
+            stage = "examples"
             features, dropped = select_features(ex.valid["train"])
             if not features:
                 raise TrainError("no model feature has a value in the train split")
@@ -513,8 +685,9 @@ def run(
             try:
                 for name, target in TARGETS.items():
                     booster, info = _train_distributed(
-                        ex, features, target, cfg, n_train, fs if "://" in settings.data else None
-                    )
+                        ex, features, target, cfg, n_train,
+                        fs if "://" in settings.data else None, _margin_column(meta, name),
+                    )  # fmt: skip
                     boosters[name], infos[name] = booster, info
                     if bar and bar_task is not None:
                         bar.advance(bar_task)
@@ -559,6 +732,7 @@ def _train_distributed(
     cfg: TrainConfig,
     n_actors: int,
     filesystem: pafs.FileSystem | None,
+    base_margin: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     from actors.xgb_distributed import train_distributed
 
@@ -568,11 +742,12 @@ def _train_distributed(
         features,
         target.label,
         target.objective,
-        xgb_params(cfg, target),
+        xgb_params(cfg, target, features),
         num_actors=n_actors,
         num_boost_round=cfg.xgboost.num_boost_round,
         early_stopping_rounds=cfg.xgboost.early_stopping_rounds,
         filesystem=filesystem,
+        base_margin=base_margin,
     )
 
 
@@ -597,7 +772,7 @@ def _finish(
     labels = list(LABEL_COLUMNS)
     t0 = time.perf_counter()
     train = read_split(fs, ex.files["train"], None)
-    valid = read_split(fs, ex.files["validation"], [*KEY_COLUMNS, *features, *labels])
+    valid = read_split(fs, ex.files["validation"], None)
     test = read_split(fs, ex.files["test"], None)
     X_train = feature_matrix(train, features)
     X_valid = feature_matrix(valid, features)
@@ -617,32 +792,42 @@ def _finish(
             X_valid,
             _label(valid, target.label),
             target.objective,
-            xgb_params(cfg, target),
+            xgb_params(cfg, target, features),
             nthread=nthread,
             num_boost_round=cfg.xgboost.num_boost_round,
             early_stopping_rounds=cfg.xgboost.early_stopping_rounds,
             feature_names=features,
+            margin_train=_margin(train, meta, name),
+            margin_valid=_margin(valid, meta, name),
         )
     timings["train_single_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     rule = recency_rule(test, horizon, cfg.repurchase_days)
-    notes: list[str] = []
-    try:
-        bgnbd = bgnbd_baseline(
-            train, test, horizon, cfg.repurchase_days, cfg.bgnbd_sample_users, cfg.xgboost.seed
-        )
-    except (ImportError, ValueError, RuntimeError) as exc:
-        # a reference baseline that cannot be fitted does not invalidate the models
-        bgnbd = {}
-        notes.append(f"BG/NBD baseline skipped: {exc}")
+    notes: list[str] = list(meta.get("notes", []))
+    params = _params_by_cutoff(meta)
+    # BG/NBD fitted on the train users' history at each test row's cutoff (the same fit
+    # whose outputs are model features); a cutoff without a fit has no BG/NBD baseline
+    bgnbd: dict[str, np.ndarray] = {}
+    if any(p is not None for p in params.values()):
+        bgnbd = bgnbd_predictions_by_cutoff(test, params, horizon, cfg.repurchase_days)
+    else:
+        notes.append("BG/NBD baseline skipped: no cutoff could be fitted")
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
+    newest: dict[str, dict[str, dict[str, Any]]] = {}
+    at_newest = (
+        np.asarray(test.column("cutoff_ms").to_numpy(zero_copy_only=False)) == meta["cutoffs_ms"][0]
+    )
     problems: list[str] = []
     for name, target in TARGETS.items():
         y = _label(test, target.label)
         preds: dict[str, np.ndarray] = {
-            "distributed": boosters[name].inplace_predict(X_test),
-            "single_node": single[name].inplace_predict(X_test),
+            "distributed": boosters[name].inplace_predict(
+                X_test, base_margin=_margin(test, meta, name)
+            ),
+            "single_node": single[name].inplace_predict(
+                X_test, base_margin=_margin(test, meta, name)
+            ),
         }
         if name in rule:
             preds["recency_rule"] = rule[name]
@@ -650,6 +835,13 @@ def _finish(
             preds["bgnbd"] = _fill_nan(bgnbd[name])
         # non-finite predictions make the metrics raise: the run is then recorded as failed
         metrics[name] = evaluate(target, y, preds)
+        if len(meta["cutoffs_ms"]) > 1:  # the newest cutoff alone, comparable to cutoffs: 1
+            newest[name] = {
+                m: {k: v for k, v in d.items() if k != "calibration"}
+                for m, d in evaluate(
+                    target, y[at_newest], {m: p[at_newest] for m, p in preds.items()}
+                ).items()
+            }
     timings["evaluate_s"] = time.perf_counter() - t0
 
     parity: dict[str, dict[str, Any]] = {}
@@ -674,6 +866,27 @@ def _finish(
         if float(d) <= 0.5:
             problems.append(f"{name}: test AUC {d:.4f} is no better than chance")
     winners = {name: winner(t, metrics[name]) for name, t in TARGETS.items()}
+    t0 = time.perf_counter()
+    holdout = (
+        time_holdout_check(train, valid, test, features, cfg, horizon, params, nthread, meta)
+        if cfg.time_holdout
+        else {}
+    )
+    timings["time_holdout_s"] = time.perf_counter() - t0
+    if cfg.time_holdout and not holdout:
+        notes.append(
+            "no time holdout check: no older cutoff's label window ends by the newest cutoff "
+            "(it needs cutoffs x cutoff_step_days > horizon)"
+        )
+    champions = {
+        name: choose_champion(
+            metrics[name], t.kind == "classification", holdout.get(name, {}).get("metrics")
+        )
+        for name, t in TARGETS.items()
+    }
+    for name, c in champions.items():
+        if c["method"] != "model":
+            notes.append(f"{name}: published scores come from {c['method']}: {c['reason']}")
     ranked = {name: importance(b) for name, b in boosters.items()}
     status = "failed" if problems else "good"
     models = {
@@ -681,7 +894,8 @@ def _finish(
             "file": f"{name}.ubj",
             "label": t.label,
             "objective": t.objective,
-            "params": xgb_params(cfg, t),
+            "params": xgb_params(cfg, t, features),
+            "base_margin": "bgnbd" if _margin_column(meta, name) else None,
             **{k: v for k, v in infos[name].items()},
         }
         for name, t in TARGETS.items()
@@ -699,7 +913,8 @@ def _finish(
                 for name, m in metrics.items()
             },
             "winner": winners,
-            "checks": {"parity": parity},
+            "champion": champions,
+            "checks": {"parity": parity, "time_holdout": holdout, "newest_cutoff": newest},
             "importance_gain": {k: [[f, g] for f, g in v] for k, v in ranked.items()},
             "timings": timings,
         }
@@ -721,6 +936,7 @@ def _finish(
         dropped_features=dropped,
         metrics=metrics,
         winners=winners,
+        champions=champions,
         parity=parity,
         importance=ranked,
         models=models,
@@ -729,6 +945,104 @@ def _finish(
         work_dir=registry.work_dir(version),
         timings=timings,
     )
+
+
+def _params_by_cutoff(meta: dict[str, Any]) -> dict[int, BgnbdParams | None]:
+    """The BG/NBD parameters of meta.json's ``bgnbd`` block, by cutoff_ms."""
+    block = meta.get("bgnbd", {}).get("params_by_cutoff", {})
+    out: dict[int, BgnbdParams | None] = {}
+    for c, iso in zip(meta["cutoffs_ms"], meta["cutoffs"], strict=True):
+        p = block.get(iso)
+        out[int(c)] = None if p is None else BgnbdParams.model_validate(p)
+    return out
+
+
+def _margin_column(meta: dict[str, Any], name: str) -> str | None:
+    """The base-margin column of model ``name`` (None: not boosted from BG/NBD)."""
+    return MARGIN_COLUMNS[name] if meta.get("bgnbd", {}).get("boost_from") else None
+
+
+def _margin(table: pa.Table, meta: dict[str, Any], name: str) -> np.ndarray | None:
+    column = _margin_column(meta, name)
+    if column is None:
+        return None
+    return np.asarray(table.column(column).to_numpy(zero_copy_only=False), dtype=np.float32)
+
+
+def _rows(table: pa.Table, mask: np.ndarray) -> pa.Table:
+    return table.take(pa.array(np.flatnonzero(mask)))
+
+
+def time_holdout_check(
+    train: pa.Table,
+    valid: pa.Table,
+    test: pa.Table,
+    features: list[str],
+    cfg: TrainConfig,
+    horizon: int,
+    params: dict[int, BgnbdParams | None],
+    nthread: int,
+    meta: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """The classifiers checked on a cutoff held out by time as well as by user.
+
+    A single-node model trained (same parameters) only on the cutoffs whose label windows end
+    by the newest cutoff (no label it sees lies in the newest window), scored on the test users
+    at the newest cutoff against the recency rule and BG/NBD there. Empty when no older cutoff
+    qualifies (e.g. ``cutoffs: 1``).
+
+    Returns:
+        per classifier: ``cutoff``, ``train_cutoffs``, ``rows`` and ``metrics`` per method.
+    """
+    from actors.xgb_distributed import train_single
+
+    cuts = sorted(params, reverse=True)
+    if not cuts:
+        return {}
+    newest = cuts[0]
+    older = [c for c in cuts[1:] if c + horizon * DAY_MS <= newest]
+    if not older:
+        return {}
+
+    def cut_of(t: pa.Table) -> np.ndarray:
+        return np.asarray(t.column("cutoff_ms").to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    tr = _rows(train, np.isin(cut_of(train), older))
+    va = _rows(valid, np.isin(cut_of(valid), older))
+    te = _rows(test, cut_of(test) == newest)
+    if tr.num_rows == 0 or va.num_rows == 0 or te.num_rows == 0:
+        return {}
+    X_tr, X_va, X_te = (feature_matrix(t, features) for t in (tr, va, te))
+    rule = recency_rule(te, horizon, cfg.repurchase_days)
+    bg = bgnbd_predictions_by_cutoff(te, params, horizon, cfg.repurchase_days)
+    out: dict[str, dict[str, Any]] = {}
+    for name, target in TARGETS.items():
+        if target.kind != "classification":
+            continue
+        booster, _ = train_single(
+            X_tr, _label(tr, target.label), X_va, _label(va, target.label), target.objective,
+            xgb_params(cfg, target, features), nthread=nthread,
+            num_boost_round=cfg.xgboost.num_boost_round,
+            early_stopping_rounds=cfg.xgboost.early_stopping_rounds, feature_names=features,
+            margin_train=_margin(tr, meta, name), margin_valid=_margin(va, meta, name),
+        )  # fmt: skip
+        y = _label(te, target.label)
+        preds = {
+            "distributed": booster.inplace_predict(X_te, base_margin=_margin(te, meta, name)),
+            "recency_rule": rule[name],
+        }
+        if np.isfinite(bg[name]).any():
+            preds["bgnbd"] = _fill_nan(bg[name])
+        metrics = evaluate(target, y, preds)
+        out[name] = {
+            "cutoff": _iso_ms(newest),
+            "train_cutoffs": [_iso_ms(c) for c in older],
+            "rows": {"train": tr.num_rows, "validation": va.num_rows, "test": te.num_rows},
+            "metrics": {
+                m: {k: v for k, v in d.items() if k != "calibration"} for m, d in metrics.items()
+            },
+        }
+    return out
 
 
 def _record_failure(
@@ -863,6 +1177,9 @@ def print_result(result: TrainResult) -> None:
             ok = "ok" if p["ok"] else f"ABOVE {p['max_auc_gap']}"
             rows.append((f"{name} AUC gap distributed vs single", f"{p['auc_gap']:.4f} ({ok})"))
     rows += [(f"winner {k}", v) for k, v in result.winners.items()]
+    rows += [
+        (f"published {k}", f"{c['method']} ({c['reason']})") for k, c in result.champions.items()
+    ]
     rows += [(f"{k} rounds", v.get("rounds", "-")) for k, v in result.models.items()]
     rows += [(k, v) for k, v in result.timings.items()]
     rows += [("models", result.path)]
@@ -896,6 +1213,13 @@ def command(
         raise typer.Exit(1)
 
 
+def published(meta: dict[str, Any]) -> str:
+    """Which method publishes each target (champion/challenger), e.g. ``churn=model,
+    repurchase=bgnbd``; ``-`` for a version without a champion block."""
+    block = meta.get("champion") or {}
+    return ", ".join(f"{k}={v.get('method', 'model')}" for k, v in block.items()) or "-"
+
+
 def models(data: str = typer.Option("./data", "--data", help="Data root.")) -> None:
     """List the trained model versions with status, test metrics and winners."""
     registry = ModelRegistry(data)
@@ -904,15 +1228,15 @@ def models(data: str = typer.Option("./data", "--data", help="Data root.")) -> N
     table = Table(title=f"models in {registry.root}", header_style="bold")
     for col in (
         "version", "status", "as of", "horizon", "train rows", "churn AUC",
-        "repurchase AUC", "spend RMSE", "AUC gap", "winners",
+        "repurchase AUC", "spend RMSE", "AUC gap", "winners", "published",
     ):  # fmt: skip
-        left = col in ("version", "status", "as of", "winners")
+        left = col in ("version", "status", "as of", "winners", "published")
         table.add_column(col, justify="left" if left else "right", no_wrap=col != "winners")
     for version in versions:
         try:
             meta = registry.meta(version)
         except ModelError as exc:
-            table.add_row(version, f"unreadable: {exc}", *[""] * 8)
+            table.add_row(version, f"unreadable: {exc}", *[""] * 9)
             continue
         m = meta.get("metrics", {})
         gaps = [
@@ -932,6 +1256,7 @@ def models(data: str = typer.Option("./data", "--data", help="Data root.")) -> N
             _fmt(m.get("spend", {}).get("rmse"), 2),
             _fmt(max(gaps)) if gaps else "-",
             ", ".join(f"{k}={v}" for k, v in meta.get("winner", {}).items()) or "-",
+            published(meta),
         )
     console.print(table)
     if not versions:

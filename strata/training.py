@@ -16,8 +16,13 @@ same function at training and at scoring time. Evaluation: rank/probability metr
 users, a recency rule (:func:`recency_rule`) and BG/NBD (:func:`bgnbd_baseline`).
 ``docs/models.md`` explains every choice.
 
-Pure: numpy, pyarrow and pydantic (``lifetimes``/pandas are imported lazily by
-:func:`bgnbd_baseline` only).
+BG/NBD enters three ways (:mod:`strata.btyd`, fitted per cutoff on the train users by the
+train job): as model features (:func:`add_bgnbd_features`), as the base margin the models boost
+from (:func:`bgnbd_margins`), and as the baseline the champion rule compares with
+(:func:`bgnbd_predictions_by_cutoff`, :func:`choose_champion`).
+
+Pure: numpy, pyarrow and pydantic (scipy and ``lifetimes``/pandas are imported lazily by
+:mod:`strata.btyd` and :func:`bgnbd_baseline`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,13 @@ import pyarrow.compute as pc
 from numpy.typing import ArrayLike
 from pydantic import Field, model_validator
 
+from strata.btyd import (
+    BgnbdParams,
+    bgnbd_scores,
+    expected_purchases,
+    p_alive,
+    p_no_purchase,
+)
 from strata.config import StrictModel, config_path, load_yaml
 from strata.features import (
     DAYTYPE_LABELS,
@@ -56,17 +68,27 @@ from strata.schema import (
 __all__ = [
     "BASELINE_COLUMNS",
     "BEHAVIOUR_COLUMNS",
+    "BGNBD_FEATURES",
     "CATEGORICAL_FEATURES",
     "DERIVED_FEATURES",
     "EXAMPLES_SCHEMA",
     "LABEL_COLUMNS",
+    "MARGIN_COLUMNS",
     "MODEL_FEATURES",
     "MODEL_FEATURES_SCHEMA",
+    "MONOTONE_CHURN",
+    "PUBLISHABLE_BASELINES",
     "TASKS",
     "SplitFractions",
     "TrainConfig",
     "XgbParams",
+    "add_bgnbd_features",
+    "apply_bgnbd_by_cutoff",
     "bgnbd_baseline",
+    "bgnbd_margins",
+    "bgnbd_predictions",
+    "bgnbd_predictions_by_cutoff",
+    "choose_champion",
     "classification_metrics",
     "cutoffs_for",
     "data_hash",
@@ -74,6 +96,7 @@ __all__ = [
     "labels",
     "load_train_config",
     "model_features",
+    "monotone_constraints",
     "recency_rule",
     "regression_metrics",
     "split_of",
@@ -108,13 +131,14 @@ class SplitFractions(StrictModel):
 class XgbParams(StrictModel):
     """Booster parameters of the three models (xgboost names)."""
 
-    max_depth: int = Field(default=6, ge=1, le=32)
-    eta: float = Field(default=0.1, gt=0, le=1)
+    max_depth: int = Field(default=4, ge=1, le=32)
+    eta: float = Field(default=0.05, gt=0, le=1)
     subsample: float = Field(default=0.8, gt=0, le=1)
     colsample_bytree: float = Field(default=0.8, gt=0, le=1)
-    min_child_weight: float = Field(default=1.0, ge=0)
-    num_boost_round: int = Field(default=300, ge=1, le=100_000)
-    early_stopping_rounds: int = Field(default=20, ge=0, le=100_000)  # 0: no early stopping
+    min_child_weight: float = Field(default=20.0, ge=0)
+    reg_lambda: float = Field(default=5.0, ge=0)
+    num_boost_round: int = Field(default=400, ge=1, le=100_000)
+    early_stopping_rounds: int = Field(default=30, ge=0, le=100_000)  # 0: no early stopping
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
@@ -123,12 +147,20 @@ class TrainConfig(StrictModel):
 
     horizon_days: int = Field(default=30, ge=1, le=365)
     repurchase_days: int = Field(default=7, ge=1, le=364)
-    cutoffs: int = Field(default=1, ge=1, le=12)
+    cutoffs: int = Field(default=4, ge=1, le=12)
     cutoff_step_days: int = Field(default=30, ge=1, le=365)
     min_orders: int = Field(default=1, ge=1, le=10_000)
     split: SplitFractions = Field(default_factory=SplitFractions)
     xgboost: XgbParams = Field(default_factory=XgbParams)
     bgnbd_sample_users: int = Field(default=50_000, ge=100, le=10_000_000)
+    #: monotone constraints where the direction is known (:func:`monotone_constraints`)
+    monotone: bool = True
+    #: also check the model on the newest cutoff held out by time (needs older cutoffs whose
+    #: label windows end by it); the model must win there too to be the champion
+    time_holdout: bool = True
+    #: boost from BG/NBD: its prediction is each model's base margin, the trees learn the
+    #: correction (so an early-stopped model starts no worse than BG/NBD)
+    boost_from_bgnbd: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -206,6 +238,7 @@ _NUMERIC_FEATURES: tuple[str, ...] = (
     "community_posts",
     "visits",
     "active_days_30d",
+    "gap_std_days",
 )
 #: Label columns coded as the index of the value in a fixed list (float32); a value outside
 #: the list, a null, and price_sensitivity "unknown" (no price information) are null.
@@ -220,12 +253,23 @@ CATEGORICAL_FEATURES: dict[str, tuple[str, ...]] = {
     "gender": GENDERS,
 }
 #: Derived features (see :func:`model_features`).
-DERIVED_FEATURES: tuple[str, ...] = ("tenure_days", "interpurchase_days", "overdue_ratio")
+DERIVED_FEATURES: tuple[str, ...] = (
+    "tenure_days",
+    "interpurchase_days",
+    "overdue_ratio",
+    "gap_cv",
+    "order_trend_30d",
+    "order_trend_90d",
+)
+#: BG/NBD features (:func:`add_bgnbd_features`): fitted on the train users at each cutoff,
+#: null in :func:`model_features` until parameters are applied.
+BGNBD_FEATURES: tuple[str, ...] = ("bgnbd_p_alive", "bgnbd_expected", "bgnbd_p_churn")
 #: Candidate numeric model inputs, in the order of :data:`MODEL_FEATURES_SCHEMA`.
 MODEL_FEATURES: tuple[str, ...] = (
     *_NUMERIC_FEATURES,
     *CATEGORICAL_FEATURES,
     *DERIVED_FEATURES,
+    *BGNBD_FEATURES,
 )
 #: Interaction counts that only a source logging behaviour events can fill: null in a table
 #: where no user has any of them (an order-only log), see :func:`model_features`.
@@ -419,9 +463,140 @@ def model_features(features: pa.Table, *, behaviour_logged: bool | None = None) 
     cols["tenure_days"] = _f32_array(btyd_t + first_day - signup_day)
     cols["interpurchase_days"] = _f32_array(interval)
     cols["overdue_ratio"] = _f32_array(overdue)
+    _gap_and_trend_columns(cols, features, interval)
+    for name in BGNBD_FEATURES:
+        cols[name] = pa.nulls(features.num_rows, _F32)
     return pa.Table.from_arrays(
         [cols[f.name] for f in MODEL_FEATURES_SCHEMA], schema=MODEL_FEATURES_SCHEMA
     )
+
+
+def _gap_and_trend_columns(cols: dict[str, Any], features: pa.Table, interval: np.ndarray) -> None:
+    """``gap_cv`` (std / mean of the inter-purchase gaps), ``order_trend_30d`` / ``_90d``
+    (orders in the latest window minus the window before; null without any order)."""
+    std = _f64_of(features.column("gap_std_days"))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cv = np.where(interval > 0, std / np.where(interval > 0, interval, 1.0), np.nan)
+    cols["gap_cv"] = _f32_array(cv)
+    has = _f64_of(features.column("orders_total")) > 0
+    for d in (30, 90):
+        now = _f64_of(features.column(f"frequency_{d}d"))
+        before = _f64_of(features.column(f"frequency_prev_{d}d"))
+        cols[f"order_trend_{d}d"] = _f32_array(np.where(has, now - before, np.nan))
+
+
+def add_bgnbd_features(table: pa.Table, params: BgnbdParams | None, horizon_days: int) -> pa.Table:
+    """``table`` with the :data:`BGNBD_FEATURES` columns set from BG/NBD ``params``.
+
+    ``bgnbd_p_alive`` = P(alive), ``bgnbd_expected`` = expected purchase days in the horizon,
+    ``bgnbd_p_churn`` = P(no purchase in the horizon) (:mod:`strata.btyd`), from the row's
+    ``btyd_frequency`` / ``btyd_recency`` / ``btyd_t``; null without a BTYD summary, and every
+    row null when ``params`` is None (no fit was possible). Columns absent are appended.
+    """
+    if params is None:
+        values = {name: np.full(table.num_rows, np.nan) for name in BGNBD_FEATURES}
+    else:
+        x, tx, t = _btyd(table)
+        values = {
+            "bgnbd_p_alive": p_alive(params, x, tx, t),
+            "bgnbd_expected": expected_purchases(params, horizon_days, x, tx, t),
+            "bgnbd_p_churn": p_no_purchase(params, horizon_days, x, tx, t),
+        }
+    for name in BGNBD_FEATURES:
+        col = _f32_array(values[name])
+        if name in table.column_names:
+            table = table.set_column(table.schema.get_field_index(name), name, col)
+        else:
+            table = table.append_column(name, col)
+    return table
+
+
+#: Per task, the column of training examples holding BG/NBD's own prediction on the margin
+#: scale (log-odds; log spend for the Tweedie model): the model boosts from it.
+MARGIN_COLUMNS: dict[str, str] = {
+    "churn": "margin_churn",
+    "repurchase": "margin_repurchase",
+    "spend": "margin_spend",
+}
+_MARGIN_EPS = 1e-4
+
+
+def bgnbd_margins(
+    table: pa.Table, params: BgnbdParams | None, horizon_days: int, repurchase_days: int
+) -> dict[str, np.ndarray]:
+    """BG/NBD's predictions as xgboost base margins, per task (:data:`MARGIN_COLUMNS`).
+
+    ``logit(clip(p, 1e-4, 1 - 1e-4))`` for churn and repurchase, ``log(max(spend, 0.01))`` for
+    spend (Tweedie's log link). A row without a BTYD summary (or no ``params``) gets 0: the
+    model alone decides there (such users are outside the training population).
+    """
+    pred = bgnbd_predictions(table, params, horizon_days, repurchase_days)
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for task in ("churn", "repurchase"):
+            p = np.clip(pred[task], _MARGIN_EPS, 1.0 - _MARGIN_EPS)
+            out[task] = np.log(p) - np.log1p(-p)
+        out["spend"] = np.log(np.maximum(pred["spend"], 0.01))
+    return {k: np.where(np.isfinite(v), v, 0.0) for k, v in out.items()}
+
+
+def apply_bgnbd_by_cutoff(
+    table: pa.Table,
+    params_by_cutoff: Mapping[int, BgnbdParams | None],
+    horizon_days: int,
+    repurchase_days: int,
+) -> pa.Table:
+    """:func:`add_bgnbd_features` and :func:`bgnbd_margins` on training examples, each row
+    with the parameters fitted at its own ``cutoff_ms`` (a cutoff without parameters gets null
+    features and 0 margins). Row order is kept; the margin columns are set or appended."""
+    cut = int64_values(table.column("cutoff_ms"), "cutoff_ms")
+    n = table.num_rows
+    out = {name: np.full(n, np.nan) for name in BGNBD_FEATURES}
+    margins = {task: np.zeros(n) for task in MARGIN_COLUMNS}
+    for c in np.unique(cut):
+        rows = np.flatnonzero(cut == c)
+        params = params_by_cutoff.get(int(c))
+        if params is None:
+            continue
+        part = add_bgnbd_features(table.take(pa.array(rows)), params, horizon_days)
+        for name in BGNBD_FEATURES:
+            out[name][rows] = _f64_of(part.column(name))
+        for task, m in bgnbd_margins(part, params, horizon_days, repurchase_days).items():
+            margins[task][rows] = m
+    for name in BGNBD_FEATURES:
+        table = table.set_column(table.schema.get_field_index(name), name, _f32_array(out[name]))
+    for task, name in MARGIN_COLUMNS.items():
+        col = pa.array(margins[task].astype(np.float32), type=_F32)
+        if name in table.column_names:
+            table = table.set_column(table.schema.get_field_index(name), name, col)
+        else:
+            table = table.append_column(name, col)
+    return table
+
+
+#: Features whose effect has a known direction: +1 = more of it, more churn (and less
+#: repurchase). Recency is the classic one (more recent => less churn).
+MONOTONE_CHURN: dict[str, int] = {
+    "recency_days": 1,
+    "overdue_ratio": 1,
+    "bgnbd_p_churn": 1,
+    "bgnbd_p_alive": -1,
+    "bgnbd_expected": -1,
+}
+
+
+def monotone_constraints(features: Sequence[str], task: str) -> str | None:
+    """xgboost ``monotone_constraints`` for ``task`` over ``features`` (None: unconstrained).
+
+    Churn follows :data:`MONOTONE_CHURN`, repurchase the opposite signs; spend is left free.
+    """
+    sign = {"churn": 1, "repurchase": -1}.get(task)
+    if sign is None:
+        return None
+    values = [sign * MONOTONE_CHURN.get(f, 0) for f in features]
+    if not any(values):
+        return None
+    return "(" + ",".join(str(v) for v in values) + ")"
 
 
 def feature_matrix(table: pa.Table, names: Sequence[str]) -> np.ndarray:
@@ -786,6 +961,84 @@ def winner(
     return best
 
 
+#: Baselines that can stand in for a model at scoring time (they need no training).
+PUBLISHABLE_BASELINES: tuple[str, ...] = ("bgnbd", "recency_rule")
+
+
+def choose_champion(
+    metrics: Mapping[str, Mapping[str, Any]],
+    classification: bool,
+    time_holdout: Mapping[str, Mapping[str, Any]] | None = None,
+    model: str = "distributed",
+) -> dict[str, Any]:
+    """Champion / challenger: the model is published only if it is at least as good as the
+    best baseline (``bgnbd``, ``recency_rule``) on the users held out, and, where a check on
+    a cutoff held out by time exists, there too. Otherwise the best baseline is.
+
+    Args:
+        metrics: test metrics per method (``model`` and the baselines present).
+        classification: AUC decides (higher is better); else RMSE (lower is better).
+        time_holdout: metrics per method on the cutoff held out by time (or None).
+        model: the method name of the model.
+
+    Returns:
+        ``method`` (``model`` or a baseline name), ``reason`` (one sentence), and the numbers
+        compared: ``metric``, ``model``, ``best_baseline``, ``baseline``; ``time_holdout`` with
+        the same numbers when checked.
+    """
+    key = "auc" if classification else "rmse"
+
+    def value(m: Mapping[str, Any] | None) -> float | None:
+        v = None if m is None else m.get(key)
+        return None if v is None or not np.isfinite(v) else float(v)
+
+    def better_or_equal(a: float, b: float) -> bool:
+        return a >= b if classification else a <= b
+
+    def contest(
+        block: Mapping[str, Mapping[str, Any]],
+    ) -> tuple[float | None, str | None, float | None]:
+        base = {b: value(block.get(b)) for b in PUBLISHABLE_BASELINES}
+        valid = {b: v for b, v in base.items() if v is not None}
+        if not valid:
+            return value(block.get(model)), None, None
+        best = (max if classification else min)(valid, key=lambda b: valid[b])
+        return value(block.get(model)), best, valid[best]
+
+    m, best, b = contest(metrics)
+    out: dict[str, Any] = {"metric": key, "model": m, "best_baseline": best, "baseline": b}
+    if best is None or b is None:
+        out.update(method="model", reason="no baseline could be measured")
+        return out
+    if m is None or not better_or_equal(m, b):
+        out.update(
+            method=best,
+            reason=f"the model's test {key} {_num(m)} is worse than {best}'s {b:.4f} on the "
+            "held-out users",
+        )
+        return out
+    if time_holdout:
+        tm, tbest, tb = contest(time_holdout)
+        out["time_holdout"] = {"model": tm, "best_baseline": tbest, "baseline": tb}
+        if tbest is not None and tb is not None and (tm is None or not better_or_equal(tm, tb)):
+            out.update(
+                method=tbest,
+                reason=f"the model's {key} {_num(tm)} is worse than {tbest}'s {tb:.4f} on the "
+                "cutoff held out by time",
+            )
+            return out
+    out.update(
+        method="model",
+        reason=f"the model's test {key} {m:.4f} is at least {best}'s {b:.4f}"
+        + (" (and on the cutoff held out by time)" if "time_holdout" in out else ""),
+    )
+    return out
+
+
+def _num(v: float | None) -> str:
+    return "undefined" if v is None else f"{v:.4f}"
+
+
 # =========================================================================== baselines
 def recency_rule(
     table: pa.Table, horizon_days: int = 30, repurchase_days: int = 7
@@ -817,6 +1070,54 @@ def _btyd(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         _f64_of(table.column("btyd_recency")),
         _f64_of(table.column("btyd_t")),
     )
+
+
+def bgnbd_predictions(
+    table: pa.Table,
+    params: BgnbdParams | None,
+    horizon_days: int,
+    repurchase_days: int,
+) -> dict[str, np.ndarray]:
+    """BG/NBD's own predictions from given parameters (no fitting), aligned with the rows.
+
+    ``churn`` = P(no purchase in the horizon), ``repurchase`` = 1 - P(no purchase in the first
+    ``repurchase_days``), ``spend`` = expected purchase days in the horizon x spend per purchase
+    day to date (``spend_total_cny / (btyd_frequency + 1)``). NaN without a BTYD summary, and
+    everywhere when ``params`` is None.
+    """
+    n = table.num_rows
+    if params is None:
+        return {k: np.full(n, np.nan) for k in ("churn", "repurchase", "spend")}
+    x, tx, t = _btyd(table)
+    scores = bgnbd_scores(params, horizon_days, repurchase_days, x, tx, t)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_day = _f64_of(table.column("spend_total_cny")) / (x + 1.0)
+    return {
+        "churn": scores["churn"],
+        "repurchase": scores["repurchase"],
+        "spend": scores["expected_purchases"] * per_day,
+    }
+
+
+def bgnbd_predictions_by_cutoff(
+    table: pa.Table,
+    params_by_cutoff: Mapping[int, BgnbdParams | None],
+    horizon_days: int,
+    repurchase_days: int,
+) -> dict[str, np.ndarray]:
+    """:func:`bgnbd_predictions` of training examples, each row with the parameters fitted at
+    its own ``cutoff_ms``: BG/NBD fitted on the same history as the model."""
+    cut = int64_values(table.column("cutoff_ms"), "cutoff_ms")
+    out = {k: np.full(table.num_rows, np.nan) for k in ("churn", "repurchase", "spend")}
+    for c in np.unique(cut):
+        rows = np.flatnonzero(cut == c)
+        part = bgnbd_predictions(
+            table.take(pa.array(rows)), params_by_cutoff.get(int(c)), horizon_days,
+            repurchase_days,
+        )  # fmt: skip
+        for k, v in part.items():
+            out[k][rows] = v
+    return out
 
 
 def bgnbd_baseline(

@@ -159,6 +159,8 @@ FEATURES_SCHEMA = pa.schema(
         pa.field("ltv_cny", _F64),
         pa.field("arpu_30d_cny", _F64),
         pa.field("discount_sensitivity", _F64),
+        # inter-purchase gaps (_gap_columns)
+        pa.field("gap_std_days", _F64),
     ],
     metadata={"strata.table": "features"},
 )
@@ -714,6 +716,7 @@ def compute_features(
     cols["ltv_cny"] = cols["spend_total_cny"]
     cols["arpu_30d_cny"] = cols["monetary_30d"]
     cols["discount_sensitivity"] = discount_sensitivity
+    _gap_columns(cols, orders, n)
     return pa.Table.from_arrays([cols[c] for c in FEATURE_COLUMNS], schema=FEATURES_SCHEMA)
 
 
@@ -812,6 +815,29 @@ def _long_window_columns(cols: dict[str, pa.Array], orders: _Orders, win: _Windo
         months[users] = np.ceil(tenure_days / MONTH_DAYS).astype(np.int64)
         has[users] = True
     cols["active_months"] = _i32(np.maximum(months, 1), has)
+
+
+def _gap_columns(cols: dict[str, pa.Array], orders: _Orders, n: int) -> None:
+    """``gap_std_days``: population standard deviation of the gaps (days) between a user's
+    consecutive distinct local purchase days; null with fewer than two gaps. The mean gap is
+    ``btyd_recency / btyd_frequency`` (derived in strata.training)."""
+    std = np.zeros(n)
+    has = np.zeros(n, dtype=bool)
+    u = orders.user
+    if len(u):
+        day = _local_day(orders.ts)
+        new_day = np.concatenate(([True], (u[1:] != u[:-1]) | (day[1:] != day[:-1])))
+        d_user, d_day = u[new_day], day[new_day]
+        same = d_user[1:] == d_user[:-1]
+        g_user = d_user[1:][same]
+        gaps = (d_day[1:] - d_day[:-1])[same].astype(np.float64)
+        k = np.bincount(g_user, minlength=n)
+        s1 = np.bincount(g_user, weights=gaps, minlength=n)
+        s2 = np.bincount(g_user, weights=gaps * gaps, minlength=n)
+        has = k >= 2
+        kk = np.where(has, k, 1)
+        std = np.sqrt(np.maximum(s2 / kk - (s1 / kk) ** 2, 0.0))
+    cols["gap_std_days"] = _f64(std, has)
 
 
 def _category_spend(

@@ -3,7 +3,9 @@
 A version holds one XGBoost model per target in xgboost's UBJSON format (``churn.ubj``,
 ``repurchase.ubj``, ``spend.ubj``) and ``meta.json``: the feature list and types, objective and
 parameters per model, the data hash, cutoffs, horizon, test metrics, baselines, the winner per
-target, status (``good`` / ``failed``) and the size and SHA-256 of every model file. The meta
+target, the champion per target (``model`` or the baseline that publishes instead), the BG/NBD
+parameters scoring uses, status (``good`` / ``failed``) and the size and SHA-256 of every model
+file. The meta
 file is written last, through an atomic rename: it is the commit marker, so a folder without
 one is an incomplete save and is never listed. ``models/_work/<version>/`` is scratch space of
 the training job (training example shards), never a version.
@@ -121,6 +123,7 @@ class LoadedModels:
             FEATURES_SCHEMA.field(c) if c in known else pa.field(c, pa.float64()) for c in columns
         ]
         self._model_table(pa.schema(fields).empty_table())
+        _ = self.champions  # a champion that cannot score fails here, before any work
 
     def _model_table(self, features: pa.Table) -> pa.Table:
         from strata.training import model_features
@@ -146,6 +149,10 @@ class LoadedModels:
         Args:
             features: per-user features (``strata.features.compute_features`` output).
 
+        Each target comes from its champion (:attr:`champions`): the booster (started from
+        BG/NBD's margin when it was trained so), BG/NBD with the stored parameters, or the
+        recency rule.
+
         Returns:
             ``churn_p`` and ``repurchase_p`` (probabilities) and ``predicted_spend`` (CNY in
             the horizon, never negative): float32 arrays aligned with the input rows.
@@ -153,17 +160,77 @@ class LoadedModels:
         Raises:
             ModelError: the table lacks a feature the models were trained on (names it).
         """
-        from strata.training import feature_matrix
+        from strata.training import (
+            BGNBD_FEATURES,
+            add_bgnbd_features,
+            bgnbd_margins,
+            bgnbd_predictions,
+            feature_matrix,
+            recency_rule,
+        )
 
-        X = feature_matrix(self._model_table(features), self.features)
+        table = self._model_table(features)
+        params = self.bgnbd_params
+        horizon = int(self.meta.get("horizon_days", 30))
+        repurchase = int(self.meta.get("repurchase_days", 7))
+        if any(f in BGNBD_FEATURES for f in self.features):
+            filled = add_bgnbd_features(features, params, horizon)
+            for name in BGNBD_FEATURES:
+                table = table.set_column(
+                    table.schema.get_field_index(name), name, filled.column(name)
+                )
+        X = feature_matrix(table, self.features)
+        margins = bgnbd_margins(features, params, horizon, repurchase)
+        rule = recency_rule(features, horizon, repurchase)
+        champions = self.champions
         out: dict[str, np.ndarray] = {}
         for name, column in PREDICTION_COLUMNS.items():
             if X.shape[0] == 0:
                 out[column] = np.zeros(0, dtype=np.float32)
                 continue
-            out[column] = np.asarray(self.boosters[name].inplace_predict(X), dtype=np.float32)
+            method = champions[name]
+            if method == "model":
+                boosted = self.meta.get("models", {}).get(name, {}).get("base_margin") == "bgnbd"
+                margin = margins[name].astype(np.float32) if boosted else None
+                p = self.boosters[name].inplace_predict(X, base_margin=margin)
+            elif method == "bgnbd":
+                # users without a BTYD summary (no order) fall back on the recency rule
+                p = bgnbd_predictions(features, params, horizon, repurchase)[name]
+                p = np.where(np.isfinite(p), p, rule[name])
+            else:
+                p = rule[name]
+            out[column] = np.asarray(p, dtype=np.float32)
         out["predicted_spend"] = np.clip(out["predicted_spend"], 0.0, None)
         return out
+
+    @property
+    def champions(self) -> dict[str, str]:
+        """Which method publishes each target: ``model``, ``bgnbd`` or ``recency_rule``
+        (meta.json ``champion``; a version without that block publishes its models)."""
+        block = self.meta.get("champion", {})
+        out: dict[str, str] = {}
+        for name in MODEL_NAMES:
+            method = str(block.get(name, {}).get("method", "model"))
+            if method == "bgnbd" and self.bgnbd_params is None:
+                raise ModelError(
+                    f"model version {self.version}: champion of {name} is bgnbd but meta.json "
+                    "holds no BG/NBD scoring parameters"
+                )
+            if method not in ("model", "bgnbd", "recency_rule"):
+                raise ModelError(
+                    f"model version {self.version}: unknown champion {method!r} for {name}"
+                )
+            out[name] = method
+        return out
+
+    @property
+    def bgnbd_params(self) -> Any:
+        """The BG/NBD parameters scoring uses (``bgnbd.scoring_params``: the fit on the train
+        users at the newest training cutoff), or None."""
+        from strata.btyd import BgnbdParams
+
+        raw = self.meta.get("bgnbd", {}).get("scoring_params")
+        return None if raw is None else BgnbdParams.model_validate(raw)
 
 
 class ModelRegistry:

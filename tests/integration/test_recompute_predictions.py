@@ -60,7 +60,14 @@ def test_predictions_in_snapshot_redis_and_churn_warning(
     result = RecomputeJob(settings, AS_OF, actors=2).run()
     snaps = SnapshotStore(settings.data)
     manifest = snaps.manifest(result.version)
-    assert manifest["predictions"] == {"model_version": version, "status": "used"}
+    assert manifest["predictions"]["model_version"] == version
+    assert manifest["predictions"]["status"] == "used"
+    champions = ModelRegistry(str(settings.data)).meta(version)["champion"]
+    assert manifest["predictions"]["sources"] == {
+        "churn_p": champions["churn"]["method"],
+        "repurchase_p": champions["repurchase"]["method"],
+        "predicted_spend": champions["spend"]["method"],
+    }
     table = snaps.read(result.version)
     for name in ("churn_p", "repurchase_p", "predicted_spend"):
         values = table.column(name).to_numpy()

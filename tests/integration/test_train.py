@@ -90,7 +90,10 @@ def test_churn_model_has_signal_and_matches_single_node(trained: train_job.Train
     churn = trained.metrics["churn"]
     auc = churn["distributed"]["auc"]
     assert auc > 0.6
-    assert auc > churn["recency_rule"]["auc"] - 0.02 or auc > 0.6
+    # on generated data (behaviour, coupons, categories) the model beats both baselines
+    assert auc > churn["recency_rule"]["auc"], churn["recency_rule"]["auc"]
+    assert auc > churn["bgnbd"]["auc"], churn["bgnbd"]["auc"]
+    assert trained.champions["churn"]["method"] == "model"
     # 0.005 is the production check (recorded); this small sample gets a looser bound
     for name in ("churn", "repurchase"):
         parity = trained.parity[name]
@@ -203,7 +206,7 @@ def test_imported_orders_only_data_trains_without_coupon_and_category_features(
 def test_invalid_train_config_fails_before_any_work(generated: Settings, tmp_path: Path) -> None:
     configs = tmp_path / "configs"
     shutil.copytree(CONFIG_DIR, configs)
-    text = (configs / "train.yaml").read_text().replace("max_depth: 6", "max_detph: 6")
+    text = (configs / "train.yaml").read_text().replace("max_depth: 4", "max_detph: 4")
     (configs / "train.yaml").write_text(text)
     before = ModelRegistry(generated.data).versions()
     with pytest.raises(ConfigError, match="max_detph"):

@@ -202,3 +202,46 @@ def test_missing_feature_column_raises_model_error_naming_it(
     registry.save("v2", boosters, _meta([*names[:-1], "feature_from_the_future"]))
     with pytest.raises(ModelError, match="feature_from_the_future"):
         registry.load("v2").predict(features)
+
+
+def test_champions_publish_baseline_scores(
+    tmp_path: Path, features: pa.Table, trained: tuple[dict[str, xgb.Booster], list[str]]
+) -> None:
+    """A version whose churn champion is BG/NBD and spend champion the recency rule scores
+    those targets with the baselines; repurchase still comes from its booster."""
+    from strata.btyd import BgnbdParams, p_no_purchase
+    from strata.training import recency_rule
+
+    boosters, names = trained
+    params = BgnbdParams(r=0.24, alpha=4.4, a=0.79, b=2.4)
+    champion = {
+        "churn": {"method": "bgnbd"},
+        "repurchase": {"method": "model"},
+        "spend": {"method": "recency_rule"},
+    }
+    meta = _meta(
+        names,
+        repurchase_days=7,
+        champion=champion,
+        bgnbd={"scoring_params": params.model_dump()},
+    )
+    registry = ModelRegistry(str(tmp_path))
+    version = new_version()
+    registry.save(version, boosters, meta)
+    loaded = registry.load(version)
+    assert loaded.champions == {"churn": "bgnbd", "repurchase": "model", "spend": "recency_rule"}
+    out = loaded.predict(features)
+    x, tx, t = (features.column(c).to_numpy(zero_copy_only=False).astype(float)
+                for c in ("btyd_frequency", "btyd_recency", "btyd_t"))  # fmt: skip
+    np.testing.assert_allclose(out["churn_p"], p_no_purchase(params, 30, x, tx, t), rtol=1e-6)
+    np.testing.assert_allclose(
+        out["predicted_spend"], recency_rule(features, 30, 7)["spend"], rtol=1e-6
+    )
+    X = feature_matrix(model_features(features), names)
+    np.testing.assert_allclose(out["repurchase_p"], boosters["repurchase"].inplace_predict(X))
+
+    # a BG/NBD champion without stored parameters cannot score: refused before any work
+    broken = new_version()
+    registry.save(broken, boosters, _meta(names, champion=champion))
+    with pytest.raises(ModelError, match="no BG/NBD scoring parameters"):
+        registry.load(broken).check_features(FEATURES_SCHEMA.names)

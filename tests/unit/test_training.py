@@ -575,7 +575,8 @@ def test_repository_config_loads() -> None:
     cfg = load_train_config()
     assert cfg.horizon_days == 30 and cfg.repurchase_days == 7
     assert cfg.split.train == pytest.approx(0.7)
-    assert cfg.xgboost.max_depth == 6 and cfg.xgboost.num_boost_round == 300
+    assert cfg.xgboost.max_depth == 4 and cfg.xgboost.num_boost_round == 400
+    assert cfg.cutoffs == 4 and cfg.monotone and cfg.boost_from_bgnbd and cfg.time_holdout
 
 
 @pytest.mark.parametrize(
