@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 from rich.console import Console
 from rich.table import Table
 
-from jobs.recompute import RecomputeJob, parse_as_of
+from jobs.recompute import RecomputeJob
 from strata.features import FeatureConfig
 from strata.ids import assign
 from strata.io.redis_server import EmbeddedRedis
@@ -55,6 +55,7 @@ from strata.io.warehouse import Warehouse
 from strata.schema import CATEGORIES, LOCAL_UTC_OFFSET_HOURS
 from strata.settings import Settings
 from strata.tiering.scoring import RecomputeConfig
+from strata.timeutil import parse_as_of
 
 console = Console()
 DAY_MS = 86_400_000

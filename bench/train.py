@@ -35,7 +35,6 @@ from rich.console import Console
 from rich.table import Table
 
 from actors.xgb_distributed import train_distributed, train_single
-from jobs.recompute import parse_as_of
 from jobs.train import (
     DAY_MS,
     SPLITS,
@@ -49,6 +48,7 @@ from strata.features import load_feature_config
 from strata.io.models import ModelRegistry
 from strata.io.warehouse import Warehouse, resolve
 from strata.settings import Settings
+from strata.timeutil import parse_as_of
 from strata.training import classification_metrics, cutoffs_for, feature_matrix, load_train_config
 
 console = Console()

@@ -4,6 +4,7 @@ one place where user errors become short messages (:func:`user_error_message`)."
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 import sys
@@ -35,6 +36,7 @@ from strata.io.segment_store import SegmentStoreError
 from strata.io.warehouse import WarehouseError
 from strata.serving.apikeys import KeyFileError
 from strata.settings import Settings
+from strata.timeutil import parse_as_of
 
 console = Console(stderr=False)
 
@@ -367,3 +369,12 @@ def summary_table(title: str, rows: list[tuple[str, Any]]) -> Table:
             value = f"{value:,}"
         table.add_row(name, str(value))
     return table
+
+
+def as_of_option(text: str) -> dt.datetime:
+    """Typer parser of every ``--as-of``: :func:`strata.timeutil.parse_as_of`, a bad value
+    answered as a usage error (exit 2) that names it."""
+    try:
+        return parse_as_of(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None

@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from jobs._runtime import (
+    as_of_option,
     console,
     progress,
     ray_session,
@@ -42,7 +43,7 @@ from strata.schema import SCHEMA_VERSION
 from strata.settings import Settings
 from strata.tiering.scoring import NEW_USER, RecomputeConfig, merge_counts
 from strata.tiering.tiers import ScoreHistogram, band_warnings, histogram_rows
-from strata.timeutil import AS_OF_HELP, LOCAL_TZ
+from strata.timeutil import AS_OF_HELP, local_iso
 
 
 class RecomputeError(RuntimeError):
@@ -67,17 +68,6 @@ class RecomputeResult:
     warnings: list[str] = field(default_factory=list)
     #: the latest event time included (max ts < as-of), local ISO; None: no event
     last_event: str | None = None
-
-
-def parse_as_of(text: str) -> dt.datetime:
-    """An as-of time: ISO date or date-time; naive means UTC+8 (platform time)."""
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise typer.BadParameter(f"--as-of {text!r} is not an ISO date or date-time") from exc
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone(dt.timedelta(hours=8)))
-    return value.astimezone(dt.UTC)
 
 
 def _ray_error(exc: BaseException) -> str:
@@ -202,7 +192,7 @@ class RecomputeJob:
                     "model_version": model_version,
                     "status": model_status,
                     # champion/challenger: the method behind each published prediction
-                    "sources": _prediction_sources(self.settings.data, model_version),
+                    "sources": ModelRegistry(self.settings.data).prediction_sources(model_version),
                 },
                 "published": False,
                 "timings": timings,
@@ -242,40 +232,27 @@ class RecomputeJob:
             max_actor_rss_mb=max(s["max_rss_mb"] for s in scores),
             histogram=histogram_rows(hist, rules),
             warnings=warnings,
-            last_event=_local_iso(max(lasts)) if lasts else None,
+            last_event=local_iso(max(lasts)) if lasts else None,
         )
 
     def _resolve_model(self) -> tuple[str | None, str]:
-        """The trained model to score with (or None) and a note for the manifest.
+        """The trained model to score with (or None) and a note for the manifest (the policy
+        is :meth:`ModelRegistry.choose_for_scoring`).
 
         Raises:
             RecomputeError: predictions are required and there is no good model, or the model
                 is corrupt / does not fit the features and ``on_model_error`` is ``fail``.
         """
         options = self.config.options
-        if options.predictions == "off":
-            return None, "off (configs/recompute.yaml)"
-        registry = ModelRegistry(self.settings.data)
-        # the newest version *marked* good; a damaged one must fail loudly below rather than
-        # quietly give way to an older model
-        version = next(
-            (v for v in reversed(registry.versions()) if _status(registry, v) == "good"), None
-        )
-        if version is None:
-            if options.predictions == "required":
-                raise RecomputeError(
-                    f"predictions are required but {registry.root} holds no good model; "
-                    "run `strata train` first"
-                )
-            return None, "no trained model yet"
         try:
-            registry.load(version).check_features(FEATURES_SCHEMA.names)
+            choice = ModelRegistry(self.settings.data).choose_for_scoring(
+                options.predictions, options.on_model_error, FEATURES_SCHEMA.names
+            )
         except ModelError as exc:
-            if options.on_model_error == "fail":
-                raise RecomputeError(f"cannot score with model {version}: {exc}") from exc
-            console.print(f"[yellow]continuing without predictions: {exc}")
-            return None, f"model {version} not used: {exc}"
-        return version, "used"
+            raise RecomputeError(str(exc)) from exc
+        if choice.warning:
+            console.print(f"[yellow]{choice.warning}")
+        return choice.version, choice.note
 
     def _hook(self, phase: str, shards: list[Any]) -> None:
         if self.on_phase is not None:
@@ -334,31 +311,6 @@ class RecomputeJob:
                 store.close()
 
 
-def _local_iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, LOCAL_TZ).isoformat(timespec="seconds")
-
-
-def _prediction_sources(data: str, version: str | None) -> dict[str, str] | None:
-    """Per prediction column, what publishes it (``model``, ``bgnbd``, ``recency_rule``)."""
-    if version is None:
-        return None
-    from strata.io.models import PREDICTION_COLUMNS
-
-    block = ModelRegistry(data).meta(version).get("champion") or {}
-    return {
-        col: str(block.get(name, {}).get("method", "model"))
-        for name, col in PREDICTION_COLUMNS.items()
-    }
-
-
-def _status(registry: ModelRegistry, version: str) -> str | None:
-    try:
-        status = registry.meta(version).get("status")
-    except ModelError:
-        return None
-    return str(status) if status is not None else None
-
-
 def transition_table(moves: dict[str, dict[str, int]], tier_names: list[str]) -> Table:
     """Previous tier (rows) x new tier (columns)."""
     table = Table(title="tier transitions (previous -> now)", header_style="bold")
@@ -374,7 +326,7 @@ def transition_table(moves: dict[str, dict[str, int]], tier_names: list[str]) ->
 
 def command(
     data: str = typer.Option("./data", "--data", help="Data root."),
-    as_of: str = typer.Option(..., "--as-of", help=AS_OF_HELP),
+    as_of: dt.datetime = typer.Option(..., "--as-of", help=AS_OF_HELP, parser=as_of_option),
     actors: int | None = typer.Option(None, "--actors", min=1, help="Feature actors."),
     no_publish: bool = typer.Option(False, "--no-publish", help="Snapshot only, no Redis."),
     config_dir: str | None = typer.Option(None, "--config-dir", help="Folder of YAML configs."),
@@ -384,7 +336,7 @@ def command(
     settings = Settings(data=data)
     job = RecomputeJob(
         settings,
-        parse_as_of(as_of),
+        as_of,
         actors=actors,
         publish=not no_publish,
         config_dir=config_dir,

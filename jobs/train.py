@@ -53,7 +53,6 @@ from jobs._runtime import (
     run_command,
     summary_table,
 )
-from jobs.recompute import parse_as_of
 from strata.btyd import BgnbdParams, bgnbd_patterns, fit_bgnbd, merge_patterns
 from strata.features import (
     DICTIONARY_COLUMNS,
@@ -65,7 +64,7 @@ from strata.features import (
 from strata.io.models import ModelError, ModelRegistry, new_version
 from strata.io.warehouse import PARQUET_OPTIONS, Warehouse, resolve
 from strata.settings import Settings
-from strata.timeutil import AS_OF_HELP
+from strata.timeutil import AS_OF_HELP, parse_as_of
 from strata.training import (
     BGNBD_FEATURES,
     LABEL_COLUMNS,

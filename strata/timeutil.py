@@ -55,7 +55,7 @@ def parse_as_of(text: str) -> dt.datetime:
     try:
         value = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"--as-of {text!r} is not an ISO date or date-time") from None
+        raise ValueError(f"{text!r} is not an ISO date or date-time") from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=LOCAL_TZ)
     return value.astimezone(dt.UTC)

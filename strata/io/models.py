@@ -442,3 +442,73 @@ class ModelRegistry:
             booster.set_param({"nthread": nthread})
             boosters[name] = booster
         return LoadedModels(version=version, meta=meta, boosters=boosters, nthread=nthread)
+
+    # ------------------------------------------------------------------ scoring policy
+    def status(self, version: str) -> str | None:
+        """The status ``meta.json`` records for ``version`` (None when it is unreadable)."""
+        try:
+            status = self.meta(version).get("status")
+        except ModelError:
+            return None
+        return str(status) if status is not None else None
+
+    def choose_for_scoring(
+        self,
+        predictions: str,
+        on_model_error: str,
+        feature_columns: Sequence[str],
+    ) -> ModelChoice:
+        """Which version a recompute scores users with (``configs/recompute.yaml``).
+
+        The newest version *marked* good is chosen: a damaged one fails loudly (or, with
+        ``on_model_error: continue``, is skipped with a warning) rather than quietly giving way
+        to an older model.
+
+        Args:
+            predictions: ``off`` (never), ``auto`` (when a good model exists), ``required``.
+            on_model_error: ``fail`` or ``continue`` when the chosen model cannot be used.
+            feature_columns: the feature columns the recompute computes.
+
+        Raises:
+            ModelError: predictions are required and there is no good model, or the model is
+                corrupt / does not fit the features and ``on_model_error`` is ``fail``.
+        """
+        if predictions == "off":
+            return ModelChoice(None, "off (configs/recompute.yaml)")
+        version = next((v for v in reversed(self.versions()) if self.status(v) == "good"), None)
+        if version is None:
+            if predictions == "required":
+                raise ModelError(
+                    f"predictions are required but {self.root} holds no good model; "
+                    "run `strata train` first"
+                )
+            return ModelChoice(None, "no trained model yet")
+        try:
+            self.load(version).check_features(feature_columns)
+        except ModelError as exc:
+            if on_model_error == "fail":
+                raise ModelError(f"cannot score with model {version}: {exc}") from exc
+            return ModelChoice(
+                None, f"model {version} not used: {exc}", f"continuing without predictions: {exc}"
+            )
+        return ModelChoice(version, "used")
+
+    def prediction_sources(self, version: str | None) -> dict[str, str] | None:
+        """Per prediction column, what publishes it (``model``, ``bgnbd``, ``recency_rule``)."""
+        if version is None:
+            return None
+        block = self.meta(version).get("champion") or {}
+        return {
+            col: str(block.get(name, {}).get("method", "model"))
+            for name, col in PREDICTION_COLUMNS.items()
+        }
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a recompute scores with: ``version`` (None: no predictions), the note for
+    the snapshot manifest, and a warning to show when a model was skipped."""
+
+    version: str | None
+    note: str
+    warning: str | None = None

@@ -13,10 +13,11 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from jobs import generate
-from jobs.recompute import RecomputeJob, parse_as_of
+from jobs.recompute import RecomputeJob
 from strata.io.segment_store import SegmentStore
 from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
+from strata.timeutil import parse_as_of
 from tests.conftest import TEST_KEY
 
 pytestmark = pytest.mark.integration

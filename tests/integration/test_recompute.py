@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pytest
 
 from jobs import generate
-from jobs.recompute import RecomputeError, RecomputeJob, parse_as_of
+from jobs.recompute import RecomputeError, RecomputeJob
 from strata.config import CONFIG_DIR, ConfigError
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
@@ -24,6 +24,7 @@ from strata.io.warehouse import Warehouse
 from strata.settings import Settings
 from strata.tiering.explain import explain, rules_from_meta
 from strata.tiering.tiers import load_tier_rules
+from strata.timeutil import parse_as_of
 from tests.conftest import TEST_KEY
 
 pytestmark = pytest.mark.integration
@@ -228,7 +229,7 @@ def test_two_node_cluster_matches_single_node(warehouse_root: str, tmp_path: Pat
         import json, sys
         import ray
         from ray.cluster_utils import Cluster
-        from jobs.recompute import RecomputeJob, parse_as_of
+        from jobs.recompute import RecomputeJob
         from strata.settings import Settings
         cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
         cluster.add_node(num_cpus=1)

@@ -13,12 +13,13 @@ from pydantic import SecretStr
 
 from jobs import generate
 from jobs import train as train_job
-from jobs.recompute import RecomputeError, RecomputeJob, parse_as_of
+from jobs.recompute import RecomputeError, RecomputeJob
 from strata.config import CONFIG_DIR
 from strata.io.models import ModelRegistry
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.settings import Settings
+from strata.timeutil import parse_as_of
 from tests.conftest import TEST_KEY
 
 pytestmark = pytest.mark.integration

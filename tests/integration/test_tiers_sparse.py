@@ -16,13 +16,14 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from jobs import generate
 from jobs._runtime import console
-from jobs.recompute import RecomputeJob, parse_as_of, print_result
+from jobs.recompute import RecomputeJob, print_result
 from strata.config import CONFIG_DIR
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
 from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
 from strata.synth import ORDER_LOG_COLUMNS
+from strata.timeutil import parse_as_of
 from tests.conftest import TEST_KEY
 
 pytestmark = pytest.mark.integration

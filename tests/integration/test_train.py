@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 from jobs import generate
 from jobs import ingest as ingest_job
 from jobs import train as train_job
-from jobs.recompute import parse_as_of
 from strata.config import CONFIG_DIR, ConfigError
 from strata.features import (
     DICTIONARY_COLUMNS,
@@ -33,6 +32,7 @@ from strata.io.models import MODEL_NAMES, ModelRegistry
 from strata.io.warehouse import Warehouse
 from strata.schema import CATEGORIES
 from strata.settings import Settings
+from strata.timeutil import parse_as_of
 from strata.training import cutoffs_for, load_train_config
 from tests.conftest import TEST_KEY
 
