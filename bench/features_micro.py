@@ -43,8 +43,8 @@ from strata.features import (
     load_feature_config,
 )
 from strata.schema import CATEGORIES, EVENT_TYPES, TIMESTAMP
+from strata.timeutil import DAY_MS
 
-DAY_MS = 86_400_000
 AS_OF_MS = 1_767_196_800_000  # 2026-01-01 00:00 local (UTC+8)
 
 # relative frequency of the non-order event types

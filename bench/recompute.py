@@ -52,15 +52,12 @@ from strata.features import FeatureConfig
 from strata.ids import assign
 from strata.io.redis_server import EmbeddedRedis
 from strata.io.warehouse import Warehouse
-from strata.schema import CATEGORIES, LOCAL_UTC_OFFSET_HOURS
+from strata.schema import CATEGORIES
 from strata.settings import Settings
 from strata.tiering.scoring import RecomputeConfig
-from strata.timeutil import parse_as_of
+from strata.timeutil import DAY_MS, HOUR_MS, LOCAL_OFFSET_MS, parse_as_of, to_epoch_ms
 
 console = Console()
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
-OFFSET_MS = LOCAL_UTC_OFFSET_HOURS * HOUR_MS
 
 #: DuckDB column -> strata feature column, for the cross-check
 _RENAMED = {"first_ms": "first_order_ts", "last_ms": "last_order_ts"}
@@ -71,10 +68,10 @@ def duckdb_query(source: str, as_of_ms: int, config: FeatureConfig) -> str:
     w = config.windows
     if (w.activity_days, w.funnel_days, w.price_days) != (90, 90, None) or w.category_days is None:
         raise SystemExit("bench/recompute.py's DuckDB query needs features.yaml's default windows")
-    obs_day = (as_of_ms - 1 + OFFSET_MS) // DAY_MS
+    obs_day = (as_of_ms - 1 + LOCAL_OFFSET_MS) // DAY_MS
 
     def start(days: int) -> int:  # first UTC ms of a window of local days ending on obs_day
-        return (obs_day - days + 1) * DAY_MS - OFFSET_MS
+        return (obs_day - days + 1) * DAY_MS - LOCAL_OFFSET_MS
 
     s30, s90, s180, sc = start(30), start(90), start(180), start(w.category_days)
     slots = config.time_slots.model_dump()
@@ -116,10 +113,10 @@ oa AS (
   FROM o GROUP BY user_id
 ),
 aa AS (  -- activity: app visits and distinct orders in the window, local hour and weekday
-  SELECT user_id, avg(((((t + {OFFSET_MS}) // {DAY_MS}) + 3) % 7 >= 5)::INT) AS weekend_share,
+  SELECT user_id, avg(((((t + {LOCAL_OFFSET_MS}) // {DAY_MS}) + 3) % 7 >= 5)::INT) AS weekend_share,
     {", ".join(slot_cols)}
   FROM (
-    SELECT user_id, t, ((t + {OFFSET_MS}) // {HOUR_MS}) % 24 AS h FROM (
+    SELECT user_id, t, ((t + {LOCAL_OFFSET_MS}) // {HOUR_MS}) % 24 AS h FROM (
       SELECT user_id, t FROM e WHERE ty = 'app_visit' AND t >= {s90}
       UNION ALL SELECT user_id, t FROM o WHERE t >= {s90}
     )
@@ -295,7 +292,7 @@ def main() -> None:
     _data.ensure_generated(args.data, args.users, args.days, args.end)
     settings = Settings(data=args.data)
     as_of = parse_as_of(args.end)
-    as_of_ms = int(as_of.timestamp() * 1000)
+    as_of_ms = to_epoch_ms(as_of)
     config = RecomputeConfig.load()
     wh = Warehouse(settings.data)
     summary = wh.summary()

@@ -31,6 +31,7 @@ from strata.ingest import MappingError
 from strata.io.import_files import InputError
 from strata.io.keys import PseudonymKeyError
 from strata.io.models import ModelError
+from strata.io.paths import is_remote, local_path
 from strata.io.redis_server import EmbeddedRedis
 from strata.io.segment_store import SegmentStoreError
 from strata.io.warehouse import WarehouseError
@@ -335,7 +336,7 @@ def redis_session(settings: Settings) -> Iterator[str]:
     if settings.redis_url:
         yield settings.redis_url
         return
-    persist = None if "://" in settings.data else os.path.join(settings.data, "redis")
+    persist = None if is_remote(settings.data) else os.path.join(local_path(settings.data), "redis")
     running = EmbeddedRedis.running_in(persist) if persist else None
     if running:  # e.g. a `strata serve` on the same data root: publish where it reads
         yield running

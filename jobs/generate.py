@@ -41,6 +41,7 @@ from jobs._runtime import (
 )
 from strata.config import load_calendar
 from strata.io.keys import load_pseudonym_key
+from strata.io.paths import is_remote
 from strata.io.warehouse import PARQUET_OPTIONS, TABLES, Warehouse, WriteResult, resolve
 from strata.schema import EVENT_TYPES
 from strata.settings import Settings
@@ -164,7 +165,7 @@ def run(
     write_id = f"gen-{uuid.uuid4().hex[:12]}"
     fs, root = resolve(settings.data)
     # workers may run in another working directory: hand them an absolute local path
-    data_root = settings.data if "://" in settings.data else root
+    data_root = settings.data if is_remote(settings.data) else root
     truth_dir = posixpath.join(root, TRUTH_DIR)
     fs.create_dir(truth_dir, recursive=True)
     staging = posixpath.join(truth_dir, f"_staging-{write_id}")

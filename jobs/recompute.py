@@ -43,7 +43,7 @@ from strata.schema import SCHEMA_VERSION
 from strata.settings import Settings
 from strata.tiering.scoring import NEW_USER, RecomputeConfig, merge_counts
 from strata.tiering.tiers import ScoreHistogram, band_warnings, histogram_rows
-from strata.timeutil import AS_OF_HELP, local_iso
+from strata.timeutil import AS_OF_HELP, local_iso, to_epoch_ms
 
 
 class RecomputeError(RuntimeError):
@@ -100,7 +100,7 @@ class RecomputeJob:
     ) -> None:
         self.settings = settings
         self.as_of = as_of
-        self.as_of_ms = int(as_of.timestamp() * 1000)
+        self.as_of_ms = to_epoch_ms(as_of)
         self.n_actors = actors
         self.publish = publish
         self.keep_versions = keep_versions

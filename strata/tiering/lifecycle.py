@@ -14,9 +14,9 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from strata.config import StrictModel, config_path, load_yaml
+from strata.timeutil import DAY_MS
 
 STAGES: tuple[str, ...] = ("new", "growing", "mature", "declining", "churned")
-_DAY_MS = 86_400_000
 
 
 class LifecycleRules(StrictModel):
@@ -50,7 +50,7 @@ def _days_since(ts: pa.ChunkedArray | pa.Array, as_of_ms: int) -> np.ndarray:
     if ts.null_count:
         valid = np.asarray(ts.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
         ms = np.where(valid, ms, np.nan)
-    return (as_of_ms - ms) / _DAY_MS
+    return (as_of_ms - ms) / DAY_MS
 
 
 def _int_col(features: pa.Table, name: str) -> np.ndarray:

@@ -31,9 +31,9 @@ from strata.features import (
     rfm_scores,
 )
 from strata.schema import CATEGORIES, EVENTS_SCHEMA, TIMESTAMP, USERS_SCHEMA
+from strata.timeutil import DAY_MS
 
 LOCAL = dt.timezone(dt.timedelta(hours=8))
-DAY_MS = 86_400_000
 
 
 def local_ms(text: str) -> int:
