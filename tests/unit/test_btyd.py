@@ -13,7 +13,15 @@ from lifetimes import BetaGeoFitter
 from lifetimes.datasets import load_cdnow_summary
 from lifetimes.utils import summary_data_from_transaction_data
 
-from strata.btyd import (
+from strata.features import FeatureConfig, compute_features
+from strata.synth.bgnbd import SimParams, simulate_bgnbd
+from strata.training import (
+    choose_champion,
+    classification_metrics,
+    model_features,
+    monotone_constraints,
+)
+from strata.training.bgnbd import (
     BgnbdParams,
     bgnbd_patterns,
     expected_purchases,
@@ -21,14 +29,6 @@ from strata.btyd import (
     merge_patterns,
     p_alive,
     p_no_purchase,
-)
-from strata.btyd_sim import SimParams, simulate_bgnbd
-from strata.features import FeatureConfig, compute_features
-from strata.training import (
-    choose_champion,
-    classification_metrics,
-    model_features,
-    monotone_constraints,
 )
 from tests.integration.orders_logs import cdnow_raw, shifted_as_of, shifted_ms
 
