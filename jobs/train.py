@@ -80,12 +80,14 @@ from strata.training import (
     feature_matrix,
     fill_missing_scores,
     fit_bgnbd_by_cutoff,
+    holdout_by_time,
     importance,
     load_train_config,
     params_by_cutoff,
     parity,
     recency_rule,
     select_features,
+    without_calibration,
     xgb_params,
 )
 
@@ -334,18 +336,13 @@ def run(
             timings["examples_s"] = time.perf_counter() - t0
             meta["data"]["examples"] = ex.rows
             meta["data"]["positives"] = ex.positives
-            empty = [s for s in SPLITS if ex.rows[s] == 0]
+            empty = ex.empty_splits()
             if empty:
                 raise TrainError(
                     f"split(s) {empty} have no examples (rows per split: {ex.rows}); "
                     "more users or an earlier cutoff are needed"
                 )
-            unlabelled = [
-                f"{label} ({split})"
-                for split in SPLITS
-                for label in LABEL_COLUMNS
-                if ex.labelled[split][label] < ex.rows[split]
-            ]
+            unlabelled = ex.unlabelled()
             if unlabelled:
                 raise TrainError(
                     f"labels missing for {', '.join(unlabelled)}: the spend label needs "
@@ -537,12 +534,9 @@ def _finish(
         # non-finite predictions make the metrics raise: the run is then recorded as failed
         metrics[name] = evaluate(target, y, preds)
         if len(meta["cutoffs_ms"]) > 1:  # the newest cutoff alone, comparable to cutoffs: 1
-            newest[name] = {
-                m: {k: v for k, v in d.items() if k != "calibration"}
-                for m, d in evaluate(
-                    target, y[at_newest], {m: p[at_newest] for m, p in preds.items()}
-                ).items()
-            }
+            newest[name] = without_calibration(
+                evaluate(target, y[at_newest], {m: p[at_newest] for m, p in preds.items()})
+            )
     timings["evaluate_s"] = time.perf_counter() - t0
 
     checks, problems = parity(metrics)
@@ -640,10 +634,6 @@ def _margin(table: pa.Table, meta: dict[str, Any], name: str) -> np.ndarray | No
     return np.asarray(table.column(column).to_numpy(zero_copy_only=False), dtype=np.float32)
 
 
-def _rows(table: pa.Table, mask: np.ndarray) -> pa.Table:
-    return table.take(pa.array(np.flatnonzero(mask)))
-
-
 def time_holdout_check(
     train: pa.Table,
     valid: pa.Table,
@@ -667,22 +657,10 @@ def time_holdout_check(
     """
     from actors.xgb_distributed import train_single
 
-    cuts = sorted(params, reverse=True)
-    if not cuts:
+    rows = holdout_by_time(train, valid, test, list(params), horizon)
+    if rows is None:
         return {}
-    newest = cuts[0]
-    older = [c for c in cuts[1:] if c + horizon * DAY_MS <= newest]
-    if not older:
-        return {}
-
-    def cut_of(t: pa.Table) -> np.ndarray:
-        return np.asarray(t.column("cutoff_ms").to_numpy(zero_copy_only=False), dtype=np.int64)
-
-    tr = _rows(train, np.isin(cut_of(train), older))
-    va = _rows(valid, np.isin(cut_of(valid), older))
-    te = _rows(test, cut_of(test) == newest)
-    if tr.num_rows == 0 or va.num_rows == 0 or te.num_rows == 0:
-        return {}
+    newest, older, tr, va, te = rows
     X_tr, X_va, X_te = (feature_matrix(t, features) for t in (tr, va, te))
     rule = recency_rule(te, horizon, cfg.repurchase_days)
     bg = bgnbd_predictions_by_cutoff(te, params, horizon, cfg.repurchase_days)
@@ -709,9 +687,7 @@ def time_holdout_check(
             "cutoff": cutoff_iso(newest),
             "train_cutoffs": [cutoff_iso(c) for c in older],
             "rows": {"train": tr.num_rows, "validation": va.num_rows, "test": te.num_rows},
-            "metrics": {
-                m: {k: v for k, v in d.items() if k != "calibration"} for m, d in metrics.items()
-            },
+            "metrics": without_calibration(metrics),
         }
     return out
 

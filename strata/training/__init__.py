@@ -78,6 +78,7 @@ from strata.training.examples import (
     cutoffs_for,
     data_hash,
     feature_matrix,
+    holdout_by_time,
     model_features,
     select_features,
     split_of,
@@ -102,6 +103,7 @@ from strata.training.metrics import (
     parity,
     regression_metrics,
     winner,
+    without_calibration,
 )
 from strata.training.params import (
     MONOTONE_CHURN,
@@ -170,6 +172,7 @@ __all__ = [
     "fill_missing_scores",
     "fit_bgnbd",
     "fit_bgnbd_by_cutoff",
+    "holdout_by_time",
     "importance",
     "labels",
     "load_train_config",
@@ -189,5 +192,6 @@ __all__ = [
     "training_examples",
     "valid_counts",
     "winner",
+    "without_calibration",
     "xgb_params",
 ]

@@ -61,6 +61,7 @@ __all__ = [
     "cutoffs_for",
     "data_hash",
     "feature_matrix",
+    "holdout_by_time",
     "model_features",
     "select_features",
     "split_of",
@@ -585,6 +586,19 @@ class ExamplePartials:
             patterns=patterns,
         )
 
+    def empty_splits(self) -> list[str]:
+        """The splits without any example."""
+        return [s for s in SPLITS if self.rows[s] == 0]
+
+    def unlabelled(self) -> list[str]:
+        """``label (split)`` for every label some example of the split lacks."""
+        return [
+            f"{label} ({split})"
+            for split in SPLITS
+            for label in LABEL_COLUMNS
+            if self.labelled[split][label] < self.rows[split]
+        ]
+
     @classmethod
     def merge_all(cls, shards: Sequence[dict[str, Any]]) -> ExamplePartials:
         """Merge per-bucket results (in bucket order, whatever the task order)."""
@@ -592,3 +606,37 @@ class ExamplePartials:
         for shard in sorted(shards, key=lambda s: s["bucket"]):
             out = out.merge(cls.of_shard(shard))
         return out
+
+
+def holdout_by_time(
+    train: pa.Table, valid: pa.Table, test: pa.Table, cutoffs_ms: Sequence[int], horizon_days: int
+) -> tuple[int, list[int], pa.Table, pa.Table, pa.Table] | None:
+    """The rows of the check on a cutoff held out by time as well as by user.
+
+    Train and validation rows of the cutoffs whose label windows end by the newest cutoff (no
+    label they carry lies in the newest window), test rows at the newest cutoff.
+
+    Returns:
+        ``(newest, older cutoffs, train, validation, test)``, or None when no older cutoff
+        qualifies (e.g. ``cutoffs: 1``) or a part has no rows.
+    """
+    cuts = sorted(cutoffs_ms, reverse=True)
+    if not cuts:
+        return None
+    newest = cuts[0]
+    older = [c for c in cuts[1:] if c + horizon_days * DAY_MS <= newest]
+    if not older:
+        return None
+
+    def cut_of(t: pa.Table) -> np.ndarray:
+        return np.asarray(t.column("cutoff_ms").to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    def rows(t: pa.Table, mask: np.ndarray) -> pa.Table:
+        return t.take(pa.array(np.flatnonzero(mask)))
+
+    tr = rows(train, np.isin(cut_of(train), older))
+    va = rows(valid, np.isin(cut_of(valid), older))
+    te = rows(test, cut_of(test) == newest)
+    if tr.num_rows == 0 or va.num_rows == 0 or te.num_rows == 0:
+        return None
+    return newest, older, tr, va, te

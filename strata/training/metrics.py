@@ -31,6 +31,7 @@ __all__ = [
     "parity",
     "regression_metrics",
     "winner",
+    "without_calibration",
 ]
 
 #: Production parity check: |AUC(distributed) - AUC(single node)| on the test split.
@@ -332,3 +333,8 @@ def parity(
         if float(d) <= 0.5:
             problems.append(f"{name}: test AUC {d:.4f} is no better than chance")
     return checks, problems
+
+
+def without_calibration(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Metrics per method without their calibration deciles (the compact checks of meta.json)."""
+    return {m: {k: v for k, v in d.items() if k != "calibration"} for m, d in metrics.items()}
