@@ -26,7 +26,6 @@ from tests.conftest import TEST_KEY
 
 SHIFT_YEARS = 28
 LOCAL = dt.timezone(dt.timedelta(hours=8))
-DAY_MS = 86_400_000
 
 
 def cdnow_path() -> Path:

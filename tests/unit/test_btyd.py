@@ -15,6 +15,7 @@ from lifetimes.utils import summary_data_from_transaction_data
 
 from strata.features import FeatureConfig, compute_features
 from strata.synth.bgnbd import SimParams, simulate_bgnbd
+from strata.timeutil import DAY_MS
 from strata.training import (
     choose_champion,
     classification_metrics,
@@ -32,7 +33,6 @@ from strata.training.bgnbd import (
 )
 from tests.integration.orders_logs import cdnow_raw, shifted_as_of, shifted_ms
 
-DAY_MS = 86_400_000
 LOCAL = dt.timezone(dt.timedelta(hours=8))
 
 

@@ -18,9 +18,9 @@ import xgboost as xgb
 from strata.features import FEATURES_SCHEMA, FeatureConfig, compute_features
 from strata.io.models import MODEL_NAMES, ModelError, ModelRegistry, new_version
 from strata.schema import TIMESTAMP
+from strata.timeutil import DAY_MS
 from strata.training import feature_matrix, model_features
 
-DAY_MS = 86_400_000
 AS_OF = 1_790_000_000_000
 
 

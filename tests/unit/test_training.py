@@ -20,6 +20,7 @@ from strata.config import ConfigError, load_calendar
 from strata.features import FeatureConfig, compute_features, load_feature_config
 from strata.ids import bucket_of, pseudonymise_many
 from strata.schema import EVENTS_SCHEMA, TIMESTAMP
+from strata.timeutil import DAY_MS
 from strata.training import (
     BASELINE_COLUMNS,
     BEHAVIOUR_COLUMNS,
@@ -46,7 +47,6 @@ from strata.training import (
 )
 
 LOCAL = dt.timezone(dt.timedelta(hours=8))
-DAY_MS = 86_400_000
 KEY = b"unit-test-key-0123456789abcdef"
 
 
