@@ -35,21 +35,22 @@ from rich.console import Console
 from rich.table import Table
 
 from actors.xgb_distributed import train_distributed, train_single
-from jobs.train import (
-    DAY_MS,
-    SPLITS,
-    TARGETS,
-    build_examples,
-    read_split,
-    select_features,
-    xgb_params,
-)
+from jobs.train import build_examples, read_split
 from strata.features import load_feature_config
 from strata.io.models import ModelRegistry
 from strata.io.warehouse import Warehouse, resolve
 from strata.settings import Settings
-from strata.timeutil import parse_as_of
-from strata.training import classification_metrics, cutoffs_for, feature_matrix, load_train_config
+from strata.timeutil import DAY_MS, parse_as_of
+from strata.training import (
+    SPLITS,
+    TARGETS,
+    classification_metrics,
+    cutoffs_for,
+    feature_matrix,
+    load_train_config,
+    select_features,
+    xgb_params,
+)
 
 console = Console()
 

@@ -161,3 +161,11 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         else:
             raise ValueError(f"required column {field.name!r} is missing")
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+#: Snapshot column of each model's prediction (model name -> column), in model order.
+MODEL_PREDICTION_COLUMNS: dict[str, str] = {
+    "churn": "churn_p",
+    "repurchase": "repurchase_p",
+    "spend": "predicted_spend",
+}

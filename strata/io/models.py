@@ -34,6 +34,7 @@ import xgboost as xgb
 
 from strata.features import FEATURES_SCHEMA
 from strata.io.warehouse import resolve
+from strata.training.targets import MODEL_NAMES, PREDICTION_COLUMNS
 
 __all__ = [
     "META",
@@ -49,14 +50,6 @@ __all__ = [
 
 META = "meta.json"
 WORK_DIR = "_work"
-#: The models of a version, one per target.
-MODEL_NAMES: tuple[str, ...] = ("churn", "repurchase", "spend")
-#: Output column of each model in :meth:`LoadedModels.predict`.
-PREDICTION_COLUMNS: dict[str, str] = {
-    "churn": "churn_p",
-    "repurchase": "repurchase_p",
-    "spend": "predicted_spend",
-}
 STATUSES: tuple[str, ...] = ("good", "failed")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -227,7 +220,7 @@ class LoadedModels:
     def bgnbd_params(self) -> Any:
         """The BG/NBD parameters scoring uses (``bgnbd.scoring_params``: the fit on the train
         users at the newest training cutoff), or None."""
-        from strata.btyd import BgnbdParams
+        from strata.training import BgnbdParams
 
         raw = self.meta.get("bgnbd", {}).get("scoring_params")
         return None if raw is None else BgnbdParams.model_validate(raw)

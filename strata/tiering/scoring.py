@@ -20,11 +20,12 @@ import pyarrow.compute as pc
 
 from strata.config import StrictModel, config_path, load_yaml
 from strata.features import FeatureConfig, RfmPartials, load_feature_config, rfm_scores
+from strata.schema import MODEL_PREDICTION_COLUMNS
 from strata.tiering.lifecycle import LifecycleRules, assign_lifecycle, load_lifecycle_rules
 from strata.tiering.tiers import TierRules, assign_tiers, load_tier_rules
 
 NEW_USER = "(new)"
-PREDICTION_COLUMNS: tuple[str, ...] = ("churn_p", "repurchase_p", "predicted_spend")
+PREDICTION_COLUMNS: tuple[str, ...] = tuple(MODEL_PREDICTION_COLUMNS.values())
 
 
 class RecomputeOptions(StrictModel):

@@ -19,14 +19,13 @@ import pyarrow.parquet as pq
 from pydantic import SecretStr
 
 from jobs import ingest as ingest_job
-from strata.btyd_sim import simulate_bgnbd
 from strata.ingest import ColumnMapping
 from strata.settings import Settings
+from strata.synth.bgnbd import simulate_bgnbd
 from tests.conftest import TEST_KEY
 
 SHIFT_YEARS = 28
 LOCAL = dt.timezone(dt.timedelta(hours=8))
-DAY_MS = 86_400_000
 
 
 def cdnow_path() -> Path:

@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 
 from jobs import train as train_job
 from jobs.recompute import RecomputeJob
-from strata.btyd import BgnbdParams, p_no_purchase
 from strata.config import CONFIG_DIR
 from strata.io.models import ModelRegistry
 from strata.io.snapshots import SnapshotStore
 from strata.settings import Settings
+from strata.training import BgnbdParams, p_no_purchase
 from tests.integration.orders_logs import (
     cdnow_orders,
     import_orders,

@@ -16,6 +16,7 @@ import typer
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from actors.example_shard import bucket_examples
 from jobs import generate
 from jobs import ingest as ingest_job
 from jobs import train as train_job
@@ -33,7 +34,13 @@ from strata.io.warehouse import Warehouse
 from strata.schema import CATEGORIES
 from strata.settings import Settings
 from strata.timeutil import parse_as_of
-from strata.training import cutoffs_for, load_train_config
+from strata.training import (
+    IMPORTANCE_TOP,
+    PARITY_MAX_AUC_GAP,
+    SPLITS,
+    cutoffs_for,
+    load_train_config,
+)
 from tests.conftest import TEST_KEY
 
 pytestmark = pytest.mark.integration
@@ -75,13 +82,13 @@ def test_registry_holds_a_good_version_with_three_models_and_metrics(
     )
     assert meta["features"] == trained.features and meta["dropped_features"] == []
     assert meta["data"]["sha256"] and meta["data"]["examples_sha256"]
-    assert all(meta["data"]["examples"][s] > 0 for s in train_job.SPLITS)
+    assert all(meta["data"]["examples"][s] > 0 for s in SPLITS)
     for name in ("churn", "repurchase"):
         assert {"auc", "pr_auc", "log_loss", "calibration"} <= set(meta["metrics"][name])
         assert {"single_node", "recency_rule", "bgnbd"} <= set(meta["baselines"][name])
     assert {"mae", "rmse", "r2"} <= set(meta["metrics"]["spend"])
     assert set(meta["winner"]) == set(MODEL_NAMES)
-    assert 0 < len(meta["importance_gain"]["churn"]) <= train_job.IMPORTANCE_TOP
+    assert 0 < len(meta["importance_gain"]["churn"]) <= IMPORTANCE_TOP
     # scratch shards are gone after a good run
     assert not Path(registry.work_dir(trained.version)).exists()
 
@@ -98,7 +105,7 @@ def test_churn_model_has_signal_and_matches_single_node(trained: train_job.Train
     for name in ("churn", "repurchase"):
         parity = trained.parity[name]
         assert parity["auc_gap"] < 0.01
-        assert parity["max_auc_gap"] == train_job.PARITY_MAX_AUC_GAP
+        assert parity["max_auc_gap"] == PARITY_MAX_AUC_GAP
         assert parity["ok"] == (parity["auc_gap"] <= 0.005)
     assert trained.metrics["spend"]["distributed"]["r2"] > 0
 
@@ -145,7 +152,7 @@ def test_examples_are_deterministic_per_bucket(generated: Settings, tmp_path: Pa
     bucket = Warehouse(generated.data).buckets()[3]
     digests = []
     for run in ("a", "b"):
-        out = train_job.bucket_examples(
+        out = bucket_examples(
             generated.data, str(tmp_path / run), bucket, cutoffs, HORIZON * 86_400_000, fc, cfg
         )
         assert sum(out["rows"].values()) > 0

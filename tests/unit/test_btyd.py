@@ -13,7 +13,16 @@ from lifetimes import BetaGeoFitter
 from lifetimes.datasets import load_cdnow_summary
 from lifetimes.utils import summary_data_from_transaction_data
 
-from strata.btyd import (
+from strata.features import FeatureConfig, compute_features
+from strata.synth.bgnbd import SimParams, simulate_bgnbd
+from strata.timeutil import DAY_MS
+from strata.training import (
+    choose_champion,
+    classification_metrics,
+    model_features,
+    monotone_constraints,
+)
+from strata.training.bgnbd import (
     BgnbdParams,
     bgnbd_patterns,
     expected_purchases,
@@ -22,17 +31,8 @@ from strata.btyd import (
     p_alive,
     p_no_purchase,
 )
-from strata.btyd_sim import SimParams, simulate_bgnbd
-from strata.features import FeatureConfig, compute_features
-from strata.training import (
-    choose_champion,
-    classification_metrics,
-    model_features,
-    monotone_constraints,
-)
 from tests.integration.orders_logs import cdnow_raw, shifted_as_of, shifted_ms
 
-DAY_MS = 86_400_000
 LOCAL = dt.timezone(dt.timedelta(hours=8))
 
 

@@ -18,9 +18,9 @@ import xgboost as xgb
 from strata.features import FEATURES_SCHEMA, FeatureConfig, compute_features
 from strata.io.models import MODEL_NAMES, ModelError, ModelRegistry, new_version
 from strata.schema import TIMESTAMP
+from strata.timeutil import DAY_MS
 from strata.training import feature_matrix, model_features
 
-DAY_MS = 86_400_000
 AS_OF = 1_790_000_000_000
 
 
@@ -209,8 +209,7 @@ def test_champions_publish_baseline_scores(
 ) -> None:
     """A version whose churn champion is BG/NBD and spend champion the recency rule scores
     those targets with the baselines; repurchase still comes from its booster."""
-    from strata.btyd import BgnbdParams, p_no_purchase
-    from strata.training import recency_rule
+    from strata.training import BgnbdParams, p_no_purchase, recency_rule
 
     boosters, names = trained
     params = BgnbdParams(r=0.24, alpha=4.4, a=0.79, b=2.4)

@@ -20,6 +20,7 @@ from strata.config import ConfigError, load_calendar
 from strata.features import FeatureConfig, compute_features, load_feature_config
 from strata.ids import bucket_of, pseudonymise_many
 from strata.schema import EVENTS_SCHEMA, TIMESTAMP
+from strata.timeutil import DAY_MS
 from strata.training import (
     BASELINE_COLUMNS,
     BEHAVIOUR_COLUMNS,
@@ -46,7 +47,6 @@ from strata.training import (
 )
 
 LOCAL = dt.timezone(dt.timedelta(hours=8))
-DAY_MS = 86_400_000
 KEY = b"unit-test-key-0123456789abcdef"
 
 
@@ -601,3 +601,59 @@ def test_config_validation_zero_without_early_stopping(tmp_path: Path) -> None:
         "xgboost": {"early_stopping_rounds": 0},
     }
     assert load_train_config(_write(tmp_path, data)).split.validation == 0.0
+
+
+def _shard(bucket: int, rows: int, churned: float) -> dict[str, Any]:
+    from strata.training import SPLITS
+
+    return {
+        "bucket": bucket,
+        "rows": {"train": rows, "test": 1},
+        "files": {s: f"/w/{s}/part-{bucket:05d}.parquet" for s in ("train", "test")},
+        "valid": {"train": {"recency_days": rows}},
+        "positives": {"train": {"label_churn": churned}},
+        "labelled": {s: {"label_churn": 1} for s in SPLITS},
+        "patterns": {5: (np.array([[1.0, 2.0, 3.0]]), np.array([rows]))},
+        "seconds": 0.5,
+    }
+
+
+def test_example_partials_merge_is_order_independent_with_a_neutral_empty() -> None:
+    """Bucket results merge to the same partial whatever the order tasks finished in."""
+    from strata.training import ExamplePartials
+
+    shards = [_shard(7, 3, 1.0), _shard(2, 4, 2.0), _shard(5, 1, 0.0)]
+    a = ExamplePartials.merge_all(shards)
+    b = ExamplePartials.merge_all(shards[::-1])
+    assert a.files == b.files and a.rows == b.rows and a.positives == b.positives
+    assert a.files["train"] == [f"/w/train/part-{b_:05d}.parquet" for b_ in (2, 5, 7)]
+    assert a.rows["train"] == 8 and a.valid["train"]["recency_days"] == 8
+    assert a.buckets == 3 and a.task_seconds == 1.5
+    np.testing.assert_array_equal(a.patterns[5][1], [8])
+    one = ExamplePartials.of_shard(shards[0])
+    assert ExamplePartials.empty().merge(one).rows == one.rows
+    assert a.empty_splits() == ["validation"]
+    assert a.unlabelled() == [
+        "label_churn (train)",
+        "label_repurchase (train)",
+        "label_spend (train)",
+        "label_repurchase (test)",
+        "label_spend (test)",
+    ]
+
+
+def test_holdout_by_time_needs_an_older_window_that_ends_by_the_newest_cutoff() -> None:
+    from strata.training import holdout_by_time
+
+    def part(cuts: list[int]) -> pa.Table:
+        return pa.table({"cutoff_ms": pa.array(cuts, pa.int64())})
+
+    day = DAY_MS
+    train, valid, test = part([0, 30 * day, 60 * day]), part([0, 60 * day]), part([0, 60 * day])
+    got = holdout_by_time(train, valid, test, [60 * day, 30 * day, 0], 30)
+    assert got is not None
+    newest, older, tr, va, te = got
+    assert newest == 60 * day and older == [30 * day, 0]
+    assert (tr.num_rows, va.num_rows, te.num_rows) == (2, 1, 1)
+    assert holdout_by_time(train, valid, test, [60 * day, 30 * day], 31) is None
+    assert holdout_by_time(train, valid, test, [60 * day], 30) is None

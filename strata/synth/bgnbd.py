@@ -20,10 +20,9 @@ import numpy as np
 import pyarrow as pa
 
 from strata.config import StrictModel
+from strata.timeutil import DAY_MS, LOCAL_TZ, to_epoch_ms
 
 __all__ = ["SimParams", "simulate_bgnbd"]
-
-DAY_MS = 86_400_000
 
 
 class SimParams(StrictModel):
@@ -91,8 +90,8 @@ def simulate_bgnbd(
     order = np.lexsort((when, cust))
     cust, when = cust[order], when[order]
     amount = rng.gamma(p.amount_shape, mean_spend[cust] / p.amount_shape)
-    origin = start or dt.datetime(2025, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=8)))
-    ts = int(origin.timestamp() * 1000) + np.floor(when * DAY_MS).astype(np.int64)
+    origin = start or dt.datetime(2025, 1, 1, tzinfo=LOCAL_TZ)
+    ts = to_epoch_ms(origin) + np.floor(when * DAY_MS).astype(np.int64)
     width = len(str(n))
     names = np.char.add("c", np.char.zfill(np.arange(n).astype(str), width))
     return pa.table(
