@@ -1,6 +1,7 @@
 """Benchmark: distributed XGBoost (xgboost-ray) vs single-node xgboost on the same matrix.
 
-    python bench/train.py --data /tmp/bench1m --as-of 2026-11-01 --horizon 30 [--rounds 300]
+    python bench/train.py [--data /tmp/strata-bench] [--horizon 30] [--rounds 400]
+        [--quality-users 50000]
 
 1. Training examples of every bucket at the cutoff as-of - horizon (the `strata train` example
    pass: Ray tasks, 2 in flight), written as Parquet shards in a scratch folder (deleted at the
@@ -12,6 +13,15 @@
    * plain xgboost, nthread=2, in this process over the same rows: timed with the DMatrix
      construction (from an in-memory matrix) and boosting only.
 3. Test AUC of both on the test split. Ratio = distributed seconds / single-node seconds.
+4. Quality against the classic baselines: the whole `strata train` job (stacked cutoffs,
+   BG/NBD features, champion/challenger) on two generated logs of ``--quality-users`` users —
+   the rich event log and the same generator's transaction-only log (``--orders-only``: order
+   events only, no users table, the shape most platforms start with) — printing the churn AUC
+   on the held-out users of the model, the recency rule and BG/NBD, and which one is
+   published (the champion).
+
+Data: the shared bench root (bench/_data.py; generated when missing): ``--data`` for parts
+1-3, ``<data>-quality`` and ``<data>-quality-orders`` for part 4.
 
 The last line is one JSON object with the figures.
 """
@@ -28,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _data
 import numpy as np
 import ray
 from rich.console import Console
@@ -40,7 +52,7 @@ from strata.features import load_feature_config
 from strata.io.models import ModelRegistry
 from strata.io.warehouse import Warehouse, resolve
 from strata.settings import Settings
-from strata.timeutil import DAY_MS, parse_as_of
+from strata.timeutil import DAY_MS, parse_as_of, to_epoch_ms
 from strata.training import (
     SPLITS,
     TARGETS,
@@ -57,17 +69,23 @@ console = Console()
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--data", default="/tmp/bench1m", help="data root with a warehouse")
-    ap.add_argument("--as-of", default="2026-11-01")
+    ap.add_argument("--data", default=_data.DEFAULT_DATA, help="data root (generated if empty)")
+    ap.add_argument("--users", type=int, default=_data.DEFAULT_USERS, help="when generating")
+    ap.add_argument("--as-of", default=_data.DEFAULT_END)
     ap.add_argument("--horizon", type=int, default=30)
     ap.add_argument("--actors", type=int, default=2, help="xgboost-ray actors (1 CPU each)")
     ap.add_argument("--threads", type=int, default=2, help="single-node xgboost threads")
     ap.add_argument("--rounds", type=int, default=None, help="default: train.yaml")
     ap.add_argument("--target", default="churn", choices=["churn", "repurchase"])
     ap.add_argument("--cpus", type=int, default=2, help="local Ray CPUs")
+    ap.add_argument(
+        "--quality-users", type=int, default=50_000,
+        help="users of the rich and orders-only logs of the baseline comparison (0: skip)",
+    )  # fmt: skip
     args = ap.parse_args()
 
-    os.environ.setdefault("STRATA_PSEUDONYM_KEY", "strata-bench-pseudonym-key-000000")
+    os.environ.setdefault("STRATA_PSEUDONYM_KEY", _data.BENCH_KEY)
+    _data.ensure_generated(args.data, args.users, _data.DEFAULT_DAYS, args.as_of)
     settings = Settings(data=args.data)
     as_of = parse_as_of(args.as_of)
     cfg = load_train_config()
@@ -77,7 +95,7 @@ def main() -> None:
     warehouse = Warehouse(settings.data)
     buckets = warehouse.buckets()
     summary = warehouse.summary()
-    cutoffs = cutoffs_for(int(as_of.timestamp() * 1000), cfg, args.horizon)
+    cutoffs = cutoffs_for(to_epoch_ms(as_of), cfg, args.horizon)
     fs, root = resolve(settings.data)
     registry = ModelRegistry(settings.data)
     work = registry.work_dir(f"bench-{int(time.time())}")
@@ -169,7 +187,43 @@ def main() -> None:
         "auc_gap": round(abs(auc_dist - auc_single), 5),
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
+    if args.quality_users > 0:
+        figures["quality"] = quality(args.data, args.quality_users, args.as_of, args.horizon)
     print(json.dumps(figures))
+
+
+def quality(data: str, users: int, end: str, horizon: int) -> dict[str, Any]:
+    """Churn AUC of the model, the recency rule and BG/NBD from the full `strata train` job on
+    a rich and an orders-only generated log (held-out users; all cutoffs and the newest one)."""
+    from jobs import train as train_job
+
+    out: dict[str, Any] = {}
+    table = Table(title=f"churn, next {horizon} days, held-out users ({users:,} users per log)")
+    for col in ("log", "model AUC", "recency rule AUC", "BG/NBD AUC", "published", "train s"):
+        table.add_column(col, justify="left" if col in ("log", "published") else "right")
+    for kind, orders_only in (("rich", False), ("orders_only", True)):
+        root = f"{data.rstrip('/')}-quality" + ("-orders" if orders_only else "")
+        _data.ensure_generated(root, users, _data.DEFAULT_DAYS, end, orders_only=orders_only)
+        t0 = time.perf_counter()
+        result = train_job.run(Settings(data=root), parse_as_of(end), horizon, show_progress=False)
+        seconds = time.perf_counter() - t0
+        churn = result.metrics["churn"]
+        auc = {m: churn.get(m, {}).get("auc") for m in ("distributed", "recency_rule", "bgnbd")}
+        champion = result.champions["churn"]["method"]
+        out[kind] = {
+            "auc_model": auc["distributed"],
+            "auc_recency_rule": auc["recency_rule"],
+            "auc_bgnbd": auc["bgnbd"],
+            "champion": champion,
+            "train_s": round(seconds, 1),
+            "examples": result.examples,
+        }
+        table.add_row(
+            kind, *(f"{a:.4f}" if a is not None else "-" for a in auc.values()), champion,
+            f"{seconds:.0f}",
+        )  # fmt: skip
+    console.print(table)
+    return out
 
 
 if __name__ == "__main__":
