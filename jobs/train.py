@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -48,7 +47,7 @@ from jobs._runtime import (
     ray_session,
     run_command,
 )
-from jobs._train_report import print_result, print_versions
+from jobs._train_report import TrainResult, print_result, print_versions
 from strata.features import FeatureConfig, load_feature_config
 from strata.io.models import ModelError, ModelRegistry, new_version
 from strata.io.warehouse import Warehouse, resolve
@@ -62,9 +61,9 @@ from strata.training import (
     BgnbdParams,
     ExamplePartials,
     TrainConfig,
-    bgnbd_meta,
     cutoffs_for,
     fit_bgnbd_by_cutoff,
+    horizon_problem,
     importance,
     load_train_config,
     params_by_cutoff,
@@ -72,6 +71,7 @@ from strata.training import (
 )
 from strata.training.evaluation import (
     Split,
+    bgnbd_block,
     conclude,
     evaluate_test,
     examples_digest,
@@ -96,31 +96,6 @@ __all__ = [
 
 class TrainError(RuntimeError):
     """Training failed; no good model version was written."""
-
-
-@dataclass
-class TrainResult:
-    """What one ``strata train`` run produced."""
-
-    version: str
-    status: str
-    path: str
-    as_of: str
-    horizon_days: int
-    cutoffs: list[str]
-    examples: dict[str, int]
-    features: list[str]
-    dropped_features: list[str]
-    metrics: dict[str, dict[str, dict[str, Any]]]
-    winners: dict[str, str]
-    champions: dict[str, dict[str, Any]]
-    parity: dict[str, dict[str, Any]]
-    importance: dict[str, list[tuple[str, float]]]
-    models: dict[str, dict[str, Any]]
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    work_dir: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 # ============================================================================ examples (Ray)
@@ -149,21 +124,11 @@ def build_examples(
 
     fc_ref, cfg_ref = ray.put(feature_config), ray.put(cfg)
     ordered = sorted(buckets, key=lambda b: (-weights.get(b, 0), b))
-    try:
-        results: list[dict[str, Any]] = map_buckets(
-            ray,
-            ordered,
-            lambda b: b,
-            lambda b: task.remote(data_root, work_dir, b, cutoffs_ms, horizon_ms, fc_ref, cfg_ref),
-            workers,
-            "training examples",
-            show_progress,
-        )
-    except BucketTaskError as exc:
-        raise TrainError(
-            f"training examples of bucket {exc.bucket} failed: "
-            f"{type(exc.cause).__name__}: {exc.cause}"
-        ) from exc
+    results = _map_buckets(
+        ray, ordered,
+        lambda b: task.remote(data_root, work_dir, b, cutoffs_ms, horizon_ms, fc_ref, cfg_ref),
+        workers, "training examples", show_progress,
+    )  # fmt: skip
     return ExamplePartials.merge_all(results)
 
 
@@ -188,26 +153,31 @@ def fill_bgnbd(
     by_bucket = ex.files_by_bucket()
     params_json = {c: None if p is None else p.model_dump() for c, p in params.items()}
     ref = ray.put(params_json)
-    try:
-        results: list[dict[str, Any]] = map_buckets(
-            ray,
-            sorted(by_bucket),
-            lambda b: b,
-            lambda b: task.remote(data_root, by_bucket[b], ref, horizon_days, repurchase_days),
-            workers,
-            "BG/NBD features",
-            show_progress,
-        )
-    except BucketTaskError as exc:
-        raise TrainError(
-            f"BG/NBD features of bucket {exc.bucket} failed: "
-            f"{type(exc.cause).__name__}: {exc.cause}"
-        ) from exc
+    results = _map_buckets(
+        ray, sorted(by_bucket),
+        lambda b: task.remote(data_root, by_bucket[b], ref, horizon_days, repurchase_days),
+        workers, "BG/NBD features", show_progress,
+    )  # fmt: skip
     for result in results:
         ex.add_valid(result["valid"])
 
 
 # ============================================================================ driver helpers
+def _map_buckets(
+    ray: Any, buckets: list[int], submit: Any, workers: int, what: str, show_progress: bool
+) -> list[dict[str, Any]]:
+    """:func:`jobs._runtime.map_buckets` with a failed bucket as a :class:`TrainError`."""
+    try:
+        results: list[dict[str, Any]] = map_buckets(
+            ray, buckets, lambda b: b, submit, workers, what, show_progress
+        )
+    except BucketTaskError as exc:
+        raise TrainError(
+            f"{what} of bucket {exc.bucket} failed: {type(exc.cause).__name__}: {exc.cause}"
+        ) from exc
+    return results
+
+
 def read_split(fs: pafs.FileSystem, files: list[str], columns: list[str] | None) -> pa.Table:
     """Concatenate a split's shards (in the given order)."""
     tables = [pq.read_table(f, filesystem=fs, columns=columns) for f in files]
@@ -251,13 +221,8 @@ def run(
     cfg = load_train_config(config_dir)
     feature_config = load_feature_config(config_dir)
     horizon = int(horizon_days or cfg.horizon_days)
-    if horizon < 1:
-        raise TrainError(f"--horizon must be at least 1 day, got {horizon}")
-    if cfg.repurchase_days >= horizon:
-        raise TrainError(
-            f"repurchase_days ({cfg.repurchase_days}) in train.yaml must be smaller than the "
-            f"horizon ({horizon} days)"
-        )
+    if problem := horizon_problem(cfg, horizon):
+        raise TrainError(problem)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     as_of_ms = to_epoch_ms(as_of)
@@ -292,18 +257,8 @@ def run(
             timings["examples_s"] = time.perf_counter() - t0
             meta["data"]["examples"] = ex.rows
             meta["data"]["positives"] = ex.positives
-            empty = ex.empty_splits()
-            if empty:
-                raise TrainError(
-                    f"split(s) {empty} have no examples (rows per split: {ex.rows}); "
-                    "more users or an earlier cutoff are needed"
-                )
-            unlabelled = ex.unlabelled()
-            if unlabelled:
-                raise TrainError(
-                    f"labels missing for {', '.join(unlabelled)}: the spend label needs "
-                    "amount_cny in the events"
-                )
+            if problem := ex.problem():
+                raise TrainError(problem)
             stage = "BG/NBD features"
             t0 = time.perf_counter()
             params, bg_notes = fit_bgnbd_by_cutoff(
@@ -311,14 +266,9 @@ def run(
             )
             fill_bgnbd(ray, data_root, ex, params, horizon, cfg.repurchase_days, n, show_progress)
             timings["bgnbd_s"] = time.perf_counter() - t0
-            meta["bgnbd"] = bgnbd_meta(params, cutoffs)
-            # boosting needs the newest cutoff's fit (the one scoring uses); rows of an older
-            # cutoff without a fit (too few customers then) start from margin 0
-            boost = cfg.boost_from_bgnbd and params.get(cutoffs[0]) is not None
-            if cfg.boost_from_bgnbd and not boost:
-                bg_notes.append("models not boosted from BG/NBD: the newest cutoff has no fit")
-            meta["bgnbd"]["boost_from"] = boost
-            meta["notes"] = bg_notes
+            meta["bgnbd"], meta["notes"] = bgnbd_block(
+                params, cutoffs, cfg.boost_from_bgnbd, bg_notes
+            )
 
             stage = "examples"
             features, dropped = select_features(ex.valid["train"])
@@ -335,22 +285,16 @@ def run(
             n_train = max(1, min(n, cpus))
             boosters: dict[str, Any] = {}
             infos: dict[str, dict[str, Any]] = {}
-            bar = progress() if show_progress else None
-            bar_task = bar.add_task("training (xgboost-ray)", total=len(TARGETS)) if bar else None
-            if bar:
-                bar.start()
-            try:
+            bar = progress()
+            bar.disable = not show_progress  # rich's own switch: no live display, no output
+            with bar:
+                bar_task = bar.add_task("training (xgboost-ray)", total=len(TARGETS))
                 for name in TARGETS:
-                    booster, info = xgb_distributed.train_target_distributed(
+                    boosters[name], infos[name] = xgb_distributed.train_target_distributed(
                         ex.files["train"], ex.files["validation"], features, name, cfg, n_train,
                         fs if "://" in settings.data else None, margin_column(meta, name),
                     )  # fmt: skip
-                    boosters[name], infos[name] = booster, info
-                    if bar and bar_task is not None:
-                        bar.advance(bar_task)
-            finally:
-                if bar:
-                    bar.stop()
+                    bar.advance(bar_task)
             timings["train_distributed_s"] = sum(i["total_seconds"] for i in infos.values())
     except TrainError as exc:
         _record_failure(registry, version, meta, stage, str(exc), timings)
@@ -365,7 +309,7 @@ def run(
     try:
         stage = "single-node training and evaluation"
         result = _finish(
-            registry, version, meta, ex, features, dropped, boosters, infos, cfg, horizon,
+            registry, version, meta, ex, features, boosters, infos, cfg, horizon,
             n_train, fs, timings,
         )  # fmt: skip
     except Exception as exc:
@@ -388,7 +332,6 @@ def _finish(
     meta: dict[str, Any],
     ex: ExamplePartials,
     features: list[str],
-    dropped: list[str],
     boosters: dict[str, Any],
     infos: dict[str, dict[str, Any]],
     cfg: TrainConfig,
@@ -441,27 +384,7 @@ def _finish(
     except ModelError:
         registry.delete(version)
         raise
-    return TrainResult(
-        version=version,
-        status=meta["status"],
-        path=path,
-        as_of=meta["as_of"],
-        horizon_days=horizon,
-        cutoffs=meta["cutoffs"],
-        examples=dict(ex.rows),
-        features=features,
-        dropped_features=dropped,
-        metrics=metrics,
-        winners=outcome.winners,
-        champions=outcome.champions,
-        parity=outcome.parity,
-        importance=ranked,
-        models=models,
-        problems=outcome.problems,
-        notes=outcome.notes,
-        work_dir=registry.work_dir(version),
-        timings=timings,
-    )
+    return TrainResult.of(version, path, meta, metrics, ranked, registry.work_dir(version))
 
 
 def _record_failure(

@@ -8,7 +8,8 @@ and enter here as prediction arrays, or as a ``fit_predict`` callable for the ti
 * :func:`evaluate_test`: every method (models, recency rule, BG/NBD) on the test split, and the
   newest cutoff alone; :func:`time_holdout_check`: the classifiers on a cutoff held out by time.
 * :func:`conclude`: parity, winners, champions and notes (:class:`Outcome`);
-  :func:`start_meta`, :func:`models_block` and :func:`final_meta`: the ``meta.json`` blocks.
+  :func:`start_meta`, :func:`bgnbd_block`, :func:`models_block` and :func:`final_meta`: the
+  ``meta.json`` blocks.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel
 
-from strata.training.baselines import bgnbd_predictions_by_cutoff, params_by_cutoff, recency_rule
+from strata.training.baselines import (
+    bgnbd_meta,
+    bgnbd_predictions_by_cutoff,
+    params_by_cutoff,
+    recency_rule,
+)
 from strata.training.bgnbd import BgnbdParams
 from strata.training.examples import (
     KEY_COLUMNS,
@@ -47,6 +53,7 @@ __all__ = [
     "FitPredict",
     "Outcome",
     "Split",
+    "bgnbd_block",
     "conclude",
     "evaluate_test",
     "examples_digest",
@@ -129,6 +136,26 @@ def start_meta(
             "features_sha256": _digest(feature_config),
         },
     }
+
+
+def bgnbd_block(
+    params: dict[int, BgnbdParams | None],
+    cutoffs_ms: list[int],
+    boost_from_bgnbd: bool,
+    notes: list[str],
+) -> tuple[dict[str, Any], list[str]]:
+    """``meta.json``'s ``bgnbd`` block (:func:`bgnbd_meta`) with ``boost_from``, and the notes.
+
+    Boosting needs the newest cutoff's fit (the one scoring uses); rows of an older cutoff
+    without a fit (too few customers then) start from margin 0. Wanted but impossible: a note.
+    """
+    block = bgnbd_meta(params, cutoffs_ms)
+    boost = boost_from_bgnbd and params.get(cutoffs_ms[0]) is not None
+    notes = list(notes)
+    if boost_from_bgnbd and not boost:
+        notes.append("models not boosted from BG/NBD: the newest cutoff has no fit")
+    block["boost_from"] = boost
+    return block, notes
 
 
 def examples_digest(tables: Sequence[pa.Table]) -> str:

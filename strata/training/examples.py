@@ -600,6 +600,22 @@ class ExamplePartials:
             if self.labelled[split][label] < self.rows[split]
         ]
 
+    def problem(self) -> str | None:
+        """Why these examples cannot train the models (an empty split, a missing label)."""
+        empty = self.empty_splits()
+        if empty:
+            return (
+                f"split(s) {empty} have no examples (rows per split: {self.rows}); "
+                "more users or an earlier cutoff are needed"
+            )
+        unlabelled = self.unlabelled()
+        if unlabelled:
+            return (
+                f"labels missing for {', '.join(unlabelled)}: the spend label needs "
+                "amount_cny in the events"
+            )
+        return None
+
     def files_by_bucket(self) -> dict[int, list[str]]:
         """Every split's shard files (``part-<bucket>.parquet``) grouped by bucket."""
         out: dict[int, list[str]] = {}
