@@ -15,11 +15,11 @@
 3. Train: xgboost-ray (N actors x 1 CPU, :mod:`actors.xgb_distributed`) trains the three models
    over the shards with early stopping on the validation split; plain xgboost trains the same
    models on the same rows in the driver (the single-node baseline and parity check).
-4. Evaluate on the test split: distributed, single-node, the recency rule and BG/NBD. The
-   distributed and single-node AUCs must agree within 0.005 (recorded). Winner per target;
-   a time-holdout check (older cutoffs only, scored at the newest); the champion per target
-   (the model, or the best baseline when the model does not beat it), which the recompute
-   publishes.
+4. Evaluate on the test split (:mod:`strata.training.evaluation`, pure, given the models'
+   predictions): distributed, single-node, the recency rule and BG/NBD. The distributed and
+   single-node AUCs must agree within 0.005 (recorded). Winner per target; a time-holdout
+   check (older cutoffs only, scored at the newest); the champion per target (the model, or
+   the best baseline when the model does not beat it), which the recompute publishes.
 5. Save: the registry writes the boosters and then ``meta.json`` (the commit marker). The
    scratch shards are deleted on success and kept (path printed) when anything failed.
 
