@@ -5,6 +5,8 @@ DESIGN.md), so everything that touches it lives here: a move to ``ray.train.xgbo
 this module and nothing else. :func:`train_distributed` trains over sharded Parquet files (each
 training actor reads its own share of the files, no central load); :func:`train_single` trains
 the same model with plain xgboost in this process, the accuracy and time baseline.
+:func:`train_target_distributed`, :func:`train_single_targets`, :func:`single_node_fit_predict`
+and :func:`predict` apply them to the train job's targets (:data:`strata.training.TARGETS`).
 
 Both return a booster cut to its best iteration (early stopping on the validation set), so a
 saved model predicts exactly what was evaluated, with no ``iteration_range`` to remember.
@@ -13,13 +15,25 @@ saved model predicts exactly what was evaluated, with no ``iteration_range`` to 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pyarrow.fs as pafs
 import xgboost as xgb
 
-__all__ = ["eval_metrics_for", "train_distributed", "train_single"]
+from strata.training import TARGETS, TrainConfig, xgb_params
+from strata.training.evaluation import FitPredict, Split, margin_column
+
+__all__ = [
+    "eval_metrics_for",
+    "predict",
+    "single_node_fit_predict",
+    "train_distributed",
+    "train_single",
+    "train_single_targets",
+    "train_target_distributed",
+]
 
 #: Evaluation metrics per objective; xgboost early-stops on the LAST one.
 _EVAL_METRICS: dict[str, list[str]] = {
@@ -226,3 +240,76 @@ def train_single(
         "n_train": int(X_train.shape[0]),
         "nthread": nthread,
     }
+
+
+def train_target_distributed(
+    train_files: list[str],
+    valid_files: list[str],
+    features: list[str],
+    name: str,
+    cfg: TrainConfig,
+    num_actors: int,
+    filesystem: pafs.FileSystem | None,
+    base_margin: str | None = None,
+) -> tuple[xgb.Booster, dict[str, Any]]:
+    """:func:`train_distributed` of the target ``name`` with train.yaml's parameters."""
+    target = TARGETS[name]
+    return train_distributed(
+        train_files,
+        valid_files,
+        features,
+        target.label,
+        target.objective,
+        xgb_params(cfg, target, features),
+        num_actors=num_actors,
+        num_boost_round=cfg.xgboost.num_boost_round,
+        early_stopping_rounds=cfg.xgboost.early_stopping_rounds,
+        filesystem=filesystem,
+        base_margin=base_margin,
+    )
+
+
+def train_single_targets(
+    train: Split,
+    valid: Split,
+    features: list[str],
+    cfg: TrainConfig,
+    nthread: int,
+    meta: Mapping[str, Any],
+    names: Iterable[str] = tuple(TARGETS),
+) -> tuple[dict[str, xgb.Booster], dict[str, dict[str, Any]]]:
+    """:func:`train_single` of each target in ``names`` (boosted from BG/NBD when ``meta``
+    says so), with train.yaml's parameters.
+
+    Returns:
+        the boosters and their training info, per target.
+    """
+    boosters: dict[str, xgb.Booster] = {}
+    infos: dict[str, dict[str, Any]] = {}
+    for name in names:
+        target, margin = TARGETS[name], margin_column(meta, name)
+        boosters[name], infos[name] = train_single(
+            train.X, train.label(target.label), valid.X, valid.label(target.label),
+            target.objective, xgb_params(cfg, target, features), nthread=nthread,
+            num_boost_round=cfg.xgboost.num_boost_round,
+            early_stopping_rounds=cfg.xgboost.early_stopping_rounds, feature_names=features,
+            margin_train=train.margin(margin), margin_valid=valid.margin(margin),
+        )  # fmt: skip
+    return boosters, infos
+
+
+def predict(booster: xgb.Booster, split: Split, base_margin: str | None) -> np.ndarray:
+    """The booster's predictions on a split's rows (from the ``base_margin`` column if any)."""
+    return np.asarray(booster.inplace_predict(split.X, base_margin=split.margin(base_margin)))
+
+
+def single_node_fit_predict(
+    features: list[str], cfg: TrainConfig, nthread: int, meta: Mapping[str, Any]
+) -> FitPredict:
+    """A :data:`strata.training.evaluation.FitPredict` training with :func:`train_single`."""
+
+    def fit_predict(name: str, train: Split, valid: Split, test: Split) -> np.ndarray:
+        boosters, _ = train_single_targets(train, valid, features, cfg, nthread, meta, [name])
+        return predict(boosters[name], test, margin_column(meta, name))
+
+    return fit_predict

@@ -1,9 +1,11 @@
-"""The rich tables of `strata train` and `strata models` (output only)."""
+"""The result of `strata train` (:class:`TrainResult`) and the rich tables of `strata train` and
+`strata models` (output only)."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from rich.table import Table
@@ -12,8 +14,63 @@ from jobs._runtime import console, summary_table
 from strata.io.models import ModelError, ModelRegistry
 from strata.training import IMPORTANCE_TOP, METHODS, TARGETS
 
-if TYPE_CHECKING:
-    from jobs.train import TrainResult
+
+@dataclass
+class TrainResult:
+    """What one ``strata train`` run produced."""
+
+    version: str
+    status: str
+    path: str
+    as_of: str
+    horizon_days: int
+    cutoffs: list[str]
+    examples: dict[str, int]
+    features: list[str]
+    dropped_features: list[str]
+    metrics: dict[str, dict[str, dict[str, Any]]]
+    winners: dict[str, str]
+    champions: dict[str, dict[str, Any]]
+    parity: dict[str, dict[str, Any]]
+    importance: dict[str, list[tuple[str, float]]]
+    models: dict[str, dict[str, Any]]
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    work_dir: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        version: str,
+        path: str,
+        meta: dict[str, Any],
+        metrics: dict[str, dict[str, dict[str, Any]]],
+        importance: dict[str, list[tuple[str, float]]],
+        work_dir: str | None,
+    ) -> TrainResult:
+        """The result of a run that saved ``meta`` (its ``meta.json``) to ``path``."""
+        return cls(
+            version=version,
+            status=meta["status"],
+            path=path,
+            as_of=meta["as_of"],
+            horizon_days=meta["horizon_days"],
+            cutoffs=meta["cutoffs"],
+            examples=dict(meta["data"]["examples"]),
+            features=meta["features"],
+            dropped_features=meta["dropped_features"],
+            metrics=metrics,
+            winners=meta["winner"],
+            champions=meta["champion"],
+            parity=meta["checks"]["parity"],
+            importance=importance,
+            models=meta["models"],
+            problems=meta["problems"],
+            notes=meta["notes"],
+            work_dir=work_dir,
+            timings=meta["timings"],
+        )
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

@@ -30,7 +30,8 @@ What it offers (every name below is importable from ``strata.training`` itself):
   objective, kind), :data:`MODEL_NAMES`, :data:`LABEL_COLUMNS`, :data:`PREDICTION_COLUMNS`,
   :data:`MARGIN_COLUMNS` and the compared :data:`METHODS`;
 * :mod:`strata.training.params` — :class:`TrainConfig` (``configs/train.yaml``,
-  :func:`load_train_config`), :func:`xgb_params` and :func:`monotone_constraints`;
+  :func:`load_train_config`, :func:`horizon_problem`), :func:`xgb_params` and
+  :func:`monotone_constraints`;
 * :mod:`strata.training.labels` — :func:`labels`;
 * :mod:`strata.training.examples` — model features, cutoffs, split, training examples,
   :func:`data_hash` and the mergeable :class:`ExamplePartials`;
@@ -38,6 +39,9 @@ What it offers (every name below is importable from ``strata.training`` itself):
   :func:`importance`;
 * :mod:`strata.training.baselines` — the recency rule, BG/NBD baselines, features and margins;
 * :mod:`strata.training.bgnbd` — BG/NBD closed forms and the fit (:class:`BgnbdParams`).
+
+:mod:`strata.training.evaluation` (imported from itself) assembles the train job's evaluation
+and ``meta.json`` blocks from these, given the models' predictions.
 """
 
 from strata.training.baselines import (
@@ -110,6 +114,7 @@ from strata.training.params import (
     SplitFractions,
     TrainConfig,
     XgbParams,
+    horizon_problem,
     load_train_config,
     monotone_constraints,
     xgb_params,
@@ -173,6 +178,7 @@ __all__ = [
     "fit_bgnbd",
     "fit_bgnbd_by_cutoff",
     "holdout_by_time",
+    "horizon_problem",
     "importance",
     "labels",
     "load_train_config",

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+import posixpath
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -598,6 +599,37 @@ class ExamplePartials:
             for label in LABEL_COLUMNS
             if self.labelled[split][label] < self.rows[split]
         ]
+
+    def problem(self) -> str | None:
+        """Why these examples cannot train the models (an empty split, a missing label)."""
+        empty = self.empty_splits()
+        if empty:
+            return (
+                f"split(s) {empty} have no examples (rows per split: {self.rows}); "
+                "more users or an earlier cutoff are needed"
+            )
+        unlabelled = self.unlabelled()
+        if unlabelled:
+            return (
+                f"labels missing for {', '.join(unlabelled)}: the spend label needs "
+                "amount_cny in the events"
+            )
+        return None
+
+    def files_by_bucket(self) -> dict[int, list[str]]:
+        """Every split's shard files (``part-<bucket>.parquet``) grouped by bucket."""
+        out: dict[int, list[str]] = {}
+        for files in self.files.values():
+            for path in files:
+                bucket = int(posixpath.basename(path).split("-")[1].split(".")[0])
+                out.setdefault(bucket, []).append(path)
+        return out
+
+    def add_valid(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        """Add non-null counts per split and column (columns written after the pass)."""
+        for split, by_name in counts.items():
+            for name, k in by_name.items():
+                self.valid[split][name] = self.valid[split].get(name, 0) + k
 
     @classmethod
     def merge_all(cls, shards: Sequence[dict[str, Any]]) -> ExamplePartials:

@@ -16,6 +16,7 @@ __all__ = [
     "SplitFractions",
     "TrainConfig",
     "XgbParams",
+    "horizon_problem",
     "load_train_config",
     "monotone_constraints",
     "xgb_params",
@@ -96,6 +97,18 @@ def load_train_config(config_dir: str | Path | None = None) -> TrainConfig:
         ConfigError: the file is missing or invalid (the message names the key).
     """
     return load_yaml(config_path("train", config_dir), TrainConfig)
+
+
+def horizon_problem(cfg: TrainConfig, horizon: int) -> str | None:
+    """Why a label window of ``horizon`` days cannot be used with ``cfg`` (None: it can)."""
+    if horizon < 1:
+        return f"--horizon must be at least 1 day, got {horizon}"
+    if cfg.repurchase_days >= horizon:
+        return (
+            f"repurchase_days ({cfg.repurchase_days}) in train.yaml must be smaller than the "
+            f"horizon ({horizon} days)"
+        )
+    return None
 
 
 #: Features whose effect has a known direction: +1 = more of it, more churn (and less

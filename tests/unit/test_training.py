@@ -657,3 +657,181 @@ def test_holdout_by_time_needs_an_older_window_that_ends_by_the_newest_cutoff() 
     assert (tr.num_rows, va.num_rows, te.num_rows) == (2, 1, 1)
     assert holdout_by_time(train, valid, test, [60 * day, 30 * day], 31) is None
     assert holdout_by_time(train, valid, test, [60 * day], 30) is None
+
+
+# ---------------------------------------------------------------------------- evaluation
+def _at_cutoff(table: pa.Table, cutoff_ms: int) -> pa.Table:
+    i = table.schema.get_field_index("cutoff_ms")
+    values = pa.array(np.full(table.num_rows, cutoff_ms), table.schema.field(i).type)
+    return table.set_column(i, table.schema.field(i), values)
+
+
+def _two_cutoffs(examples: pa.Table, synth_window: tuple[int, int]) -> tuple[pa.Table, dict]:
+    """The examples at the cutoff and again 30 days earlier, and a meta without BG/NBD fits."""
+    from strata.training import cutoff_iso
+
+    newest = synth_window[0]
+    cutoffs = [newest, newest - 30 * DAY_MS]
+    table = pa.concat_tables([examples, _at_cutoff(examples, cutoffs[1])])
+    return table, {"cutoffs_ms": cutoffs, "cutoffs": [cutoff_iso(c) for c in cutoffs]}
+
+
+def _perfect(table: pa.Table) -> dict[str, dict[str, np.ndarray]]:
+    from strata.training import TARGETS
+
+    out = {}
+    for name, t in TARGETS.items():
+        y = _np(table, t.label).astype(np.float64)
+        out[name] = {"distributed": y, "single_node": 0.9 * y + 0.05}
+    return out
+
+
+def test_evaluate_test_scores_every_method_and_the_newest_cutoff_alone(
+    examples: pa.Table, synth_window: tuple[int, int]
+) -> None:
+    from strata.training.evaluation import evaluate_test
+
+    table, meta = _two_cutoffs(examples, synth_window)
+    metrics, newest, notes = evaluate_test(table, _perfect(table), meta, 30, 7)
+    assert notes == ["BG/NBD baseline skipped: no cutoff could be fitted"]
+    assert set(metrics["churn"]) == {"distributed", "single_node", "recency_rule"}
+    assert metrics["churn"]["distributed"]["auc"] == 1.0
+    assert metrics["churn"]["distributed"]["n"] == table.num_rows
+    assert newest["churn"]["distributed"]["n"] == examples.num_rows
+    assert "calibration" in metrics["churn"]["distributed"]
+    assert "calibration" not in newest["churn"]["distributed"]
+    assert metrics["spend"]["distributed"]["rmse"] < 1e-3  # y is float32
+    one = {"cutoffs_ms": meta["cutoffs_ms"][:1], "cutoffs": meta["cutoffs"][:1]}
+    _, newest_one, _ = evaluate_test(examples, _perfect(examples), one, 30, 7)
+    assert newest_one == {}  # one cutoff: nothing to compare
+
+
+def test_conclude_parity_winners_champions_and_notes(
+    examples: pa.Table, synth_window: tuple[int, int]
+) -> None:
+    from strata.training.evaluation import Outcome, conclude, final_meta
+
+    table, meta = _two_cutoffs(examples, synth_window)
+    metrics, _, _ = _metrics(table, meta)
+    out = conclude(metrics, {}, True, ["earlier"])
+    assert out.problems == [] and out.parity["churn"]["ok"]
+    assert out.winners == {
+        "churn": "distributed",
+        "repurchase": "distributed",
+        "spend": "distributed",
+    }
+    assert {c["method"] for c in out.champions.values()} == {"model"}
+    assert out.notes[0] == "earlier" and out.notes[1].startswith("no time holdout check")
+    assert conclude(metrics, {}, False, []).notes == []
+    block = final_meta(out, {}, {}, metrics, {}, {}, {"churn": [("a", 2.0)]}, {"x_s": 1.0})
+    assert block["status"] == "good" and block["importance_gain"] == {"churn": [["a", 2.0]]}
+    assert set(block["baselines"]["churn"]) == {"single_node", "recency_rule"}
+    failed = Outcome(out.parity, ["churn: bad"], out.winners, out.champions, out.notes)
+    assert final_meta(failed, {}, {}, metrics, {}, {}, {}, {})["status"] == "failed"
+
+
+def _metrics(table: pa.Table, meta: dict) -> Any:
+    from strata.training.evaluation import evaluate_test
+
+    return evaluate_test(table, _perfect(table), meta, 30, 7)
+
+
+def test_time_holdout_check_trains_the_classifiers_on_older_cutoffs_only(
+    examples: pa.Table, synth_window: tuple[int, int], cfg: TrainConfig
+) -> None:
+    from strata.training import MODEL_FEATURES, cutoff_iso
+    from strata.training.evaluation import Split, time_holdout_check
+
+    table, meta = _two_cutoffs(examples, synth_window)
+    newest, older = meta["cutoffs_ms"]
+    calls: list[tuple[str, set[int], set[int], int]] = []
+
+    def fit_predict(name: str, tr: Split, va: Split, te: Split) -> np.ndarray:
+        cut = {int(c) for c in _np(tr.table, "cutoff_ms")}
+        calls.append((name, cut, {int(c) for c in _np(te.table, "cutoff_ms")}, tr.X.shape[1]))
+        return te.label(f"label_{name}").astype(np.float64)
+
+    params = {newest: None, older: None}
+    features = list(MODEL_FEATURES[:5])
+    got = time_holdout_check(table, table, table, features, cfg, 30, params, fit_predict)
+    assert [c[0] for c in calls] == ["churn", "repurchase"]  # classifiers only
+    assert all(c[1] == {older} and c[2] == {newest} and c[3] == 5 for c in calls)
+    assert set(got) == {"churn", "repurchase"}
+    assert got["churn"]["cutoff"] == cutoff_iso(newest)
+    assert got["churn"]["train_cutoffs"] == [cutoff_iso(older)]
+    assert got["churn"]["rows"]["test"] == examples.num_rows
+    assert set(got["churn"]["metrics"]) == {"distributed", "recency_rule"}  # no BG/NBD fit
+    assert got["churn"]["metrics"]["distributed"]["auc"] == 1.0
+    assert (
+        time_holdout_check(
+            examples, examples, examples, features, cfg, 30, {newest: None}, fit_predict
+        )
+        == {}
+    )
+
+
+def test_margins_bgnbd_block_and_models_block(examples: pa.Table, cfg: TrainConfig) -> None:
+    from strata.training import MARGIN_COLUMNS, BgnbdParams
+    from strata.training.evaluation import Split, bgnbd_block, margin_column, models_block
+
+    assert margin_column({"bgnbd": {"boost_from": True}}, "churn") == MARGIN_COLUMNS["churn"]
+    assert margin_column({"bgnbd": {"boost_from": False}}, "churn") is None
+    assert margin_column({}, "spend") is None
+    split = Split.of(examples, ["recency_days"])
+    assert split.X.shape == (examples.num_rows, 1) and split.X.dtype == np.float32
+    assert split.label("label_churn").dtype == np.float32 and split.margin(None) is None
+    fit = BgnbdParams(r=0.5, alpha=10.0, a=0.8, b=2.0)
+    block, notes = bgnbd_block({2: None, 1: fit}, [2, 1], True, ["x"])
+    assert block["boost_from"] is False
+    assert notes == ["x", "models not boosted from BG/NBD: the newest cutoff has no fit"]
+    block, notes = bgnbd_block({2: fit, 1: None}, [2, 1], True, [])
+    assert block["boost_from"] is True and notes == []
+    assert bgnbd_block({2: fit}, [2], False, [])[0]["boost_from"] is False
+    infos = {n: {"rounds": 3} for n in ("churn", "repurchase", "spend")}
+    models = models_block(cfg, ["recency_days"], infos, {"bgnbd": {"boost_from": True}})
+    assert models["churn"]["file"] == "churn.ubj" and models["churn"]["rounds"] == 3
+    assert models["spend"]["base_margin"] == "bgnbd"
+    assert models_block(cfg, ["recency_days"], infos, {})["spend"]["base_margin"] is None
+
+
+def test_start_meta_digests_the_warehouse_and_configs(
+    cfg: TrainConfig, fconfig: FeatureConfig
+) -> None:
+    from strata.training.evaluation import start_meta
+
+    manifest = {"n_buckets": 4, "tables": {"events": {"rows": 3}}, "updated_at": "t"}
+    a = start_meta("2025-12-01T00:00:00+08:00", 5, 30, cfg, [5], manifest, 2, fconfig)
+    b = start_meta(
+        "2025-12-01T00:00:00+08:00", 5, 30, cfg, [5], {**manifest, "updated_at": "u"}, 2, fconfig
+    )
+    c = start_meta("x", 5, 30, cfg, [5], {**manifest, "n_buckets": 8}, 2, fconfig)
+    assert a["data"]["sha256"] == b["data"]["sha256"] != c["data"]["sha256"]
+    assert a["data"]["warehouse_updated_at"] == "t" and a["data"]["buckets"] == 2
+    other = cfg.model_copy(update={"repurchase_days": 3})
+    d = start_meta("x", 5, 30, other, [5], manifest, 2, fconfig)
+    assert d["config"]["train_sha256"] != a["config"]["train_sha256"]
+    assert d["config"]["features_sha256"] == a["config"]["features_sha256"]
+
+
+def test_horizon_and_example_problems(cfg: TrainConfig) -> None:
+    from strata.training import ExamplePartials, horizon_problem
+
+    assert horizon_problem(cfg, 30) is None
+    assert horizon_problem(cfg, 0) == "--horizon must be at least 1 day, got 0"
+    assert "must be smaller than the horizon" in (horizon_problem(cfg, cfg.repurchase_days) or "")
+    shards = [_shard(7, 3, 1.0), _shard(2, 4, 2.0)]
+    ex = ExamplePartials.merge_all(shards)
+    assert (ex.problem() or "").startswith("split(s) ['validation'] have no examples")
+    assert ex.files_by_bucket() == {
+        2: ["/w/train/part-00002.parquet", "/w/test/part-00002.parquet"],
+        7: ["/w/train/part-00007.parquet", "/w/test/part-00007.parquet"],
+    }
+    ex.add_valid({"train": {"recency_days": 2, "bgnbd_p_alive": 5}})
+    assert ex.valid["train"]["recency_days"] == 9 and ex.valid["train"]["bgnbd_p_alive"] == 5
+    ex.rows["validation"] = 1
+    ex.labelled = {s: {k: 10 for k in LABEL_COLUMNS} for s in ex.labelled}
+    assert ex.problem() is None
+    ex.labelled["test"]["label_spend"] = 0
+    assert ex.problem() == (
+        "labels missing for label_spend (test): the spend label needs amount_cny in the events"
+    )
