@@ -42,6 +42,56 @@ class BucketTaskError(RuntimeError):
         self.cause = cause
 
 
+#: how long a failed fan-out waits for its cancelled tasks to end before the caller cleans up
+CANCEL_WAIT_S = 60.0
+
+log = logging.getLogger("strata.jobs")
+
+
+def cancel_and_wait(
+    ray: Any, refs: Iterable[Any], actors: Iterable[Any] = (), timeout_s: float = CANCEL_WAIT_S
+) -> list[Any]:
+    """Stop a fan-out's other work and wait until it has really ended.
+
+    Cancelling is asynchronous: a task still running when ``ray.cancel`` returns may write for a
+    moment longer, e.g. into a staging folder its caller is deleting. So every ref is waited for
+    (its error, a cancellation included, ignored) before the caller may clean up.
+
+    Args:
+        ray: the ray module.
+        refs: the object refs still pending.
+        actors: actors to kill first (actor tasks cannot be force-cancelled; a killed actor's
+            pending calls resolve with an error once it is dead).
+        timeout_s: the most to wait in all.
+
+    Returns:
+        The refs that had still not resolved after ``timeout_s`` (normally none).
+    """
+    refs = list(refs)
+    for actor in actors:
+        with contextlib.suppress(Exception):
+            ray.kill(actor, no_restart=True)
+    for ref in refs:
+        try:
+            ray.cancel(ref, force=True)
+        except (TypeError, ValueError):  # an actor task: force is refused
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)
+        except Exception:  # already finished, or its owner is gone
+            pass
+    if not refs:
+        return []
+    _, left = ray.wait(refs, num_returns=len(refs), timeout=timeout_s, fetch_local=False)
+    if left:
+        log.warning(
+            "%d cancelled task(s) still running after %.0f s; their uncommitted output is "
+            "swept by `strata vacuum`",
+            len(left),
+            timeout_s,
+        )
+    return list(left)
+
+
 def map_buckets(
     ray: Any,
     items: Iterable[T],
@@ -57,7 +107,9 @@ def map_buckets(
     completion order (callers sort them when order matters).
 
     Raises:
-        BucketTaskError: a task failed; every task still pending is cancelled first.
+        BucketTaskError: a task failed; every other task was cancelled and has ended (or
+            :data:`CANCEL_WAIT_S` passed) before this is raised, so the caller's cleanup
+            cannot race a task that is still writing.
     """
     queue = deque(items)
     pending: dict[Any, int] = {}
@@ -77,11 +129,15 @@ def map_buckets(
                 try:
                     results.append(ray.get(ref))
                 except Exception as exc:
-                    for other in pending:
-                        ray.cancel(other, force=True)
+                    cancel_and_wait(ray, pending)
+                    pending.clear()
                     raise BucketTaskError(bucket, getattr(exc, "cause", None) or exc) from exc
                 if bar and bar_task is not None:
                     bar.advance(bar_task)
+    except BaseException:  # Ctrl-C, or submit failed: nothing may keep running either
+        if pending:
+            cancel_and_wait(ray, pending)
+        raise
     finally:
         if bar:
             bar.stop()
