@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from strata.io.redis_server import EmbeddedRedis
+from strata.io.redis_server import EmbeddedRedis, save_dataset
 from strata.settings import Settings
 
 console = Console(stderr=False)
@@ -170,12 +170,17 @@ def ray_session(settings: Settings, num_cpus: int | None = None) -> Iterator[Any
 
 
 @contextlib.contextmanager
-def redis_session(settings: Settings) -> Iterator[str]:
+def redis_session(settings: Settings, supervise: bool = False) -> Iterator[str]:
     """Yield a Redis URL: ``STRATA_REDIS_URL``, else an embedded redis-server for this run.
 
     With a local data root the embedded server keeps its dataset in ``<data>/redis/`` between
     runs, so what `strata recompute` published is there for `strata serve` and `rollback`;
-    while one process runs it, the others on the same data root use it too.
+    while one process runs it, the others on the same data root use it too (and save its
+    dataset to disk when they are done, so a restart of that server keeps what they wrote).
+
+    Args:
+        settings: the Redis URL and data root.
+        supervise: restart an embedded server that dies (`strata serve`, which must outlive it).
     """
     if settings.redis_url:
         yield settings.redis_url
@@ -184,8 +189,9 @@ def redis_session(settings: Settings) -> Iterator[str]:
     running = EmbeddedRedis.running_in(persist) if persist else None
     if running:  # e.g. a `strata serve` on the same data root: publish where it reads
         yield running
+        save_dataset(running)
         return
-    with EmbeddedRedis(persist_dir=persist) as server:
+    with EmbeddedRedis(persist_dir=persist, supervise=supervise) as server:
         yield server.url
 
 

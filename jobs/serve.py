@@ -61,7 +61,7 @@ def run_server(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with redis_session(settings) as url, ray_session(settings):
+        with redis_session(settings, supervise=True) as url, ray_session(settings):
             from ray import serve
 
             served = settings.model_copy(update={"redis_url": url})

@@ -143,6 +143,63 @@ def test_keys_create_then_serve_until_ctrl_c(tmp_path: Path, redis_url: str) -> 
         print(f"strata serve stopped {stop_s:.1f} s after SIGINT")
 
 
+def test_serve_recovers_by_itself_when_its_embedded_redis_is_killed(tmp_path: Path) -> None:
+    """SIGKILL the redis-server `strata serve` runs: it is reaped, logged and restarted on the
+    same port with its dataset, and lookups answer 200 again within 10 s, same version."""
+    from jobs._runtime import redis_session
+    from strata.apikeys import dump_records, new_key
+    from strata.settings import Settings
+
+    data = tmp_path / "data"
+    key, record = new_key("redis-kill", ["segments:read"])
+    env = {
+        **os.environ,
+        "STRATA_PSEUDONYM_KEY": TEST_KEY,
+        "STRATA_API_KEYS": dump_records([record]),
+        "STRATA_NUM_CPUS": "2",
+        "PYTHONUNBUFFERED": "1",
+        "COLUMNS": "200",
+    }
+    env.pop("RAY_ADDRESS", None)
+    env.pop("STRATA_REDIS_URL", None)  # its own embedded, supervised Redis
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/users/{RAW_IDS[3]}/segment"
+    with _Foreground([STRATA, "serve", "--data", str(data), "--port", str(port)], env) as serve:
+        assert serve.ready.wait(150), "strata serve did not come up:\n" + serve.tail()
+        # publish into the Redis serve runs, as `strata recompute` does: the session finds
+        # it through its state file and saves the dataset to disk when it is done
+        with redis_session(Settings(data=str(data))) as redis_url:
+            publish_raw_users(redis_url, "v1", RAW_IDS, TEST_KEY)
+        status, body = _get(url, key)
+        assert status == 200 and body["version"] == "v1", body
+        state_file = data / "redis" / "server.json"
+        state = json.loads(state_file.read_text())
+        assert f":{state['port']}/" in redis_url
+
+        os.kill(state["pid"], signal.SIGKILL)
+        killed_at = time.monotonic()
+        seen: list[int] = []
+        while time.monotonic() - killed_at < 10:
+            try:
+                status, body = _get(url, key)
+            except OSError:
+                status = 0
+            seen.append(status)
+            if status == 200:
+                break
+            time.sleep(0.1)
+        back_s = time.monotonic() - killed_at
+        assert status == 200, f"no 200 within 10 s of the kill: {seen}\n" + serve.tail()
+        assert body["version"] == "v1" and body["user_id"] == RAW_IDS[3]
+        assert not os.path.exists(f"/proc/{state['pid']}")  # reaped: no zombie left
+        restarted = json.loads(state_file.read_text())
+        assert restarted["port"] == state["port"] and restarted["pid"] != state["pid"]
+        out = "".join(serve.lines)
+        assert "killed by SIGKILL" in out and "restart 1" in out, serve.tail()
+        assert serve.interrupt() == 0, serve.tail()
+    print(f"200 again {back_s:.1f} s after SIGKILL of redis-server; statuses meanwhile {seen}")
+
+
 def test_serve_run_with_the_config_in_configs(tmp_path: Path, redis_url: str) -> None:
     """`serve run configs/serve.yaml` (Ray's own CLI) deploys the app with the replicas'
     settings from STRATA_* and the fast configuration from api.deployment's variables."""
