@@ -7,7 +7,8 @@ PIP_FLAGS := --disable-pip-version-check -q
 
 .PHONY: install demo test unit integration lint typecheck format bench bench-generate bench-recompute clean
 
-# strata runs on Python 3.11 and 3.12 (pyproject.toml's requires-python; Ray's wheels)
+# strata runs on Python 3.11 and 3.12 (pyproject.toml's requires-python). The pinned pip and
+# setuptools go in first; the package then builds with that setuptools (no build isolation).
 PY_VERSION_OK := import sys; sys.exit(sys.version_info[:2] not in ((3, 11), (3, 12)))
 
 $(STAMP): pyproject.toml constraints.txt
@@ -19,7 +20,6 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PY) -c '$(PY_VERSION_OK)' || { \
 	  echo "$(VENV) runs $$($(PY) --version 2>&1); strata needs Python 3.11 or 3.12:" \
 	    "run make clean, then make install PYTHON=python3.12" >&2; exit 1; }
-	# the pinned pip and setuptools first; the package then builds with that setuptools
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt pip setuptools
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
