@@ -189,7 +189,12 @@ def redis_session(settings: Settings, supervise: bool = False) -> Iterator[str]:
     running = EmbeddedRedis.running_in(persist) if persist else None
     if running:  # e.g. a `strata serve` on the same data root: publish where it reads
         yield running
-        save_dataset(running)
+        try:
+            save_dataset(running)
+        except RuntimeError as exc:
+            # what was written is live; only a restart of that server before its own next
+            # save would lose it
+            log.warning("could not save the embedded Redis dataset to disk: %s", exc)
         return
     with EmbeddedRedis(persist_dir=persist, supervise=supervise) as server:
         yield server.url

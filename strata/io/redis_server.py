@@ -134,8 +134,16 @@ def save_dataset(url: str, timeout_s: float = 120.0) -> None:
     server keeps answering), and wait until it is on disk.
 
     Raises:
-        RuntimeError: the save failed or did not finish within ``timeout_s``.
+        RuntimeError: the server is unreachable, or the save failed or did not finish within
+            ``timeout_s``.
     """
+    try:
+        _save_dataset(url, timeout_s)
+    except redis.exceptions.RedisError as exc:
+        raise RuntimeError(f"could not save the dataset of {url}: {exc}") from exc
+
+
+def _save_dataset(url: str, timeout_s: float) -> None:
     client = redis.Redis.from_url(url, socket_timeout=10)
     deadline = time.monotonic() + timeout_s
     try:
