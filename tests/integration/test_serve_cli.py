@@ -74,10 +74,24 @@ class _Foreground:
     def tail(self, n: int = 40) -> str:
         return "".join(self.lines[-n:])
 
+    def _signal_state(self) -> str:
+        """The process's blocked/ignored/caught signal masks (why a SIGINT went unanswered)."""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+        except OSError:
+            return "no /proc entry"
+        return ", ".join(line for line in status if line.startswith(("State", "Sig")))
+
     def interrupt(self, timeout_s: float = 90) -> int:
         """Send SIGINT (what Ctrl-C sends); the exit status once the command has ended."""
         self.proc.send_signal(signal.SIGINT)
-        rc = self.proc.wait(timeout_s)
+        try:
+            rc = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"still running {timeout_s:.0f} s after SIGINT ({self._signal_state()}):\n"
+                + self.tail()
+            ) from None
         self._reader.join(10)
         return rc
 
