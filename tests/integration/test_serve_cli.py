@@ -41,6 +41,17 @@ def _get(url: str, key: str | None) -> tuple[int, dict[str, object]]:
         return status, {"text": raw.decode(errors="replace")}
 
 
+#: run argv[1:] with SIGINT and SIGQUIT at their defaults. A child inherits ignored signals,
+#: and the test process has them ignored while any thread is inside system(3) (seen here: a
+#: `serve run` started then had SigIgn 0x1001006 and never saw the Ctrl-C); an operator's
+#: shell never starts it that way
+_DEFAULT_SIGINT_THEN_EXEC = (
+    "import os, signal, sys; "
+    "signal.signal(signal.SIGINT, signal.SIG_DFL); signal.signal(signal.SIGQUIT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
 class _Foreground:
     """A foreground command (``strata serve``, ``serve run``, ``strata demo``) in its own
     session: its output is collected by a thread, ``interrupt`` is Ctrl-C, and leaving the
@@ -53,7 +64,7 @@ class _Foreground:
         self.ready = threading.Event()
         self._marker = ready_marker
         self.proc = subprocess.Popen(
-            args,
+            [sys.executable, "-c", _DEFAULT_SIGINT_THEN_EXEC, *args],
             env=env,
             cwd=Path(__file__).parents[2],
             stdout=subprocess.PIPE,
