@@ -7,10 +7,21 @@ PIP_FLAGS := --disable-pip-version-check -q
 
 .PHONY: install demo test unit integration lint typecheck format bench bench-generate bench-recompute clean
 
+# strata runs on Python 3.11 and 3.12 (pyproject.toml's requires-python). The pinned pip and
+# setuptools go in first; the package then builds with that setuptools (no build isolation).
+PY_VERSION_OK := import sys; sys.exit(sys.version_info[:2] not in ((3, 11), (3, 12)))
+
 $(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -c '$(PY_VERSION_OK)' 2>/dev/null || { \
+	  echo "strata needs Python 3.11 or 3.12, but PYTHON=$(PYTHON) is" \
+	    "$$($(PYTHON) --version 2>/dev/null || echo 'not found')." >&2; \
+	  echo "Install one and run e.g.: make install PYTHON=python3.12" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_FLAGS) -U pip
-	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e ".[dev]"
+	@$(PY) -c '$(PY_VERSION_OK)' || { \
+	  echo "$(VENV) runs $$($(PY) --version 2>&1); strata needs Python 3.11 or 3.12:" \
+	    "run make clean, then make install PYTHON=python3.12" >&2; exit 1; }
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt pip setuptools
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -32,7 +32,7 @@ from strata.io.import_files import InputError
 from strata.io.keys import PseudonymKeyError
 from strata.io.models import ModelError
 from strata.io.paths import is_remote, local_path
-from strata.io.redis_server import EmbeddedRedis
+from strata.io.redis_server import EmbeddedRedis, save_dataset
 from strata.io.segment_store import SegmentStoreError
 from strata.io.warehouse import WarehouseError
 from strata.serving.apikeys import KeyFileError
@@ -254,6 +254,56 @@ def run_command(command: Callable[..., Any]) -> NoReturn:
     raise SystemExit(0)
 
 
+#: how long a failed fan-out waits for its cancelled tasks to end before the caller cleans up
+CANCEL_WAIT_S = 60.0
+
+log = logging.getLogger("strata.jobs")
+
+
+def cancel_and_wait(
+    ray: Any, refs: Iterable[Any], actors: Iterable[Any] = (), timeout_s: float = CANCEL_WAIT_S
+) -> list[Any]:
+    """Stop a fan-out's other work and wait until it has really ended.
+
+    Cancelling is asynchronous: a task still running when ``ray.cancel`` returns may write for a
+    moment longer, e.g. into a staging folder its caller is deleting. So every ref is waited for
+    (its error, a cancellation included, ignored) before the caller may clean up.
+
+    Args:
+        ray: the ray module.
+        refs: the object refs still pending.
+        actors: actors to kill first (actor tasks cannot be force-cancelled; a killed actor's
+            pending calls resolve with an error once it is dead).
+        timeout_s: the most to wait in all.
+
+    Returns:
+        The refs that had still not resolved after ``timeout_s`` (normally none).
+    """
+    refs = list(refs)
+    for actor in actors:
+        with contextlib.suppress(Exception):
+            ray.kill(actor, no_restart=True)
+    for ref in refs:
+        try:
+            ray.cancel(ref, force=True)
+        except (TypeError, ValueError):  # an actor task: force is refused
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)
+        except Exception:  # already finished, or its owner is gone
+            pass
+    if not refs:
+        return []
+    _, left = ray.wait(refs, num_returns=len(refs), timeout=timeout_s, fetch_local=False)
+    if left:
+        log.warning(
+            "%d cancelled task(s) still running after %.0f s; their uncommitted output is "
+            "swept by `strata vacuum`",
+            len(left),
+            timeout_s,
+        )
+    return list(left)
+
+
 def map_buckets(
     ray: Any,
     items: Iterable[T],
@@ -269,7 +319,9 @@ def map_buckets(
     completion order (callers sort them when order matters).
 
     Raises:
-        BucketTaskError: a task failed; every task still pending is cancelled first.
+        BucketTaskError: a task failed; every other task was cancelled and has ended (or
+            :data:`CANCEL_WAIT_S` passed) before this is raised, so the caller's cleanup
+            cannot race a task that is still writing.
     """
     queue = deque(items)
     pending: dict[Any, int] = {}
@@ -289,11 +341,15 @@ def map_buckets(
                 try:
                     results.append(ray.get(ref))
                 except Exception as exc:
-                    for other in pending:
-                        ray.cancel(other, force=True)
+                    cancel_and_wait(ray, pending)
+                    pending.clear()
                     raise BucketTaskError(bucket, getattr(exc, "cause", None) or exc) from exc
                 if bar and bar_task is not None:
                     bar.advance(bar_task)
+    except BaseException:  # Ctrl-C, or submit failed: nothing may keep running either
+        if pending:
+            cancel_and_wait(ray, pending)
+        raise
     finally:
         if bar:
             bar.stop()
@@ -315,6 +371,9 @@ def ray_session(settings: Settings, num_cpus: int | None = None) -> Iterator[Any
     if address:
         kwargs["address"] = address
     else:
+        # "local": always a new local Ray, never silently joining another cluster that
+        # happens to run on this machine (`ray start`), which refuses num_cpus
+        kwargs["address"] = "local"
         kwargs["num_cpus"] = num_cpus or settings.num_cpus
         kwargs["include_dashboard"] = False
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -326,12 +385,17 @@ def ray_session(settings: Settings, num_cpus: int | None = None) -> Iterator[Any
 
 
 @contextlib.contextmanager
-def redis_session(settings: Settings) -> Iterator[str]:
+def redis_session(settings: Settings, supervise: bool = False) -> Iterator[str]:
     """Yield a Redis URL: ``STRATA_REDIS_URL``, else an embedded redis-server for this run.
 
     With a local data root the embedded server keeps its dataset in ``<data>/redis/`` between
     runs, so what `strata recompute` published is there for `strata serve` and `rollback`;
-    while one process runs it, the others on the same data root use it too.
+    while one process runs it, the others on the same data root use it too (and save its
+    dataset to disk when they are done, so a restart of that server keeps what they wrote).
+
+    Args:
+        settings: the Redis URL and data root.
+        supervise: restart an embedded server that dies (`strata serve`, which must outlive it).
     """
     if settings.redis_url:
         yield settings.redis_url
@@ -340,8 +404,14 @@ def redis_session(settings: Settings) -> Iterator[str]:
     running = EmbeddedRedis.running_in(persist) if persist else None
     if running:  # e.g. a `strata serve` on the same data root: publish where it reads
         yield running
+        try:
+            save_dataset(running)
+        except RuntimeError as exc:
+            # what was written is live; only a restart of that server before its own next
+            # save would lose it
+            log.warning("could not save the embedded Redis dataset to disk: %s", exc)
         return
-    with EmbeddedRedis(persist_dir=persist) as server:
+    with EmbeddedRedis(persist_dir=persist, supervise=supervise) as server:
         yield server.url
 
 

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from jobs._runtime import (
     as_of_option,
+    cancel_and_wait,
     console,
     progress,
     ray_session,
@@ -136,7 +137,9 @@ class RecomputeJob:
             ]
             try:
                 t0 = time.perf_counter()
-                firsts = self._gather(ray, [s.features.remote() for s in shards], "features")
+                firsts = self._gather(
+                    ray, [s.features.remote() for s in shards], "features", shards
+                )
                 merged: RfmPartials = firsts[0]["partials"]
                 for f in firsts[1:]:
                     merged = merged.merge(f["partials"])
@@ -149,6 +152,7 @@ class RecomputeJob:
                     ray,
                     [s.score.remote(partials_ref, version, previous) for s in shards],
                     "scoring",
+                    shards,
                 )
                 timings["scoring_s"] = time.perf_counter() - t0
                 self._hook("scoring", shards)
@@ -258,18 +262,27 @@ class RecomputeJob:
         if self.on_phase is not None:
             self.on_phase(phase, shards)
 
-    def _gather(self, ray: Any, refs: list[Any], what: str) -> list[Any]:
-        """Wait for all refs with a progress bar; results in the order of ``refs``."""
+    def _gather(self, ray: Any, refs: list[Any], what: str, shards: list[Any]) -> list[Any]:
+        """Wait for all refs with a progress bar; results in the order of ``refs``.
+
+        When one call fails (after its retries) the shards are killed and every other call is
+        waited for before the error propagates, so the caller's cleanup (deleting the snapshot,
+        discarding the Redis version) cannot race a shard that is still writing.
+        """
         index = {ref: i for i, ref in enumerate(refs)}
         results: list[Any] = [None] * len(refs)
         pending = list(refs)
         with progress() as bar:
             task = bar.add_task(what, total=len(refs))
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                for ref in done:
-                    results[index[ref]] = ray.get(ref)
-                    bar.advance(task)
+            try:
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    for ref in done:
+                        results[index[ref]] = ray.get(ref)
+                        bar.advance(task)
+            except BaseException:
+                cancel_and_wait(ray, pending, actors=shards)
+                raise
         return results
 
     def _publish(
@@ -302,6 +315,7 @@ class RecomputeJob:
                         for s in shards
                     ],
                     "publishing",
+                    shards,
                 )
                 store.publish(version, keep=self.keep_versions, expected_users=users)
             except Exception:

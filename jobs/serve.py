@@ -8,6 +8,7 @@ and stays in the foreground until Ctrl-C (or SIGTERM), then shuts Serve down cle
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -32,6 +33,17 @@ from strata.settings import Settings
 def curl_line(base_url: str, raw_user_id: str, key: str = "$STRATA_API_KEY") -> str:
     """A copy-paste lookup of one user."""
     return f"curl -s -H 'Authorization: Bearer {key}' {base_url}/v1/users/{raw_user_id}/segment"
+
+
+def _log_to_stderr() -> None:
+    """strata's warnings (e.g. the embedded Redis died and was restarted) on stderr, with
+    time and source, unless logging is configured already."""
+    logger = logging.getLogger("strata")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
 
 
 def run_server(
@@ -60,6 +72,7 @@ def run_server(
     local = not (settings.ray_address or os.environ.get("RAY_ADDRESS"))
     for name, value in (isolated_serve_env() if local else SERVE_ENV).items():
         os.environ.setdefault(name, value)
+    _log_to_stderr()
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -68,7 +81,7 @@ def run_server(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with contextlib.ExitStack() as stack:
-            url = stack.enter_context(redis_session(settings))
+            url = stack.enter_context(redis_session(settings, supervise=True))
             # an unreachable Redis fails here, before Ray starts
             store = SegmentStore(url, namespace=settings.redis_namespace)
             current = store.current()
@@ -87,7 +100,10 @@ def run_server(
                             ("API", base_url),
                             ("OpenAPI docs", f"{base_url}/docs"),
                             ("replicas", replicas),
-                            ("redis", settings.redis_url or f"embedded ({url})"),
+                            (
+                                "redis",
+                                settings.redis_url or f"embedded ({url}), restarted if it dies",
+                            ),
                             ("snapshot version", current or "none published yet"),
                             ("key", "demo key (demo mode)" if demo else "from strata keys"),
                         ],

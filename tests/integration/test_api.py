@@ -94,19 +94,51 @@ def test_explain_and_tiers(client: TestClient) -> None:
     assert by_name["high_value"]["members"] == 100 and by_name["high_value"]["min_score"] == 0.8
 
 
+def _metrics(c: TestClient) -> list[tuple[str, dict[str, str], float]]:
+    """The samples of GET /metrics: ``(name, labels, value)``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = c.get("/metrics")
+    assert r.status_code == 200
+    return [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    ]
+
+
+def _value(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels`` (0 when none)."""
+    return sum(
+        v for n, lab, v in samples if n == name and all(lab.get(k) == x for k, x in labels.items())
+    )
+
+
+SEGMENT_ROUTE = "/v1/users/{user_id}/segment"
+
+
 def test_health_and_metrics(client: TestClient) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
     ready = client.get("/healthz/ready")
     assert ready.status_code == 200 and ready.json()["version"] == "v1"
-    client.get("/v1/users/10000001/segment", headers=_auth())
-    client.get("/v1/users/nobody/segment", headers=_auth())
-    text = client.get("/metrics").text
-    route = 'route="/v1/users/{user_id}/segment"'
-    assert f'strata_api_requests_total{{method="GET",{route},status="200"}} 1.0' in text
-    assert 'status="404"' in text
-    assert "strata_api_request_seconds_bucket" in text
-    assert 'strata_api_snapshot_version_info{version="v1"} 1.0' in text
-    assert "strata_api_redis_errors_total" in text or "strata_api_redis_errors" in text
+    before = _metrics(client)
+    assert client.get("/v1/users/10000001/segment", headers=_auth()).status_code == 200
+    assert client.get("/v1/users/nobody/segment", headers=_auth()).status_code == 404
+    assert client.get("/v1/users/10000002/segment", headers=_auth()).status_code == 200
+    after = _metrics(client)
+
+    def moved(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    requests = "strata_api_requests_total"
+    assert moved(requests, method="GET", route=SEGMENT_ROUTE, status="200") == 2
+    assert moved(requests, method="GET", route=SEGMENT_ROUTE, status="404") == 1
+    assert moved("strata_api_request_seconds_count", route=SEGMENT_ROUTE) == 3
+    assert moved("strata_api_lookup_users_total") == 3
+    assert moved("strata_api_redis_errors_total") == 0
+    assert moved("strata_api_breaker_rejections_total") == 0
+    assert _value(after, "strata_api_snapshot_version_info", version="v1") == 1
+    assert _value(after, "strata_api_breaker_open") == 0
 
 
 def test_keys_and_scopes(client: TestClient) -> None:
@@ -250,19 +282,35 @@ def _wait_ok(c: TestClient, path: str, within_s: float) -> None:
 def test_redis_down_then_back(tmp_path: Path, own_redis: EmbeddedRedis) -> None:
     publish_raw_users(own_redis.url, "v1", RAW[:20], TEST_KEY)
     path = "/v1/users/10000001/segment"
+    failures = 3  # configs/api.yaml: breaker_failures
     with TestClient(create_app(_settings(tmp_path, own_redis.url))) as c:
         assert c.get(path, headers=_auth()).status_code == 200
+        before = _metrics(c)
         own_redis.stop()  # saves dump.rdb in persist_dir, then exits
         for _ in range(6):  # failures, then the open breaker answering at once
             status, elapsed, headers = _timed_get(c, path)
             assert status == 503 and elapsed < 0.5, (status, elapsed)
             assert int(headers["retry-after"]) >= 1
+        down = _metrics(c)
         assert c.get("/healthz").status_code == 200  # alive, not ready
         assert c.get("/healthz/ready").status_code == 503
         own_redis.start()  # same port, same data
         _wait_ok(c, path, within_s=10)
         assert c.get("/healthz/ready").status_code == 200
-        assert "strata_api_redis_errors_total" in c.get("/metrics").text
+        after = _metrics(c)
+
+    def moved(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+        return _value(samples, name, **labels) - _value(before, name, **labels)
+
+    segment_503 = {"method": "GET", "route": SEGMENT_ROUTE, "status": "503"}
+    assert moved(down, "strata_api_requests_total", **segment_503) == 6
+    # the first `failures` calls reach Redis and fail; the open breaker refuses the rest
+    assert moved(down, "strata_api_redis_errors_total") == failures
+    assert moved(down, "strata_api_breaker_rejections_total") == 6 - failures
+    assert _value(before, "strata_api_breaker_open") == 0
+    assert _value(down, "strata_api_breaker_open") == 1
+    assert _value(after, "strata_api_breaker_open") == 0  # closed again by a good probe
+    assert moved(after, "strata_api_requests_total", route=SEGMENT_ROUTE, status="200") >= 1
 
 
 def test_redis_hanging_then_back(tmp_path: Path, own_redis: EmbeddedRedis) -> None:

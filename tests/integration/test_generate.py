@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import posixpath
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from jobs import cli, generate
+from jobs._runtime import BucketTaskError, map_buckets
 from strata.ids import bucket_of
 from strata.io.warehouse import Warehouse
 from strata.settings import Settings
@@ -134,23 +137,78 @@ def test_command_line(ray_local: Any, tmp_path: Path) -> None:
 
 
 _generate_shard = generate.generate_shard
+FAILING, WRITING = 1, 0  # the first two buckets: both run at once on the session's 2 CPUs
+_WRITER_STARTED = "late-writer-started"
 
 
 def _failing_shard(*args: Any) -> generate.ShardResult:
-    if args[3] == 5:
+    """Bucket FAILING fails once bucket WRITING is busy writing into the staging folder; that
+    one keeps writing until it is killed, as a slow shard still in flight does."""
+    data_root, staging, bucket = args[0], args[2], args[3]
+    marker = Path(data_root) / _WRITER_STARTED
+    if bucket == FAILING:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         raise RuntimeError("disk on fire")
-    return _generate_shard(*args)
+    result = _generate_shard(*args)
+    if bucket == WRITING:
+        deadline = time.monotonic() + 60
+        i = 0
+        while time.monotonic() < deadline:
+            os.makedirs(staging, exist_ok=True)
+            (Path(staging) / f"late-{i}").write_bytes(b"x")
+            if i == 0:
+                marker.touch()
+            i += 1
+    return result
 
 
 def test_a_failing_task_fails_the_job_and_commits_nothing(
     ray_local: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Nothing of a failed run is left, even from a task that was still writing when another
+    failed: the job waits until the cancelled tasks have ended before it cleans up."""
     monkeypatch.setattr(generate, "generate_shard", _failing_shard)
-    with pytest.raises(generate.GenerateError, match=r"bucket 5 failed.*disk on fire"):
+    t0 = time.monotonic()
+    with pytest.raises(generate.GenerateError, match=rf"bucket {FAILING} failed.*disk on fire"):
         _run(settings, users=400, days=3)
+    assert time.monotonic() - t0 < 45  # the writer was killed, not waited out
+    assert (Path(settings.data) / _WRITER_STARTED).exists()  # the race really was set up
+    time.sleep(0.5)  # a writer still alive would recreate the staging folder by now
     wh = Warehouse(settings.data)
     assert wh.manifest["writes"] == []
     assert wh.read_table("events").num_rows == 0
     truth = Path(settings.data) / "truth"
     assert not (truth / "users.parquet").exists()
     assert not any(p.name.startswith("_staging") for p in truth.iterdir())
+
+
+def _sleeper(i: int, marker: str) -> int:
+    if i == 0:
+        Path(marker).touch()
+        time.sleep(60)
+    deadline = time.monotonic() + 60
+    while not Path(marker).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raise RuntimeError(f"task {i} failed")
+
+
+def test_map_buckets_returns_only_after_the_cancelled_tasks_ended(
+    ray_local: Any, tmp_path: Path
+) -> None:
+    """The contract every fan-out (generate, train's examples) relies on for its cleanup."""
+    task = ray_local.remote(num_cpus=1, max_retries=0)(_sleeper)
+    refs: list[Any] = []
+    marker = str(tmp_path / "started")
+
+    def submit(i: int) -> Any:
+        refs.append(task.remote(i, marker))
+        return refs[-1]
+
+    t0 = time.monotonic()
+    with pytest.raises(BucketTaskError, match="task 1 failed") as err:
+        map_buckets(ray_local, range(4), lambda i: i, submit, 4, "test", show_progress=False)
+    assert err.value.bucket == 1 and time.monotonic() - t0 < 30
+    ready, left = ray_local.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+    assert left == [] and len(ready) == 4

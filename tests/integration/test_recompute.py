@@ -5,19 +5,26 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 import pytest
+import ray
 
+from actors import feature_shard
+from actors.feature_shard import FeatureShard
 from jobs import generate
 from jobs.recompute import RecomputeError, RecomputeJob
 from strata.config import CONFIG_DIR, ConfigError
+from strata.features import RfmPartials
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
@@ -159,20 +166,94 @@ def test_publish_hysteresis_transitions_and_rollback(
     store.close()
 
 
+class _RecordingShard(FeatureShard):
+    """A FeatureShard that notes every call as ``<data>/calls/<method>-<actor>-<pid>-<n>``;
+    with ``<data>/calls/slow`` present, the first score call of the shard owning bucket 0
+    stays in flight (sleeps) until it is killed."""
+
+    def _note(self, method: str) -> int:
+        calls = Path(self.data_root) / "calls"
+        calls.mkdir(exist_ok=True)
+        actor = ray.get_runtime_context().get_actor_id()
+        n = len(list(calls.glob(f"{method}-{actor}-*")))
+        (calls / f"{method}-{actor}-{os.getpid()}-{n}").touch()
+        return n
+
+    def features(self, fresh: bool = False) -> dict[str, Any]:
+        self._note("features")
+        return super().features(fresh)
+
+    def score(
+        self, partials: RfmPartials, version: str, previous_version: str | None
+    ) -> dict[str, Any]:
+        n = self._note("score")
+        if n == 0 and 0 in self.buckets and (Path(self.data_root) / "calls" / "slow").exists():
+            time.sleep(120)  # the kill lands in here
+        return super().score(partials, version, previous_version)
+
+
+_RecordingShardActor = ray.remote(max_restarts=3, max_task_retries=3)(_RecordingShard)
+
+
+def _calls(settings: Settings, method: str, actor: str) -> list[int]:
+    """The pids of ``actor``'s calls of ``method``, in call order."""
+    found = [p.name.split("-") for p in (Path(settings.data) / "calls").glob(f"{method}-{actor}-*")]
+    return [int(pid) for _, _, pid, _ in sorted(found, key=lambda f: int(f[3]))]
+
+
+@pytest.mark.parametrize("when", ["between_passes", "during_scoring"])
 def test_actor_killed_mid_job_gives_identical_output(
-    warehouse_root: str, tmp_path: Path, ray_local: Any
+    warehouse_root: str, tmp_path: Path, ray_local: Any, monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
+    """A shard's process killed between the passes, or while its score call is in flight: Ray
+    restarts the actor, the call is retried on the new process, the output is the same."""
     settings = _copy(warehouse_root, tmp_path)
     clean = RecomputeJob(settings, AS_OF, actors=2, publish=False).run()
-    killed: list[Any] = []
+    monkeypatch.setattr(feature_shard, "FeatureShardActor", _RecordingShardActor)
+    calls = Path(settings.data) / "calls"
+    calls.mkdir()
+    if when == "during_scoring":
+        (calls / "slow").touch()
+    killed: list[str] = []
+    killers: list[threading.Thread] = []
 
     def kill_one(phase: str, shards: list[Any]) -> None:
-        if phase == "features" and not killed:
+        if phase != "features" or killed:
+            return
+        if when == "between_passes":
             ray_local.kill(shards[0], no_restart=False)
-            killed.append(shards[0])
+            killed.append(shards[0]._actor_id.hex())
+            return
+        by_id = {s._actor_id.hex(): s for s in shards}
 
+        def kill_in_flight() -> None:  # once the shard owning bucket 0 sits in score()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                for actor in by_id:
+                    if _calls(settings, "score", actor):
+                        time.sleep(0.2)  # inside its sleep by now
+                        ray_local.kill(by_id[actor], no_restart=False)
+                        killed.append(actor)
+                        return
+                time.sleep(0.02)
+
+        killers.append(threading.Thread(target=kill_in_flight, daemon=True))
+        killers[0].start()
+
+    t0 = time.monotonic()
     faulty = RecomputeJob(settings, AS_OF, actors=2, publish=False, on_phase=kill_one).run()
-    assert killed
+    for k in killers:
+        k.join(5)
+    assert len(killed) == 1
+    (actor,) = killed
+    (first_pid,) = _calls(settings, "features", actor)
+    score_pids = _calls(settings, "score", actor)
+    if when == "between_passes":
+        assert len(score_pids) == 1 and score_pids[0] != first_pid  # ran on the new process
+    else:
+        # the call in flight died with the process and was retried on the restarted actor
+        assert len(score_pids) == 2 and score_pids[0] == first_pid != score_pids[1]
+        assert time.monotonic() - t0 < 100  # retried at once, not after the sleep
     assert _digests(settings, clean.version) == _digests(settings, faulty.version)
 
 

@@ -33,6 +33,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 N_USERS = 300
 FIRST_RAW_ID = 10_000_001
 LAYOUT = snapshot_layout(predictions=True)
+#: bounds on what a killed replica may cost the clients (see the test for the measurements)
+MAX_FAILED_AFTER_KILL = 10
+MAX_OUTAGE_S = 20.0
 
 
 def _columns(n: int) -> dict[str, Any]:
@@ -184,19 +187,26 @@ def test_lookup_through_serve_and_replica_replaced(
             time.sleep(0.2)
         stop.set()
         sender.join(10)
-        after_kill = [s for t, s in events if t > killed_at]
-        failed = sum(s != 200 for s in after_kill)
+        after_kill = [(t, s) for t, s in events if t > killed_at]
+        failed = sum(s != 200 for _, s in after_kill)
+        # the outage: from the kill to the last request that did not get a 200
+        outage_s = max((t - killed_at for t, s in after_kill if s != 200), default=0.0)
         assert recovered_at is not None, (
             f"no recovery within 60 s: replicas {_replicas()}, "
             f"{failed} of {len(after_kill)} requests failed since the kill"
         )
+        # measured on 2 shared cores (3 runs): 2 failed, the last 3.1 s after the kill (a
+        # client gives up after 3 s); the bounds allow a slower machine, not a minute of errors
+        assert failed <= MAX_FAILED_AFTER_KILL, (failed, len(after_kill), outage_s)
+        assert outage_s <= MAX_OUTAGE_S, (failed, len(after_kill), outage_s)
         assert _replicas() != before and len(_replicas()) == 1
         assert serve.status().applications["strata"].status == "RUNNING"
         status, body = client.call("GET", f"/v1/users/{FIRST_RAW_ID + 5}/segment")
         assert status == 200 and body["tier"] == TIERS[5 % len(TIERS)]
         print(
             f"deployed in {deploy_s:.1f} s; after the kill {failed} of {len(after_kill)} "
-            f"requests failed, all succeed again after {recovered_at - killed_at:.1f} s"
+            f"requests failed, the last {outage_s:.1f} s after it; all succeed again after "
+            f"{recovered_at - killed_at:.1f} s"
         )
         client.close()
     finally:
