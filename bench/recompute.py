@@ -325,7 +325,7 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     ray_times = {
         n: time_ray_features(ray, settings, as_of_ms, n, config, args.repeat) for n in actor_counts
     }

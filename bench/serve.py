@@ -270,7 +270,7 @@ def run_serve(replicas: int, settings: Settings, api_key: str, args: Any) -> dic
 
     from api.deployment import serve_mode, start
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     try:
         t0 = time.perf_counter()
         base_url = start(settings, port=free_port(), num_replicas=replicas)

@@ -100,7 +100,7 @@ def main() -> None:
     registry = ModelRegistry(settings.data)
     work = registry.work_dir(f"bench-{int(time.time())}")
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     try:
         t0 = time.perf_counter()
         ex = build_examples(

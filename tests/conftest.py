@@ -67,7 +67,8 @@ def ray_local() -> Iterator[Any]:
     # to this session (other Rays may share the machine)
     for name, value in isolated_serve_env().items():
         os.environ.setdefault(name, value)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a new local Ray, never one another process left on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
     finally:

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from api.deps import State, reader_of
 from api.metrics import PROMETHEUS_CONTENT_TYPE
 from api.models import ErrorPublic, HealthPublic
+from strata.serving.breaker import BreakerState
 from strata.tiering.explain import rules_from_meta
 from strata.tiering.tiers import empty_bands
 
@@ -61,7 +62,11 @@ async def metrics(state: State) -> Response:
 
 async def _refresh_tier_gauges(state: State) -> None:
     """Tier gauges of the current snapshot, from its meta (read again when the version
-    changes). Without Redis the last values stay: /metrics answers regardless."""
+    changes). Without Redis the last values stay: /metrics answers regardless. While the
+    circuit breaker is not closed a scrape does not call Redis at all, so monitoring neither
+    probes the breaker nor counts as a refused request."""
+    if state.breaker.state is not BreakerState.CLOSED:
+        return
     try:
         reader = reader_of(state)
         version = await state.redis(reader.current)

@@ -250,7 +250,8 @@ def test_serve_run_with_the_config_in_configs(tmp_path: Path, redis_url: str) ->
         "STRATA_DATA": str(tmp_path / "data"),
         "PYTHONUNBUFFERED": "1",
     }
-    env.pop("RAY_ADDRESS", None)
+    # a new local Ray, never a cluster another process left registered on this machine
+    env["RAY_ADDRESS"] = "local"
     serve_cli = str(Path(sys.executable).with_name("serve"))
     with _Foreground([serve_cli, "run", str(path)], env) as run:
         url = f"http://127.0.0.1:{port}/v1/users/{RAW_IDS[7]}/segment"
