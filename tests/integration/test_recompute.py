@@ -312,6 +312,7 @@ def test_two_node_cluster_matches_single_node(warehouse_root: str, tmp_path: Pat
         from ray.cluster_utils import Cluster
         from jobs.recompute import RecomputeJob
         from strata.settings import Settings
+        from strata.timeutil import parse_as_of
         cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
