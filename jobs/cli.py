@@ -3,7 +3,7 @@
 Each job module (``jobs/<name>.py``) defines a ``command`` function with its Typer options and
 can also run alone as ``python -m jobs.<name>``. User errors (a bad config, input file, data
 root, an unreachable Redis, ...) of every command end as one short message and exit status 2
-(:class:`jobs._runtime.UserErrorsGroup`); ``--debug`` or ``STRATA_DEBUG=1`` shows the traceback.
+(:class:`jobs._errors.UserErrorsGroup`); ``--debug`` or ``STRATA_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import typer
 
 from jobs import demo, generate, ingest, keys, recompute, serve, train, warehouse_cmds
-from jobs._runtime import DEBUG_ENV, UserErrorsGroup
+from jobs._errors import DEBUG_ENV, UserErrorsGroup
 
 app = typer.Typer(
     name="strata",

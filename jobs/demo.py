@@ -8,8 +8,10 @@ import time
 import typer
 
 from jobs import generate
-from jobs._runtime import console, ray_session, redis_session, run_command, summary_table
-from jobs.recompute import RecomputeJob, print_result
+from jobs._errors import run_command
+from jobs._recompute_report import print_result
+from jobs._runtime import console, ray_session, redis_session, summary_table
+from jobs.recompute import RecomputeJob
 from jobs.serve import run_server
 from strata.ids import pseudonymise
 from strata.io.keys import load_pseudonym_key

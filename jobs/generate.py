@@ -31,14 +31,8 @@ from actors.generator_shard import (
     generate_shard_task,
     truth_part,
 )
-from jobs._runtime import (
-    BucketTaskError,
-    console,
-    map_buckets,
-    ray_session,
-    run_command,
-    summary_table,
-)
+from jobs._errors import BucketTaskError, run_command
+from jobs._runtime import console, map_buckets, ray_session, summary_table
 from strata.config import load_calendar
 from strata.io.keys import load_pseudonym_key
 from strata.io.paths import is_remote

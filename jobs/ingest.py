@@ -26,7 +26,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from jobs._runtime import console, progress, run_command
+from jobs._errors import run_command
+from jobs._runtime import console, progress
 from strata.ingest import (
     DEFAULT_MIN_TIME,
     MAX_SAMPLED_REASONS,

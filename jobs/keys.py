@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from jobs._runtime import CommandError, console, summary_table
+from jobs._errors import CommandError
+from jobs._runtime import console, summary_table
 from strata.io.keyfile import ENV_SOURCE, KeyFile
 from strata.serving.apikeys import KeyFileError, KeyRecord, Scope, new_key, parse_records
 from strata.settings import Settings

@@ -16,14 +16,8 @@ from types import FrameType
 
 import typer
 
-from jobs._runtime import (
-    CommandError,
-    console,
-    ray_session,
-    redis_session,
-    run_command,
-    summary_table,
-)
+from jobs._errors import CommandError, run_command
+from jobs._runtime import console, ray_session, redis_session, summary_table
 from strata.io.keyfile import load_keyring
 from strata.io.segment_store import SegmentStore
 from strata.serving.apikeys import DEMO_KEY

@@ -38,15 +38,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import typer
 
-from jobs._runtime import (
-    BucketTaskError,
-    as_of_option,
-    console,
-    map_buckets,
-    progress,
-    ray_session,
-    run_command,
-)
+from jobs._errors import BucketTaskError, run_command
+from jobs._runtime import as_of_option, console, map_buckets, progress, ray_session
 from jobs._train_report import TrainResult, print_result, print_versions
 from strata.features import FeatureConfig, load_feature_config
 from strata.io.models import ModelError, ModelRegistry, new_version

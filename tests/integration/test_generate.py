@@ -16,7 +16,8 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from jobs import cli, generate
-from jobs._runtime import BucketTaskError, map_buckets
+from jobs._errors import BucketTaskError
+from jobs._runtime import map_buckets
 from strata.ids import bucket_of
 from strata.io.warehouse import Warehouse
 from strata.settings import Settings

@@ -15,8 +15,9 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from jobs import generate
+from jobs._recompute_report import print_result
 from jobs._runtime import console
-from jobs.recompute import RecomputeJob, print_result
+from jobs.recompute import RecomputeJob
 from strata.config import CONFIG_DIR
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse

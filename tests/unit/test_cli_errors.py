@@ -19,7 +19,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from jobs import cli, demo, serve
-from jobs._runtime import USER_ERROR_EXIT, CommandError, user_error_message
+from jobs._errors import USER_ERROR_EXIT, CommandError, user_error_message
 from jobs.recompute import RecomputeError
 from strata.config import CONFIG_DIR, ConfigError
 from strata.io.redis_server import free_port

@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from jobs import keys
-from jobs._runtime import USER_ERROR_EXIT, UserErrorsGroup
+from jobs._errors import USER_ERROR_EXIT, UserErrorsGroup
 from strata.io.keyfile import KeyFile, load_keyring
 from strata.serving.apikeys import DEMO_KEY, KeyFileError, dump_records, hash_key, new_key
 from strata.settings import Settings
