@@ -23,6 +23,7 @@ from strata.features import (
     FEATURE_USER_COLUMNS,
     FeatureConfig,
 )
+from strata.io.paths import bucket_part_file
 from strata.io.warehouse import PARQUET_OPTIONS, Warehouse, resolve
 from strata.training import (
     BGNBD_FEATURES,
@@ -48,7 +49,7 @@ __all__ = [
 
 def shard_path(work_dir: str, split: str, bucket: int) -> str:
     """Where one bucket's examples of one split go."""
-    return posixpath.join(work_dir, split, f"part-{bucket:05d}.parquet")
+    return bucket_part_file(posixpath.join(work_dir, split), bucket)
 
 
 def bucket_examples(

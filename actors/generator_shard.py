@@ -10,7 +10,6 @@ makes it a Ray task in one line.
 from __future__ import annotations
 
 import datetime as dt
-import posixpath
 import resource
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import ray
 from ray.remote_function import RemoteFunction
 
 from strata.config import CalendarConfig
+from strata.io.paths import bucket_part_file
 from strata.io.warehouse import PARQUET_OPTIONS, PartFile, Warehouse
 from strata.synth import ORDER_LOG_COLUMNS, GeneratorConfig, generate_bucket, orders_only
 
@@ -49,7 +49,7 @@ def _rss_mb() -> float:
 
 def truth_part(staging: str, bucket: int) -> str:
     """Path of a bucket's ground-truth part inside the run's truth staging folder."""
-    return posixpath.join(staging, f"part-{bucket:05d}.parquet")
+    return bucket_part_file(staging, bucket)
 
 
 def generate_shard(

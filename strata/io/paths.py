@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["is_remote", "local_path"]
+__all__ = ["bucket_dir_name", "bucket_part_file", "is_remote", "local_path"]
 
 
 def is_remote(uri: str) -> bool:
@@ -27,3 +27,16 @@ def local_path(uri: str) -> str:
         raise ValueError(f"{uri!r} is a remote URI, not a local path")
     path = uri[len("file://") :] if uri.lower().startswith("file://") else uri
     return os.path.abspath(os.path.expanduser(path))
+
+
+def bucket_dir_name(bucket: int, n_buckets: int) -> str:
+    """The Hive-style folder of one bucket in a bucketed dataset (warehouse tables, snapshot
+    features): ``bucket=007``, zero-padded to the width of the largest bucket (at least 3)."""
+    width = max(3, len(str(n_buckets - 1)))
+    return f"bucket={bucket:0{width}d}"
+
+
+def bucket_part_file(folder: str, bucket: int) -> str:
+    """The one part file of one bucket in a job's scratch folder (training example shards,
+    the generator's ground-truth staging): ``<folder>/part-00007.parquet``."""
+    return f"{folder.rstrip('/')}/part-{bucket:05d}.parquet"

@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from strata.io.warehouse import PARQUET_OPTIONS, WarehouseError, bucket_dir_name, resolve
+from strata.io.paths import bucket_dir_name
+from strata.io.warehouse import PARQUET_OPTIONS, WarehouseError, resolve
 
 MANIFEST = "manifest.json"
 

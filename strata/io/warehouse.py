@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from strata.ids import bucket_of
-from strata.io.paths import is_remote, local_path
+from strata.io.paths import bucket_dir_name, is_remote, local_path
 from strata.schema import SCHEMA_VERSION, TABLE_SCHEMAS, conform
 
 MANIFEST = "manifest.json"
@@ -105,11 +105,6 @@ class WriteResult:
 
     def rows(self, table: str) -> int:
         return sum(p.rows for p in self.parts if p.table == table)
-
-
-def bucket_dir_name(bucket: int, n_buckets: int) -> str:
-    width = max(3, len(str(n_buckets - 1)))
-    return f"bucket={bucket:0{width}d}"
 
 
 def _ts_range_ms(table: pa.Table) -> tuple[int | None, int | None]:

@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from strata.io.paths import is_remote, local_path
+from strata.io.paths import bucket_dir_name, bucket_part_file, is_remote, local_path
 from strata.timeutil import (
     DAY_MS,
     LOCAL_TZ,
@@ -57,3 +57,9 @@ def test_local_path_strips_file_scheme_and_refuses_remote() -> None:
     assert local_path("/tmp/a/../b") == "/tmp/b"
     with pytest.raises(ValueError, match="remote"):
         local_path("s3://bucket/x")
+
+
+def test_one_naming_of_per_bucket_files() -> None:
+    assert bucket_dir_name(7, 256) == "bucket=007"
+    assert bucket_dir_name(7, 4096) == "bucket=0007"  # as wide as the largest bucket
+    assert bucket_part_file("/w/train/", 7) == "/w/train/part-00007.parquet"
