@@ -9,6 +9,7 @@ PIP_FLAGS := --disable-pip-version-check -q
 
 # strata runs on Python 3.11 and 3.12 (pyproject.toml's requires-python). The pinned pip and
 # setuptools go in first; the package then builds with that setuptools (no build isolation).
+# setuptools stays below 81: lifetimes' datasets (CDNOW, used by the tests) import pkg_resources.
 PY_VERSION_OK := import sys; sys.exit(sys.version_info[:2] not in ((3, 11), (3, 12)))
 
 $(STAMP): pyproject.toml constraints.txt
