@@ -1,27 +1,11 @@
 """`strata train`: churn, repurchase and spend models with distributed XGBoost on Ray.
 
-1. Examples: for every cutoff (``cutoffs_for(as-of, horizon)``) each warehouse bucket becomes
-   training examples: features as of the cutoff, labels from ``[cutoff, cutoff + horizon)``
-   (:func:`strata.training.training_examples`). Ray tasks (:mod:`actors.example_shard`, at most
-   N in flight, one bucket each) write them as Parquet shards
-   ``models/_work/<version>/<split>/part-<bucket>.parquet``
-   (deterministic: the same inputs give the same files whatever N) and return mergeable counts.
-   Each task also returns the train users' BTYD patterns per cutoff (mergeable counts).
-   BG/NBD: the driver fits it per cutoff on those patterns (:mod:`strata.training.bgnbd`); Ray
-   tasks write the BG/NBD features and base margins into the shards (:func:`fill_bgnbd`).
-2. Features: the model feature list is every ``MODEL_FEATURES`` column with at least one value
-   in the train split. A feature the data never carries (an import without coupons or
-   categories) is dropped and recorded, never zero-filled.
-3. Train: xgboost-ray (N actors x 1 CPU, :mod:`actors.xgb_distributed`) trains the three models
-   over the shards with early stopping on the validation split; plain xgboost trains the same
-   models on the same rows in the driver (the single-node baseline and parity check).
-4. Evaluate on the test split (:mod:`strata.training.evaluation`, pure, given the models'
-   predictions): distributed, single-node, the recency rule and BG/NBD. The distributed and
-   single-node AUCs must agree within 0.005 (recorded). Winner per target; a time-holdout
-   check (older cutoffs only, scored at the newest); the champion per target (the model, or
-   the best baseline when the model does not beat it), which the recompute publishes.
-5. Save: the registry writes the boosters and then ``meta.json`` (the commit marker). The
-   scratch shards are deleted on success and kept (path printed) when anything failed.
+Wiring only (docs/models.md describes the method): examples per cutoff and bucket on Ray tasks
+(:mod:`actors.example_shard`), BG/NBD fitted per cutoff on their merged patterns and written
+into the shards, the three models on xgboost-ray (:mod:`actors.xgb_distributed`), then the
+single-node baseline, evaluation against the recency rule and BG/NBD, the time holdout and the
+champion per target (:mod:`strata.training.evaluation`), and the registry save (``meta.json``
+last, the commit marker; scratch shards kept when anything failed).
 
 Run locally (``python -m jobs.train --as-of ... --horizon 30``) or on a cluster with
 ``ray job submit --working-dir . -- python -m jobs.train ...``.
