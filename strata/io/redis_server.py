@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -115,18 +116,43 @@ def free_port() -> int:
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports on 127.0.0.1 that were free a moment ago (all held open at
-    once while they are picked, so none repeats)."""
+    """``n`` distinct TCP ports that were free a moment ago on every interface.
+
+    They are drawn at random below the kernel's ephemeral range (32768-60999 on Linux) and
+    above Ray's worker ports (10002-19999), and each is checked by binding it on all
+    interfaces (all held open at once while they are picked, so none repeats): a port taken
+    from the ephemeral range can be handed to another process's outgoing connection or to
+    Ray's own listeners before its user binds it, and one free on 127.0.0.1 may still be
+    taken on the node's address (HAProxy binds 0.0.0.0).
+    """
+    rng = random.SystemRandom()
     socks: list[socket.socket] = []
+    ports: list[int] = []
     try:
-        for _ in range(n):
+        for _ in range(200 * n):
+            if len(ports) == n:
+                break
+            port = rng.randrange(_PORT_LOW, _PORT_HIGH)
+            if port in ports:
+                continue
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind(("", port))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
+            ports.append(port)
+        if len(ports) < n:
+            raise RuntimeError(f"could not find {n} free TCP ports in {_PORT_LOW}-{_PORT_HIGH}")
+        return ports
     finally:
         for s in socks:
             s.close()
+
+
+#: where :func:`free_ports` draws from: above Ray's worker ports, below the ephemeral range
+_PORT_LOW, _PORT_HIGH = 20000, 32768
 
 
 def save_dataset(url: str, timeout_s: float = 120.0) -> None:
