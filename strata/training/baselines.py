@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -133,16 +132,18 @@ def bgnbd_baseline(
     sample_users: int,
     seed: int,
 ) -> dict[str, np.ndarray]:
-    """The classical BG/NBD reference (``lifetimes.BetaGeoFitter``) for churn and repurchase.
+    """The classical BG/NBD reference for churn and repurchase: one fit over the train rows.
 
-    Fitted (penalizer 0.001) on at most ``sample_users`` random train rows with a complete
+    Fitted with :func:`strata.training.bgnbd.fit_bgnbd` (lifetimes' ``BetaGeoFitter``,
+    penalizer 0.001) on at most ``sample_users`` random train rows with a complete
     BTYD summary (``btyd_frequency``, ``btyd_recency``, ``btyd_t`` in days), compressed to
     distinct (x, t_x, T) patterns with counts as weights (the same likelihood, much faster).
     For each test row, with ``P_alive`` the conditional probability of being alive at T and
     ``(r + x, alpha + T)`` the posterior of the purchase rate, the probability of no purchase
     in the next ``t`` days is ``P0(t) = 1 - P_alive + P_alive * ((alpha + T) / (alpha + T +
     t)) ** (r + x)`` (in BG/NBD a customer can only drop out right after a purchase, so an alive
-    customer without purchases stays alive). Then:
+    customer without purchases stays alive); the scores are the closed forms of
+    :func:`strata.training.bgnbd.bgnbd_scores` (equal to lifetimes' own to 1e-7). Then:
 
     * ``churn`` = P0(horizon_days), the probability of no order in the label window;
     * ``repurchase`` = 1 - P0(repurchase_days);
@@ -158,11 +159,6 @@ def bgnbd_baseline(
         ValueError: fewer than 10 usable train rows, or all of them with T = 0.
         RuntimeError: the fit failed or gave non-finite parameters.
     """
-    try:
-        from lifetimes import BetaGeoFitter
-    except ImportError as exc:  # pragma: no cover - dev dependency
-        raise ImportError("bgnbd_baseline needs the 'lifetimes' package (0.11.x)") from exc
-
     f, r, t = _btyd(train)
     ok = np.isfinite(f) & np.isfinite(r) & np.isfinite(t) & (f >= 0) & (r >= 0) & (r <= t)
     idx = np.flatnonzero(ok)
@@ -175,45 +171,15 @@ def bgnbd_baseline(
     patterns, weights = np.unique(
         np.stack([f[idx], r[idx], t[idx]], axis=1), axis=0, return_counts=True
     )
-    fitter = BetaGeoFitter(penalizer_coef=0.001)
-    try:
-        # lifetimes changes the global warning filters inside its likelihood: contain it
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            fitter.fit(patterns[:, 0], patterns[:, 1], patterns[:, 2], weights=weights)
-    except Exception as exc:
-        raise RuntimeError(
-            f"BG/NBD fit failed on {len(idx)} train rows ({len(patterns)} patterns): {exc}"
-        ) from exc
-    params = np.asarray(fitter.params_[["r", "alpha", "a", "b"]], dtype=np.float64)
-    if not (np.isfinite(params).all() and (params > 0).all()):
-        raise RuntimeError(f"BG/NBD fit gave unusable parameters r, alpha, a, b = {params}")
-    r_, alpha = float(params[0]), float(params[1])
+    params = fit_bgnbd(patterns, weights)
 
     x, tx, big_t = _btyd(test)
     has = np.isfinite(x) & np.isfinite(tx) & np.isfinite(big_t)
     xs, txs, ts = np.where(has, x, 0.0), np.where(has, tx, 0.0), np.where(has, big_t, 1.0)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        p_alive = np.asarray(fitter.conditional_probability_alive(xs, txs, ts), dtype=np.float64)
-        expected = np.asarray(
-            fitter.conditional_expected_number_of_purchases_up_to_time(horizon_days, xs, txs, ts),
-            dtype=np.float64,
-        )
-
-    def p_none(days: float) -> np.ndarray:
-        stay = np.exp((r_ + xs) * np.log((alpha + ts) / (alpha + ts + days)))
-        return 1.0 - p_alive + p_alive * stay
-
-    out = {
-        "churn": p_none(horizon_days),
-        "repurchase": 1.0 - p_none(repurchase_days),
-        "expected_purchases": expected,
-        "p_alive": p_alive,
-    }
+    out = bgnbd_scores(params, horizon_days, repurchase_days, xs, txs, ts)
     if "spend_total_cny" in test.column_names:
         per_day = f64_of(test.column("spend_total_cny")) / (xs + 1.0)
-        out["spend"] = expected * per_day
+        out["spend"] = out["expected_purchases"] * per_day
     return {k: np.where(has, v, np.nan) for k, v in out.items()}
 
 
