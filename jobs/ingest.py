@@ -46,8 +46,8 @@ from strata.io.import_files import InputError, probe, read_batches
 from strata.io.import_sink import ImportSink
 from strata.io.keys import load_pseudonym_key
 from strata.io.warehouse import Warehouse, resolve
-from strata.schema import LOCAL_UTC_OFFSET_HOURS
 from strata.settings import Settings
+from strata.timeutil import LOCAL_UTC_OFFSET_HOURS
 
 #: Accepted rows are buffered up to this many, then written as one part per touched bucket.
 FLUSH_ROWS = 2_000_000

@@ -11,8 +11,6 @@ from enum import StrEnum
 
 import pyarrow as pa
 
-from strata.timeutil import LOCAL_UTC_OFFSET_HOURS as LOCAL_UTC_OFFSET_HOURS  # re-export
-
 SCHEMA_VERSION = 1
 
 

@@ -29,8 +29,7 @@ from pydantic import Field, model_validator
 
 from strata.config import StrictModel, config_path, load_yaml
 from strata.schema import CATEGORIES, EVENT_TYPES, TIMESTAMP, EventType
-from strata.timeutil import DAY_MS, HOUR_MS, LOCAL_OFFSET_MS
-from strata.timeutil import local_day as _local_day
+from strata.timeutil import DAY_MS, HOUR_MS, LOCAL_OFFSET_MS, local_day
 
 __all__ = [
     "DAYTYPE_LABELS",
@@ -48,7 +47,6 @@ __all__ = [
     "max_before",
 ]
 
-_LOCAL_OFFSET_MS = LOCAL_OFFSET_MS
 
 #: Event columns :func:`compute_features` reads; pass only these (any subset, see the docs).
 FEATURE_EVENT_COLUMNS: tuple[str, ...] = (
@@ -526,7 +524,7 @@ def _prepare_users(users: pa.Table | None, as_of_ms: int) -> tuple[np.ndarray, p
 # =========================================================================== computation
 def _start_ms(obs_day: int, days: int) -> int:
     """UTC ms of the local midnight that starts a ``days``-day window ending on ``obs_day``."""
-    return (obs_day - days + 1) * DAY_MS - _LOCAL_OFFSET_MS
+    return (obs_day - days + 1) * DAY_MS - LOCAL_OFFSET_MS
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -701,7 +699,7 @@ def compute_features(
     ev_pos = np.searchsorted(out_ids, ev_users)
     uidx = np.repeat(ev_pos, run_lengths)  # output row of every event row
 
-    obs_day = int(_local_day(as_of_ms - 1))  # observation day: the last day with data
+    obs_day = int(local_day(as_of_ms - 1))  # observation day: the last day with data
     orders = _orders(events, ev, uidx)
     win = _Windows(obs_day, config, orders, n)
 
@@ -766,7 +764,7 @@ def _rfm_columns(cols: dict[str, pa.Array], orders: _Orders, win: _Windows) -> N
         first_ts[users] = ts[starts]
         last_ts[users] = ts[ends]
         # BTYD: purchase days in local time; spend summed per day, as lifetimes does
-        day = _local_day(ts)
+        day = local_day(ts)
         new_day = np.concatenate(([True], (u[1:] != u[:-1]) | (day[1:] != day[:-1])))
         day_index = np.cumsum(new_day) - 1
         day_user = u[new_day]
@@ -811,7 +809,7 @@ def _long_window_columns(cols: dict[str, pa.Array], orders: _Orders, win: _Windo
     if len(orders.user):
         starts = _runs(orders.user)
         users = orders.user[starts]
-        tenure_days = win.obs_day - _local_day(orders.ts[starts]) + 1
+        tenure_days = win.obs_day - local_day(orders.ts[starts]) + 1
         months[users] = np.ceil(tenure_days / MONTH_DAYS).astype(np.int64)
         has[users] = True
     cols["active_months"] = _i32(np.maximum(months, 1), has)
@@ -825,7 +823,7 @@ def _gap_columns(cols: dict[str, pa.Array], orders: _Orders, n: int) -> None:
     has = np.zeros(n, dtype=bool)
     u = orders.user
     if len(u):
-        day = _local_day(orders.ts)
+        day = local_day(orders.ts)
         new_day = np.concatenate(([True], (u[1:] != u[:-1]) | (day[1:] != day[:-1])))
         d_user, d_day = u[new_day], day[new_day]
         same = d_user[1:] == d_user[:-1]
@@ -982,7 +980,7 @@ def _activity_columns(
     o = np.flatnonzero(win.order_class <= win.column(days)) if days is not None else slice(None)
     ts = np.concatenate((ev.ts[v], orders.ts[o]))
     user = np.concatenate((uidx[v], orders.user[o]))
-    local = ts + _LOCAL_OFFSET_MS
+    local = ts + LOCAL_OFFSET_MS
     slot = config.time_slots.hour_to_slot()[(local // HOUR_MS) % 24]
     weekend = ((local // DAY_MS) + 3) % 7 >= 5  # 1970-01-01 was a Thursday
     total = np.bincount(user, minlength=n)
@@ -1069,7 +1067,7 @@ def _funnel_columns(
     s30 = np.flatnonzero(ev.ts >= _start_ms(win.obs_day, 30))
     active: np.ndarray = np.zeros(n, dtype=np.int64)
     if len(s30):
-        d = _local_day(ev.ts[s30])
+        d = local_day(ev.ts[s30])
         u = uidx[s30]
         new = np.concatenate(([True], (d[1:] != d[:-1]) | (u[1:] != u[:-1])))
         active = np.bincount(u[new], minlength=n)

@@ -37,7 +37,7 @@ _LATE_DAY_RE = r"^.{8}(29|3[01])"
 
 def parse_instant_ms(text: str) -> int:
     """Epoch ms of a range bound: an ISO date (its local midnight) or date-time (naive = local
-    time, UTC+:data:`strata.schema.LOCAL_UTC_OFFSET_HOURS`; ``Z`` and offsets honoured).
+    time, UTC+:data:`strata.timeutil.LOCAL_UTC_OFFSET_HOURS`; ``Z`` and offsets honoured).
 
     Raises:
         ValueError: not an ISO date or date-time.
