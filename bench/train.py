@@ -47,10 +47,10 @@ from rich.console import Console
 from rich.table import Table
 
 from actors.xgb_distributed import train_distributed, train_single
-from jobs.train import build_examples, read_split
+from jobs.train import build_examples
 from strata.features import load_feature_config
 from strata.io.models import ModelRegistry
-from strata.io.warehouse import Warehouse, resolve
+from strata.io.warehouse import Warehouse, read_parts, resolve
 from strata.settings import Settings
 from strata.timeutil import DAY_MS, parse_as_of, to_epoch_ms
 from strata.training import (
@@ -113,9 +113,9 @@ def main() -> None:
 
         # single node: the same rows, loaded once into memory
         t0 = time.perf_counter()
-        train = read_split(fs, ex.files["train"], [*features, target.label])
-        valid = read_split(fs, ex.files["validation"], [*features, target.label])
-        test = read_split(fs, ex.files["test"], [*features, target.label])
+        train = read_parts(fs, ex.files["train"], [*features, target.label])
+        valid = read_parts(fs, ex.files["validation"], [*features, target.label])
+        test = read_parts(fs, ex.files["test"], [*features, target.label])
         X_train, X_valid, X_test = (feature_matrix(t, features) for t in (train, valid, test))
         y = {
             s: np.asarray(t.column(target.label).to_numpy(), dtype=np.float32)

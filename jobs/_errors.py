@@ -236,3 +236,9 @@ def run_command(command: Callable[..., Any]) -> NoReturn:
     app.command(cls=UserErrorsCommand, help=command.__doc__)(command)
     app()
     raise SystemExit(0)
+
+
+def ray_error_text(exc: BaseException) -> str:
+    """The message of what a Ray task raised (its ``cause``), else of ``exc`` itself."""
+    cause = getattr(exc, "cause", None)
+    return str(cause) if cause is not None else str(exc)

@@ -20,7 +20,7 @@ from typing import Any
 
 import typer
 
-from jobs._errors import run_command
+from jobs._errors import ray_error_text, run_command
 from jobs._recompute_report import RecomputeResult, print_result
 from jobs._runtime import (
     as_of_option,
@@ -47,11 +47,6 @@ from strata.timeutil import AS_OF_HELP, local_iso, to_epoch_ms
 
 class RecomputeError(RuntimeError):
     """The recompute failed; nothing was published."""
-
-
-def _ray_error(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None)
-    return str(cause) if cause is not None else str(exc)
 
 
 class RecomputeJob:
@@ -137,7 +132,7 @@ class RecomputeJob:
             except Exception as exc:
                 snapshots.delete(version)
                 raise RecomputeError(
-                    f"recompute failed, nothing published: {_ray_error(exc)}"
+                    f"recompute failed, nothing published: {ray_error_text(exc)}"
                 ) from exc
 
             tiers = merge_counts([t for s in scores for t in s["tiers"]])
@@ -189,7 +184,7 @@ class RecomputeJob:
                 except Exception as exc:
                     raise RecomputeError(
                         f"publish failed; snapshot {version} kept on disk but not published, "
-                        f"the current Redis version is unchanged: {_ray_error(exc)}"
+                        f"the current Redis version is unchanged: {ray_error_text(exc)}"
                     ) from exc
                 timings["publish_s"] = time.perf_counter() - t0
                 published = True

@@ -17,17 +17,15 @@ import datetime as dt
 import time
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import typer
 
-from jobs._errors import BucketTaskError, run_command
+from jobs._errors import BucketTaskError, ray_error_text, run_command
 from jobs._runtime import as_of_option, console, map_buckets, progress, ray_session
 from jobs._train_report import TrainResult, print_result, print_versions
 from strata.features import FeatureConfig, load_feature_config
 from strata.io.models import ModelError, ModelRegistry, new_version
-from strata.io.warehouse import Warehouse, resolve
+from strata.io.warehouse import Warehouse, read_parts, resolve
 from strata.settings import Settings
 from strata.timeutil import AS_OF_HELP, DAY_MS, to_epoch_ms
 from strata.training import (
@@ -155,17 +153,6 @@ def _map_buckets(
     return results
 
 
-def read_split(fs: pafs.FileSystem, files: list[str], columns: list[str] | None) -> pa.Table:
-    """Concatenate a split's shards (in the given order)."""
-    tables = [pq.read_table(f, filesystem=fs, columns=columns) for f in files]
-    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-
-
-def _ray_error(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None)
-    return str(cause) if cause is not None else str(exc)
-
-
 # ============================================================================ the job
 def run(
     settings: Settings,
@@ -277,9 +264,9 @@ def run(
         _record_failure(registry, version, meta, stage, str(exc), timings)
         raise TrainError(f"{exc} (scratch shards kept in {work})") from exc
     except Exception as exc:
-        _record_failure(registry, version, meta, stage, _ray_error(exc), timings)
+        _record_failure(registry, version, meta, stage, ray_error_text(exc), timings)
         raise TrainError(
-            f"training failed during {stage}: {_ray_error(exc)}; version {version} recorded "
+            f"training failed during {stage}: {ray_error_text(exc)}; version {version} recorded "
             f"as failed, scratch shards kept in {work}"
         ) from exc
 
@@ -321,7 +308,7 @@ def _finish(
     from actors.xgb_distributed import predict, single_node_fit_predict, train_single_targets
 
     t0 = time.perf_counter()
-    tables = [read_split(fs, ex.files[s], None) for s in SPLITS]
+    tables = [read_parts(fs, ex.files[s], None) for s in SPLITS]
     train, valid, test = (Split.of(t, features) for t in tables)
     meta["data"]["examples_sha256"] = examples_digest(tables)
     timings["load_matrices_s"] = time.perf_counter() - t0

@@ -491,3 +491,11 @@ class Warehouse:
                 "max_ts": _iso(max(his)) if his else None,
             }
         return out
+
+
+def read_parts(
+    fs: pafs.FileSystem, files: Sequence[str], columns: Sequence[str] | None = None
+) -> pa.Table:
+    """Concatenate Parquet part files (in the given order), e.g. a training split's shards."""
+    tables = [pq.read_table(f, filesystem=fs, columns=columns) for f in files]
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
