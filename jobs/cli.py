@@ -10,7 +10,19 @@ from __future__ import annotations
 
 import typer
 
-from jobs import demo, generate, ingest, keys, recompute, serve, train, warehouse_cmds
+from jobs import (
+    campaigns,
+    demo,
+    generate,
+    ingest,
+    keys,
+    recompute,
+    rules_cmds,
+    serve,
+    stream,
+    train,
+    warehouse_cmds,
+)
 from jobs._errors import DEBUG_ENV, UserErrorsGroup
 
 app = typer.Typer(
@@ -50,6 +62,9 @@ app.command("vacuum", help=warehouse_cmds.vacuum.__doc__)(warehouse_cmds.vacuum)
 app.command("demo", help=demo.command.__doc__)(demo.command)
 app.command("serve", help=serve.command.__doc__)(serve.command)
 app.add_typer(keys.app, name="keys", help="API keys of the segment API (stored as hashes).")
+app.command("stream", help=stream.command.__doc__)(stream.command)
+app.add_typer(campaigns.app, name="campaigns", help="Calendar campaigns (festival rules).")
+app.add_typer(rules_cmds.app, name="rules", help="Trigger rules: what each did.")
 
 
 def main() -> None:

@@ -84,8 +84,8 @@ def command(
     )
     print_result(result, job.config.tiers.tier_names)
     if serve:
-        console.rule("[bold]4. segment API (FastAPI on Ray Serve), demo key")
-        run_server(settings, port=port, demo=True, example_user=DEMO_USER)
+        console.rule("[bold]4. segment API (FastAPI on Ray Serve, demo key) and the real-time loop")
+        run_server(settings, port=port, demo=True, example_user=DEMO_USER, stream_workers=2)
 
 
 if __name__ == "__main__":

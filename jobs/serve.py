@@ -29,6 +29,19 @@ def curl_line(base_url: str, raw_user_id: str, key: str = "$STRATA_API_KEY") -> 
     return f"curl -s -H 'Authorization: Bearer {key}' {base_url}/v1/users/{raw_user_id}/segment"
 
 
+def event_curl_line(base_url: str, raw_user_id: str, key: str = "$STRATA_API_KEY") -> str:
+    """A copy-paste add-to-cart timestamped 31 minutes ago: cart_abandoned fires at once."""
+    ts = "$(date -d '31 minutes ago' +%s)000"
+    body = (
+        '{"events": [{"user_id": "%s", "event_type": "add_to_cart", "category": "fruit", '
+        '"ts": \'"%s"\'}]}' % (raw_user_id, ts)
+    )
+    return (
+        f"curl -s -X POST -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+        f"{base_url}/v1/events -d '{body}'"
+    )
+
+
 def _log_to_stderr() -> None:
     """strata's warnings (e.g. the embedded Redis died and was restarted) on stderr, with
     time and source, unless logging is configured already."""
@@ -48,8 +61,11 @@ def run_server(
     replicas: int = 1,
     demo: bool = False,
     example_user: str = "10000001",
+    stream_workers: int = 0,
 ) -> None:
-    """Serve until interrupted (Ctrl-C or SIGTERM).
+    """Serve until interrupted (Ctrl-C or SIGTERM); with ``stream_workers`` > 0 the real-time
+    loop (stream workers and the warehouse sink, :class:`jobs.stream.StreamPool`) runs next
+    to the API on the same Ray.
 
     Raises:
         CommandError: no API key is configured (outside demo mode).
@@ -85,6 +101,12 @@ def run_server(
 
             served = settings.model_copy(update={"redis_url": url})
             base_url = start(served, host=host, port=port, num_replicas=replicas, demo=demo)
+            pool = None
+            if stream_workers:
+                from jobs.stream import StreamPool
+
+                pool = StreamPool(served, url, stream_workers)
+                pool.start()
             try:
                 key = DEMO_KEY if demo else "$STRATA_API_KEY"
                 console.print(
@@ -100,16 +122,38 @@ def run_server(
                             ),
                             ("snapshot version", current or "none published yet"),
                             ("key", "demo key (demo mode)" if demo else "from strata keys"),
+                            (
+                                "stream workers",
+                                f"{pool.n_workers} on {pool.partitions} partitions + sink"
+                                if pool is not None
+                                else "off (run `strata stream`)",
+                            ),
                         ],
                     )
                 )
                 console.print("try:", style="bold")
                 console.print(curl_line(base_url, example_user, key), soft_wrap=True, markup=False)
+                if pool is not None:
+                    console.print(
+                        event_curl_line(base_url, example_user, key), soft_wrap=True, markup=False
+                    )
+                    console.print(
+                        f"then: curl -s -H 'Authorization: Bearer {key}' "
+                        f"{base_url}/v1/users/{example_user}/actions",
+                        soft_wrap=True,
+                        markup=False,
+                    )
                 console.print("Ctrl-C stops the server.")
                 # short waits: the signal handler runs in this thread between them
+                ticks = 0
                 while not stop.wait(0.5):
-                    pass
+                    ticks += 1
+                    if pool is not None and ticks % 2 == 0:
+                        pool.poll()
             finally:
+                if pool is not None:
+                    console.print("stopping the stream workers ...")
+                    pool.stop()
                 console.print("stopping Serve ...")
                 serve.shutdown()
     finally:

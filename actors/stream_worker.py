@@ -1,0 +1,330 @@
+"""The stream worker: a Ray actor that owns partitions of the live event streams.
+
+Thin: reads entries and due timers from Redis (:mod:`strata.io.realtime_store`), runs the
+pure round (:mod:`strata.realtime.batch` around the rule engine), refreshes live tiers
+(:mod:`strata.realtime.live`) and commits each partition's round atomically with its XACKs.
+Worker ``i`` of ``n`` owns the partitions ``p`` with ``p % n == i``, each under a lease; Ray
+restarts a dead worker (``max_restarts=-1``) and the driver calls :meth:`StreamWorker.run`
+again. Rules reload when configs/triggers.yaml changes (or on :meth:`reload`, which
+``strata stream`` calls on SIGHUP); a bad file keeps the old rules and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import ray
+
+from strata.config import ConfigError, config_path, load_calendar
+from strata.io.realtime_store import LeaseLost, PartitionReader, RealtimeStore, read_new
+from strata.io.segment_reader import READ_ERRORS
+from strata.io.segment_store import SegmentStore
+from strata.realtime.batch import BatchProcessor, EffectBatch, Entry, RoundWork
+from strata.realtime.engine import TriggerEngine
+from strata.realtime.keys import WORKER_GROUP
+from strata.realtime.live import LiveScorer
+from strata.realtime.model import Segment
+from strata.realtime.stream_config import StreamConfig
+from strata.realtime.triggers import TriggerConfig, load_triggers, rules_summary
+from strata.io.snapshot_features import SnapshotFeatures
+from strata.tiering.scoring import RecomputeConfig
+
+log = logging.getLogger("strata.stream")
+
+_VERSION_CHECK_S = 1.0
+_RULES_CHECK_S = 2.0
+_HEARTBEAT_S = 2.0
+_TAG_FIELDS = ("price_sensitivity", "active_slot", "channel")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class StreamWorker:
+    """Processes the partitions it owns until :meth:`stop`.
+
+    Args:
+        index: this worker's number (0..n_workers-1).
+        n_workers: workers in the pool.
+        partitions: stream partitions (the value fixed in Redis).
+        redis_url: Redis of the live state and the published snapshot.
+        namespace: Settings.redis_namespace.
+        data_root: the data root (snapshots, for the live tier refresh).
+        config_json: the StreamConfig as JSON.
+        config_dir: folder of the YAML configs (triggers.yaml, calendar.yaml, tiers...).
+    """
+
+    def __init__(
+        self,
+        index: int,
+        n_workers: int,
+        partitions: int,
+        redis_url: str,
+        namespace: str,
+        data_root: str,
+        config_json: str,
+        config_dir: str | None = None,
+    ) -> None:
+        self.index = index
+        self.config = StreamConfig.model_validate_json(config_json)
+        self.config_dir = config_dir
+        self.data_root = data_root
+        self.store = RealtimeStore(redis_url, namespace, self.config)
+        self.snapshot = SegmentStore(redis_url, namespace=namespace)
+        self.consumer = f"w{index}"
+        self.readers = [
+            PartitionReader(self.store, p, WORKER_GROUP, self.consumer)
+            for p in range(partitions)
+            if p % n_workers == index
+        ]
+        self.recompute_config = RecomputeConfig.load(config_dir)
+        self._stop = threading.Event()
+        self._rules_path = config_path("triggers", config_dir)
+        self._rules_mtime = self._mtime()
+        self.rules: TriggerConfig = load_triggers(config_dir)
+        self.processor = self._processor(self.rules)
+        self.reload_error: str | None = None
+        self._version: str | None = None
+        self._live: LiveScorer | None = None
+        self._features: SnapshotFeatures | None = None
+        self._rescore: dict[int, set[int]] = {}
+        self._checked_version = 0.0
+        self._checked_rules = 0.0
+        self._beat = 0.0
+        self.counters = {"events": 0, "timers": 0, "actions": 0, "suppressed": 0,
+                         "dead": 0, "rounds": 0, "lease_lost": 0, "errors": 0, "redis_errors": 0}  # fmt: skip
+        self.store.publish_rules(rules_summary(self.rules))
+
+    # ------------------------------------------------------------------ control
+    def run(self) -> dict[str, int]:
+        """Process owned partitions until :meth:`stop`; returns the counters."""
+        self._stop.clear()
+        while not self._stop.is_set():
+            try:
+                self._housekeeping()
+                owned = [r for r in self.readers if r.acquire()]
+                if not owned:
+                    self._stop.wait(self.config.lease_ms / 5000)
+                    continue
+                self._round(owned)
+            except READ_ERRORS as exc:
+                # Redis restarted or unreachable: the client reconnects on the next call;
+                # uncommitted rounds are pending and processed again
+                self.counters["redis_errors"] += 1
+                log.warning("stream worker %d: Redis error (%s); retrying", self.index, exc)
+                for r in self.readers:
+                    r.recovering = True
+                self._stop.wait(0.5)
+        with contextlib.suppress(*READ_ERRORS):
+            for r in self.readers:
+                r.release()
+        return dict(self.counters)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish its round and return."""
+        self._stop.set()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, owned partitions and the last reload error."""
+        return {
+            **self.counters,
+            "partitions": [r.partition for r in self.readers if r.owned],
+            "reload_error": self.reload_error,
+            "version": self._version,
+        }
+
+    def reload(self) -> str:
+        """Reload configs/triggers.yaml; a bad file keeps the old rules. Returns what
+        happened, in words."""
+        try:
+            rules = load_triggers(self.config_dir)
+        except ConfigError as exc:
+            self.reload_error = str(exc)
+            log.warning("rules not reloaded, keeping the old ones: %s", exc)
+            return f"kept the old rules: {exc}"
+        self.rules = rules
+        self.processor = self._processor(rules)
+        self.reload_error = None
+        self.store.publish_rules(rules_summary(rules))
+        return f"reloaded {len(rules.rules)} rules"
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    # ------------------------------------------------------------------ internals
+    def _processor(self, rules: TriggerConfig) -> BatchProcessor:
+        engine = TriggerEngine(
+            rules,
+            load_calendar(self.config_dir),
+            max_event_age_ms=self.config.max_event_age_s * 1000,
+        )
+        return BatchProcessor(engine, self.config.max_deliveries)
+
+    def _mtime(self) -> float | None:
+        try:
+            return Path(self._rules_path).stat().st_mtime
+        except OSError:
+            return None
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_rules >= _RULES_CHECK_S:
+            self._checked_rules = now
+            mtime = self._mtime()
+            if mtime != self._rules_mtime:
+                self._rules_mtime = mtime
+                self.reload()
+        if now - self._checked_version >= _VERSION_CHECK_S:
+            self._checked_version = now
+            self._check_version()
+        if now - self._beat >= _HEARTBEAT_S:
+            self._beat = now
+            for r in self.readers:
+                if r.owned:
+                    self.store.heartbeat(
+                        r.partition,
+                        {"worker": self.index, "pid": os.getpid(), "at": _now_ms(),
+                         "events": self.counters["events"]},
+                    )  # fmt: skip
+
+    def _check_version(self) -> None:
+        version = self.snapshot.current()
+        if version == self._version:
+            return
+        self._version = version
+        self._live = None
+        self._features = None
+        if version is None:
+            return
+        try:
+            features = SnapshotFeatures(self.data_root, version)
+            self._live = LiveScorer(
+                self.recompute_config,
+                features.partials,
+                features.as_of_ms,
+                version,
+                features.as_of_iso,
+            )
+            self._features = features
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("live tiers off for snapshot %s: %s", version, exc)
+            return
+        # a new snapshot supersedes the live deltas it covers: re-score users whose live
+        # orders are newer than its as-of, their overlays from the old version are ignored
+        for r in self.readers:
+            users = self.store.live_users_since(r.partition, features.as_of_ms)
+            if users:
+                self._rescore.setdefault(r.partition, set()).update(users)
+
+    def _round(self, owned: list[PartitionReader]) -> None:
+        cfg = self.config
+        now = _now_ms()
+        by_partition = read_new(
+            self.store.redis, owned, cfg.batch_size, cfg.block_ms
+        )  # recovering partitions return their pending entries
+        for reader in owned:
+            entries = by_partition.get(reader.partition, [])
+            timers = self.store.due_timers(reader.partition, now, cfg.timer_batch)
+            rescore = self._rescore.pop(reader.partition, set())
+            if not entries and not timers and not rescore:
+                continue
+            try:
+                self._process(reader, entries, timers, rescore, now)
+            except LeaseLost:
+                self.counters["lease_lost"] += 1
+                reader.owned = False
+            except Exception as exc:  # an entry the engine cannot handle: isolate it
+                self.counters["errors"] += 1
+                log.warning("partition %d: round failed (%s), retrying entries one by one",
+                            reader.partition, exc)  # fmt: skip
+                reader.recovering = True
+                if rescore:
+                    self._rescore.setdefault(reader.partition, set()).update(rescore)
+                reader.batch_limit = 1
+        self.counters["rounds"] += 1
+
+    def _process(
+        self,
+        reader: PartitionReader,
+        entries: list[Entry],
+        timers: list[bytes],
+        rescore: set[int],
+        now: int,
+    ) -> None:
+        proc = self.processor
+        work = proc.start(entries, timers, now)
+        users = work.user_ids
+        for u in rescore:
+            if u not in work.states:
+                users.append(u)
+        states = dict(zip(users, self.store.load_states(users), strict=True))
+        segments = self._segments(users)
+        candidates = proc.evaluate(work, states, segments)
+        batch = proc.finish(work, self.store.reserve(candidates))
+        self._overlays(reader.partition, work, batch, rescore, now)
+        self.store.commit(reader.partition, WORKER_GROUP, reader.token, batch)
+        c = self.counters
+        c["events"] += len(entries)
+        c["timers"] += len(timers)
+        c["actions"] += len(batch.firings)
+        c["suppressed"] += len(batch.suppressions)
+        c["dead"] += len(batch.dead)
+
+    def _segments(self, users: list[int]) -> dict[int, Segment | None]:
+        out: dict[int, Segment | None] = {}
+        if not users:
+            return out
+        overlays = self.store.load_overlays(users)
+        for start in range(0, len(users), self.snapshot.max_batch):
+            chunk = users[start : start + self.snapshot.max_batch]
+            version, records = self.snapshot.get_many(chunk)
+            for i, (u, rec) in enumerate(zip(chunk, records, strict=True)):
+                live = overlays[start + i]
+                over = orjson.loads(live) if live is not None else None
+                if over is not None and over.get("version") != version:
+                    over = None
+                if rec is None and over is None:
+                    out[u] = None
+                    continue
+                rec = rec or {}
+                out[u] = Segment(
+                    tier=(over or rec).get("tier"),
+                    lifecycle_stage=(over or rec).get("lifecycle_stage"),
+                    top_category=rec.get("top_category"),
+                    tags={k: rec.get(k) for k in _TAG_FIELDS if rec.get(k) is not None},
+                )
+        return out
+
+    def _overlays(
+        self,
+        partition: int,
+        work: RoundWork,
+        batch: EffectBatch,
+        rescore: set[int],
+        now: int,
+    ) -> None:
+        live, features = self._live, self._features
+        users = set(work.ordered) | rescore
+        if live is None or features is None or not users:
+            return
+        ids = sorted(users)
+        rows = features.rows(ids)
+        for u in ids:
+            state = work.states.get(u)
+            if state is None or state.last_order_ms is None:
+                continue
+            overlay = live.overlay(u, state, rows.get(u), now)
+            batch.overlays[u] = orjson.dumps(overlay)
+            batch.overlay_order_ms[u] = state.last_order_ms
+        batch.states.update({u: work.states[u].to_bytes() for u in ids if u in work.states})
+
+
+StreamWorkerActor = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=4)(StreamWorker)

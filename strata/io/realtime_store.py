@@ -1,0 +1,446 @@
+"""Redis side of the stream workers: partition leases, consumer-group reads, live state, budget
+reservations, the due-queue, and one atomic commit of everything a batch caused.
+
+Exactly-once effects rest on three facts:
+
+1. A partition has one owner at a time: a lease (``SET NX PX``) with a random token. The owner
+   renews it every round; a worker that dies loses it after ``lease_ms`` and the next owner
+   XAUTOCLAIMs the dead consumer's pending entries.
+2. Everything a batch of entries caused — states, actions, outbox entries, statistics, timers,
+   tags, live overlays, dead letters — and the XACK of those entries go to Redis in one
+   MULTI/EXEC, guarded by WATCH on the lease: either all of it is applied or none (a worker
+   killed before EXEC leaves its entries pending, to be processed again from the old state);
+   an owner that lost its lease cannot commit.
+3. Each action key's decision is recorded (``idem``) and budget reservations are idempotent
+   by key, so a replay never issues a second action or counts a budget twice.
+
+Key layout: :class:`strata.realtime.keys.RealtimeKeys`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+import redis
+
+from strata.realtime.batch import EffectBatch, Entry, Reservation
+from strata.realtime.keys import ENTRY_FIELD, OUTBOX_FIELD, RealtimeKeys
+from strata.realtime.model import Firing
+from strata.realtime.stream_config import StreamConfig
+from strata.timeutil import DAY_MS, local_iso
+
+__all__ = ["LeaseLost", "PartitionReader", "RealtimeStore", "action_records"]
+
+log = logging.getLogger("strata.stream")
+
+_OUTBOX_MAXLEN = 1_000_000
+_DEAD_MAXLEN = 100_000
+
+# KEYS: none. ARGV: prefix "{ns}:rt:", reserve TTL s, then per firing 5 values:
+# key, rule, day, cost in cents, count budget (-1: none), cents budget (-1: none).
+# Returns one code per firing: 1 reserved (or reserved before), 0 over budget, 2 decided before.
+_RESERVE_LUA = """
+local prefix = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local out = {}
+local i = 3
+while i <= #ARGV do
+  local key, rule, day = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local cents = tonumber(ARGV[i + 3])
+  local max_n, max_c = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+  i = i + 6
+  if redis.call('EXISTS', prefix .. 'idem:' .. key) == 1 then
+    out[#out + 1] = 2
+  elseif redis.call('EXISTS', prefix .. 'reserve:' .. key) == 1 then
+    out[#out + 1] = 1
+  else
+    local b = prefix .. 'budget:' .. rule .. ':' .. day
+    local n = tonumber(redis.call('HGET', b, 'count') or '0')
+    local c = tonumber(redis.call('HGET', b, 'cents') or '0')
+    if (max_n >= 0 and n + 1 > max_n) or (max_c >= 0 and c + cents > max_c) then
+      out[#out + 1] = 0
+    else
+      redis.call('HINCRBY', b, 'count', 1)
+      redis.call('HINCRBY', b, 'cents', cents)
+      redis.call('EXPIRE', b, 3 * 86400)
+      redis.call('SET', prefix .. 'reserve:' .. key, '1', 'EX', ttl)
+      out[#out + 1] = 1
+    end
+  end
+end
+return out
+"""
+
+
+class LeaseLost(RuntimeError):
+    """Another worker owns the partition now: this one must not commit."""
+
+
+def action_records(firing: Firing) -> list[bytes]:
+    """The per-user log entries (and outbox payloads) of one firing, one per action."""
+    issued_at = local_iso(firing.issued_ms)
+    return [
+        orjson.dumps(
+            {
+                "rule": firing.rule,
+                "action": spec.action,
+                "params": spec.params,
+                "key": firing.key,
+                "issued_at": issued_at,
+                "trigger": firing.trigger,
+            }
+        )
+        for spec in firing.actions
+    ]
+
+
+class RealtimeStore:
+    """The live-state store of one namespace (thread-safe like redis-py's pool).
+
+    Args:
+        client: a ``redis.Redis`` (``decode_responses=False``) or a ``redis://`` URL.
+        namespace: key prefix (Settings.redis_namespace).
+        config: stream settings (TTLs, lengths, lease).
+    """
+
+    def __init__(self, client: redis.Redis | str, namespace: str, config: StreamConfig) -> None:
+        if isinstance(client, str):
+            client = redis.Redis.from_url(
+                client, socket_timeout=10, socket_connect_timeout=5, decode_responses=False
+            )
+        self.redis = client
+        self.keys = RealtimeKeys(namespace)
+        self.config = config
+        self._reserve = client.register_script(_RESERVE_LUA)
+
+    # ------------------------------------------------------------------ reads
+    def load_states(self, user_ids: Sequence[int]) -> list[bytes | None]:
+        """Stored live state of each user (None where there is none), in order."""
+        if not user_ids:
+            return []
+        return list(self.redis.mget([self.keys.state(u) for u in user_ids]))
+
+    def load_overlays(self, user_ids: Sequence[int]) -> list[bytes | None]:
+        """Live segment overlay of each user (None where none), in order."""
+        if not user_ids:
+            return []
+        return list(self.redis.mget([self.keys.live(u) for u in user_ids]))
+
+    def due_timers(self, partition: int, now_ms: int, limit: int) -> list[bytes]:
+        """Members of the partition's due-queue whose time has come (oldest first)."""
+        return list(self.redis.zrangebyscore(self.keys.due(partition), "-inf", now_ms, 0, limit))
+
+    def live_users_since(self, partition: int, since_ms: int) -> list[int]:
+        """Users of the partition with a live order at or after ``since_ms``."""
+        return [
+            int(u)
+            for u in self.redis.zrangebyscore(self.keys.live_users(partition), since_ms, "+inf")
+        ]
+
+    def reserve(self, firings: Sequence[Firing]) -> list[Reservation]:
+        """Check and take each firing's daily budget, atomically across workers.
+
+        A firing decided before (its action key is recorded) is ``duplicate``; one reserved
+        before (a replay after a crash) is ``ok`` without counting twice."""
+        if not firings:
+            return []
+        args: list[Any] = [self.keys.prefix, self.config.idem_ttl_days * 86_400]
+        for f in firings:
+            args += [
+                f.key,
+                f.rule,
+                f.day,
+                round(f.cost_cny * 100),
+                -1 if f.budget_count is None else f.budget_count,
+                -1 if f.budget_cny is None else round(f.budget_cny * 100),
+            ]
+        codes = self._reserve(keys=[], args=args)
+        status = {1: "ok", 0: "budget", 2: "duplicate"}
+        return [Reservation(f, status[int(c)]) for f, c in zip(firings, codes, strict=True)]
+
+    # ------------------------------------------------------------------ commit
+    def commit(self, partition: int, group: str, token: str, batch: EffectBatch) -> None:
+        """Apply ``batch`` and XACK its entries in one MULTI/EXEC, if ``token`` still holds
+        the partition's lease.
+
+        Raises:
+            LeaseLost: the lease is gone or held by another worker (nothing was applied).
+        """
+        if batch.is_empty():
+            return
+        keys = self.keys
+        cfg = self.config
+        lease = keys.lease(partition)
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(lease)
+                holder = pipe.get(lease)
+                if holder is None or holder.decode() != token:
+                    raise LeaseLost(f"partition {partition}: lease lost")
+                pipe.multi()
+                state_ttl = cfg.state_ttl_days * 86_400
+                for user, blob in batch.states.items():
+                    pipe.set(keys.state(user), blob, ex=state_ttl)
+                self._queue_firings(pipe, batch.firings)
+                stats: dict[str, float] = {}
+                for s in batch.suppressions:
+                    _add(stats, f"{s.rule}|{s.tier}|suppressed.{s.reason}", 1)
+                for c in batch.conversions:
+                    _add(stats, f"{c.rule}|{c.tier}|converted", 1)
+                    _add(stats, f"{c.rule}|{c.tier}|revenue_cny", c.revenue_cny)
+                    _add(stats, f"{c.rule}|{c.tier}|coupon_cost_cny", c.coupon_cost_cny)
+                for f in batch.firings:
+                    _add(stats, f"{f.rule}|{f.tier}|fired", 1)
+                for name, value in stats.items():
+                    if isinstance(value, int):
+                        pipe.hincrby(keys.stats, name, value)
+                    else:
+                        pipe.hincrbyfloat(keys.stats, name, round(value, 2))
+                due = keys.due(partition)
+                if batch.timers_add:
+                    pipe.zadd(due, {t.member(): t.due_ms for t in batch.timers_add})
+                if batch.timers_done:
+                    pipe.zrem(due, *batch.timers_done)
+                live_ttl = cfg.live_ttl_days * 86_400
+                for user, blob in batch.overlays.items():
+                    pipe.set(keys.live(user), blob, ex=live_ttl)
+                if batch.overlay_order_ms:
+                    pipe.zadd(
+                        keys.live_users(partition),
+                        {str(u): ms for u, ms in batch.overlay_order_ms.items()},
+                    )
+                for entry_id, raw, reason in batch.dead:
+                    pipe.xadd(
+                        keys.dead,
+                        {
+                            b"id": entry_id,
+                            b"partition": str(partition),
+                            b"reason": reason[:500],
+                            ENTRY_FIELD: raw or b"",
+                        },
+                        maxlen=_DEAD_MAXLEN,
+                        approximate=True,
+                    )
+                if batch.ack:
+                    pipe.xack(keys.stream(partition), group, *batch.ack)
+                pipe.execute()
+            except redis.WatchError as exc:
+                raise LeaseLost(f"partition {partition}: lease changed during commit") from exc
+
+    def _queue_firings(self, pipe: Any, firings: Iterable[Firing]) -> None:
+        keys = self.keys
+        cfg = self.config
+        idem_ttl = cfg.idem_ttl_days * 86_400
+        log_ttl = max(idem_ttl, 90 * 86_400)
+        for f in firings:
+            pipe.set(keys.idem(f.key), b"issued", ex=idem_ttl)
+            records = action_records(f)
+            if records:
+                log_key = keys.actions(f.user_id)
+                pipe.lpush(log_key, *records)
+                pipe.ltrim(log_key, 0, cfg.action_log_len - 1)
+                pipe.expire(log_key, log_ttl)
+                for rec in records:
+                    pipe.xadd(
+                        keys.outbox, {OUTBOX_FIELD: rec}, maxlen=_OUTBOX_MAXLEN, approximate=True
+                    )
+            if f.tag is not None:
+                tag, expiry_ms = f.tag
+                tags_key = keys.tags(f.user_id)
+                pipe.hset(tags_key, tag, expiry_ms)
+                pipe.pexpireat(tags_key, expiry_ms + DAY_MS)
+
+    # ------------------------------------------------------------------ rules, heartbeat
+    def publish_rules(self, rules: list[dict[str, Any]]) -> None:
+        """The active rule list for ``GET /v1/rules`` (``{ns}:rt:rules``)."""
+        self.redis.set(self.keys.rules, orjson.dumps(rules))
+
+    def read_rule_stats(self) -> tuple[bytes | None, dict[bytes, bytes]]:
+        """The raw active-rule list and statistics hash (see :mod:`strata.realtime.stats`)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.keys.rules)
+            pipe.hgetall(self.keys.stats)
+            rules, stats = pipe.execute()
+        return rules, stats
+
+    def heartbeat(self, partition: int, info: Mapping[str, Any]) -> None:
+        self.redis.hset(self.keys.workers, str(partition), orjson.dumps(dict(info)))
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+class PartitionReader:
+    """One worker's hold on one partition: lease, consumer group, reads.
+
+    Args:
+        store: the live-state store.
+        partition: partition number.
+        group: consumer group (``WORKER_GROUP``).
+        consumer: this worker's consumer name (stable across its restarts).
+    """
+
+    def __init__(self, store: RealtimeStore, partition: int, group: str, consumer: str) -> None:
+        self.store = store
+        self.redis = store.redis
+        self.partition = partition
+        self.group = group
+        self.consumer = consumer
+        self.stream = store.keys.stream(partition)
+        self.lease_key = store.keys.lease(partition)
+        self.token = f"{consumer}:{uuid.uuid4().hex[:12]}"
+        self.owned = False
+        #: read this consumer's pending entries (after a start, a claim or a failed round)
+        self.recovering = True
+        #: entries per pending read while recovering (1 after a failed round: isolates a
+        #: poison entry without re-delivering the good ones around it)
+        self.batch_limit: int | None = None
+
+    def ensure_group(self) -> None:
+        """Create the consumer group (from the stream's start) if it does not exist."""
+        try:
+            self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def acquire(self) -> bool:
+        """Take or renew the lease. On a new acquisition, claim every pending entry of other
+        consumers (a dead worker's) and start by reading pending entries."""
+        ms = self.store.config.lease_ms
+        if self.owned:
+            # renew only while it is still ours (compare-and-set via a tiny transaction)
+            with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(self.lease_key)
+                    if pipe.get(self.lease_key) == self.token.encode():
+                        pipe.multi()
+                        pipe.pexpire(self.lease_key, ms)
+                        pipe.execute()
+                        return True
+                except redis.WatchError:
+                    pass
+            self.owned = False
+            log.warning("partition %d: lease lost", self.partition)
+        if not self.redis.set(self.lease_key, self.token, nx=True, px=ms):
+            return False
+        self.owned = True
+        self.ensure_group()
+        claimed = self.claim_orphans()
+        if claimed:
+            log.info("partition %d: claimed %d pending entries", self.partition, claimed)
+        self.recovering = True
+        return True
+
+    def release(self) -> None:
+        """Give the lease up (only if it is still ours)."""
+        if not self.owned:
+            return
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.lease_key)
+                if pipe.get(self.lease_key) == self.token.encode():
+                    pipe.multi()
+                    pipe.delete(self.lease_key)
+                    pipe.execute()
+            except redis.WatchError:
+                pass
+        self.owned = False
+
+    def claim_orphans(self) -> int:
+        """XAUTOCLAIM every pending entry of other consumers to this one (the lease makes
+        this worker the only owner, so no idle time is needed)."""
+        total = 0
+        start = "0-0"
+        while True:
+            reply = self.redis.xautoclaim(
+                self.stream, self.group, self.consumer, min_idle_time=0, start_id=start,
+                count=1000, justid=True,
+            )  # fmt: skip
+            start_raw, ids = reply[0], reply[1]
+            total += len(ids)
+            start = start_raw.decode() if isinstance(start_raw, bytes) else str(start_raw)
+            if start == "0-0":
+                return total
+
+    def read(self, count: int, block_ms: int) -> list[Entry]:
+        """The next entries of this partition alone (see :func:`read_new`)."""
+        return read_new(self.redis, [self], count, block_ms).get(self.partition, [])
+
+    def _pending(self, count: int) -> list[Entry]:
+        reply = self.redis.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
+        got = _entries(reply)
+        if not got:
+            return []
+        info = self.redis.xpending_range(
+            self.stream, self.group, min=got[0][0], max=got[-1][0], count=len(got),
+            consumername=self.consumer,
+        )  # fmt: skip
+        delivered = {d["message_id"]: int(d["times_delivered"]) for d in info}
+        return [
+            # an entry trimmed away while pending comes back without fields
+            Entry(i, f.get(ENTRY_FIELD) if f else None, delivered.get(i, 1))
+            for i, f in got
+        ]
+
+
+def read_new(
+    client: redis.Redis, readers: list[PartitionReader], count: int, block_ms: int
+) -> dict[int, list[Entry]]:
+    """The next entries of several partitions of one consumer: pending ones of recovering
+    partitions (with delivery counts, ``batch_limit`` at a time), and new ones of the others
+    in one XREADGROUP (blocking up to ``block_ms`` only when nothing is pending)."""
+    out: dict[int, list[Entry]] = {}
+    fresh: list[PartitionReader] = []
+    for r in readers:
+        if r.recovering:
+            entries = r._pending(r.batch_limit or count)
+            if entries:
+                out[r.partition] = entries
+                continue
+            r.recovering = False
+            r.batch_limit = None
+        fresh.append(r)
+    if not fresh:
+        return out
+    first = fresh[0]
+    by_stream = {r.stream.encode(): r for r in fresh}
+    reply = client.xreadgroup(
+        first.group,
+        first.consumer,
+        {r.stream: ">" for r in fresh},
+        count=count,
+        block=None if out else block_ms,
+    )
+    for name, items in _streams(reply):
+        reader = by_stream.get(name if isinstance(name, bytes) else str(name).encode())
+        if reader is not None and items:
+            out[reader.partition] = [Entry(i, f.get(ENTRY_FIELD) if f else None) for i, f in items]
+    return out
+
+
+def _streams(reply: Any) -> list[tuple[Any, list[Any]]]:
+    if not reply:
+        return []
+    if isinstance(reply, dict):  # RESP3
+        return [(k, v[0] if v and isinstance(v[0], list) else v) for k, v in reply.items()]
+    return [(name, items) for name, items in reply]
+
+
+def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+    if not reply:
+        return []
+    if isinstance(reply, dict):  # RESP3
+        items = next(iter(reply.values()))
+        items = items[0] if items and isinstance(items[0], list) else items
+    else:
+        items = reply[0][1]
+    return [(i, f) for i, f in items]
+
+
+def _add(stats: dict[str, float], name: str, value: float) -> None:
+    stats[name] = stats.get(name, 0) + value
