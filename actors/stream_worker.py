@@ -21,19 +21,19 @@ from typing import Any
 
 import orjson
 import ray
+from strata.io.snapshot_features import SnapshotFeatures
+from strata.realtime.engine import TriggerEngine
+from strata.realtime.live import LiveScorer
+from strata.realtime.triggers import TriggerConfig, load_triggers, rules_summary
 
 from strata.config import ConfigError, config_path, load_calendar
 from strata.io.realtime_store import LeaseLost, PartitionReader, RealtimeStore, read_new
 from strata.io.segment_reader import READ_ERRORS
 from strata.io.segment_store import SegmentStore
 from strata.realtime.batch import BatchProcessor, EffectBatch, Entry, RoundWork
-from strata.realtime.engine import TriggerEngine
 from strata.realtime.keys import WORKER_GROUP
-from strata.realtime.live import LiveScorer
 from strata.realtime.model import Segment
 from strata.realtime.stream_config import StreamConfig
-from strata.realtime.triggers import TriggerConfig, load_triggers, rules_summary
-from strata.io.snapshot_features import SnapshotFeatures
 from strata.tiering.scoring import RecomputeConfig
 
 log = logging.getLogger("strata.stream")
@@ -87,6 +87,7 @@ class StreamWorker:
         ]
         self.recompute_config = RecomputeConfig.load(config_dir)
         self._stop = threading.Event()
+        self._crash_before_commit = False
         self._rules_path = config_path("triggers", config_dir)
         self._rules_mtime = self._mtime()
         self.rules: TriggerConfig = load_triggers(config_dir)
@@ -99,8 +100,17 @@ class StreamWorker:
         self._checked_version = 0.0
         self._checked_rules = 0.0
         self._beat = 0.0
-        self.counters = {"events": 0, "timers": 0, "actions": 0, "suppressed": 0,
-                         "dead": 0, "rounds": 0, "lease_lost": 0, "errors": 0, "redis_errors": 0}  # fmt: skip
+        self.counters = {
+            "events": 0,
+            "timers": 0,
+            "actions": 0,
+            "suppressed": 0,
+            "dead": 0,
+            "rounds": 0,
+            "lease_lost": 0,
+            "errors": 0,
+            "redis_errors": 0,
+        }
         self.store.publish_rules(rules_summary(self.rules))
 
     # ------------------------------------------------------------------ control
@@ -159,6 +169,11 @@ class StreamWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def inject_crash_before_commit(self) -> None:
+        """Fault injection (tests, chaos drills): the process exits right before its next
+        commit, as a kill between processing and XACK would."""
+        self._crash_before_commit = True
+
     # ------------------------------------------------------------------ internals
     def _processor(self, rules: TriggerConfig) -> BatchProcessor:
         engine = TriggerEngine(
@@ -191,9 +206,13 @@ class StreamWorker:
                 if r.owned:
                     self.store.heartbeat(
                         r.partition,
-                        {"worker": self.index, "pid": os.getpid(), "at": _now_ms(),
-                         "events": self.counters["events"]},
-                    )  # fmt: skip
+                        {
+                            "worker": self.index,
+                            "pid": os.getpid(),
+                            "at": _now_ms(),
+                            "events": self.counters["events"],
+                        },
+                    )
 
     def _check_version(self) -> None:
         version = self.snapshot.current()
@@ -230,9 +249,10 @@ class StreamWorker:
         by_partition = read_new(
             self.store.redis, owned, cfg.batch_size, cfg.block_ms
         )  # recovering partitions return their pending entries
+        due = self.store.due_timers([r.partition for r in owned], now, cfg.timer_batch)
         for reader in owned:
             entries = by_partition.get(reader.partition, [])
-            timers = self.store.due_timers(reader.partition, now, cfg.timer_batch)
+            timers = due.get(reader.partition, [])
             rescore = self._rescore.pop(reader.partition, set())
             if not entries and not timers and not rescore:
                 continue
@@ -243,8 +263,11 @@ class StreamWorker:
                 reader.owned = False
             except Exception as exc:  # an entry the engine cannot handle: isolate it
                 self.counters["errors"] += 1
-                log.warning("partition %d: round failed (%s), retrying entries one by one",
-                            reader.partition, exc)  # fmt: skip
+                log.warning(
+                    "partition %d: round failed (%s), retrying entries one by one",
+                    reader.partition,
+                    exc,
+                )
                 reader.recovering = True
                 if rescore:
                     self._rescore.setdefault(reader.partition, set()).update(rescore)
@@ -265,11 +288,14 @@ class StreamWorker:
         for u in rescore:
             if u not in work.states:
                 users.append(u)
-        states = dict(zip(users, self.store.load_states(users), strict=True))
-        segments = self._segments(users)
+        raw_states, overlays = self.store.load_states_and_overlays(users)
+        states = dict(zip(users, raw_states, strict=True))
+        segments = self._segments(users, overlays)
         candidates = proc.evaluate(work, states, segments)
         batch = proc.finish(work, self.store.reserve(candidates))
         self._overlays(reader.partition, work, batch, rescore, now)
+        if self._crash_before_commit and not batch.is_empty():
+            os._exit(1)
         self.store.commit(reader.partition, WORKER_GROUP, reader.token, batch)
         c = self.counters
         c["events"] += len(entries)
@@ -278,11 +304,12 @@ class StreamWorker:
         c["suppressed"] += len(batch.suppressions)
         c["dead"] += len(batch.dead)
 
-    def _segments(self, users: list[int]) -> dict[int, Segment | None]:
+    def _segments(
+        self, users: list[int], overlays: list[bytes | None]
+    ) -> dict[int, Segment | None]:
         out: dict[int, Segment | None] = {}
         if not users:
             return out
-        overlays = self.store.load_overlays(users)
         for start in range(0, len(users), self.snapshot.max_batch):
             chunk = users[start : start + self.snapshot.max_batch]
             version, records = self.snapshot.get_many(chunk)

@@ -26,7 +26,6 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,15 +38,16 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import build_request, measure_in_subprocess  # noqa: E402
-from bench.serve import BENCH_KEY, FIRST_RAW_ID, publish, wait_ok  # noqa: E402
-from strata.ids import pseudonymise_many  # noqa: E402
-from strata.io.event_log import EventAppender  # noqa: E402
-from strata.io.redis_server import EmbeddedRedis, free_port  # noqa: E402
-from strata.realtime.keys import ENTRY_FIELD, OUTBOX_FIELD, WORKER_GROUP, RealtimeKeys  # noqa: E402
-from strata.realtime.stream_config import load_stream_config  # noqa: E402
-from strata.realtime.wire import encode_event  # noqa: E402
-from strata.schema import CATEGORIES  # noqa: E402
+from strata.io.event_log import EventAppender
+
+from bench.loadgen import build_request, measure_in_subprocess
+from bench.serve import BENCH_KEY, FIRST_RAW_ID, publish, wait_ok
+from strata.ids import pseudonymise_many
+from strata.io.redis_server import EmbeddedRedis, free_port
+from strata.realtime.keys import ENTRY_FIELD, OUTBOX_FIELD, RealtimeKeys
+from strata.realtime.stream_config import load_stream_config
+from strata.realtime.wire import encode_event
+from strata.schema import CATEGORIES
 
 console = Console(width=150)
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +89,9 @@ def make_events(n: int, user_ids: np.ndarray, seed: int, now_ms: int) -> list[di
         if t in ("add_to_cart", "item_view", "category_view", "favourite"):
             ev["category"] = str(cats[i])
         elif t == "order":
-            ev.update(order_id=f"o{seed}.{i}", amount_cny=float(amounts[i]),
-                      categories=[str(cats[i])])  # fmt: skip
+            ev.update(
+                order_id=f"o{seed}.{i}", amount_cny=float(amounts[i]), categories=[str(cats[i])]
+            )
         elif t == "review":
             ev["rating"] = int(ratings[i])
         out.append(ev)
@@ -115,7 +116,9 @@ def _raw_consumer(url: str, streams: list[str], total: int, counter: Any) -> Non
             counter.value += got
 
 
-def baseline(url: str, events: list[dict[str, Any]], partitions: int, workers: int) -> dict[str, Any]:
+def baseline(
+    url: str, events: list[dict[str, Any]], partitions: int, workers: int
+) -> dict[str, Any]:
     r = redis.Redis.from_url(url)
     keys = RealtimeKeys("rawbench")
     streams = [keys.stream(p) for p in range(partitions)]
@@ -148,9 +151,7 @@ def baseline(url: str, events: list[dict[str, Any]], partitions: int, workers: i
 
 
 # ---------------------------------------------------------------------- 2. processed
-def processed(
-    url: str, events: list[dict[str, Any]], workers: int, data: str
-) -> dict[str, Any]:
+def processed(url: str, events: list[dict[str, Any]], workers: int, data: str) -> dict[str, Any]:
     import ray
 
     from actors.stream_worker import StreamWorkerActor
@@ -204,8 +205,13 @@ def accepted(url: str, data: str, n_users: int, seconds: float) -> dict[str, Any
     import hashlib
 
     keys_json = json.dumps(
-        [{"name": "bench", "scopes": ["events:write"],
-          "sha256": hashlib.sha256(api_key.encode()).hexdigest()}]  # fmt: skip
+        [
+            {
+                "name": "bench",
+                "scopes": ["events:write"],
+                "sha256": hashlib.sha256(api_key.encode()).hexdigest(),
+            }
+        ]
     )
     env = {
         **os.environ,
@@ -215,10 +221,26 @@ def accepted(url: str, data: str, n_users: int, seconds: float) -> dict[str, Any
         "STRATA_DATA": data,
     }
     port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-           "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-           "--log-level", "warning"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "api.app:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -230,15 +252,23 @@ def accepted(url: str, data: str, n_users: int, seconds: float) -> dict[str, Any
             evs = []
             for j in range(500):
                 u = FIRST_RAW_ID + int(rng.integers(0, n_users))
-                evs.append({"user_id": str(u), "event_type": "item_view",
-                            "category": "fruit", "ts": now_ms - j, "event_id": f"h{r}.{j}"})  # fmt: skip
+                evs.append(
+                    {
+                        "user_id": str(u),
+                        "event_type": "item_view",
+                        "category": "fruit",
+                        "ts": now_ms - j,
+                        "event_id": f"h{r}.{j}",
+                    }
+                )
             body = orjson.dumps({"events": evs})
             requests.append(
                 build_request(
-                    f"{base}/v1/events", "POST", body,
-                    [("Authorization", f"Bearer {api_key}"),
-                     ("Content-Type", "application/json")],
-                )  # fmt: skip
+                    f"{base}/v1/events",
+                    "POST",
+                    body,
+                    [("Authorization", f"Bearer {api_key}"), ("Content-Type", "application/json")],
+                )
             )
         result = measure_in_subprocess(
             f"{base}/v1/events", requests, concurrency=4, seconds=seconds, warmup_s=1.0
@@ -259,8 +289,9 @@ def accepted(url: str, data: str, n_users: int, seconds: float) -> dict[str, Any
 
 
 # ---------------------------------------------------------------------- 4. latency
-def latency(url: str, user_ids: np.ndarray, workers: int, data: str, seconds: float,
-            rate: int) -> dict[str, Any]:  # fmt: skip
+def latency(
+    url: str, user_ids: np.ndarray, workers: int, data: str, seconds: float, rate: int
+) -> dict[str, Any]:
     import ray
 
     from actors.stream_worker import StreamWorkerActor
@@ -274,9 +305,15 @@ def latency(url: str, user_ids: np.ndarray, workers: int, data: str, seconds: fl
     try:
         actors = [
             StreamWorkerActor.options(num_cpus=1).remote(
-                i, workers, EventAppender(url, NS, cfg).partitions, url, NS, data,
-                cfg.model_dump_json(), None,
-            )  # fmt: skip
+                i,
+                workers,
+                EventAppender(url, NS, cfg).partitions,
+                url,
+                NS,
+                data,
+                cfg.model_dump_json(),
+                None,
+            )
             for i in range(workers)
         ]
         ray.get([a.pid.remote() for a in actors])
@@ -296,8 +333,12 @@ def latency(url: str, user_ids: np.ndarray, workers: int, data: str, seconds: fl
                 u = int(user_ids[rng.integers(0, len(user_ids))])
                 neg = rng.random() < 0.05
                 eid = f"l{i}"
-                ev: dict[str, Any] = {"event_id": eid, "user_id": u, "ts": now_ms,
-                                      "received_ms": now_ms}  # fmt: skip
+                ev: dict[str, Any] = {
+                    "event_id": eid,
+                    "user_id": u,
+                    "ts": now_ms,
+                    "received_ms": now_ms,
+                }
                 if neg:
                     ev.update(event_type="review", rating=1)
                     sent[eid] = now_ms
@@ -345,8 +386,12 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["STRATA_PSEUDONYM_KEY"] = BENCH_KEY
     os.makedirs(args.data, exist_ok=True)
-    figures: dict[str, Any] = {"events": args.events, "users": args.users,
-                               "workers": args.workers, "cores": os.cpu_count()}  # fmt: skip
+    figures: dict[str, Any] = {
+        "events": args.events,
+        "users": args.users,
+        "workers": args.workers,
+        "cores": os.cpu_count(),
+    }
     with EmbeddedRedis() as server:
         url = server.url
         publish(url, args.users, BENCH_KEY.encode())
@@ -357,7 +402,9 @@ def main() -> None:
         figures["partitions"] = cfg.partitions
         now_ms = time.time_ns() // 1_000_000
         events = make_events(args.events, ids, 1, now_ms)
-        console.print(f"1. raw streams baseline ({args.events:,} entries, {args.workers} consumers)")
+        console.print(
+            f"1. raw streams baseline ({args.events:,} entries, {args.workers} consumers)"
+        )
         figures.update(baseline(url, events, cfg.partitions, args.workers))
         console.print(f"2. stream workers, all shipped rules ({args.workers} workers)")
         figures.update(processed(url, events, args.workers, args.data))

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import typer
+from strata.io.event_log import EventAppender
+from strata.realtime.triggers import campaigns_due, load_triggers, segment_filter
 
 from jobs._errors import CommandError, run_command
 from jobs._runtime import console, progress, redis_session, summary_table
 from strata.config import load_calendar
-from strata.io.event_log import EventAppender
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.realtime.stream_config import load_stream_config
-from strata.realtime.triggers import campaigns_due, load_triggers, segment_filter
 from strata.realtime.wire import CAMPAIGN_EVENT
 from strata.settings import Settings
 
@@ -128,7 +128,9 @@ def run(
     try:
         day = dt.date.fromisoformat(date)
     except ValueError:
-        raise typer.BadParameter(f"not a date: {date!r} (use YYYY-MM-DD)", param_hint="--date")
+        raise typer.BadParameter(
+            f"not a date: {date!r} (use YYYY-MM-DD)", param_hint="--date"
+        ) from None
     settings = Settings(data=data)
     t0 = time.perf_counter()
     with redis_session(settings) as url:

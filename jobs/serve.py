@@ -33,8 +33,8 @@ def event_curl_line(base_url: str, raw_user_id: str, key: str = "$STRATA_API_KEY
     """A copy-paste add-to-cart timestamped 31 minutes ago: cart_abandoned fires at once."""
     ts = "$(date -d '31 minutes ago' +%s)000"
     body = (
-        '{"events": [{"user_id": "%s", "event_type": "add_to_cart", "category": "fruit", '
-        '"ts": \'"%s"\'}]}' % (raw_user_id, ts)
+        f'{{"events": [{{"user_id": "{raw_user_id}", "event_type": "add_to_cart", '
+        f'"category": "fruit", "ts": \'"{ts}"\'}}]}}'
     )
     return (
         f"curl -s -X POST -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "

@@ -19,14 +19,14 @@ from typing import Any
 
 import typer
 from rich.live import Live
+from strata.io.event_log import stream_partitions
+from strata.realtime.triggers import load_triggers
 
 from jobs._errors import run_command
 from jobs._runtime import console, ray_session, redis_session, summary_table
 from strata.config import load_calendar
-from strata.io.event_log import stream_partitions
 from strata.io.realtime_store import RealtimeStore
 from strata.realtime.stream_config import StreamConfig, load_stream_config
-from strata.realtime.triggers import load_triggers
 from strata.settings import Settings
 from strata.tiering.scoring import RecomputeConfig
 from strata.timeutil import LOCAL_TZ
@@ -91,9 +91,15 @@ class StreamPool:
         ns = self.settings.redis_namespace
         self.workers = [
             StreamWorkerActor.options(num_cpus=self._share).remote(
-                i, self.n_workers, self.partitions, self.redis_url, ns, data, cfg_json,
+                i,
+                self.n_workers,
+                self.partitions,
+                self.redis_url,
+                ns,
+                data,
+                cfg_json,
                 self.config_dir,
-            )  # fmt: skip
+            )
             for i in range(self.n_workers)
         ]
         self.runs = [w.run.remote() for w in self.workers]

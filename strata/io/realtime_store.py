@@ -20,6 +20,7 @@ Key layout: :class:`strata.realtime.keys.RealtimeKeys`.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -299,6 +300,7 @@ class PartitionReader:
         #: entries per pending read while recovering (1 after a failed round: isolates a
         #: poison entry without re-delivering the good ones around it)
         self.batch_limit: int | None = None
+        self._renewed_at = 0.0
 
     def ensure_group(self) -> None:
         """Create the consumer group (from the stream's start) if it does not exist."""
@@ -312,6 +314,9 @@ class PartitionReader:
         """Take or renew the lease. On a new acquisition, claim every pending entry of other
         consumers (a dead worker's) and start by reading pending entries."""
         ms = self.store.config.lease_ms
+        now = time.monotonic()
+        if self.owned and (now - self._renewed_at) * 1000 < ms / 3:
+            return True  # renewed recently; a commit still checks the token itself
         if self.owned:
             # renew only while it is still ours (compare-and-set via a tiny transaction)
             with self.redis.pipeline(transaction=True) as pipe:
@@ -321,6 +326,7 @@ class PartitionReader:
                         pipe.multi()
                         pipe.pexpire(self.lease_key, ms)
                         pipe.execute()
+                        self._renewed_at = now
                         return True
                 except redis.WatchError:
                     pass
@@ -329,6 +335,7 @@ class PartitionReader:
         if not self.redis.set(self.lease_key, self.token, nx=True, px=ms):
             return False
         self.owned = True
+        self._renewed_at = now
         self.ensure_group()
         claimed = self.claim_orphans()
         if claimed:
@@ -358,9 +365,14 @@ class PartitionReader:
         start = "0-0"
         while True:
             reply = self.redis.xautoclaim(
-                self.stream, self.group, self.consumer, min_idle_time=0, start_id=start,
-                count=1000, justid=True,
-            )  # fmt: skip
+                self.stream,
+                self.group,
+                self.consumer,
+                min_idle_time=0,
+                start_id=start,
+                count=1000,
+                justid=True,
+            )
             start_raw, ids = reply[0], reply[1]
             total += len(ids)
             start = start_raw.decode() if isinstance(start_raw, bytes) else str(start_raw)
@@ -377,9 +389,13 @@ class PartitionReader:
         if not got:
             return []
         info = self.redis.xpending_range(
-            self.stream, self.group, min=got[0][0], max=got[-1][0], count=len(got),
+            self.stream,
+            self.group,
+            min=got[0][0],
+            max=got[-1][0],
+            count=len(got),
             consumername=self.consumer,
-        )  # fmt: skip
+        )
         delivered = {d["message_id"]: int(d["times_delivered"]) for d in info}
         return [
             # an entry trimmed away while pending comes back without fields

@@ -145,8 +145,13 @@ class Timer:
     @classmethod
     def from_member(cls, raw: bytes) -> Timer:
         d = orjson.loads(raw)
-        return cls(int(d["due_ms"]), str(d["rule"]), int(d["user_id"]), str(d["instance"]),
-                   dict(d.get("data") or {}))  # fmt: skip
+        return cls(
+            int(d["due_ms"]),
+            str(d["rule"]),
+            int(d["user_id"]),
+            str(d["instance"]),
+            dict(d.get("data") or {}),
+        )
 
 
 @dataclass
