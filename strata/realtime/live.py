@@ -138,6 +138,7 @@ _MONEY_RANGES: tuple[tuple[int, int | None], ...] = (
 
 
 _ALL_DAYS = -(2**62)
+_NO_END = 2**62
 
 
 class SnapshotInputs(Protocol):
@@ -184,9 +185,10 @@ def _live_columns(
     as_of_ms: int,
     obs_day: int,
 ) -> _Live:
-    n = len(states)
-    counts = np.zeros((n, len(_COUNT_COLUMNS)), dtype=np.int64)
-    money = np.zeros((n, len(_MONEY_COLUMNS)), dtype=np.float64)
+    # plain Python per user (a few day buckets each), numpy once at the end: element-wise
+    # numpy indexing would cost more than the scoring itself
+    count_rows: list[list[int]] = []
+    money_rows: list[list[float]] = []
     first_ms: list[int | None] = []
     last_ms: list[int | None] = []
     signup_ms: list[int | None] = []
@@ -194,12 +196,12 @@ def _live_columns(
     churn: list[float | None] = []
     as_of_day = int(local_day(as_of_ms))
     mid_day = _day_start_ms(as_of_day) != as_of_ms
-    for i, (state, row) in enumerate(zip(states, rows, strict=True)):
+    count_ranges = [(lo, _NO_END if hi is None else hi) for lo, hi in _COUNT_RANGES]
+    money_ranges = [(lo, _NO_END if hi is None else hi) for lo, hi in _MONEY_RANGES]
+    for state, row in zip(states, rows, strict=True):
         if row is not None:
-            for j, name in enumerate(_COUNT_COLUMNS):
-                counts[i, j] = int(_num(row.get(name)))
-            for j, name in enumerate(_MONEY_COLUMNS):
-                money[i, j] = _num(row.get(name))
+            c = [int(_num(row.get(name))) for name in _COUNT_COLUMNS]
+            m = [_num(row.get(name)) for name in _MONEY_COLUMNS]
             base_first = _opt_int(row.get("first_order_ts"))
             base_last = _opt_int(row.get("last_order_ts"))
             signup_ms.append(_opt_int(row.get("signup_ts")))
@@ -208,6 +210,8 @@ def _live_columns(
             p = row.get("churn_p")
             churn.append(None if p is None else float(p))
         else:
+            c = [0] * len(_COUNT_COLUMNS)
+            m = [0.0] * len(_MONEY_COLUMNS)
             base_first = base_last = None
             signup_ms.append(None)
             previous.append(None)
@@ -226,21 +230,24 @@ def _live_columns(
         ):
             first_new = as_of_day
         for day, (n_orders, cny) in state.orders.items():
-            d = int(day)
-            if d < first_new:
+            if day < first_new:
                 continue
-            back = obs_day - d
+            back = obs_day - day
             k = int(n_orders)
-            for j, (lo, hi) in enumerate(_COUNT_RANGES):
-                if back >= lo and (hi is None or back <= hi):
-                    counts[i, j] += k
-            for j, (lo, hi) in enumerate(_MONEY_RANGES):
-                if back >= lo and (hi is None or back <= hi):
-                    money[i, j] += float(cny)
+            for j, (lo, hi) in enumerate(count_ranges):
+                if lo <= back <= hi:
+                    c[j] += k
+            for j, (lo, hi) in enumerate(money_ranges):
+                if lo <= back <= hi:
+                    m[j] += cny
+        count_rows.append(c)
+        money_rows.append(m)
         firsts = [t for t in (base_first, state.first_order_ms) if t is not None]
         lasts = [t for t in (base_last, state.last_order_ms) if t is not None]
         first_ms.append(min(firsts) if firsts else None)
         last_ms.append(max(lasts) if lasts else None)
+    counts = np.asarray(count_rows, dtype=np.int64).reshape(len(states), len(_COUNT_COLUMNS))
+    money = np.asarray(money_rows, dtype=np.float64).reshape(len(states), len(_MONEY_COLUMNS))
     return _Live(counts, money, first_ms, last_ms, signup_ms, previous, churn)
 
 
