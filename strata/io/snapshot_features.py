@@ -61,6 +61,8 @@ class SnapshotFeatures:
         self.as_of_iso = str(self.manifest["as_of"])
         self.config_sha256: str | None = self.manifest.get("config_sha256")
         self.partials: RfmPartials = self.store.read_partials(version)
+        #: the snapshot was scored with a trained model (its churn_p decides churn warnings)
+        self.with_predictions = bool(self.manifest.get("predictions", {}).get("model_version"))
         stored = self.manifest.get("inputs", {}).get("n_buckets")
         self.n_buckets = int(stored) if stored else Warehouse(data_root).n_buckets
         self.columns = list(dict.fromkeys(["user_id", *columns]))

@@ -352,7 +352,9 @@ class LiveScorer:
     def for_snapshot(
         cls, config: RecomputeConfig, snapshot: SnapshotInputs, **kwargs: Any
     ) -> LiveScorer:
-        """The scorer of a snapshot (e.g. a ``strata.io.snapshot_features.SnapshotFeatures``)."""
+        """The scorer of a snapshot (e.g. a ``strata.io.snapshot_features.SnapshotFeatures``;
+        its ``with_predictions``, when it has one, says whether the snapshot had a model)."""
+        kwargs.setdefault("with_predictions", getattr(snapshot, "with_predictions", None))
         return cls(
             config, snapshot.partials, snapshot.as_of_ms, snapshot.version, snapshot.as_of_iso,
             **kwargs,

@@ -63,6 +63,7 @@ def test_rows_are_the_snapshot_rows(snapshot: tuple[str, str]) -> None:
     sample = ids[::17]
     feats = SnapshotFeatures(root, version)
     assert feats.as_of_ms == to_epoch_ms(AS_OF) and feats.version == version
+    assert feats.with_predictions is False  # no trained model
     rows = feats.rows([*sample, 42, sample[0]])  # an unknown user, a repeat
     assert sorted(rows) == sorted(sample)
     by_id = {r["user_id"]: r for r in table.select(list(LIVE_FEATURE_COLUMNS)).to_pylist()}

@@ -345,6 +345,16 @@ def test_the_snapshot_churn_p_decides_the_churn_warning_when_it_has_one(snap: Sn
     assert o["tier"] == "churn_warning"  # the model is not re-run live: its churn_p stands
     low = snap.scorer.overlay(777, _state(777, [(ts, 60.0)]), dict(row, churn_p=0.1), ts + 1)
     assert low["tier"] != "churn_warning"
+    # told the snapshot had no model, the lifecycle decides (no longer declining: no warning);
+    # told it had one, a user without churn_p (unknown to the model) is not flagged
+    declining = _declining_row(snap, recent=2, before=6)
+    state = _state(777, [(ts, 1.0)])
+    no_model = LiveScorer(CONFIG, snap.partials, AS_OF, "v", "x", with_predictions=False)
+    assert no_model.overlay(777, state, row, ts + 1)["tier"] != "churn_warning"
+    model = LiveScorer(CONFIG, snap.partials, AS_OF, "v", "x", with_predictions=True)
+    still = UserState(777)  # no live order: declining, worth > 100 CNY
+    assert no_model.overlay(777, still, declining, AS_OF)["tier"] == "churn_warning"
+    assert model.overlay(777, still, declining, AS_OF)["tier"] != "churn_warning"
 
 
 # ------------------------------------------------------------------------- partials JSON
