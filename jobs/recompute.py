@@ -143,6 +143,8 @@ class RecomputeJob:
             hist = ScoreHistogram.merge_all([s["score_histogram"] for s in scores], rules)
             warnings = band_warnings(hist, rules)
             lasts = [f["last_event_ms"] for f in firsts if f.get("last_event_ms") is not None]
+            # the cut points the snapshot was scored with: live re-scores rank against them
+            snapshots.write_partials(version, merged)
             manifest: dict[str, Any] = {
                 "version": version,
                 "as_of": self.as_of.isoformat(),
@@ -152,6 +154,7 @@ class RecomputeJob:
                 "previous_version": previous,
                 "inputs": {
                     "buckets": len(buckets),
+                    "n_buckets": warehouse.n_buckets,
                     "events": warehouse.summary()["events"]["rows"],
                     "users": warehouse.summary()["users"]["rows"],
                     "warehouse_updated_at": warehouse.manifest["updated_at"],

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,7 @@ __all__ = [
     "RecencyMeasure",
     "RfmMeasures",
     "RfmPartials",
+    "histogram_from_json",
     "money_bin",
     "percentile_rank",
     "rfm_partials",
@@ -99,6 +100,10 @@ class IntHistogram:
         equal = np.where((v >= 0) & (v < k), self.counts[np.clip(v, 0, k - 1)], 0)
         return below, equal
 
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (sparse: only non-empty values), read back by :func:`histogram_from_json`."""
+        return _sparse_json("int", self.counts)
+
 
 @dataclass(frozen=True)
 class LogHistogram:
@@ -124,6 +129,45 @@ class LogHistogram:
         b = money_bin(values)
         cum = np.concatenate(([0], np.cumsum(self.counts)))
         return cum[b], self.counts[b]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (sparse: only non-empty bins), read back by :func:`histogram_from_json`."""
+        return _sparse_json("log", self.counts)
+
+
+def _sparse_json(kind: str, counts: np.ndarray) -> dict[str, Any]:
+    at = np.flatnonzero(counts)
+    return {
+        "kind": kind,
+        "size": len(counts),
+        "index": at.tolist(),
+        "count": counts[at].astype(np.int64).tolist(),
+    }
+
+
+def histogram_from_json(data: dict[str, Any]) -> IntHistogram | LogHistogram:
+    """A histogram from its :meth:`IntHistogram.to_json` / :meth:`LogHistogram.to_json` form.
+
+    Raises:
+        ValueError: not such a form (unknown kind, bad sizes, negative counts or indices out
+            of range).
+    """
+    try:
+        kind, size = data["kind"], int(data["size"])
+        index = np.asarray(data["index"], dtype=np.int64)
+        count = np.asarray(data["count"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a histogram: {exc}") from None
+    if kind not in ("int", "log"):
+        raise ValueError(f"histogram kind must be 'int' or 'log', got {kind!r}")
+    if kind == "log" and size != MONEY_BINS:
+        raise ValueError(f"a money histogram has {MONEY_BINS} bins, got {size}")
+    bad_index = len(index) and (int(index.min()) < 0 or int(index.max()) >= size)
+    if size < 0 or len(index) != len(count) or bad_index or (count < 0).any():
+        raise ValueError("histogram index/count lists do not fit its size")
+    counts = np.zeros(size, dtype=np.int64)
+    counts[index] = count
+    return IntHistogram(counts) if kind == "int" else LogHistogram(counts)
 
 
 def percentile_rank(
@@ -279,6 +323,37 @@ class RfmPartials:
             self.frequency.merge(other.frequency),  # type: ignore[arg-type]
             self.monetary.merge(other.monetary),
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (what a snapshot stores next to its features), see :meth:`from_json`."""
+        return {
+            "n_users": self.n_users,
+            "recency": self.recency.to_json(),
+            "frequency": self.frequency.to_json(),
+            "monetary": self.monetary.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RfmPartials:
+        """Partials from :meth:`to_json`'s form (exact round trip).
+
+        Raises:
+            ValueError: not such a form.
+        """
+        try:
+            n_users = int(data["n_users"])
+            recency = histogram_from_json(data["recency"])
+            frequency = histogram_from_json(data["frequency"])
+            monetary = histogram_from_json(data["monetary"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not RFM partials: missing {exc}") from None
+        if not isinstance(recency, IntHistogram) or not isinstance(monetary, LogHistogram):
+            raise ValueError("RFM partials need an int recency and a money monetary histogram")
+        return cls(n_users, recency, frequency, monetary)
+
+    def frequency_per_month(self) -> bool:
+        """True when the frequency histogram ranks orders per active month (money bins)."""
+        return isinstance(self.frequency, LogHistogram)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 A snapshot is a Parquet dataset ``features/bucket=NNN/part-0.parquet`` (one file per warehouse
 bucket, rows sorted by user_id, so the files do not depend on how buckets were spread over
-actors) plus ``manifest.json``. The manifest is written last and marks the snapshot complete:
-readers ignore folders without one, so a failed job leaves no half snapshot behind in view.
+actors), ``partials.json`` (the merged RFM partials it was scored with: the cut points a live
+re-score ranks against) and ``manifest.json``. The manifest is written last and marks the
+snapshot complete: readers ignore folders without one, so a failed job leaves no half
+snapshot behind in view.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from strata.features.rfm import RfmPartials
 from strata.io.paths import bucket_dir_name
 from strata.io.warehouse import PARQUET_OPTIONS, WarehouseError, resolve
 
 MANIFEST = "manifest.json"
+PARTIALS = "partials.json"
 
 
 class SnapshotStore:
@@ -47,10 +51,39 @@ class SnapshotStore:
 
     def write_manifest(self, version: str, manifest: dict[str, Any]) -> None:
         """Write the manifest last: from now on the snapshot is complete."""
-        tmp = posixpath.join(self.path(version), f".{MANIFEST}.{uuid.uuid4().hex}.tmp")
+        self._write_json(version, MANIFEST, manifest)
+
+    def write_partials(self, version: str, partials: RfmPartials) -> None:
+        """Store the merged RFM partials the snapshot was scored with (before the manifest)."""
+        self._write_json(version, PARTIALS, partials.to_json(), indent=None)
+
+    def read_partials(self, version: str) -> RfmPartials:
+        """The merged RFM partials of a snapshot.
+
+        Raises:
+            WarehouseError: the snapshot has none (written before partials were kept) or they
+                do not parse.
+        """
+        path = posixpath.join(self.path(version), PARTIALS)
+        try:
+            with self.fs.open_input_stream(path) as f:
+                return RfmPartials.from_json(json.loads(f.read().decode()))
+        except FileNotFoundError as exc:
+            raise WarehouseError(
+                f"snapshot {version} has no RFM partials ({path}); recompute to write them"
+            ) from exc
+        except ValueError as exc:
+            raise WarehouseError(f"snapshot {version}: bad RFM partials in {path}: {exc}") from exc
+
+    def _write_json(
+        self, version: str, name: str, data: dict[str, Any], indent: int | None = 1
+    ) -> None:
+        """Write a JSON file of a snapshot atomically (temporary file, then a move)."""
+        self.fs.create_dir(self.path(version), recursive=True)
+        tmp = posixpath.join(self.path(version), f".{name}.{uuid.uuid4().hex}.tmp")
         with self.fs.open_output_stream(tmp) as f:
-            f.write(json.dumps(manifest, indent=1, sort_keys=True, default=str).encode())
-        self.fs.move(tmp, posixpath.join(self.path(version), MANIFEST))
+            f.write(json.dumps(data, indent=indent, sort_keys=True, default=str).encode())
+        self.fs.move(tmp, posixpath.join(self.path(version), name))
 
     def manifest(self, version: str) -> dict[str, Any]:
         path = posixpath.join(self.path(version), MANIFEST)
