@@ -30,6 +30,7 @@ from strata.config import ConfigError, config_path, load_calendar
 from strata.io.realtime_store import LeaseLost, PartitionReader, RealtimeStore, read_new
 from strata.io.segment_reader import READ_ERRORS
 from strata.io.segment_store import SegmentStore
+from strata.io.warehouse import WarehouseError
 from strata.realtime.batch import BatchProcessor, EffectBatch, Entry, RoundWork
 from strata.realtime.keys import WORKER_GROUP
 from strata.realtime.model import Segment
@@ -225,15 +226,15 @@ class StreamWorker:
             return
         try:
             features = SnapshotFeatures(self.data_root, version)
-            self._live = LiveScorer(
-                self.recompute_config,
-                features.partials,
-                features.as_of_ms,
-                version,
-                features.as_of_iso,
-            )
+            self._live = LiveScorer.for_snapshot(self.recompute_config, features)
             self._features = features
-        except (OSError, ValueError, KeyError) as exc:
+            if features.config_sha256 and features.config_sha256 != self.recompute_config.digest():
+                log.warning(
+                    "snapshot %s was computed with other tier/lifecycle configs than these: "
+                    "live tiers follow the current configs",
+                    version,
+                )
+        except (OSError, ValueError, KeyError, WarehouseError) as exc:
             log.warning("live tiers off for snapshot %s: %s", version, exc)
             return
         # a new snapshot supersedes the live deltas it covers: re-score users whose live
@@ -342,16 +343,21 @@ class StreamWorker:
         users = set(work.ordered) | rescore
         if live is None or features is None or not users:
             return
-        ids = sorted(users)
+        ids = [
+            u
+            for u in sorted(users)
+            if u in work.states and work.states[u].last_order_ms is not None
+        ]
+        if not ids:
+            return
         rows = features.rows(ids)
-        for u in ids:
-            state = work.states.get(u)
-            if state is None or state.last_order_ms is None:
-                continue
-            overlay = live.overlay(u, state, rows.get(u), now)
+        states = [work.states[u] for u in ids]
+        for u, state, overlay in zip(
+            ids, states, live.overlays(states, [rows.get(u) for u in ids], now), strict=True
+        ):
             batch.overlays[u] = orjson.dumps(overlay)
+            assert state.last_order_ms is not None
             batch.overlay_order_ms[u] = state.last_order_ms
-        batch.states.update({u: work.states[u].to_bytes() for u in ids if u in work.states})
 
 
 StreamWorkerActor = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=4)(StreamWorker)

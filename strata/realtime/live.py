@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from strata.features import RfmPartials, rfm_scores
 from strata.features.compute import MONTH_DAYS
@@ -426,6 +427,7 @@ class LiveScorer:
         tiers = self.config.tiers
         r, f, m, score = rfm_scores(features, self.partials, self._weights, tiers.measures)
         stage, stage_rule = assign_lifecycle(features, at_ms, self.config.lifecycle)
+        stage, stage_rule = self._reactivated(features, at_ms, stage, stage_rule)
         ltv = features.column("ltv_cny").to_numpy(zero_copy_only=False).astype("float64")
         predictions = (
             any(p is not None for p in churn_p)
@@ -451,6 +453,30 @@ class LiveScorer:
             "tier_rule": tier_rule.to_pylist(),
             "tier_explanation": why.to_pylist(),
         }
+
+    def _reactivated(
+        self, features: pa.Table, at_ms: int, stage: pa.Array, rule: pa.Array
+    ) -> tuple[pa.Array, pa.Array]:
+        """A declining user who ordered after the snapshot's as-of is no longer declining
+        (the issue's live rule): such users take the stage the batch rules give without the
+        declining rule (growing or mature), and a rule text saying why. The batch rule alone
+        may keep them declining until the ordering pace recovers (orders of the last window
+        <= ratio x the window before)."""
+        last = features.column("last_order_ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
+        last = np.nan_to_num(np.asarray(last, dtype=np.float64), nan=-1.0)
+        declining = np.asarray(pc.equal(stage, "declining").to_numpy(zero_copy_only=False))
+        again = np.asarray(declining, dtype=bool) & (last >= self.as_of_ms)
+        if not again.any():
+            return stage, rule
+        no_declining = self.config.lifecycle.model_copy(
+            update={"declining_min_prev_orders": 1 << 40}
+        )
+        alt_stage, alt_rule = assign_lifecycle(features, at_ms, no_declining)
+        mask = pa.array(again)
+        alt_rule = pc.binary_join_element_wise(
+            "ordered again after the snapshot (live): ", alt_rule, ""
+        )
+        return pc.if_else(mask, alt_stage, stage), pc.if_else(mask, alt_rule, rule)
 
     def _overlays(
         self,
