@@ -33,6 +33,14 @@ GOOD_RULE = """
 """
 
 
+PUSH = "{push: {template: t}}"
+
+
+def _one(fields: str, actions: str = PUSH) -> str:
+    """A file with one rule ``x`` of these fields and actions."""
+    return f"rules:\n  - {{name: x, {fields}, actions: [{actions}]}}"
+
+
 def _load(text: str) -> TriggerConfig:
     return load_triggers_text(textwrap.dedent(text), PATH, tier_names=TIERS)
 
@@ -143,29 +151,29 @@ def test_malformed_rules_name_the_file_and_key(rule: str, key: str, what: str) -
 @pytest.mark.parametrize(
     ("text", "key", "what"),
     [
-        ("rules:\n  - {name: x, kind: event, on: ordr, actions: [{push: {template: t}}]}",
+        (_one("kind: event, on: ordr"),
          "rules.0.on", "unknown event type 'ordr'"),
-        ("rules:\n  - {name: x, kind: absence, start: add_to_cart, actions: [{push: {template: t}}]}",
+        (_one("kind: absence, start: add_to_cart"),
          "rules.0", "needs stop, within"),
-        ("rules:\n  - {name: x, kind: sometimes, actions: [{push: {template: t}}]}",
+        (_one("kind: sometimes"),
          "rules.0.kind", "'event', 'absence', 'streak' or 'calendar'"),
-        ("rules:\n  - {name: Bad-Name, kind: event, on: order, actions: [{push: {template: t}}]}",
+        (_one("kind: event, on: order").replace("name: x", "name: Bad-Name"),
          "rules.0.name", "pattern"),
-        ("rules:\n  - {name: x, kind: event, on: order, actions: []}",
+        (_one("kind: event, on: order", ""),
          "rules.0.actions", "at least 1"),
-        ("rules:\n  - {name: x, kind: event, on: order, actions: [{push: {template: t}, gift_pack: {pack: p}}]}",
+        (_one("kind: event, on: order", "{push: {template: t}, gift_pack: {pack: p}}"),
          "rules.0.actions.0", "exactly one"),
-        ("rules:\n  - {name: x, kind: event, on: order, actions: [{coupon: {value_cny: 5, category: toys}}]}",
+        (_one("kind: event, on: order", "{coupon: {value_cny: 5, category: toys}}"),
          "rules.0.actions.0.coupon.category", "unknown category 'toys'"),
-        ("rules:\n  - {name: x, kind: event, on: order, actions: [{gift_pack: {pack: $festival}}]}",
+        (_one("kind: event, on: order", "{gift_pack: {pack: $festival}}"),
          "rules.0", "$festival needs a calendar rule"),
-        ("rules:\n  - {name: x, kind: event, on: order, where: {ratng: {lte: 2}}, actions: [{push: {template: t}}]}",
+        (_one("kind: event, on: order, where: {ratng: {lte: 2}}"),
          "rules.0.where", "ratng: unknown field"),
-        ("rules:\n  - {name: x, kind: event, on: order, where: {rating: {lte: two}}, actions: [{push: {template: t}}]}",
+        (_one("kind: event, on: order, where: {rating: {lte: two}}"),
          "rules.0.where", "rating.lte: needs a number"),
-        ("rules:\n  - {name: x, kind: absence, start: add_to_cart, stop: order, within: 30m, key: colour, actions: [{push: {template: t}}]}",
+        (_one("kind: absence, start: add_to_cart, stop: order, within: 30m, key: colour"),
          "rules.0.key", "unknown event field 'colour'"),
-        ("rules:\n  - {name: x, kind: calendar, festival_offset_days: -1, where: {tier: {eq: potential}}, actions: [{push: {template: t}}]}",
+        (_one("kind: calendar, festival_offset_days: -1, where: {tier: {eq: potential}}"),
          "rules.0", "where: not a key of calendar rules"),
         ("exclusion_groups: {coupons: {window: forever}}\nrules: []",
          "exclusion_groups.coupons.window", "not a duration"),
