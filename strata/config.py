@@ -101,9 +101,22 @@ def load_yaml(path: str | Path, model: type[M]) -> M:
     """
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {p}") from exc
+    return parse_yaml(text, p, model)
+
+
+def parse_yaml(text: str, path: str | Path, model: type[M]) -> M:
+    """Validate YAML text as if read from ``path`` (errors name it): for reloads that read
+    the file once and keep the old config when the new text is bad.
+
+    Raises:
+        ConfigError: the text is not YAML or does not fit ``model``.
+    """
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {p} is not valid YAML: {exc}") from exc
     try:

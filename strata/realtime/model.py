@@ -77,6 +77,10 @@ class Firing:
         budget_count: the rule's daily count budget (None: unlimited).
         budget_cny: the rule's daily CNY budget (None: unlimited).
         tag: dynamic tag and its expiry epoch ms, or None.
+        tag_prev_ms: the tag's expiry before this firing (None: it had none); lets
+            :func:`strata.realtime.engine.undo` restore it.
+        replay: the state already holds this firing (the same trigger processed again, e.g.
+            a redelivered entry): the worker's idempotency key decides, nothing is counted.
     """
 
     rule: str
@@ -92,6 +96,8 @@ class Firing:
     budget_count: int | None = None
     budget_cny: float | None = None
     tag: tuple[str, int] | None = None
+    tag_prev_ms: int | None = None
+    replay: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,13 +195,15 @@ class UserState:
         orders: local day -> [orders, spend CNY] of live orders (the last ~370 days kept).
         order_ids: recent order ids (dedupes an order re-sent under a new event id).
         neg_reviews: ts of recent negative reviews.
-        fired: recent firings ``[rule, issued_ms, exclusion group or ""]`` (cooldowns, caps,
-            exclusion windows are computed from these).
+        fired: recent firings ``[rule, issued_ms, exclusion group or "", key]`` (cooldowns,
+            caps, exclusion windows are computed from these; the key recognises a replay).
         touches: open attribution touches ``[rule, key, tier, issued_ms, until_ms, coupon
             value, min spend]``.
         tags: dynamic tag -> expiry epoch ms.
         last_event_ms: newest event's ts.
-        extra: room for rule kinds to keep more (JSON-able).
+        extra: room for rule kinds to keep more (JSON-able): ``"absence"``: rule ->
+            ``{"open": {key value: start ts}, "stop": newest stop ts}``; ``"days"``: event
+            type -> local days (streaks of types other than app_visit).
     """
 
     user_id: int
