@@ -21,20 +21,20 @@ from typing import Any
 
 import orjson
 import ray
-from strata.io.snapshot_features import SnapshotFeatures
-from strata.realtime.engine import TriggerEngine
-from strata.realtime.live import LiveScorer
-from strata.realtime.triggers import TriggerConfig, load_triggers, rules_summary
 
 from strata.config import ConfigError, config_path, load_calendar
 from strata.io.realtime_store import LeaseLost, PartitionReader, RealtimeStore, read_new
 from strata.io.segment_reader import READ_ERRORS
 from strata.io.segment_store import SegmentStore
+from strata.io.snapshot_features import SnapshotFeatures
 from strata.io.warehouse import WarehouseError
 from strata.realtime.batch import BatchProcessor, EffectBatch, Entry, RoundWork
+from strata.realtime.engine import TriggerEngine
 from strata.realtime.keys import WORKER_GROUP
+from strata.realtime.live import LiveScorer
 from strata.realtime.model import Segment
 from strata.realtime.stream_config import StreamConfig
+from strata.realtime.triggers import TriggerConfig, load_triggers
 from strata.tiering.scoring import RecomputeConfig
 
 log = logging.getLogger("strata.stream")
@@ -112,7 +112,7 @@ class StreamWorker:
             "errors": 0,
             "redis_errors": 0,
         }
-        self.store.publish_rules(rules_summary(self.rules))
+        self.store.publish_rules(self.rules.summary())
 
     # ------------------------------------------------------------------ control
     def run(self) -> dict[str, int]:
@@ -164,7 +164,7 @@ class StreamWorker:
         self.rules = rules
         self.processor = self._processor(rules)
         self.reload_error = None
-        self.store.publish_rules(rules_summary(rules))
+        self.store.publish_rules(rules.summary())
         return f"reloaded {len(rules.rules)} rules"
 
     def pid(self) -> int:
@@ -360,4 +360,7 @@ class StreamWorker:
             batch.overlay_order_ms[u] = state.last_order_ms
 
 
-StreamWorkerActor = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=4)(StreamWorker)
+#: Ray restarts a dead worker; the driver calls ``run`` again
+StreamWorkerActor = ray.remote(max_restarts=-1, max_task_retries=0)(StreamWorker)
+#: ``.options(**ACTOR_OPTIONS)``: ``stop``/``stats``/``reload`` are answered while ``run`` loops
+ACTOR_OPTIONS: dict[str, Any] = {"max_concurrency": 4}

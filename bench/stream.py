@@ -154,7 +154,7 @@ def baseline(
 def processed(url: str, events: list[dict[str, Any]], workers: int, data: str) -> dict[str, Any]:
     import ray
 
-    from actors.stream_worker import StreamWorkerActor
+    from actors.stream_worker import ACTOR_OPTIONS, StreamWorkerActor
 
     cfg = load_stream_config()
     appender = EventAppender(url, NS, cfg)
@@ -169,7 +169,7 @@ def processed(url: str, events: list[dict[str, Any]], workers: int, data: str) -
     ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
         actors = [
-            StreamWorkerActor.options(num_cpus=1).remote(
+            StreamWorkerActor.options(num_cpus=1, **ACTOR_OPTIONS).remote(
                 i, workers, partitions, url, NS, data, cfg.model_dump_json(), None
             )
             for i in range(workers)
@@ -294,7 +294,7 @@ def latency(
 ) -> dict[str, Any]:
     import ray
 
-    from actors.stream_worker import StreamWorkerActor
+    from actors.stream_worker import ACTOR_OPTIONS, StreamWorkerActor
 
     cfg = load_stream_config()
     r = redis.Redis.from_url(url)
@@ -304,7 +304,7 @@ def latency(
     sent: dict[str, int] = {}
     try:
         actors = [
-            StreamWorkerActor.options(num_cpus=1).remote(
+            StreamWorkerActor.options(num_cpus=1, **ACTOR_OPTIONS).remote(
                 i,
                 workers,
                 EventAppender(url, NS, cfg).partitions,

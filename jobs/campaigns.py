@@ -5,7 +5,7 @@ For each calendar rule due on the date (e.g. ``festival_eve`` the day before a f
 selects the users of the current snapshot its segment conditions admit and appends one
 internal ``_campaign`` entry per user to that user's partition stream; the stream workers
 decide and issue (cooldowns, caps, budgets, idempotency) like for any rule. Entry ids are
-``c.{rule}.{date}.{user}``, so a second run appends nothing, and the action key
+``c.{rule}.{festival}.{date}.{user}``, so a second run appends nothing, and the action key
 (rule, user, festival date) stops a second issue even after the dedupe window.
 """
 
@@ -16,9 +16,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import typer
+from rich.progress import TaskID
 from strata.io.event_log import EventAppender
-from strata.realtime.triggers import campaigns_due, load_triggers, segment_filter
 
 from jobs._errors import CommandError, run_command
 from jobs._runtime import console, progress, redis_session, summary_table
@@ -26,8 +28,10 @@ from strata.config import load_calendar
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.realtime.stream_config import load_stream_config
+from strata.realtime.triggers import campaigns_due, load_triggers, target_tiers
 from strata.realtime.wire import CAMPAIGN_EVENT
 from strata.settings import Settings
+from strata.tiering.tiers import load_tier_rules
 
 _CHUNK = 1000
 
@@ -59,7 +63,7 @@ def run_campaigns(
     """
     rules = load_triggers(config_dir)
     due = campaigns_due(rules, load_calendar(config_dir), date)
-    result = CampaignResult(date.isoformat(), rules=[d.rule for d in due])
+    result = CampaignResult(date.isoformat(), rules=[f"{r} ({f} {d})" for r, f, d in due])
     if not due:
         return result
     segments = SegmentStore(redis_url, namespace=settings.redis_namespace)
@@ -70,33 +74,43 @@ def run_campaigns(
     if version is None:
         raise CommandError("no snapshot is published: run `strata recompute` first")
     result.version = version
-    table = SnapshotStore(settings.data).read(version)
+    table = SnapshotStore(settings.data).read(version, columns=["user_id", "tier"])
+    tier_names = load_tier_rules(config_dir).tier_names
     appender = EventAppender(redis_url, settings.redis_namespace, load_stream_config(config_dir))
     now_ms = time.time_ns() // 1_000_000
     try:
-        for d in due:
-            mask = segment_filter(rules, d.rule, table)
-            users = table.column("user_id").filter(mask).to_numpy()
+        for rule_name, festival, festival_date in due:
+            rule = rules.rule(rule_name)
+            assert rule is not None
+            tiers = target_tiers(rule, tier_names)
+            ids = table.column("user_id")
+            if tiers is not None:
+                ids = ids.filter(pc.is_in(table.column("tier"), pa.array(tiers, pa.string())))
+            users = np.asarray(ids.to_numpy())
             result.targeted += len(users)
             with progress() if show_progress else _NoBar() as bar:
-                task = bar.add_task(f"{d.rule} ({d.festival})", total=len(users))
+                task = bar.add_task(f"{rule_name} ({festival} {festival_date})", total=len(users))
                 for start in range(0, len(users), _CHUNK):
-                    chunk = np.asarray(users[start : start + _CHUNK]).tolist()
+                    chunk = users[start : start + _CHUNK].tolist()
                     events = [
                         {
-                            "event_id": f"c.{d.rule}.{date.isoformat()}.{u}",
+                            "event_id": f"c.{rule_name}.{festival}.{date.isoformat()}.{u}"[:64],
                             "user_id": int(u),
                             "event_type": CAMPAIGN_EVENT,
                             "ts": now_ms,
                             "received_ms": now_ms,
-                            "rule": d.rule,
+                            "rule": rule_name,
                             "date": date.isoformat(),
+                            "festival": festival,
                         }
                         for u in chunk
                     ]
-                    accepted, duplicates = appender.append(events, wait=True)
-                    result.appended += accepted
-                    result.duplicates += duplicates
+                    res = appender.append(events)
+                    while res.refused:  # backpressure: wait for the workers, never drop
+                        time.sleep(1.0)
+                        res = appender.append(events)
+                    result.appended += res.accepted
+                    result.duplicates += res.duplicates
                     bar.advance(task, len(chunk))
     finally:
         appender.close()
@@ -110,8 +124,8 @@ class _NoBar:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def add_task(self, *args: object, **kwargs: object) -> int:
-        return 0
+    def add_task(self, *args: object, **kwargs: object) -> TaskID:
+        return TaskID(0)
 
     def advance(self, *args: object) -> None:
         return None

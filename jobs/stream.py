@@ -20,13 +20,13 @@ from typing import Any
 import typer
 from rich.live import Live
 from strata.io.event_log import stream_partitions
-from strata.realtime.triggers import load_triggers
 
 from jobs._errors import run_command
 from jobs._runtime import console, ray_session, redis_session, summary_table
 from strata.config import load_calendar
 from strata.io.realtime_store import RealtimeStore
 from strata.realtime.stream_config import StreamConfig, load_stream_config
+from strata.realtime.triggers import load_triggers
 from strata.settings import Settings
 from strata.tiering.scoring import RecomputeConfig
 from strata.timeutil import LOCAL_TZ
@@ -84,13 +84,13 @@ class StreamPool:
         self.campaign_runs: list[str] = []
 
     def start(self) -> None:
-        from actors.stream_worker import StreamWorkerActor
+        from actors.stream_worker import ACTOR_OPTIONS, StreamWorkerActor
 
         cfg_json = self.config.model_dump_json()
         data = self.settings.data
         ns = self.settings.redis_namespace
         self.workers = [
-            StreamWorkerActor.options(num_cpus=self._share).remote(
+            StreamWorkerActor.options(num_cpus=self._share, **ACTOR_OPTIONS).remote(
                 i,
                 self.n_workers,
                 self.partitions,

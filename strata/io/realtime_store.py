@@ -119,28 +119,34 @@ class RealtimeStore:
         self._reserve = client.register_script(_RESERVE_LUA)
 
     # ------------------------------------------------------------------ reads
-    def load_states(self, user_ids: Sequence[int]) -> list[bytes | None]:
-        """Stored live state of each user (None where there is none), in order."""
+    def load_states_and_overlays(
+        self, user_ids: Sequence[int]
+    ) -> tuple[list[bytes | None], list[bytes | None]]:
+        """Live state and live segment overlay of each user (None where none), in order,
+        in one round trip."""
         if not user_ids:
-            return []
-        return list(self.redis.mget([self.keys.state(u) for u in user_ids]))
+            return [], []
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.mget([self.keys.state(u) for u in user_ids])
+            pipe.mget([self.keys.live(u) for u in user_ids])
+            states, overlays = pipe.execute()
+        return list(states), list(overlays)
 
-    def load_overlays(self, user_ids: Sequence[int]) -> list[bytes | None]:
-        """Live segment overlay of each user (None where none), in order."""
-        if not user_ids:
-            return []
-        return list(self.redis.mget([self.keys.live(u) for u in user_ids]))
-
-    def due_timers(self, partition: int, now_ms: int, limit: int) -> list[bytes]:
-        """Members of the partition's due-queue whose time has come (oldest first)."""
-        return list(self.redis.zrangebyscore(self.keys.due(partition), "-inf", now_ms, 0, limit))
+    def due_timers(
+        self, partitions: Sequence[int], now_ms: int, limit: int
+    ) -> dict[int, list[bytes]]:
+        """Members of each partition's due-queue whose time has come (oldest first), in one
+        round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for p in partitions:
+                pipe.zrangebyscore(self.keys.due(p), "-inf", now_ms, 0, limit)
+            replies = pipe.execute()
+        return {p: list(r) for p, r in zip(partitions, replies, strict=True) if r}
 
     def live_users_since(self, partition: int, since_ms: int) -> list[int]:
         """Users of the partition with a live order at or after ``since_ms``."""
-        return [
-            int(u)
-            for u in self.redis.zrangebyscore(self.keys.live_users(partition), since_ms, "+inf")
-        ]
+        users: Any = self.redis.zrangebyscore(self.keys.live_users(partition), since_ms, "+inf")
+        return [int(u) for u in users]
 
     def reserve(self, firings: Sequence[Firing]) -> list[Reservation]:
         """Check and take each firing's daily budget, atomically across workers.
@@ -180,7 +186,7 @@ class RealtimeStore:
             try:
                 pipe.watch(lease)
                 holder = pipe.get(lease)
-                if holder is None or holder.decode() != token:
+                if holder is None or _text(holder) != token:
                     raise LeaseLost(f"partition {partition}: lease lost")
                 pipe.multi()
                 state_ttl = cfg.state_ttl_days * 86_400
@@ -456,6 +462,10 @@ def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
     else:
         items = reply[0][1]
     return [(i, f) for i, f in items]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _add(stats: dict[str, float], name: str, value: float) -> None:

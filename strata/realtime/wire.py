@@ -42,7 +42,7 @@ __all__ = [
 #: event type of a calendar-campaign entry: {"rule", "date"} plus the user (never sunk)
 CAMPAIGN_EVENT = "_campaign"
 #: envelope keys that are not warehouse columns
-ENVELOPE_KEYS: frozenset[str] = frozenset({"event_id", "received_ms", "rule", "date"})
+ENVELOPE_KEYS: frozenset[str] = frozenset({"event_id", "received_ms", "rule", "date", "festival"})
 #: the warehouse's event columns (what the sink writes)
 EVENT_FIELDS: tuple[str, ...] = tuple(EVENTS_SCHEMA.names)
 #: a client event id: 1-64 letters, digits and ``._-`` (no ``:`` so it can be a key part)
