@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from api.deps import SegmentsReader, State, live_of
@@ -24,10 +25,19 @@ router = APIRouter(prefix="/v1", tags=["actions"])
 )
 async def get_actions(
     user_id: UserIdPath,
+    request: Request,
     state: State,
     _key: SegmentsReader,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most actions returned.")] = 50,
 ) -> Response:
+    unknown = sorted(set(request.query_params) - {"limit"})
+    if unknown:  # a typo (?limt=5) must not silently answer with the default
+        raise RequestValidationError(
+            [
+                {"loc": ("query", name[:40]), "msg": "unknown query parameter", "type": "extra"}
+                for name in unknown[:5]
+            ]
+        )
     live = live_of(state)
     uid = pseudonymise(user_id, state.pseudonym_key)
     actions = await state.redis(lambda: live.actions(uid, limit))

@@ -232,8 +232,9 @@ def test_actions_newest_first(client: TestClient, r: redis.Redis) -> None:
     assert [a["key"] for a in limited["actions"]] == ["cart_abandoned:2"]
     other = client.get("/v1/users/nobody/actions", headers=_auth(READ_KEY))
     assert other.status_code == 200 and other.json() == {"user_id": "nobody", "actions": []}
-    bad = client.get("/v1/users/20000001/actions?limit=0", headers=_auth(READ_KEY))
-    assert bad.status_code == 422
+    for query in ("limit=0", "limit=1001", "limt=5"):
+        bad = client.get(f"/v1/users/20000001/actions?{query}", headers=_auth(READ_KEY))
+        assert bad.status_code == 422, query
 
 
 def test_rules_aggregate_the_stats_hash(client: TestClient, r: redis.Redis) -> None:
