@@ -22,13 +22,24 @@ from strata.realtime.keys import RealtimeKeys
 
 __all__ = ["LIVE_READ_LUA", "AsyncRealtimeReader", "LiveState"]
 
-#: KEYS: n live keys, then the n users' tag keys. Returns one {overlay or nil, tag hash as a
-#: flat list} per user.
+#: ARGV: the live-key prefix, the tag-key prefix, the user ids joined by spaces. Key names are
+#: built in the script (a batch of 1,000 users would otherwise send 2,000 key names and parse
+#: 2,000 replies, most of them empty: ~9 ms instead of ~1 ms), so, like the segment store's
+#: read, this targets a standalone Redis. Returns, only for users with live state, a flat
+#: list {position (1-based), overlay or false, tag hash as a flat list, ...}.
 LIVE_READ_LUA = """
-local n = #KEYS / 2
+local live, tags = ARGV[1], ARGV[2]
 local out = {}
-for i = 1, n do
-  out[i] = {redis.call('GET', KEYS[i]), redis.call('HGETALL', KEYS[n + i])}
+local i = 0
+for uid in string.gmatch(ARGV[3], '%d+') do
+  i = i + 1
+  local overlay = redis.call('GET', live .. uid)
+  local t = redis.call('HGETALL', tags .. uid)
+  if overlay or #t > 0 then
+    out[#out + 1] = i
+    out[#out + 1] = overlay
+    out[#out + 1] = t
+  end
 end
 return out
 """
@@ -41,6 +52,9 @@ class LiveState:
 
     overlay: bytes | None = None
     tags: dict[bytes, bytes] = field(default_factory=dict)
+
+
+_NOTHING = LiveState()
 
 
 class AsyncRealtimeReader:
@@ -77,12 +91,14 @@ class AsyncRealtimeReader:
         """Overlay and tags of each (pseudonymised) user, in input order, one round trip."""
         if not user_ids:
             return []
-        keys = [self.keys.live(u) for u in user_ids] + [self.keys.tags(u) for u in user_ids]
-        reply = await self._live(keys=keys)
-        out = []
-        for overlay, flat in reply:
+        ids = " ".join(str(int(u)) for u in user_ids)
+        live_prefix, tags_prefix = self.keys.live(0)[:-1], self.keys.tags(0)[:-1]
+        reply = await self._live(keys=[], args=[live_prefix, tags_prefix, ids])
+        out = [_NOTHING] * len(user_ids)
+        for j in range(0, len(reply), 3):
+            flat = reply[j + 2]
             tags = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
-            out.append(LiveState(overlay, tags))
+            out[int(reply[j]) - 1] = LiveState(reply[j + 1], tags)
         return out
 
     async def actions(self, user_id: int, limit: int) -> list[dict[str, Any]]:
