@@ -14,10 +14,14 @@ from fastapi import Depends, FastAPI
 from api.deps import ApiState, require
 from api.metrics import ApiMetrics
 from api.middleware import RequestMiddleware
-from api.routers import health, segments, tiers
+from api.routers import actions, events, health, segments, tiers
+from strata.config import config_path
+from strata.io.event_log import AsyncEventAppender
 from strata.io.keyfile import load_keyring
 from strata.io.keys import load_pseudonym_key
+from strata.io.realtime_reader import AsyncRealtimeReader
 from strata.io.segment_reader import AsyncSegmentReader
+from strata.realtime.stream_config import StreamConfig, load_stream_config
 from strata.serving.apikeys import Scope
 from strata.serving.breaker import CircuitBreaker
 from strata.serving.config import ApiConfig, load_api_config
@@ -38,6 +42,7 @@ def create_app(
     *,
     config: ApiConfig | None = None,
     config_dir: str | Path | None = None,
+    stream: StreamConfig | None = None,
     demo: bool = False,
 ) -> FastAPI:
     """Build the API.
@@ -46,8 +51,10 @@ def create_app(
         settings: runtime settings (default: from ``STRATA_*`` env). ``redis_url`` must be set
             (``strata serve`` sets it to the embedded server when none is configured).
         config: API limits (default: configs/api.yaml).
-        config_dir: folder of YAML configs (api.yaml, and tiers.yaml for snapshots published
-            without their tier rules).
+        config_dir: folder of YAML configs (api.yaml, stream.yaml, and tiers.yaml for
+            snapshots published without their tier rules).
+        stream: live-event settings (default: stream.yaml of ``config_dir``, defaults when
+            the folder has none).
         demo: accept the fixed demo key (``strata demo`` only; never in production).
 
     Raises:
@@ -55,6 +62,9 @@ def create_app(
     """
     settings = settings or Settings()
     config = config or load_api_config(config_dir)
+    if stream is None:
+        has_file = config_path("stream", config_dir).exists()
+        stream = load_stream_config(config_dir) if has_file else StreamConfig.model_validate({})
     if not settings.redis_url:
         raise ApiSetupError("no Redis to serve from: set STRATA_REDIS_URL")
     try:
@@ -76,6 +86,7 @@ def create_app(
         metrics=ApiMetrics(),
         breaker=CircuitBreaker(redis_cfg.breaker_failures, redis_cfg.breaker_reset_s),
         fallback_rules=load_tier_rules(config_dir),
+        stream=stream,
         demo=demo,
     )
     redis_url = settings.redis_url
@@ -90,16 +101,35 @@ def create_app(
             max_connections=redis_cfg.max_connections,
             max_batch=config.max_batch,
         )
+        timeouts = (redis_cfg.timeout_ms / 1000, redis_cfg.connect_timeout_ms / 1000)
+        state.live = AsyncRealtimeReader(
+            redis_url,
+            settings.redis_namespace,
+            timeout_s=timeouts[0],
+            connect_timeout_s=timeouts[1],
+            max_connections=redis_cfg.max_connections,
+        )
+        state.appender = AsyncEventAppender(
+            redis_url,
+            settings.redis_namespace,
+            stream,
+            timeout_s=timeouts[0],
+            connect_timeout_s=timeouts[1],
+            max_connections=redis_cfg.max_connections,
+        )
         try:
             yield
         finally:
             await state.reader.aclose()
-            state.reader = None
+            await state.live.aclose()
+            await state.appender.aclose()
+            state.reader = state.live = state.appender = None
 
     app = FastAPI(
         title="strata segments API",
         version=API_VERSION,
-        summary="Online user segments (tier, lifecycle stage, tags, scores) from Redis.",
+        summary="Online user segments (tier, lifecycle stage, tags, scores) from Redis, live "
+        "events in, and the actions and rule statistics of the real-time loop.",
         lifespan=lifespan,
         telemetry=None
         if config.opentelemetry
@@ -108,10 +138,15 @@ def create_app(
     app.state.strata = state
     app.include_router(segments.router)
     app.include_router(tiers.router)
+    app.include_router(events.router)
+    app.include_router(actions.router)
     app.include_router(health.router)
     metrics_auth = [Depends(require(Scope.ADMIN))] if config.metrics_require_key else []
     app.include_router(health.metrics_router, dependencies=metrics_auth)
     app.add_middleware(
-        RequestMiddleware, metrics=state.metrics, max_body_bytes=config.max_body_bytes
+        RequestMiddleware,
+        metrics=state.metrics,
+        max_body_bytes=config.max_body_bytes,
+        path_limits={events.EVENTS_PATH: config.max_event_body_bytes},
     )
     return app

@@ -14,8 +14,11 @@ from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.metrics import ApiMetrics
+from strata.io.event_log import AsyncEventAppender
 from strata.io.keyfile import load_keyring
+from strata.io.realtime_reader import AsyncRealtimeReader
 from strata.io.segment_reader import READ_ERRORS, SegmentReader
+from strata.realtime.stream_config import StreamConfig
 from strata.serving.apikeys import KeyRecord, KeyRing, Scope
 from strata.serving.breaker import BreakerState, CircuitBreaker
 from strata.serving.config import ApiConfig
@@ -40,8 +43,11 @@ class ApiState:
     metrics: ApiMetrics
     breaker: CircuitBreaker
     fallback_rules: TierRules
+    stream: StreamConfig = field(default_factory=lambda: StreamConfig.model_validate({}))
     demo: bool = False
     reader: SegmentReader | None = None
+    live: AsyncRealtimeReader | None = None
+    appender: AsyncEventAppender | None = None
     _keyring: KeyRing = field(default_factory=KeyRing)
     _keys_mtime: float | None = None
     _keys_checked: float = 0.0
@@ -138,6 +144,7 @@ def require(scope: Scope) -> Callable[..., Awaitable[KeyRecord]]:
 
 
 SegmentsReader = Annotated[KeyRecord, Depends(require(Scope.SEGMENTS_READ))]
+EventsWriter = Annotated[KeyRecord, Depends(require(Scope.EVENTS_WRITE))]
 
 
 def reader_of(state: ApiState) -> SegmentReader:
@@ -145,3 +152,17 @@ def reader_of(state: ApiState) -> SegmentReader:
     if state.reader is None:
         raise _unavailable("the API is starting", 1)
     return state.reader
+
+
+def live_of(state: ApiState) -> AsyncRealtimeReader:
+    """The state's reader of live state (created at startup)."""
+    if state.live is None:
+        raise _unavailable("the API is starting", 1)
+    return state.live
+
+
+def appender_of(state: ApiState) -> AsyncEventAppender:
+    """The state's event appender (created at startup)."""
+    if state.appender is None:
+        raise _unavailable("the API is starting", 1)
+    return state.appender

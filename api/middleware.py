@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,12 +25,20 @@ class _BodyTooLarge(Exception):
 
 
 class RequestMiddleware:
-    """Caps request bodies at ``max_body_bytes`` (413) and records every request."""
+    """Caps request bodies at ``max_body_bytes`` (413; ``path_limits`` names paths with a
+    cap of their own) and records every request."""
 
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ApiMetrics,
+        max_body_bytes: int,
+        path_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,7 +47,7 @@ class RequestMiddleware:
         start = time.perf_counter()
         status = [500]
         started = [False]
-        limit = self.max_body_bytes
+        limit = self.path_limits.get(scope["path"], self.max_body_bytes)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
+from strata.realtime.wire import EVENT_ID_PATTERN
+from strata.schema import CATEGORIES, EVENT_TYPES
 from strata.serving.config import RAW_ID_PATTERN
 from strata.tiering.explain import Explanation, TierThreshold
 
@@ -52,7 +54,19 @@ class SegmentPublic(BaseModel):
     )
     dynamic_tags: list[str] = Field(
         default_factory=list,
-        description="Tags set by live behaviour (real-time rules); empty until they run.",
+        description="Unexpired tags set by live behaviour (trigger rules, e.g. "
+        "`cart_abandoner`), sorted.",
+    )
+    source: Literal["snapshot", "live"] = Field(
+        default="snapshot",
+        description="`live`: tier, lifecycle stage and scores come from the live overlay the "
+        "stream workers keep from orders since the snapshot (based on this same version); "
+        "`snapshot`: from the snapshot alone.",
+    )
+    last_event_at: str | None = Field(
+        default=None,
+        description="With `source: live`: local time (ISO 8601) of the user's newest event "
+        "the live state has seen; else null.",
     )
 
 
@@ -107,3 +121,106 @@ class HealthPublic(BaseModel):
 
 class ErrorPublic(BaseModel):
     detail: str
+
+
+# ------------------------------------------------------------------ live events (POST /v1/events)
+class EventIn(BaseModel):
+    """One live event (documentation of the body; the endpoint validates plain JSON itself).
+    Unknown keys are refused. Fields are the warehouse's event columns (docs/data-model.md)."""
+
+    user_id: Annotated[str, StringConstraints(pattern=RAW_ID_PATTERN)] | int = Field(
+        description="The platform's user id (pseudonymised on arrival)."
+    )
+    event_type: str = Field(
+        description=f"One of {', '.join(EVENT_TYPES)} (or an importer alias such as `buy`)."
+    )
+    ts: str | int | None = Field(
+        default=None,
+        description="Event time: ISO 8601 with `Z` or an offset, or epoch ms; default: "
+        "arrival time. Accepted from 1970-01-01T00:00:00.001Z to now + 1 day (exclusive).",
+    )
+    event_id: Annotated[str, StringConstraints(pattern=EVENT_ID_PATTERN)] | None = Field(
+        default=None,
+        description="Client id for dedupe (default: a hash of the content, so the same event "
+        "posted twice with the same `ts` is appended once).",
+    )
+    category: str | None = Field(default=None, description=f"One of {', '.join(CATEGORIES)}.")
+    amount_cny: float | None = Field(default=None, ge=0, description="Required for `order`.")
+    order_id: str | None = Field(default=None, max_length=128)
+    coupon_id: str | None = Field(default=None, max_length=128)
+    rating: int | None = Field(default=None, ge=1, le=5, description="Required for `review`.")
+    item_id: int | None = Field(default=None, ge=0)
+    session_id: int | None = Field(default=None, ge=0)
+    query: str | None = Field(default=None, max_length=256)
+    discount_cny: float | None = Field(default=None, ge=0)
+    item_count: int | None = Field(default=None, ge=0, le=32767)
+    categories: list[str] | None = Field(
+        default=None, description="Categories of an order (default: `[category]`)."
+    )
+
+
+class EventsAcceptedPublic(BaseModel):
+    accepted: int = Field(description="Events appended to the streams.")
+    duplicates: int = Field(
+        description="Events whose `event_id` was already appended (within the dedupe TTL)."
+    )
+
+
+class EventErrorPublic(BaseModel):
+    index: int = Field(description="0-based position of the event in `events`.")
+    field: str
+    reason: str
+
+
+class EventErrorsPublic(BaseModel):
+    """A refused batch: nothing was appended."""
+
+    detail: str
+    errors: list[EventErrorPublic] = Field(description="Every problem of every bad event.")
+
+
+# ------------------------------------------------------------------ actions and rules
+class ActionPublic(BaseModel):
+    rule: str = Field(description="The trigger rule that issued it.")
+    action: str = Field(description="coupon, service_task, gift_pack or push.")
+    params: dict[str, Any] = Field(description="The action's parameters (coupon value, ...).")
+    key: str = Field(description="Idempotency key: rule, user and trigger instance.")
+    issued_at: str = Field(description="Local time (ISO 8601) of the decision.")
+    trigger: dict[str, Any] = Field(description="What triggered it (event id, type, time).")
+
+
+class ActionsPublic(BaseModel):
+    user_id: str = Field(description="The platform user id as sent.")
+    actions: list[ActionPublic] = Field(description="Newest first.")
+
+
+class SuppressedPublic(BaseModel):
+    cooldown: int
+    cap: int
+    budget: int
+    exclusion: int
+
+
+class RuleCountersPublic(BaseModel):
+    fired: int = Field(description="Firings that issued their actions.")
+    suppressed: SuppressedPublic = Field(description="Matches that did not act, by reason.")
+    converted: int = Field(description="Firings followed by an attributed order (last touch).")
+    revenue_cny: float = Field(description="Revenue of the attributed orders, CNY.")
+    coupon_cost_cny: float = Field(description="Face value of coupons used by them, CNY.")
+
+
+class RuleStatsPublic(RuleCountersPublic):
+    name: str
+    kind: str | None = Field(description="event, absence, streak or calendar (null: inactive).")
+    active: bool = Field(description="Whether the workers run it now.")
+    priority: int | None
+    by_tier: dict[str, RuleCountersPublic] = Field(
+        description="The same counters per tier the user was in when it fired."
+    )
+
+
+class RulesPublic(BaseModel):
+    rules: list[RuleStatsPublic] = Field(
+        description="Active rules in the order the workers list them, then inactive rules that "
+        "have statistics, by name."
+    )

@@ -1,18 +1,25 @@
-"""Segment lookups: one user, a batch, and why a user is in their tier."""
+"""Segment lookups: one user, a batch, and why a user is in their tier.
+
+Lookups show live state: the user's live overlay (tier, lifecycle stage and scores the stream
+workers refreshed from orders since the snapshot) when it is based on the version the lookup
+read (``"source": "live"``), and the unexpired dynamic tags. Explanations stay on the
+snapshot's record (they explain its tier rules)."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
-import numpy as np
 import orjson
 from fastapi import APIRouter, HTTPException, Path
 from fastapi.responses import Response
 
-from api.deps import ApiState, SegmentsReader, State, reader_of
+from api.deps import ApiState, SegmentsReader, State, live_of, reader_of
 from api.models import ErrorPublic, ExplainPublic, LookupPublic, LookupRequest, SegmentPublic
 from strata.ids import pseudonymise, pseudonymise_many
+from strata.io.realtime_reader import LiveState
 from strata.io.segment_store import VersionInfo
+from strata.realtime.live_view import live_tags, merge_live, parse_overlay
 from strata.serving.config import RAW_ID_PATTERN
 from strata.tiering.explain import explain, rules_from_meta
 
@@ -43,7 +50,8 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _json(payload: dict[str, Any]) -> Response:
+def json_response(payload: dict[str, Any]) -> Response:
+    """An answer built as plain dicts, dumped once with orjson."""
     # built as plain dicts and dumped once with orjson: a 1,000-user batch (~440 kB) takes
     # 0.5 ms instead of ~7 ms with json.dumps, or more validating 1,000 response models (the
     # schemathesis test checks the shape against the documented models)
@@ -51,9 +59,17 @@ def _json(payload: dict[str, Any]) -> Response:
 
 
 def segment_payload(
-    user_id: str, version: str, as_of: str | None, record: dict[str, Any]
+    user_id: str,
+    version: str,
+    as_of: str | None,
+    record: dict[str, Any],
+    *,
+    dynamic_tags: list[str] | None = None,
+    source: str = "snapshot",
+    last_event_at: str | None = None,
 ) -> dict[str, Any]:
-    """The :class:`~api.models.SegmentPublic` shape of one decoded record."""
+    """The :class:`~api.models.SegmentPublic` shape of one decoded record (live fields
+    already merged in, :func:`strata.realtime.live_view.merge_live`)."""
     get = record.get
     predictions = None
     if "churn_p" in record:
@@ -85,7 +101,9 @@ def segment_payload(
             "monetary_90d_cny": get("monetary_90d"),
         },
         "predictions": predictions,
-        "dynamic_tags": [],
+        "dynamic_tags": dynamic_tags or [],
+        "source": source,
+        "last_event_at": last_event_at,
     }
 
 
@@ -95,6 +113,10 @@ async def _version_info(state: ApiState, version: str) -> VersionInfo:
     if info is None:
         raise HTTPException(503, f"snapshot {version} has no meta", headers={"Retry-After": "1"})
     return info
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _nothing_published() -> HTTPException:
@@ -122,9 +144,36 @@ async def _lookup_one(state: ApiState, user_id: str) -> tuple[str, dict[str, Any
     summary="One user's tier, lifecycle stage, tags and scores",
 )
 async def get_segment(user_id: UserIdPath, state: State, _key: SegmentsReader) -> Response:
-    version, record = await _lookup_one(state, user_id)
+    reader, live = reader_of(state), live_of(state)
+    uid = pseudonymise(user_id, state.pseudonym_key)
+
+    async def read() -> tuple[str | None, dict[str, Any] | None, list[LiveState]]:
+        version, record = await reader.lookup(uid)
+        # one more round trip for the live overlay and tags (none before any publish)
+        return version, record, (await live.live_many([uid]) if version is not None else [])
+
+    version, record, states = await state.redis(read)
+    if version is None:
+        raise _nothing_published()
+    state.metrics.saw_version(version)
+    merged, source, last_event_at = merge_live(record, parse_overlay(states[0].overlay), version)
+    if merged is None:
+        state.metrics.lookup_users.labels("not_found").inc()
+        raise HTTPException(404, "the current snapshot has no segment for this user")
+    state.metrics.lookup_users.labels("found").inc()
     info = await _version_info(state, version)  # cached after the first call per version
-    return _json(segment_payload(user_id, version, info.as_of, record))
+    tags = live_tags(states[0].tags, _now_ms())
+    return json_response(
+        segment_payload(
+            user_id,
+            version,
+            info.as_of,
+            merged,
+            dynamic_tags=tags,
+            source=source,
+            last_event_at=last_event_at,
+        )
+    )
 
 
 @router.post(
@@ -135,31 +184,52 @@ async def get_segment(user_id: UserIdPath, state: State, _key: SegmentsReader) -
         413: {"model": ErrorPublic, "description": "Over `max_batch` ids, or body too large."},
         **AUTH_RESPONSES,
     },
-    summary="Segments of up to 1,000 users in one call (one Redis round trip)",
+    summary="Segments of up to 1,000 users in one call (two Redis round trips)",
 )
 async def lookup(body: LookupRequest, state: State, _key: SegmentsReader) -> Response:
     ids = body.user_ids
     limit = state.config.max_batch
     if len(ids) > limit:
         raise HTTPException(413, f"at most {limit} user ids per call, got {len(ids)}")
-    reader = reader_of(state)
+    reader, live = reader_of(state), live_of(state)
     pseudo = pseudonymise_many(ids, state.pseudonym_key)
-    version, records = await state.redis(lambda: reader.get_many(np.asarray(pseudo)))
+
+    async def read() -> tuple[str | None, list[dict[str, Any] | None], list[LiveState]]:
+        version, records = await reader.get_many(pseudo)
+        if version is None:
+            return None, records, []
+        return version, records, await live.live_many(pseudo.tolist())
+
+    version, records, states = await state.redis(read)
     if version is None:
         raise _nothing_published()
     state.metrics.saw_version(version)
     info = await _version_info(state, version)
+    now_ms = _now_ms()
     results: list[dict[str, Any]] = []
     found = 0
-    for raw, record in zip(ids, records, strict=True):
-        if record is None:
+    for raw, record, live_state in zip(ids, records, states, strict=True):
+        merged, source, last_event_at = merge_live(
+            record, parse_overlay(live_state.overlay), version
+        )
+        if merged is None:
             results.append({"user_id": raw, "found": False})
         else:
             found += 1
-            results.append(segment_payload(raw, version, info.as_of, record))
+            results.append(
+                segment_payload(
+                    raw,
+                    version,
+                    info.as_of,
+                    merged,
+                    dynamic_tags=live_tags(live_state.tags, now_ms),
+                    source=source,
+                    last_event_at=last_event_at,
+                )
+            )
     state.metrics.lookup_users.labels("found").inc(found)
     state.metrics.lookup_users.labels("not_found").inc(len(ids) - found)
-    return _json({"version": version, "as_of": info.as_of, "results": results})
+    return json_response({"version": version, "as_of": info.as_of, "results": results})
 
 
 @router.get(

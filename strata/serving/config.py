@@ -28,6 +28,8 @@ class ApiConfig(StrictModel):
 
     max_batch: int = Field(default=1000, ge=1, le=10_000)
     max_body_bytes: int = Field(default=131_072, ge=1024)
+    #: body cap of POST /v1/events (a full batch of 1,000 events is ~150-300 kB)
+    max_event_body_bytes: int = Field(default=1_048_576, ge=1024)
     redis: RedisLimits = Field(default_factory=RedisLimits)
     #: whether GET /metrics needs a key (scope admin); Prometheus scrapers can send one
     metrics_require_key: bool = False

@@ -1,0 +1,143 @@
+"""Rule statistics: the ``{ns}:rt:stats`` hash and the active rule list, aggregated per rule.
+
+The stream workers count into one hash, field ``"{rule}|{tier}|{metric}"``, metric one of
+``fired``, ``converted``, ``revenue_cny`` and ``coupon_cost_cny`` (CNY, HINCRBYFLOAT) and
+``suppressed.{reason}`` (reason in :data:`strata.realtime.model.SUPPRESSION_REASONS`).
+:func:`rule_stats` turns that hash and the active rules (``{ns}:rt:rules``, JSON
+``[{"name", "kind", ...}]``) into what ``GET /v1/rules`` and ``strata rules stats`` show: per
+rule the totals over tiers and the same counters per tier. Rules with statistics that are no
+longer active are listed after the active ones (``active: false``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from strata.realtime.model import SUPPRESSION_REASONS
+
+__all__ = ["CNY_METRICS", "COUNT_METRICS", "empty_counters", "rule_stats"]
+
+#: integer counters besides the suppressions
+COUNT_METRICS: tuple[str, ...] = ("fired", "converted")
+#: CNY sums (rounded to fen in the answer)
+CNY_METRICS: tuple[str, ...] = ("revenue_cny", "coupon_cost_cny")
+_SUPPRESSED = "suppressed."
+
+
+def empty_counters() -> dict[str, Any]:
+    """Counters of a rule (or one tier of it) that has done nothing yet."""
+    return {
+        "fired": 0,
+        "suppressed": dict.fromkeys(SUPPRESSION_REASONS, 0),
+        "converted": 0,
+        "revenue_cny": 0.0,
+        "coupon_cost_cny": 0.0,
+    }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _add(counters: dict[str, Any], metric: str, value: float) -> bool:
+    """Add one hash value to its counter; False for a metric this version does not know."""
+    if metric in COUNT_METRICS:
+        counters[metric] += int(value)
+    elif metric in CNY_METRICS:
+        counters[metric] += value
+    elif metric.startswith(_SUPPRESSED) and metric[len(_SUPPRESSED) :] in counters["suppressed"]:
+        counters["suppressed"][metric[len(_SUPPRESSED) :]] += int(value)
+    else:
+        return False
+    return True
+
+
+def _rounded(counters: dict[str, Any]) -> dict[str, Any]:
+    for metric in CNY_METRICS:
+        counters[metric] = round(counters[metric], 2)
+    return counters
+
+
+def _active_rules(rules_json: bytes | str | None) -> list[dict[str, Any]]:
+    if not rules_json:
+        return []
+    try:
+        rules = orjson.loads(rules_json)
+    except orjson.JSONDecodeError:
+        return []
+    if not isinstance(rules, list):
+        return []
+    return [r for r in rules if isinstance(r, dict) and isinstance(r.get("name"), str)]
+
+
+def rule_stats(rules_json: bytes | str | None, stats_hash: Mapping[Any, Any]) -> dict[str, Any]:
+    """Per-rule statistics from the active rule list and the stats hash.
+
+    Args:
+        rules_json: the value of ``{ns}:rt:rules`` (None before a worker started).
+        stats_hash: ``HGETALL {ns}:rt:stats`` (bytes or text keys and values).
+
+    Returns:
+        ``{"rules": [{"name", "kind", "active", "priority", "fired", "suppressed": {reason: n},
+        "converted", "revenue_cny", "coupon_cost_cny", "by_tier": {tier: counters}}]}``:
+        active rules in their listed order, then inactive rules with statistics by name.
+        Malformed fields and unknown metrics are skipped.
+    """
+    by_rule: dict[str, dict[str, dict[str, Any]]] = {}
+    for raw_field, raw_value in stats_hash.items():
+        field = _text(raw_field)
+        rule, sep, rest = field.partition("|")
+        tier, sep2, metric = rest.rpartition("|")
+        if not (sep and sep2 and rule and tier):
+            continue
+        try:
+            value = float(_text(raw_value))
+        except ValueError:
+            continue
+        tiers = by_rule.setdefault(rule, {})
+        counters = tiers.get(tier)
+        if counters is None:
+            counters = tiers[tier] = empty_counters()
+        _add(counters, metric, value)
+    out: list[dict[str, Any]] = []
+    listed: set[str] = set()
+    for active in _active_rules(rules_json):
+        name = active["name"]
+        if name in listed:
+            continue
+        listed.add(name)
+        out.append(
+            _entry(name, active.get("kind"), True, active.get("priority"), by_rule.get(name))
+        )
+    for name in sorted(set(by_rule) - listed):
+        out.append(_entry(name, None, False, None, by_rule[name]))
+    return {"rules": out}
+
+
+def _entry(
+    name: str,
+    kind: Any,
+    active: bool,
+    priority: Any,
+    tiers: dict[str, dict[str, Any]] | None,
+) -> dict[str, Any]:
+    total = empty_counters()
+    by_tier: dict[str, Any] = {}
+    for tier in sorted(tiers or {}):
+        counters = (tiers or {})[tier]
+        for metric in (*COUNT_METRICS, *CNY_METRICS):
+            total[metric] += counters[metric]
+        for reason, n in counters["suppressed"].items():
+            total["suppressed"][reason] += n
+        by_tier[tier] = _rounded(counters)
+    return {
+        "name": name,
+        "kind": kind if isinstance(kind, str) else None,
+        "active": active,
+        "priority": priority if isinstance(priority, int) else None,
+        **_rounded(total),
+        "by_tier": by_tier,
+    }
