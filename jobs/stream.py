@@ -19,11 +19,11 @@ from typing import Any
 
 import typer
 from rich.live import Live
-from strata.io.event_log import stream_partitions
 
 from jobs._errors import run_command
 from jobs._runtime import console, ray_session, redis_session, summary_table
 from strata.config import load_calendar
+from strata.io.event_log import stream_partitions
 from strata.io.realtime_store import RealtimeStore
 from strata.realtime.stream_config import StreamConfig, load_stream_config
 from strata.realtime.triggers import load_triggers

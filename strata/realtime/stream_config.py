@@ -36,22 +36,22 @@ class StreamConfig(StrictModel):
         timer_batch: timers taken from a partition's due-queue per round.
     """
 
-    partitions: int = Field(8, ge=1, le=1024)
-    max_events_per_call: int = Field(1000, ge=1, le=10_000)
-    max_backlog: int = Field(200_000, ge=100)
-    dedupe_ttl_s: int = Field(2 * 86_400, ge=60)
-    batch_size: int = Field(500, ge=1, le=10_000)
-    block_ms: int = Field(200, ge=1, le=10_000)
-    lease_ms: int = Field(5_000, ge=500)
-    max_deliveries: int = Field(3, ge=1)
-    max_event_age_s: int = Field(86_400, ge=60)
-    state_ttl_days: int = Field(35, ge=1)
-    action_log_len: int = Field(200, ge=1)
-    idem_ttl_days: int = Field(30, ge=1)
-    live_ttl_days: int = Field(7, ge=1)
-    sink_interval_s: float = Field(5.0, gt=0)
-    sink_max_rows: int = Field(200_000, ge=1)
-    timer_batch: int = Field(500, ge=1)
+    partitions: int = Field(default=8, ge=1, le=1024)
+    max_events_per_call: int = Field(default=1000, ge=1, le=10_000)
+    max_backlog: int = Field(default=200_000, ge=100)
+    dedupe_ttl_s: int = Field(default=2 * 86_400, ge=60)
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    block_ms: int = Field(default=200, ge=1, le=10_000)
+    lease_ms: int = Field(default=5_000, ge=500)
+    max_deliveries: int = Field(default=3, ge=1)
+    max_event_age_s: int = Field(default=86_400, ge=60)
+    state_ttl_days: int = Field(default=35, ge=1)
+    action_log_len: int = Field(default=200, ge=1)
+    idem_ttl_days: int = Field(default=30, ge=1)
+    live_ttl_days: int = Field(default=7, ge=1)
+    sink_interval_s: float = Field(default=5.0, gt=0)
+    sink_max_rows: int = Field(default=200_000, ge=1)
+    timer_batch: int = Field(default=500, ge=1)
 
 
 def load_stream_config(config_dir: str | Path | None = None) -> StreamConfig:
