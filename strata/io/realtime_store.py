@@ -370,14 +370,14 @@ class PartitionReader:
         total = 0
         start = "0-0"
         while True:
-            reply = self.redis.xautoclaim(
+            # not justid: redis-py then drops the cursor from the reply
+            reply: Any = self.redis.xautoclaim(
                 self.stream,
                 self.group,
                 self.consumer,
                 min_idle_time=0,
                 start_id=start,
                 count=1000,
-                justid=True,
             )
             start_raw, ids = reply[0], reply[1]
             total += len(ids)
