@@ -20,7 +20,7 @@ import json
 import posixpath
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -324,6 +324,7 @@ class Warehouse:
         source: str,
         replace_buckets: Iterable[tuple[str, int]] = (),
         info: dict[str, Any] | None = None,
+        amend_manifest: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """Make written parts visible in one atomic manifest replace.
 
@@ -333,6 +334,9 @@ class Warehouse:
             replace_buckets: (table, bucket) pairs whose existing parts the new parts replace
                 (compaction); their old files are deleted after the commit.
             info: extra facts for the write log (e.g. rejected row counts).
+            amend_manifest: called with the freshly reloaded manifest just before it is
+                written, to record more state in the same atomic replace (the stream sink's
+                watermark, :mod:`strata.io.stream_sink`).
         """
         self.reload()
         manifest = self.manifest
@@ -350,6 +354,8 @@ class Warehouse:
             entry[f"{t}_rows"] = result.rows(t)
         entry.update(info or {})
         manifest["writes"] = [*manifest.get("writes", []), entry][-100:]
+        if amend_manifest is not None:
+            amend_manifest(manifest)
         self._write_manifest(manifest)
         new_names = {
             posixpath.join(self.bucket_dir(p.table, p.bucket), p.name) for p in result.parts
