@@ -347,8 +347,11 @@ class StreamSink:
         top = buffered
         for entry_id, entry in entries:
             if entry_id is None:
-                continue  # a pending entry deleted from the stream (Redis 6.2 shows it as nil)
+                continue  # a pending entry deleted from the stream, as XAUTOCLAIM shows it
             sid = parse_id(entry_id)
+            if not entry:  # deleted while pending (erasure): nothing left to sink
+                handled.append(entry_id)
+                continue
             if sid <= committed:
                 stats.already_committed += 1
                 handled.append(entry_id)
@@ -356,7 +359,7 @@ class StreamSink:
             if sid <= buffered:
                 continue  # re-read while still buffered (groups recreated): acked at commit
             top = max(top, sid)
-            raw = (entry or {}).get(ENTRY_FIELD)
+            raw = entry.get(ENTRY_FIELD)
             try:
                 if raw is None:
                     raise ValueError(f"entry has no {ENTRY_FIELD.decode()!r} field")
