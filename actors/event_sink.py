@@ -56,6 +56,7 @@ class EventSink:
 
 #: The sink as a Ray actor: restarted forever if its process dies, ``run`` retried on the new
 #: one; two concurrent calls so that ``stop``/``stats`` reach it while ``run`` loops.
-EventSinkActor = ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=2, num_cpus=0)(
-    EventSink
-)
+# (ray's type stubs lack max_concurrency, which ray.remote accepts for actors)
+EventSinkActor = ray.remote(  # type: ignore[call-overload]
+    max_restarts=-1, max_task_retries=-1, max_concurrency=2, num_cpus=0
+)(EventSink)

@@ -37,6 +37,8 @@ One sink per namespace and warehouse (Warehouse is a single-writer store; see
 from __future__ import annotations
 
 import logging
+import posixpath
+import re
 import threading
 import time
 import uuid
@@ -48,7 +50,7 @@ import orjson
 import pyarrow as pa
 import redis
 
-from strata.io.warehouse import Warehouse, WarehouseError
+from strata.io.warehouse import Warehouse, WarehouseError, WriteResult, read_parts
 from strata.realtime.keys import ENTRY_FIELD, SINK_GROUP, WORKER_GROUP, RealtimeKeys
 from strata.realtime.stream_config import StreamConfig
 from strata.realtime.wire import ENVELOPE_KEYS, EVENT_FIELDS, decode_event, is_internal
@@ -80,6 +82,13 @@ _EVENT_TYPES = frozenset(EVENT_TYPES)
 _NO_ID: StreamId = (0, 0)
 _MAX_PAYLOAD = 4096  # bytes of a bad entry kept in its dead letter
 _RETRY_S = 1.0
+#: the sink's part files: ``part-stream-...`` (level 0, one per commit) and
+#: ``part-streamL{k}-...`` (level k: ``merge_fan_in`` parts of level k - 1 merged)
+_PART_RE = re.compile(r"^part-stream(?:L(\d+))?-")
+
+
+class _Superseded(Exception):
+    """The parts to merge left the manifest meanwhile (a compaction replaced them)."""
 
 
 def parse_id(entry_id: bytes | str) -> StreamId:
@@ -140,6 +149,8 @@ class SinkStats:
     commits: int = 0
     #: stream entries removed by trimming
     trimmed: int = 0
+    #: the sink's small part files merged into bigger ones
+    merged: int = 0
 
     def __add__(self, other: SinkStats) -> SinkStats:
         return SinkStats(
@@ -176,6 +187,9 @@ class StreamSink:
         namespace: Redis key namespace (``Settings.redis_namespace``).
         n_buckets: buckets of a warehouse created here (an existing one keeps its own).
         consumer: this sink's consumer name in the sink group.
+        merge_fan_in: a bucket's part files from the sink are merged, ``merge_fan_in`` of one
+            level into one of the next (an LSM-style tiering), so that committing every few
+            seconds keeps a bounded number of files per bucket and a bounded manifest.
         socket_timeout_s: socket timeout of a client created from a URL (above ``block_ms``).
     """
 
@@ -188,8 +202,11 @@ class StreamSink:
         n_buckets: int = 256,
         *,
         consumer: str = "sink",
+        merge_fan_in: int = 16,
         socket_timeout_s: float = 10.0,
     ) -> None:
+        if merge_fan_in < 2:
+            raise ValueError("merge_fan_in must be at least 2")
         if isinstance(client, str):
             self._redis = redis.Redis.from_url(
                 client, socket_timeout=socket_timeout_s, socket_connect_timeout=2.0
@@ -203,6 +220,7 @@ class StreamSink:
         self.config = config
         self.n_buckets = n_buckets
         self.consumer = consumer
+        self.merge_fan_in = merge_fan_in
         self.warehouse = Warehouse(data_root)
         self.totals = SinkStats()
         self.partitions = 0
@@ -226,9 +244,7 @@ class StreamSink:
             raise ValueError(f"{self.keys.layout} partitions is not a positive count")
         self._ensure_groups()
         self._started = True
-        stats = self._recover()
-        self.totals = self.totals + stats
-        return stats
+        return self._recover()
 
     def _ensure_groups(self) -> None:
         for p in range(self.partitions):
@@ -284,7 +300,6 @@ class StreamSink:
             stats = stats + self.flush()
         elif time.monotonic() - self._last_trim >= self.config.sink_interval_s:
             stats = stats + self.trim()
-        self.totals = self.totals + stats
         return started + stats
 
     def run(self, stop: threading.Event) -> SinkStats:
@@ -303,7 +318,7 @@ class StreamSink:
                 stop.wait(_RETRY_S)
         for attempt in range(3):
             try:
-                self.totals = self.totals + self.flush()
+                self.flush()
                 break
             except (redis.ConnectionError, redis.TimeoutError, OSError, WarehouseError) as exc:
                 log.warning("stream sink: final commit failed (%s), attempt %d", exc, attempt)
@@ -392,6 +407,7 @@ class StreamSink:
             self._buffer.ack.setdefault(partition, []).extend(handled)
         if top > buffered:
             self._buffer.last[partition] = top
+        self.totals = self.totals + stats
         return stats
 
     def _convert(
@@ -459,6 +475,8 @@ class StreamSink:
                     raise  # nothing committed: the buffer stays for the next attempt
             stats.committed = buf.rows
             stats.commits = 1
+            self.totals = self.totals + stats
+            buf.tables, buf.rows = [], 0  # committed: if the acks below fail, only they are retried
         self._watermarks.update(marks)
         if self.after_commit_hook is not None:
             self.after_commit_hook()
@@ -471,7 +489,7 @@ class StreamSink:
         if stats.commits:
             where = ", ".join(f"p{p}={format_id(i)}" for p, i in sorted(marks.items()))
             log.info("stream sink committed %d rows (%s)", stats.committed, where)
-        return stats + self.trim()
+        return stats + self.trim() + self.merge_parts()
 
     def _record_watermarks(self, manifest: dict[str, Any], marks: Mapping[int, StreamId]) -> None:
         """Merge ``marks`` into the manifest being written (never moving a watermark back)."""
@@ -486,6 +504,66 @@ class StreamSink:
     def _covered(have: Mapping[int, StreamId], want: Mapping[int, StreamId]) -> bool:
         return all(have.get(p, _NO_ID) >= i for p, i in want.items())
 
+    # ------------------------------------------------------------------ small files
+    def merge_parts(self) -> SinkStats:
+        """Merge the sink's small part files, ``merge_fan_in`` of a level into one of the
+        next, in a few buckets per call (those with the most parts first): each commit adds
+        a file to every bucket it touches, and files per bucket and the manifest must not
+        grow without bound between two ``strata compact`` runs."""
+        stats = SinkStats()
+        wh = self.warehouse
+        wh.reload()
+        due: list[tuple[int, int, int, list[str]]] = []  # (-count, bucket, level, names)
+        for b, entry in wh.manifest["tables"]["events"]["buckets"].items():
+            levels: dict[int, list[str]] = {}
+            for part in entry["parts"] if entry else []:
+                m = _PART_RE.match(part["name"])
+                if m:
+                    levels.setdefault(int(m.group(1) or 0), []).append(part["name"])
+            for level, names in sorted(levels.items()):
+                if len(names) >= self.merge_fan_in:
+                    due.append((-len(names), int(b), level, names[: self.merge_fan_in]))
+                    break
+        # enough merges per call to keep up when every commit touches every bucket
+        budget = max(2, 2 * -(-wh.n_buckets // self.merge_fan_in))
+        for _, bucket, level, names in sorted(due)[:budget]:
+            stats.merged += self._merge(bucket, level, names)
+        self.totals = self.totals + stats
+        return stats
+
+    def _merge(self, bucket: int, level: int, names: list[str]) -> int:
+        wh = self.warehouse
+        folder = wh.bucket_dir("events", bucket)
+        paths = [posixpath.join(folder, n) for n in names]
+        try:
+            table = read_parts(wh.fs, paths)
+        except (OSError, pa.ArrowException) as exc:  # a compaction replaced them meanwhile
+            log.info("stream sink: not merging bucket %d (%s)", bucket, exc)
+            return 0
+        write_id = f"streamL{level + 1}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        part = wh.write_bucket("events", bucket, table, write_id, sort=True)
+        gone = set(names)
+
+        def swap(manifest: dict[str, Any]) -> None:
+            entry = manifest["tables"]["events"]["buckets"][str(bucket)]
+            if not gone <= {p["name"] for p in entry["parts"]}:
+                raise _Superseded
+            entry["parts"] = [p for p in entry["parts"] if p["name"] not in gone]
+
+        try:
+            wh.commit(
+                WriteResult([part]),
+                "stream-merge",
+                info={"merged_parts": len(names)},
+                amend_manifest=swap,
+            )
+        except _Superseded:
+            wh.fs.delete_file(posixpath.join(folder, part.name))
+            return 0
+        for path in paths:
+            wh.fs.delete_file(path)
+        return len(names)
+
     # ------------------------------------------------------------------ trimming
     def trim(self) -> SinkStats:
         """XTRIM MINID every partition below the oldest entry any group still needs."""
@@ -498,6 +576,7 @@ class StreamSink:
                 stats.trimmed += int(
                     self._redis.xtrim(stream, minid=format_id(minid), approximate=False)
                 )
+        self.totals = self.totals + stats
         return stats
 
     def _needed_from(self, stream: str) -> StreamId | None:

@@ -463,3 +463,87 @@ def test_a_commit_during_compaction_of_its_bucket_is_kept(settings: Settings) ->
     started[0].join(10)
     wh.reload()
     assert sorted(wh.read_bucket("events", 3).column("user_id").to_pylist()) == users[:3]
+
+
+def test_small_part_files_are_merged_in_levels(r: redis.Redis, settings: Settings) -> None:
+    """Committing every few seconds adds a file per touched bucket each time: the sink merges
+    them (fan-in 4 here), so files per bucket stay few and every row is kept exactly once."""
+    sink = _sink(r, settings, merge_fan_in=4)
+    events: list[dict[str, Any]] = []
+    merged = 0
+    for i in range(40):
+        batch = _events(12, seed=100 + i, users=6)
+        events += batch
+        _append(r, batch)
+        _drain(sink)
+        merged += sink.flush().merged
+    wh = Warehouse(settings.data)
+    assert merged > 0
+    levels = [w for w in wh.manifest["writes"] if w["source"] == "stream-merge"]
+    assert levels and wh.manifest["writes"][-1]["source"] in ("stream", "stream-merge")
+    assert _keys_of(_rows(settings)) == _expected(events)
+    for b in wh.buckets():
+        names = [p["name"] for p in wh.manifest["tables"]["events"]["buckets"][str(b)]["parts"]]
+        assert len(names) < 40 // 2
+        levels_ = ("stream", "streamL1", "streamL2")
+        by_level = [sum(1 for n in names if n.startswith(f"part-{lv}-")) for lv in levels_]
+        assert all(c < 4 for c in by_level), names
+    parts = [p for e in wh.manifest["tables"]["events"]["buckets"].values() for p in e["parts"]]
+    assert any(p["name"].startswith("part-streamL2-") for p in parts)
+    assert wh.vacuum() == []  # the merged files were deleted, none left behind
+    marks = manifest_watermarks(wh.manifest, NS)
+    assert all(marks[p] == parse_id(r.xrevrange(KEYS.stream(p), count=1)[0][0]) for p in marks)
+
+
+def test_a_merge_overtaken_by_a_compaction_changes_nothing(
+    r: redis.Redis, settings: Settings
+) -> None:
+    sink = _sink(r, settings, merge_fan_in=1000)  # no merges while committing
+    events = _events(12, seed=200, users=1)
+    for i in range(4):
+        _append(r, events[i * 3 : i * 3 + 3])
+        _drain(sink)
+        sink.flush()
+    wh = sink.warehouse
+    wh.reload()
+    (bucket,) = wh.buckets()
+    names = [p["name"] for p in wh.manifest["tables"]["events"]["buckets"][str(bucket)]["parts"]]
+    assert len(names) == 4
+    write_bucket = wh.write_bucket
+
+    def compact_first(*args: Any, **kwargs: Any) -> Any:
+        Warehouse(settings.data).compact_bucket("events", bucket)
+        return write_bucket(*args, **kwargs)
+
+    wh.write_bucket = compact_first  # type: ignore[method-assign]
+    assert sink._merge(bucket, 0, names) == 0
+    wh.write_bucket = write_bucket  # type: ignore[method-assign]
+    assert sink._merge(bucket, 0, names) == 0  # the files are gone now: nothing to merge
+    wh.reload()
+    assert wh.is_sorted("events", bucket)
+    assert _keys_of(_rows(settings)) == _expected(events)
+    assert wh.vacuum() == []
+
+
+def test_acks_failing_after_the_commit_are_retried_without_a_second_commit(
+    r: redis.Redis, settings: Settings
+) -> None:
+    events = _events(60, seed=300)
+    _append(r, events)
+    sink = _sink(r, settings)
+    _drain(sink)
+    calls: list[int] = []
+
+    def redis_down_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.ConnectionError("Redis restarting")
+
+    sink.after_commit_hook = redis_down_once
+    with pytest.raises(redis.ConnectionError):
+        sink.flush()
+    assert _pending(r) == 60
+    again = sink.flush()  # the same process goes on (run() retries after a second)
+    assert again.commits == 0 and _pending(r) == 0
+    assert _keys_of(_rows(settings)) == _expected(events)
+    assert sink.totals.committed == 60 and sink.totals.commits == 1 and sink.totals.read == 60
