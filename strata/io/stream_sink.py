@@ -30,8 +30,13 @@ group still needs (its oldest pending entry, else the one after its last-deliver
 only once the rule workers' group exists, so ``XLEN`` is the backlog that the API's
 backpressure measures.
 
-One sink per namespace and warehouse (Warehouse is a single-writer store; see
-:meth:`strata.io.warehouse.Warehouse.commit`).
+Each commit adds a small file to every bucket it touches; the sink merges them in levels
+(``merge_fan_in`` files of one level into one of the next), so files per bucket and the
+manifest stay bounded between two ``strata compact`` runs.
+
+One sink per namespace and warehouse. Its commits share the warehouse with imports and
+compaction through :meth:`strata.io.warehouse.Warehouse.commit`'s lock (local filesystems
+only; on object stores they must not overlap).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -190,7 +195,8 @@ class StreamSink:
         merge_fan_in: a bucket's part files from the sink are merged, ``merge_fan_in`` of one
             level into one of the next (an LSM-style tiering), so that committing every few
             seconds keeps a bounded number of files per bucket and a bounded manifest.
-        socket_timeout_s: socket timeout of a client created from a URL (above ``block_ms``).
+        socket_timeout_s: socket timeout of a client created from a URL (at least
+            ``block_ms`` + 5 s, so a blocked read never times out).
     """
 
     def __init__(
@@ -209,7 +215,9 @@ class StreamSink:
             raise ValueError("merge_fan_in must be at least 2")
         if isinstance(client, str):
             self._redis = redis.Redis.from_url(
-                client, socket_timeout=socket_timeout_s, socket_connect_timeout=2.0
+                client,
+                socket_timeout=max(socket_timeout_s, config.block_ms / 1000 + 5),
+                socket_connect_timeout=2.0,
             )
             self._owns_client = True
         else:
@@ -229,7 +237,7 @@ class StreamSink:
         self._buffer = _Buffer()
         self._last_trim = 0.0
         #: test hook: called after the manifest commit, before the XACK (simulates a crash)
-        self.after_commit_hook: Any = None
+        self.after_commit_hook: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ start
     def start(self) -> SinkStats:
