@@ -11,16 +11,21 @@ files and then *commit* them into ``manifest.json`` in one atomic replace; reade
 files the manifest lists. So a writer that dies before its commit leaves the warehouse as it
 was (its orphan files are ignored and swept by ``vacuum``), and a reader never sees half an
 append. Compaction rewrites a bucket into one file sorted by ``(user_id, ts)`` and commits the
-swap the same way. One writer at a time per warehouse (the jobs are the writers).
+swap the same way. Commits (and a compaction from its read to its swap) hold a lock file on a
+local filesystem, so concurrent writers (the stream sink, imports, compaction) keep each
+other's parts; on object stores writers must take turns.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import posixpath
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +40,8 @@ from strata.io.paths import bucket_dir_name, is_remote, local_path
 from strata.schema import SCHEMA_VERSION, TABLE_SCHEMAS, conform
 
 MANIFEST = "manifest.json"
+#: lock file that serialises commits of writers sharing a local warehouse
+COMMIT_LOCK = ".commit.lock"
 TABLES = ("events", "users")
 #: Sort keys of a compacted bucket, per table.
 SORT_KEYS: dict[str, list[tuple[str, str]]] = {
@@ -324,6 +331,7 @@ class Warehouse:
         source: str,
         replace_buckets: Iterable[tuple[str, int]] = (),
         info: dict[str, Any] | None = None,
+        amend_manifest: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """Make written parts visible in one atomic manifest replace.
 
@@ -333,7 +341,37 @@ class Warehouse:
             replace_buckets: (table, bucket) pairs whose existing parts the new parts replace
                 (compaction); their old files are deleted after the commit.
             info: extra facts for the write log (e.g. rejected row counts).
+            amend_manifest: called with the freshly reloaded manifest just before it is
+                written, to record more state in the same atomic replace (the stream sink's
+                watermark, :mod:`strata.io.stream_sink`).
         """
+        with self._commit_lock():
+            self._commit(result, source, replace_buckets, info, amend_manifest)
+
+    @contextlib.contextmanager
+    def _commit_lock(self) -> Iterator[None]:
+        """Serialise commits (reload, amend, replace) of every process on this machine, so
+        concurrent writers (the stream sink every few seconds, imports, compaction) never
+        drop each other's parts. A local flock; object stores have no such lock, so there
+        writers must still take turns."""
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            yield
+            return
+        with open(os.path.join(self.root, COMMIT_LOCK), "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _commit(
+        self,
+        result: WriteResult,
+        source: str,
+        replace_buckets: Iterable[tuple[str, int]],
+        info: dict[str, Any] | None,
+        amend_manifest: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
         self.reload()
         manifest = self.manifest
         replaced: list[str] = []
@@ -350,6 +388,8 @@ class Warehouse:
             entry[f"{t}_rows"] = result.rows(t)
         entry.update(info or {})
         manifest["writes"] = [*manifest.get("writes", []), entry][-100:]
+        if amend_manifest is not None:
+            amend_manifest(manifest)
         self._write_manifest(manifest)
         new_names = {
             posixpath.join(self.bucket_dir(p.table, p.bucket), p.name) for p in result.parts
@@ -432,7 +472,15 @@ class Warehouse:
 
         Users are deduplicated by user_id, the last committed row winning.
         Returns the new part, or None when the bucket was already compact.
+
+        Holds the commit lock from the read to the swap, so a concurrent commit into the
+        bucket (the stream sink's) waits instead of being replaced unread.
         """
+        with self._commit_lock():
+            return self._compact_bucket(table_name, bucket)
+
+    def _compact_bucket(self, table_name: str, bucket: int) -> PartFile | None:
+        self.reload()
         if self.is_sorted(table_name, bucket) or not self.bucket_files(table_name, bucket):
             return None
         table = self.read_bucket(table_name, bucket)
@@ -452,7 +500,7 @@ class Warehouse:
             sort=True,
             columns=None if len(given) == len(TABLE_SCHEMAS[table_name]) else given,
         )
-        self.commit(WriteResult([part]), "compact", replace_buckets=[(table_name, bucket)])
+        self._commit(WriteResult([part]), "compact", [(table_name, bucket)], None, None)
         return part
 
     def vacuum(self) -> list[str]:

@@ -1,0 +1,616 @@
+"""The warehouse sink of the live event streams: every partition stream into bucketed Parquet.
+
+:class:`StreamSink` is consumer group :data:`~strata.realtime.keys.SINK_GROUP` on every
+partition stream (``{ns}:rt:events:{p}``). It reads entries with XREADGROUP in batches,
+converts the wire events (:mod:`strata.realtime.wire`) to :data:`~strata.schema.EVENTS_SCHEMA`
+rows, buffers them and commits them into the warehouse like an import (one part per touched
+bucket, one atomic manifest replace, ``source="stream"``) every ``sink_interval_s`` seconds or
+``sink_max_rows`` rows.
+
+Exactly once into the warehouse, across crashes:
+
+1. The commit writes, in the same atomic manifest replace as the parts, the last stream entry
+   id of each partition it covers (the *watermark*, ``manifest["stream_watermarks"][ns]``).
+2. Only then are the entries XACKed and the watermark copied to ``{ns}:rt:sink``.
+3. On start the sink first re-reads the group's pending entries (its own, after claiming any
+   left by another consumer name) and acks without sinking every entry at or below the
+   manifest's watermark; the rest are sunk again. So a crash before the commit loses nothing
+   (the entries are still pending) and a crash between the commit and the XACK duplicates
+   nothing (the watermark covers them). The same check applies to every entry read, so a
+   Redis restored from an older snapshot that redelivers entries duplicates nothing either.
+
+Entries that fail to decode (not JSON, missing ``user_id``/``event_type``/``ts``, unknown
+fields or event types, values the schema cannot hold) go to the dead-letter stream
+``{ns}:rt:dead`` with the reason, acked in the same MULTI, so they are never lost and never
+block the partition. Internal entries (:func:`~strata.realtime.wire.is_internal`) are acked
+and skipped.
+
+The sink also trims each partition stream (XTRIM MINID) below the oldest entry any consumer
+group still needs (its oldest pending entry, else the one after its last-delivered id), and
+only once the rule workers' group exists, so ``XLEN`` is the backlog that the API's
+backpressure measures.
+
+Each commit adds a small file to every bucket it touches; the sink merges them in levels
+(``merge_fan_in`` files of one level into one of the next), so files per bucket and the
+manifest stay bounded between two ``strata compact`` runs.
+
+One sink per namespace and warehouse. Its commits share the warehouse with imports and
+compaction through :meth:`strata.io.warehouse.Warehouse.commit`'s lock (local filesystems
+only; on object stores they must not overlap).
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import redis
+
+from strata.io.warehouse import Warehouse, WarehouseError, WriteResult, read_parts
+from strata.realtime.keys import ENTRY_FIELD, SINK_GROUP, WORKER_GROUP, RealtimeKeys
+from strata.realtime.stream_config import StreamConfig
+from strata.realtime.wire import ENVELOPE_KEYS, EVENT_FIELDS, decode_event, is_internal
+from strata.schema import EVENT_TYPES, EVENTS_SCHEMA, conform
+
+__all__ = [
+    "WATERMARKS_KEY",
+    "SinkStats",
+    "StreamId",
+    "StreamSink",
+    "events_table",
+    "format_id",
+    "manifest_watermarks",
+    "parse_id",
+]
+
+log = logging.getLogger(__name__)
+
+#: top-level manifest key: {namespace: {partition: last committed stream entry id}}
+WATERMARKS_KEY = "stream_watermarks"
+#: a stream entry id as (milliseconds, sequence): ordered like Redis orders them
+StreamId = tuple[int, int]
+#: the wire schema as Arrow reads it: the warehouse's columns with ``ts`` still epoch ms
+_WIRE_SCHEMA = EVENTS_SCHEMA.set(
+    EVENTS_SCHEMA.get_field_index("ts"), pa.field("ts", pa.int64(), nullable=False)
+)
+_ALLOWED_KEYS = frozenset(EVENT_FIELDS) | ENVELOPE_KEYS
+_EVENT_TYPES = frozenset(EVENT_TYPES)
+_NO_ID: StreamId = (0, 0)
+_MAX_PAYLOAD = 4096  # bytes of a bad entry kept in its dead letter
+_RETRY_S = 1.0
+#: the sink's part files: ``part-stream-...`` (level 0, one per commit) and
+#: ``part-streamL{k}-...`` (level k: ``merge_fan_in`` parts of level k - 1 merged)
+_PART_RE = re.compile(r"^part-stream(?:L(\d+))?-")
+
+
+class _Superseded(Exception):
+    """The parts to merge left the manifest meanwhile (a compaction replaced them)."""
+
+
+def parse_id(entry_id: bytes | str) -> StreamId:
+    """``b"1764547200000-3"`` as ``(1764547200000, 3)``."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def format_id(entry_id: StreamId) -> str:
+    """``(1764547200000, 3)`` as ``"1764547200000-3"``."""
+    return f"{entry_id[0]}-{entry_id[1]}"
+
+
+def manifest_watermarks(manifest: Mapping[str, Any], namespace: str) -> dict[int, StreamId]:
+    """The sink's committed watermark per partition of ``namespace``, from a manifest."""
+    marks = manifest.get(WATERMARKS_KEY, {}).get(namespace, {})
+    return {int(p): parse_id(i) for p, i in marks.items()}
+
+
+def events_table(events: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Decoded wire events as warehouse rows (:data:`~strata.schema.EVENTS_SCHEMA`).
+
+    Envelope keys are dropped and ``ts`` (epoch ms) becomes a timestamp.
+
+    Raises:
+        pyarrow.ArrowException: a value the schema cannot hold (e.g. text as ``amount_cny``).
+    """
+    # with a schema, from_pylist takes its columns (missing keys are null, envelope ignored)
+    return conform(pa.Table.from_pylist(list(events), schema=_WIRE_SCHEMA), EVENTS_SCHEMA)
+
+
+def _check_fields(event: Mapping[str, Any]) -> None:
+    unknown = event.keys() - _ALLOWED_KEYS
+    if unknown:
+        raise ValueError(f"fields not in the events schema: {sorted(unknown)}")
+    if event["event_type"] not in _EVENT_TYPES:
+        raise ValueError(f"unknown event_type {event['event_type']!r}")
+
+
+@dataclass
+class SinkStats:
+    """What a poll (or a whole run) did; ``+`` adds two of them."""
+
+    #: stream entries read (new and re-read pending ones)
+    read: int = 0
+    #: rows buffered for the warehouse
+    buffered: int = 0
+    #: internal entries (campaigns) acked and skipped
+    internal: int = 0
+    #: entries at or below the committed watermark, acked and skipped (already in the warehouse)
+    already_committed: int = 0
+    #: entries moved to the dead-letter stream
+    dead: int = 0
+    #: rows committed into the warehouse
+    committed: int = 0
+    #: warehouse commits
+    commits: int = 0
+    #: stream entries removed by trimming
+    trimmed: int = 0
+    #: the sink's small part files merged into bigger ones
+    merged: int = 0
+
+    def __add__(self, other: SinkStats) -> SinkStats:
+        return SinkStats(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
+
+    def to_json(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class _Buffer:
+    """Rows read but not yet committed, and the entry ids to ack after the commit."""
+
+    tables: list[pa.Table] = field(default_factory=list)
+    rows: int = 0
+    #: partition -> ids to XACK after the commit
+    ack: dict[int, list[bytes]] = field(default_factory=dict)
+    #: partition -> highest id handled (the watermark this commit records)
+    last: dict[int, StreamId] = field(default_factory=dict)
+    since: float = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.ack)
+
+
+class StreamSink:
+    """Copies every partition stream's events into the warehouse, exactly once.
+
+    Args:
+        client: a ``redis.Redis`` (``decode_responses=False``) or a ``redis://`` URL.
+        data_root: the warehouse's data root (created with ``n_buckets`` when missing).
+        config: stream settings (partitions, batch size, block, sink interval and rows).
+        namespace: Redis key namespace (``Settings.redis_namespace``).
+        n_buckets: buckets of a warehouse created here (an existing one keeps its own).
+        consumer: this sink's consumer name in the sink group.
+        merge_fan_in: a bucket's part files from the sink are merged, ``merge_fan_in`` of one
+            level into one of the next (an LSM-style tiering), so that committing every few
+            seconds keeps a bounded number of files per bucket and a bounded manifest.
+        socket_timeout_s: socket timeout of a client created from a URL (at least
+            ``block_ms`` + 5 s, so a blocked read never times out).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | str,
+        data_root: str,
+        config: StreamConfig,
+        namespace: str = "strata",
+        n_buckets: int = 256,
+        *,
+        consumer: str = "sink",
+        merge_fan_in: int = 16,
+        socket_timeout_s: float = 10.0,
+    ) -> None:
+        if merge_fan_in < 2:
+            raise ValueError("merge_fan_in must be at least 2")
+        if isinstance(client, str):
+            self._redis = redis.Redis.from_url(
+                client,
+                socket_timeout=max(socket_timeout_s, config.block_ms / 1000 + 5),
+                socket_connect_timeout=2.0,
+            )
+            self._owns_client = True
+        else:
+            self._redis = client
+            self._owns_client = False
+        self.keys = RealtimeKeys(namespace)
+        self.namespace = namespace
+        self.config = config
+        self.n_buckets = n_buckets
+        self.consumer = consumer
+        self.merge_fan_in = merge_fan_in
+        self.warehouse = Warehouse(data_root)
+        self.totals = SinkStats()
+        self.partitions = 0
+        self._started = False
+        self._watermarks: dict[int, StreamId] = {}
+        self._buffer = _Buffer()
+        self._last_trim = 0.0
+        #: test hook: called after the manifest commit, before the XACK (simulates a crash)
+        self.after_commit_hook: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> SinkStats:
+        """Open (or create) the warehouse, fix the partition count, create the groups and
+        recover this sink's pending entries. Called by the first :meth:`poll_once`."""
+        self.warehouse.open_or_create(self.n_buckets)
+        self.warehouse.reload()
+        self._watermarks = manifest_watermarks(self.warehouse.manifest, self.namespace)
+        self._redis.hsetnx(self.keys.layout, "partitions", self.config.partitions)
+        self.partitions = int(self._redis.hget(self.keys.layout, "partitions") or 0)
+        if self.partitions < 1:
+            raise ValueError(f"{self.keys.layout} partitions is not a positive count")
+        self._ensure_groups()
+        self._started = True
+        return self._recover()
+
+    def _ensure_groups(self) -> None:
+        for p in range(self.partitions):
+            try:
+                self._redis.xgroup_create(self.keys.stream(p), SINK_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def _recover(self) -> SinkStats:
+        """Claim the group's pending entries and sink (or skip) them in id order."""
+        stats = SinkStats()
+        for p in range(self.partitions):
+            stream = self.keys.stream(p)
+            cursor: bytes | str = "0-0"
+            while True:  # entries left by another consumer name become this one's
+                reply = self._redis.xautoclaim(
+                    stream, SINK_GROUP, self.consumer, 0, cursor, count=self.config.batch_size
+                )
+                cursor = reply[0]
+                if parse_id(cursor) == _NO_ID:
+                    break
+            after = "0"
+            while True:
+                got = self._read({stream: after})
+                entries = got[0][1] if got else []
+                if not entries:
+                    break
+                after = entries[-1][0]
+                stats = stats + self._ingest(p, entries)
+                if self._buffer.rows >= self.config.sink_max_rows:
+                    stats = stats + self.flush()
+        if stats.read:
+            log.info("stream sink recovered %d pending entries: %s", stats.read, stats.to_json())
+        return stats
+
+    # ------------------------------------------------------------------ the loop
+    def poll_once(self) -> SinkStats:
+        """Read one batch of new entries from every partition, commit when due, trim.
+
+        Blocks at most ``block_ms`` (less when a commit falls due sooner).
+        """
+        started = SinkStats() if self._started else self.start()
+        stats = SinkStats()
+        block_ms = self.config.block_ms
+        if self._buffer:
+            due_s = self._buffer.since + self.config.sink_interval_s - time.monotonic()
+            block_ms = max(1, min(block_ms, int(due_s * 1000)))
+        streams = {self.keys.stream(p): ">" for p in range(self.partitions)}
+        for stream, entries in self._read(streams, block_ms):
+            stats = stats + self._ingest(self._partition_of_key(stream), entries)
+        if self._flush_due():
+            stats = stats + self.flush()
+        elif time.monotonic() - self._last_trim >= self.config.sink_interval_s:
+            stats = stats + self.trim()
+        return started + stats
+
+    def run(self, stop: threading.Event) -> SinkStats:
+        """Poll until ``stop`` is set, then commit what is buffered. Survives Redis and
+        storage outages (retries each second, keeping its buffer); returns the run's totals."""
+        while not stop.is_set():
+            try:
+                self.poll_once()
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("stream sink: %s; recreating the consumer groups", exc)
+                self._started = False  # a stream was deleted (Redis flushed): start again
+            except (redis.ConnectionError, redis.TimeoutError, OSError, WarehouseError) as exc:
+                log.warning("stream sink: %s; retrying in %.0f s", exc, _RETRY_S)
+                stop.wait(_RETRY_S)
+        for attempt in range(3):
+            try:
+                self.flush()
+                break
+            except (redis.ConnectionError, redis.TimeoutError, OSError, WarehouseError) as exc:
+                log.warning("stream sink: final commit failed (%s), attempt %d", exc, attempt)
+                time.sleep(_RETRY_S)
+        return self.totals
+
+    def _read(self, streams: dict[str, str], block_ms: int | None = None) -> list[Any]:
+        """XREADGROUP: ``[(stream, [(entry id, {field: value}), ...]), ...]`` (RESP2)."""
+        reply: Any = self._redis.xreadgroup(
+            SINK_GROUP,
+            self.consumer,
+            dict(streams),  # type: ignore[arg-type]  # redis-py's invariant dict types
+            count=self.config.batch_size,
+            block=block_ms,
+        )
+        return list(reply or [])
+
+    def _partition_of_key(self, stream: bytes | str) -> int:
+        name = stream.decode() if isinstance(stream, bytes) else stream
+        return int(name.rsplit(":", 1)[1])
+
+    def _flush_due(self) -> bool:
+        if not self._buffer:
+            return False
+        return (
+            self._buffer.rows >= self.config.sink_max_rows
+            or time.monotonic() - self._buffer.since >= self.config.sink_interval_s
+        )
+
+    # ------------------------------------------------------------------ entries
+    def _ingest(self, partition: int, entries: Sequence[tuple[Any, Any]]) -> SinkStats:
+        """Decode one partition's entries (in id order) into the buffer; dead letters go out
+        at once, entries already committed are acked with the next commit."""
+        stats = SinkStats(read=len(entries))
+        committed = self._watermarks.get(partition, _NO_ID)
+        buffered = self._buffer.last.get(partition, _NO_ID)
+        rows: list[dict[str, Any]] = []
+        row_ids: list[bytes] = []
+        handled: list[bytes] = []
+        dead: list[tuple[bytes, str, bytes]] = []
+        top = buffered
+        for entry_id, entry in entries:
+            if entry_id is None:
+                continue  # a pending entry deleted from the stream, as XAUTOCLAIM shows it
+            sid = parse_id(entry_id)
+            if not entry:  # deleted while pending (erasure): nothing left to sink
+                handled.append(entry_id)
+                continue
+            if sid <= committed:
+                stats.already_committed += 1
+                handled.append(entry_id)
+                continue
+            if sid <= buffered:
+                continue  # re-read while still buffered (groups recreated): acked at commit
+            top = max(top, sid)
+            raw = entry.get(ENTRY_FIELD)
+            try:
+                if raw is None:
+                    raise ValueError(f"entry has no {ENTRY_FIELD.decode()!r} field")
+                event = decode_event(raw)
+                if is_internal(event):
+                    stats.internal += 1
+                    handled.append(entry_id)
+                    continue
+                _check_fields(event)
+            except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
+                dead.append((entry_id, str(exc), raw or b""))
+                continue
+            rows.append(event)
+            row_ids.append(entry_id)
+        if rows:
+            table, bad = self._convert(rows, row_ids)
+            dead.extend(bad)
+            bad_ids = {d[0] for d in bad}
+            handled.extend(i for i in row_ids if i not in bad_ids)
+            if table.num_rows:
+                self._buffer.tables.append(table)
+                self._buffer.rows += table.num_rows
+                stats.buffered += table.num_rows
+        if dead:
+            self._dead_letter(partition, dead)
+            stats.dead += len(dead)
+        if handled:
+            if not self._buffer:
+                self._buffer.since = time.monotonic()
+            self._buffer.ack.setdefault(partition, []).extend(handled)
+        if top > buffered:
+            self._buffer.last[partition] = top
+        self.totals = self.totals + stats
+        return stats
+
+    def _convert(
+        self, rows: list[dict[str, Any]], ids: list[bytes]
+    ) -> tuple[pa.Table, list[tuple[bytes, str, bytes]]]:
+        """Rows as one table; when the batch does not convert, row by row to find the bad."""
+        try:
+            return events_table(rows), []
+        except (pa.ArrowException, ValueError, TypeError, OverflowError):
+            pass
+        good: list[pa.Table] = []
+        bad: list[tuple[bytes, str, bytes]] = []
+        for entry_id, row in zip(ids, rows, strict=True):
+            try:
+                good.append(events_table([row]))
+            except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
+                bad.append((entry_id, f"does not fit the events schema: {exc}", orjson.dumps(row)))
+        table = pa.concat_tables(good) if good else EVENTS_SCHEMA.empty_table()
+        return table, bad
+
+    def _dead_letter(self, partition: int, dead: Sequence[tuple[bytes, str, bytes]]) -> None:
+        stream = self.keys.stream(partition)
+        pipe = self._redis.pipeline(transaction=True)
+        for entry_id, reason, payload in dead:
+            log.warning("stream sink: entry %s of partition %d dead-lettered: %s",
+                        entry_id.decode(), partition, reason)  # fmt: skip
+            pipe.xadd(
+                self.keys.dead,
+                {
+                    "id": entry_id,
+                    "partition": partition,
+                    "group": SINK_GROUP,
+                    "reason": reason,
+                    "payload": payload[:_MAX_PAYLOAD],
+                },
+            )
+        pipe.xack(stream, SINK_GROUP, *[d[0] for d in dead])
+        pipe.execute()
+
+    # ------------------------------------------------------------------ commit
+    def flush(self) -> SinkStats:
+        """Commit the buffered rows with their watermark, then ack them and trim."""
+        stats = SinkStats()
+        buf = self._buffer
+        if not buf:
+            return stats
+        marks = {p: max(i, self._watermarks.get(p, _NO_ID)) for p, i in buf.last.items()}
+        if buf.rows:
+            table = pa.concat_tables(buf.tables) if len(buf.tables) > 1 else buf.tables[0]
+            write_id = f"stream-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+            self.warehouse.reload()
+            try:
+                result = self.warehouse.write_partitioned("events", table, write_id)
+                self.warehouse.commit(
+                    result,
+                    "stream",
+                    info={"write_id": write_id, "namespace": self.namespace},
+                    amend_manifest=lambda m: self._record_watermarks(m, marks),
+                )
+            except Exception:
+                self.warehouse.reload()
+                if not self._covered(
+                    manifest_watermarks(self.warehouse.manifest, self.namespace), marks
+                ):
+                    raise  # nothing committed: the buffer stays for the next attempt
+            stats.committed = buf.rows
+            stats.commits = 1
+            self.totals = self.totals + stats
+            buf.tables, buf.rows = [], 0  # committed: if the acks below fail, only they are retried
+        self._watermarks.update(marks)
+        if self.after_commit_hook is not None:
+            self.after_commit_hook()
+        pipe = self._redis.pipeline(transaction=False)
+        for p, ids in buf.ack.items():
+            pipe.xack(self.keys.stream(p), SINK_GROUP, *ids)
+        pipe.hset(self.keys.sink, mapping={str(p): format_id(i) for p, i in marks.items()})
+        pipe.execute()
+        self._buffer = _Buffer()
+        if stats.commits:
+            where = ", ".join(f"p{p}={format_id(i)}" for p, i in sorted(marks.items()))
+            log.info("stream sink committed %d rows (%s)", stats.committed, where)
+        return stats + self.trim() + self.merge_parts()
+
+    def _record_watermarks(self, manifest: dict[str, Any], marks: Mapping[int, StreamId]) -> None:
+        """Merge ``marks`` into the manifest being written (never moving a watermark back)."""
+        current = manifest_watermarks(manifest, self.namespace)
+        for p, i in marks.items():
+            current[p] = max(i, current.get(p, _NO_ID))
+        manifest.setdefault(WATERMARKS_KEY, {})[self.namespace] = {
+            str(p): format_id(i) for p, i in sorted(current.items())
+        }
+
+    @staticmethod
+    def _covered(have: Mapping[int, StreamId], want: Mapping[int, StreamId]) -> bool:
+        return all(have.get(p, _NO_ID) >= i for p, i in want.items())
+
+    # ------------------------------------------------------------------ small files
+    def merge_parts(self) -> SinkStats:
+        """Merge the sink's small part files, ``merge_fan_in`` of a level into one of the
+        next, in a few buckets per call (those with the most parts first): each commit adds
+        a file to every bucket it touches, and files per bucket and the manifest must not
+        grow without bound between two ``strata compact`` runs."""
+        stats = SinkStats()
+        wh = self.warehouse
+        wh.reload()
+        due: list[tuple[int, int, int, list[str]]] = []  # (-count, bucket, level, names)
+        for b, entry in wh.manifest["tables"]["events"]["buckets"].items():
+            levels: dict[int, list[str]] = {}
+            for part in entry["parts"] if entry else []:
+                m = _PART_RE.match(part["name"])
+                if m:
+                    levels.setdefault(int(m.group(1) or 0), []).append(part["name"])
+            for level, names in sorted(levels.items()):
+                if len(names) >= self.merge_fan_in:
+                    due.append((-len(names), int(b), level, names[: self.merge_fan_in]))
+                    break
+        # enough merges per call to keep up when every commit touches every bucket
+        budget = max(2, 2 * -(-wh.n_buckets // self.merge_fan_in))
+        for _, bucket, level, names in sorted(due)[:budget]:
+            stats.merged += self._merge(bucket, level, names)
+        self.totals = self.totals + stats
+        return stats
+
+    def _merge(self, bucket: int, level: int, names: list[str]) -> int:
+        wh = self.warehouse
+        folder = wh.bucket_dir("events", bucket)
+        paths = [posixpath.join(folder, n) for n in names]
+        try:
+            table = read_parts(wh.fs, paths)
+        except (OSError, pa.ArrowException) as exc:  # a compaction replaced them meanwhile
+            log.info("stream sink: not merging bucket %d (%s)", bucket, exc)
+            return 0
+        write_id = f"streamL{level + 1}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        part = wh.write_bucket("events", bucket, table, write_id, sort=True)
+        gone = set(names)
+
+        def swap(manifest: dict[str, Any]) -> None:
+            entry = manifest["tables"]["events"]["buckets"][str(bucket)]
+            if not gone <= {p["name"] for p in entry["parts"]}:
+                raise _Superseded
+            entry["parts"] = [p for p in entry["parts"] if p["name"] not in gone]
+
+        try:
+            wh.commit(
+                WriteResult([part]),
+                "stream-merge",
+                info={"merged_parts": len(names)},
+                amend_manifest=swap,
+            )
+        except _Superseded:
+            wh.fs.delete_file(posixpath.join(folder, part.name))
+            return 0
+        for path in paths:
+            wh.fs.delete_file(path)
+        return len(names)
+
+    # ------------------------------------------------------------------ trimming
+    def trim(self) -> SinkStats:
+        """XTRIM MINID every partition below the oldest entry any group still needs."""
+        self._last_trim = time.monotonic()
+        stats = SinkStats()
+        for p in range(self.partitions):
+            stream = self.keys.stream(p)
+            minid = self._needed_from(stream)
+            if minid is not None:
+                stats.trimmed += int(
+                    self._redis.xtrim(stream, minid=format_id(minid), approximate=False)
+                )
+        self.totals = self.totals + stats
+        return stats
+
+    def _needed_from(self, stream: str) -> StreamId | None:
+        """The oldest entry id some group of ``stream`` still needs; None: keep everything
+        (no workers group yet, so the rule workers will want every entry)."""
+        groups = self._redis.xinfo_groups(stream)
+        names = {_text(g["name"]) for g in groups}
+        if WORKER_GROUP not in names or SINK_GROUP not in names:
+            return None
+        needed: list[StreamId] = []
+        for g in groups:
+            if int(g["pending"]):
+                summary = self._redis.xpending(stream, g["name"])
+                needed.append(parse_id(summary["min"]))
+            else:
+                ms, seq = parse_id(g["last-delivered-id"])
+                needed.append((ms, seq + 1))
+        return min(needed)
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Close the Redis client if this sink created it (buffered rows are not committed:
+        call :meth:`flush` first, or let the next sink re-read them)."""
+        if self._owns_client:
+            self._redis.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,549 @@
+"""The warehouse sink of the live streams against a real redis-server and real Parquet: rows
+in the right buckets, internal entries skipped, dead letters, crashes before and after the
+commit, trimming that spares the workers' entries, batch imports in between, the Ray actor."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import redis
+
+from strata.ids import bucket_of
+from strata.io.stream_sink import (
+    SinkStats,
+    StreamSink,
+    events_table,
+    format_id,
+    manifest_watermarks,
+    parse_id,
+)
+from strata.io.warehouse import Warehouse
+from strata.realtime.keys import ENTRY_FIELD, SINK_GROUP, WORKER_GROUP, RealtimeKeys
+from strata.realtime.stream_config import StreamConfig
+from strata.realtime.wire import CAMPAIGN_EVENT, derived_event_id, encode_event, partition_of
+from strata.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+NS = "sinktest"
+KEYS = RealtimeKeys(NS)
+PARTITIONS = 4
+T0_MS = 1_764_547_200_000  # 2025-12-01T00:00:00Z
+CONFIG = StreamConfig(partitions=PARTITIONS, batch_size=50, block_ms=10, sink_interval_s=3600)
+
+
+class Crash(Exception):
+    """A simulated process death."""
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def _events(n: int, seed: int = 0, users: int = 40) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(2**40, size=users, replace=False)
+    out = []
+    for i in range(n):
+        e: dict[str, Any] = {
+            "user_id": int(ids[i % users]),
+            "ts": T0_MS + i * 1000,
+            "received_ms": T0_MS + i * 1000 + 5,
+        }
+        if i % 3 == 0:
+            e |= {"event_type": "order", "order_id": f"o{seed}-{i}", "amount_cny": 10.0 + i}
+            e |= {"item_count": 2, "categories": ["fruit", "dairy_eggs"]}
+        elif i % 3 == 1:
+            e |= {"event_type": "add_to_cart", "category": "fruit", "item_id": i}
+        else:
+            e |= {"event_type": "review", "rating": 1 + i % 5}
+        e["event_id"] = derived_event_id(e)
+        out.append(e)
+    return out
+
+
+def _append(r: redis.Redis, events: list[dict[str, Any]], partitions: int = PARTITIONS) -> None:
+    r.hsetnx(KEYS.layout, "partitions", partitions)
+    pipe = r.pipeline(transaction=False)
+    for e in events:
+        pipe.xadd(
+            KEYS.stream(partition_of(e["user_id"], partitions)), {ENTRY_FIELD: encode_event(e)}
+        )
+    pipe.execute()
+
+
+def _sink(r: redis.Redis, settings: Settings, **kw: Any) -> StreamSink:
+    config = kw.pop("config", CONFIG)
+    return StreamSink(r, settings.data, config, NS, settings.n_buckets, **kw)
+
+
+def _drain(sink: StreamSink) -> SinkStats:
+    """Poll until a poll reads nothing (without committing: the interval is an hour)."""
+    total = SinkStats()
+    while True:
+        stats = sink.poll_once()
+        total = total + stats
+        if stats.read == 0:
+            return total
+
+
+def _rows(settings: Settings) -> pa.Table:
+    wh = Warehouse(settings.data)
+    return wh.read_table("events")
+
+
+def _keys_of(table: pa.Table) -> list[tuple[int, int, str]]:
+    d = table.select(["user_id", "ts", "event_type"]).to_pydict()
+    return sorted(
+        (u, int(t.timestamp() * 1000), e)
+        for u, t, e in zip(d["user_id"], d["ts"], d["event_type"], strict=True)
+    )
+
+
+def _expected(events: list[dict[str, Any]]) -> list[tuple[int, int, str]]:
+    return sorted((e["user_id"], e["ts"], e["event_type"]) for e in events)
+
+
+def _pending(r: redis.Redis, group: str = SINK_GROUP) -> int:
+    return sum(int(r.xpending(KEYS.stream(p), group)["pending"]) for p in range(PARTITIONS))
+
+
+def test_rows_land_in_their_buckets_and_internal_entries_are_skipped(
+    r: redis.Redis, settings: Settings
+) -> None:
+    events = _events(200)
+    _append(r, events)
+    campaign = {"user_id": events[0]["user_id"], "event_type": CAMPAIGN_EVENT, "ts": T0_MS,
+                "rule": "festival_eve", "date": "2025-12-24"}  # fmt: skip
+    r.xadd(
+        KEYS.stream(partition_of(campaign["user_id"], PARTITIONS)),
+        {ENTRY_FIELD: encode_event(campaign)},
+    )
+    sink = _sink(r, settings)
+    read = _drain(sink)
+    assert read.read == 201 and read.buffered == 200 and read.internal == 1
+    assert not Warehouse(settings.data).buckets()  # created, but nothing committed yet
+    done = sink.flush()
+    assert done.committed == 200 and done.commits == 1
+
+    wh = Warehouse(settings.data)
+    assert wh.n_buckets == settings.n_buckets
+    seen = 0
+    for b in wh.buckets():
+        t = wh.read_bucket("events", b)
+        assert set(bucket_of(t.column("user_id").to_numpy(), wh.n_buckets)) == {b}
+        seen += t.num_rows
+    assert seen == 200
+    table = _rows(settings)
+    assert _keys_of(table) == _expected(events)
+    assert table.schema.field("ts").type == pa.timestamp("ms", tz="UTC")
+    orders = table.filter(pa.compute.equal(table.column("event_type"), "order")).to_pylist()
+    by_id = {e["order_id"]: e for e in events if e["event_type"] == "order"}
+    for row in orders:
+        src = by_id[row["order_id"]]
+        assert row["amount_cny"] == src["amount_cny"]
+        assert row["categories"] == src["categories"] and row["item_count"] == 2
+    assert wh.manifest["writes"][-1]["source"] == "stream"
+    # the watermark in the manifest and in Redis is each partition's last entry
+    marks = manifest_watermarks(wh.manifest, NS)
+    for p in range(PARTITIONS):
+        last = parse_id(r.xrevrange(KEYS.stream(p), count=1)[0][0])
+        assert marks[p] == last
+        assert r.hget(KEYS.sink, str(p)) == format_id(last).encode()
+    assert _pending(r) == 0
+
+
+def test_crash_after_commit_before_ack_duplicates_nothing(
+    r: redis.Redis, settings: Settings
+) -> None:
+    events = _events(120, seed=1)
+    _append(r, events)
+    first = _sink(r, settings)
+    _drain(first)
+
+    def crash() -> None:
+        raise Crash
+
+    first.after_commit_hook = crash
+    with pytest.raises(Crash):
+        first.flush()
+    assert _pending(r) == 120  # committed but never acked
+    assert _keys_of(_rows(settings)) == _expected(events)
+
+    more = _events(30, seed=2)
+    _append(r, more)
+    second = _sink(r, settings)  # a restarted sink over the same Redis and data
+    stats = _drain(second)
+    assert stats.already_committed == 120 and stats.buffered == 30
+    second.flush()
+    assert _keys_of(_rows(settings)) == _expected(events + more)
+    assert _pending(r) == 0
+
+
+def test_crash_before_commit_loses_nothing(r: redis.Redis, settings: Settings) -> None:
+    events = _events(150, seed=3)
+    _append(r, events)
+    first = _sink(r, settings, consumer="sink-old")
+    assert _drain(first).buffered == 150
+    del first  # died holding 150 uncommitted rows (read, pending, not in the warehouse)
+    assert _rows(settings).num_rows == 0
+
+    # another consumer name claims the old one's entries (in pages of 16: ~37 per partition)
+    second = _sink(r, settings, config=CONFIG.model_copy(update={"batch_size": 16}))
+    stats = _drain(second)
+    assert stats.buffered == 150 and stats.already_committed == 0
+    second.flush()
+    assert _keys_of(_rows(settings)) == _expected(events)
+    assert _pending(r) == 0
+    # a crash while writing parts (before the manifest commit) leaves orphans, no rows
+    _append(r, _events(20, seed=4))
+    third = _sink(r, settings)
+    _drain(third)
+
+    def fail(*_: Any, **__: Any) -> None:
+        raise OSError("disk full")
+
+    third.warehouse.commit = fail  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        third.flush()
+    assert _rows(settings).num_rows == 150
+    fourth = _sink(r, settings)
+    _drain(fourth)
+    fourth.flush()
+    assert _rows(settings).num_rows == 170
+
+
+def test_a_sink_commits_by_rows_and_by_interval(r: redis.Redis, settings: Settings) -> None:
+    _append(r, _events(100, seed=5))
+    by_rows = _sink(r, settings, config=CONFIG.model_copy(update={"sink_max_rows": 40}))
+    stats = by_rows.poll_once()  # 4 partitions x 25 entries: one read, over the row limit
+    assert stats.read == 100 and stats.commits == 1 and stats.committed == 100
+    by_time = _sink(r, settings, config=CONFIG.model_copy(update={"sink_interval_s": 0.3}))
+    _append(r, _events(10, seed=6))
+    started = time.monotonic()
+    committed = 0
+    while committed < 10 and time.monotonic() - started < 5:
+        committed += by_time.poll_once().committed
+    assert committed == 10 and 0.3 <= time.monotonic() - started < 2
+    assert _rows(settings).num_rows == 110
+
+
+def test_bad_entries_go_to_the_dead_letter_stream(r: redis.Redis, settings: Settings) -> None:
+    good = _events(10, seed=7)
+    _append(r, good)
+    user = good[0]["user_id"]
+    stream = KEYS.stream(partition_of(user, PARTITIONS))
+    base = {"user_id": user, "ts": T0_MS, "event_type": "order"}
+    bad = {
+        r.xadd(stream, {ENTRY_FIELD: b"{not json"}): "",
+        r.xadd(stream, {b"x": b"1"}): "no 'e' field",
+        r.xadd(stream, {ENTRY_FIELD: encode_event({**base, "ts": "yesterday"})}): "ts",
+        r.xadd(stream, {ENTRY_FIELD: encode_event({**base, "phone": "555"})}): "phone",
+        r.xadd(stream, {ENTRY_FIELD: encode_event({**base, "event_type": "teleport"})}): "teleport",
+        r.xadd(stream, {ENTRY_FIELD: encode_event({**base, "amount_cny": "ten"})}): "events schema",
+        r.xadd(stream, {ENTRY_FIELD: encode_event({**base, "rating": 1000})}): "events schema",
+    }
+    _append(r, _events(5, seed=8))
+    sink = _sink(r, settings)
+    stats = _drain(sink)
+    assert stats.dead == len(bad) and stats.buffered == 15
+    assert _pending(r) == 15  # dead letters are acked at once, the rest at the commit
+    sink.flush()
+    assert _rows(settings).num_rows == 15
+    letters = {e[b"id"]: e for _, e in r.xrange(KEYS.dead)}
+    assert set(letters) == set(bad)
+    for entry_id, needle in bad.items():
+        letter = letters[entry_id]
+        assert needle in letter[b"reason"].decode()
+        assert letter[b"group"] == SINK_GROUP.encode()
+        assert int(letter[b"partition"]) == partition_of(user, PARTITIONS)
+    assert letters[next(iter(bad))][b"payload"] == b"{not json"
+    assert _pending(r) == 0
+
+
+def test_trimming_keeps_what_the_workers_have_not_processed(
+    r: redis.Redis, settings: Settings
+) -> None:
+    events = _events(200, seed=9)
+    _append(r, events)
+    sink = _sink(r, settings)
+    _drain(sink)
+    sink.flush()
+    lengths = [r.xlen(KEYS.stream(p)) for p in range(PARTITIONS)]
+    assert sum(lengths) == 200  # no workers group yet: they will want every entry
+
+    for p in range(PARTITIONS):
+        r.xgroup_create(KEYS.stream(p), WORKER_GROUP, id="0")
+    s0, s1 = KEYS.stream(0), KEYS.stream(1)
+    # partition 0: the workers read 10 entries and acked the first 4 (6 still pending)
+    got = r.xreadgroup(WORKER_GROUP, "w1", {s0: ">"}, count=10)[0][1]
+    r.xack(s0, WORKER_GROUP, *[i for i, _ in got[:4]])
+    # partition 1: the workers read and acked 5 entries (nothing pending)
+    got1 = r.xreadgroup(WORKER_GROUP, "w1", {s1: ">"}, count=5)[0][1]
+    r.xack(s1, WORKER_GROUP, *[i for i, _ in got1])
+    trimmed = sink.trim().trimmed
+    assert trimmed == 4 + 5
+    assert r.xlen(s0) == lengths[0] - 4 and r.xrange(s0, count=1)[0][0] == got[4][0]
+    assert r.xlen(s1) == lengths[1] - 5
+    for p in (2, 3):
+        assert r.xlen(KEYS.stream(p)) == lengths[p]
+    # the workers still get every entry they have not processed
+    rest = r.xreadgroup(WORKER_GROUP, "w1", {s0: "0"}, count=1000)[0][1]
+    assert [i for i, _ in rest] == [i for i, _ in got[4:]]
+
+    # the workers catch up; new entries that neither group has read yet are kept
+    _work_all(r)
+    _append(r, _events(40, seed=10))
+    sink.trim()
+    assert sum(r.xlen(KEYS.stream(p)) for p in range(PARTITIONS)) == 40
+    _drain(sink)
+    sink.flush()  # commits, acks, then trims: the workers still need the 40
+    assert sum(r.xlen(KEYS.stream(p)) for p in range(PARTITIONS)) == 40
+    _work_all(r)
+    sink.trim()
+    assert sum(r.xlen(KEYS.stream(p)) for p in range(PARTITIONS)) == 0
+    assert _rows(settings).num_rows == 240
+
+
+def _work_all(r: redis.Redis) -> None:
+    """The rule workers process (read and ack) every entry, pending ones included."""
+    for p in range(PARTITIONS):
+        stream = KEYS.stream(p)
+        for start in ("0", ">"):
+            reply = r.xreadgroup(WORKER_GROUP, "w1", {stream: start}, count=100_000)
+            ids = [i for i, _ in reply[0][1]] if reply else []
+            if ids:
+                r.xack(stream, WORKER_GROUP, *ids)
+
+
+def test_batch_imports_committing_in_between_keep_both(r: redis.Redis, settings: Settings) -> None:
+    first = _events(50, seed=11)
+    _append(r, first)
+    sink = _sink(r, settings)
+    _drain(sink)
+    sink.flush()
+    # a batch import commits between two sink commits
+    wh = Warehouse(settings.data)
+    imported = events_table([{"user_id": 7, "ts": T0_MS, "event_type": "app_visit"}])
+    wh.commit(wh.write_partitioned("events", imported, "import-x"), "import")
+    second = _events(30, seed=12)
+    _append(r, second)
+    _drain(sink)
+    sink.flush()
+    wh.reload()
+    assert wh.summary()["events"]["rows"] == 81
+    assert [w["source"] for w in wh.manifest["writes"]] == ["stream", "import", "stream"]
+    marks = manifest_watermarks(wh.manifest, NS)
+    assert all(marks[p] == parse_id(r.xrevrange(KEYS.stream(p), count=1)[0][0]) for p in marks)
+
+
+def test_sink_actor_survives_a_kill_exactly_once(
+    ray_local: Any, redis_url: str, settings: Settings
+) -> None:
+    from actors.event_sink import EventSinkActor
+
+    r = redis.Redis.from_url(redis_url)
+    config = CONFIG.model_copy(update={"sink_interval_s": 0.3, "block_ms": 50})
+    actor = EventSinkActor.remote(
+        redis_url, settings.data, config.model_dump(), NS, settings.n_buckets
+    )
+    running = actor.run.remote()
+    events = _events(300, seed=13)
+    _append(r, events[:150])
+    deadline = time.monotonic() + 60
+    while ray_local.get(actor.stats.remote())["committed"] < 150:
+        assert time.monotonic() < deadline, "the actor sank nothing"
+        time.sleep(0.1)
+    ray_local.kill(actor, no_restart=False)  # the process dies; Ray restarts it, retries run
+    _append(r, events[150:])
+    while _rows(settings).num_rows < 300:
+        assert time.monotonic() < deadline, "the restarted actor did not resume"
+        time.sleep(0.2)
+    ray_local.get(actor.stop.remote())
+    totals = ray_local.get(running, timeout=30)
+    assert totals["committed"] == 150  # the restarted process sank the second half only
+    assert _keys_of(_rows(settings)) == _expected(events)
+    assert _pending(r) == 0
+    ray_local.kill(actor)
+    r.close()
+
+
+def test_run_stops_and_commits_what_it_holds(r: redis.Redis, settings: Settings) -> None:
+    _append(r, _events(25, seed=14))
+    sink = _sink(r, settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=sink.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while sink.totals.buffered < 25 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert sink.totals.committed == 25 and _rows(settings).num_rows == 25
+
+
+def test_an_entry_erased_while_pending_is_acked_not_dead_lettered(
+    r: redis.Redis, settings: Settings
+) -> None:
+    events = _events(20, seed=15)
+    _append(r, events)
+    first = _sink(r, settings)
+    _drain(first)  # then dies before its commit
+    stream = KEYS.stream(partition_of(events[0]["user_id"], PARTITIONS))
+    erased = r.xrange(stream, count=1)[0][0]
+    r.xdel(stream, erased)
+    second = _sink(r, settings, consumer="other")
+    assert _drain(second).buffered == 19
+    second.flush()
+    assert _rows(settings).num_rows == 19 and r.xlen(KEYS.dead) == 0
+    assert _pending(r) == 0
+
+
+def test_concurrent_commits_lose_no_parts(settings: Settings) -> None:
+    """The sink commits every few seconds while imports or other writers commit too."""
+    wh = Warehouse(settings.data)
+    wh.create(settings.n_buckets)
+    errors: list[BaseException] = []
+
+    def writer(w: int) -> None:
+        mine = Warehouse(settings.data)
+        try:
+            for i in range(30):
+                row = events_table([{"user_id": w * 1000 + i, "ts": T0_MS, "event_type": "search"}])
+                mine.commit(mine.write_partitioned("events", row, f"w{w}-{i}"), f"writer{w}")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    wh.reload()
+    assert wh.summary()["events"]["rows"] == 90
+
+
+def test_a_commit_during_compaction_of_its_bucket_is_kept(settings: Settings) -> None:
+    """Compaction replaces a bucket's parts: a sink commit into that bucket while it runs must
+    survive (it waits for the compaction instead of being swept away by it)."""
+    wh = Warehouse(settings.data)
+    wh.create(settings.n_buckets)
+    users = [u for u in range(10_000) if bucket_of(np.array([u]), settings.n_buckets)[0] == 3]
+    for i in range(2):
+        row = events_table([{"user_id": users[i], "ts": T0_MS, "event_type": "search"}])
+        wh.commit(wh.write_partitioned("events", row, f"a{i}"), "import")
+    other = Warehouse(settings.data)
+    late = events_table([{"user_id": users[2], "ts": T0_MS, "event_type": "order"}])
+    started: list[threading.Thread] = []
+    write_bucket = wh.write_bucket
+
+    def racing_write(*args: Any, **kwargs: Any) -> Any:
+        def commit_late() -> None:
+            other.commit(other.write_partitioned("events", late, "late"), "stream")
+
+        t = threading.Thread(target=commit_late)
+        t.start()
+        t.join(1.0)  # unserialised, the late commit lands now, between read and swap
+        started.append(t)
+        return write_bucket(*args, **kwargs)
+
+    wh.write_bucket = racing_write  # type: ignore[method-assign]
+    assert wh.compact_bucket("events", 3) is not None
+    started[0].join(10)
+    wh.reload()
+    assert sorted(wh.read_bucket("events", 3).column("user_id").to_pylist()) == users[:3]
+
+
+def test_small_part_files_are_merged_in_levels(r: redis.Redis, settings: Settings) -> None:
+    """Committing every few seconds adds a file per touched bucket each time: the sink merges
+    them (fan-in 4 here), so files per bucket stay few and every row is kept exactly once."""
+    sink = _sink(r, settings, merge_fan_in=4)
+    events: list[dict[str, Any]] = []
+    merged = 0
+    for i in range(40):
+        batch = _events(12, seed=100 + i, users=6)
+        events += batch
+        _append(r, batch)
+        _drain(sink)
+        merged += sink.flush().merged
+    wh = Warehouse(settings.data)
+    assert merged > 0
+    levels = [w for w in wh.manifest["writes"] if w["source"] == "stream-merge"]
+    assert levels and wh.manifest["writes"][-1]["source"] in ("stream", "stream-merge")
+    assert _keys_of(_rows(settings)) == _expected(events)
+    for b in wh.buckets():
+        names = [p["name"] for p in wh.manifest["tables"]["events"]["buckets"][str(b)]["parts"]]
+        assert len(names) < 40 // 2
+        levels_ = ("stream", "streamL1", "streamL2")
+        by_level = [sum(1 for n in names if n.startswith(f"part-{lv}-")) for lv in levels_]
+        assert all(c < 4 for c in by_level), names
+    parts = [p for e in wh.manifest["tables"]["events"]["buckets"].values() for p in e["parts"]]
+    assert any(p["name"].startswith("part-streamL2-") for p in parts)
+    assert wh.vacuum() == []  # the merged files were deleted, none left behind
+    marks = manifest_watermarks(wh.manifest, NS)
+    assert all(marks[p] == parse_id(r.xrevrange(KEYS.stream(p), count=1)[0][0]) for p in marks)
+
+
+def test_a_merge_overtaken_by_a_compaction_changes_nothing(
+    r: redis.Redis, settings: Settings
+) -> None:
+    sink = _sink(r, settings, merge_fan_in=1000)  # no merges while committing
+    events = _events(12, seed=200, users=1)
+    for i in range(4):
+        _append(r, events[i * 3 : i * 3 + 3])
+        _drain(sink)
+        sink.flush()
+    wh = sink.warehouse
+    wh.reload()
+    (bucket,) = wh.buckets()
+    names = [p["name"] for p in wh.manifest["tables"]["events"]["buckets"][str(bucket)]["parts"]]
+    assert len(names) == 4
+    write_bucket = wh.write_bucket
+
+    def compact_first(*args: Any, **kwargs: Any) -> Any:
+        Warehouse(settings.data).compact_bucket("events", bucket)
+        return write_bucket(*args, **kwargs)
+
+    wh.write_bucket = compact_first  # type: ignore[method-assign]
+    assert sink._merge(bucket, 0, names) == 0
+    wh.write_bucket = write_bucket  # type: ignore[method-assign]
+    assert sink._merge(bucket, 0, names) == 0  # the files are gone now: nothing to merge
+    wh.reload()
+    assert wh.is_sorted("events", bucket)
+    assert _keys_of(_rows(settings)) == _expected(events)
+    assert wh.vacuum() == []
+
+
+def test_acks_failing_after_the_commit_are_retried_without_a_second_commit(
+    r: redis.Redis, settings: Settings
+) -> None:
+    events = _events(60, seed=300)
+    _append(r, events)
+    sink = _sink(r, settings)
+    _drain(sink)
+    calls: list[int] = []
+
+    def redis_down_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.ConnectionError("Redis restarting")
+
+    sink.after_commit_hook = redis_down_once
+    with pytest.raises(redis.ConnectionError):
+        sink.flush()
+    assert _pending(r) == 60
+    again = sink.flush()  # the same process goes on (run() retries after a second)
+    assert again.commits == 0 and _pending(r) == 0
+    assert _keys_of(_rows(settings)) == _expected(events)
+    assert sink.totals.committed == 60 and sink.totals.commits == 1 and sink.totals.read == 60
