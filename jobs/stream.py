@@ -106,8 +106,8 @@ class StreamPool:
         if self.with_sink:
             from actors.event_sink import EventSinkActor
 
-            self.sink = EventSinkActor.options(num_cpus=self._share).remote(
-                data, self.redis_url, ns, cfg_json, self.partitions, self.settings.n_buckets
+            self.sink = EventSinkActor.remote(
+                self.redis_url, data, self.config.model_dump(), ns, self.settings.n_buckets
             )
             self.sink_run = self.sink.run.remote()
 
@@ -145,7 +145,7 @@ class StreamPool:
         totals["reload_errors"] = [s["reload_error"] for s in stats if s.get("reload_error")]
         if self.sink is not None:
             with contextlib.suppress(Exception):
-                totals["sunk"] = ray.get(self.sink.stats.remote(), timeout=5).get("rows", 0)
+                totals["sunk"] = ray.get(self.sink.stats.remote(), timeout=5).get("committed", 0)
         return totals
 
     def reload(self) -> list[str]:

@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from strata.io.event_log import EventAppender
 
 from strata.ids import pseudonymise
+from strata.io.event_log import EventAppender
 from strata.io.redis_server import EmbeddedRedis
 from strata.realtime.keys import ENTRY_FIELD, RealtimeKeys
 from strata.realtime.stream_config import load_stream_config
