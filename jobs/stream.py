@@ -162,6 +162,9 @@ class StreamPool:
         refs = [*self.runs, *([self.sink_run] if self.sink_run is not None else [])]
         ray.wait(refs, num_returns=len(refs), timeout=_STOP_TIMEOUT_S)
         totals = self.poll_quiet()
+        if self.sink is not None:
+            with contextlib.suppress(Exception):
+                totals["sunk"] = ray.get(self.sink.stats.remote(), timeout=5).get("committed", 0)
         for actor in [*self.workers, *([self.sink] if self.sink is not None else [])]:
             ray.kill(actor, no_restart=True)
         return totals

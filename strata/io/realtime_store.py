@@ -226,8 +226,9 @@ class RealtimeStore:
                         {
                             b"id": entry_id,
                             b"partition": str(partition),
+                            b"group": group,
                             b"reason": reason[:500],
-                            ENTRY_FIELD: raw or b"",
+                            b"payload": (raw or b"")[:4096],
                         },
                         maxlen=_DEAD_MAXLEN,
                         approximate=True,
