@@ -168,8 +168,11 @@ def new_key(name: str, scopes: Iterable[Scope | str]) -> tuple[str, KeyRecord]:
 
 
 def demo_record() -> KeyRecord:
-    """The record of :data:`DEMO_KEY`: name ``demo``, scope ``segments:read`` only."""
-    return KeyRecord(name="demo", scopes=(Scope.SEGMENTS_READ,), sha256=hash_key(DEMO_KEY))
+    """The record of :data:`DEMO_KEY`: name ``demo``, scopes ``segments:read`` and
+    ``events:write`` (the demo posts live events), never ``admin``."""
+    return KeyRecord(
+        name="demo", scopes=(Scope.SEGMENTS_READ, Scope.EVENTS_WRITE), sha256=hash_key(DEMO_KEY)
+    )
 
 
 class KeyRing:
