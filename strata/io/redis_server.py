@@ -332,8 +332,10 @@ class EmbeddedRedis:
             args += ["--maxmemory", self.maxmemory]
         if self._proc is not None and self._proc.stderr:
             self._proc.stderr.close()
+        # its own session: a Ctrl-C in the terminal reaches the strata command, which stops
+        # its services in order (workers, API, then Redis with a save), not Redis first
         self._proc = proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
