@@ -187,6 +187,7 @@ async def run(
     warmup_s: float = 2.0,
     rate: float | None = None,
     timeout_s: float = 30.0,
+    offset_step: int = 7919,
 ) -> LoadResult:
     """Send ``requests`` (cycled, each connection from its own offset) to ``url``'s host.
 
@@ -198,6 +199,9 @@ async def run(
         seconds: measured duration, after ``warmup_s`` of unrecorded load.
         rate: requests/s for an open-loop run; None for closed loop.
         timeout_s: a request not answered in this time counts as an error.
+        offset_step: connection ``i`` starts at request ``i * offset_step``; with
+            ``len(requests) // concurrency`` and enough requests, no request is sent twice
+            (for servers that answer a repeat differently, e.g. as a duplicate).
     """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -212,7 +216,7 @@ async def run(
 
     async def worker(i: int) -> None:
         conn: _Connection | None = None
-        k = i * 7919  # each connection starts elsewhere in the request list
+        k = i * offset_step  # each connection starts elsewhere in the request list
         lat = latencies[i]
         scheduled = t_start + (i / rate if rate else 0.0)
         while True:
@@ -310,6 +314,8 @@ def measure_in_subprocess(
                "--warmup", str(kwargs.pop("warmup_s", 2.0))]  # fmt: skip
         if kwargs.get("rate"):
             cmd += ["--rate", str(kwargs.pop("rate"))]
+        if "offset_step" in kwargs:
+            cmd += ["--offset-step", str(kwargs.pop("offset_step"))]
         kwargs.pop("rate", None)
         if kwargs:
             raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
@@ -344,6 +350,7 @@ def main() -> None:
     ap.add_argument("--requests-file", help="length-prefixed raw requests (internal)")
     ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
     ap.add_argument("--json", action="store_true", help="print only the JSON result")
+    ap.add_argument("--offset-step", type=int, default=7919, help="first request of connection i")
     args = ap.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
@@ -359,6 +366,7 @@ def main() -> None:
         seconds=args.seconds,
         warmup_s=args.warmup,
         rate=args.rate,
+        offset_step=args.offset_step,
     )
     if not args.json:
         for k, v in result.to_dict().items():
