@@ -25,10 +25,9 @@ from typing import Any
 import numpy as np
 import redis
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from strata.ids import bucket_of
+from strata.io.segment_reader import fail_fast_client
 from strata.io.segment_store import SegmentStoreError
 from strata.realtime.keys import ENTRY_FIELD, RealtimeKeys
 from strata.realtime.stream_config import StreamConfig
@@ -231,15 +230,7 @@ class AsyncEventAppender:
         connect_timeout_s: float = 0.15,
         max_connections: int = 64,
     ) -> None:
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=connect_timeout_s,
-            max_connections=max_connections,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=False,
-            health_check_interval=0,
-        )
+        self._redis = fail_fast_client(url, timeout_s, connect_timeout_s, max_connections)
         self.keys = RealtimeKeys(namespace)
         self.config = config or StreamConfig.model_validate({})
         self._script = self._redis.register_script(EVENT_APPEND_LUA)

@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from strata.io.segment_reader import fail_fast_client
 from strata.realtime.keys import RealtimeKeys
 
 __all__ = ["LIVE_READ_LUA", "AsyncRealtimeReader", "LiveState"]
@@ -76,15 +74,7 @@ class AsyncRealtimeReader:
         max_connections: int = 64,
     ) -> None:
         self.keys = RealtimeKeys(namespace)
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=connect_timeout_s,
-            max_connections=max_connections,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=False,
-            health_check_interval=0,
-        )
+        self._redis = fail_fast_client(url, timeout_s, connect_timeout_s, max_connections)
         self._live = self._redis.register_script(LIVE_READ_LUA)
 
     async def live_many(self, user_ids: Sequence[int]) -> list[LiveState]:

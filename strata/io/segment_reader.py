@@ -32,7 +32,7 @@ from strata.io.segment_store import (
 from strata.online.codec import decode
 from strata.online.keys import KeyLayout
 
-__all__ = ["READ_ERRORS", "AsyncSegmentReader", "SegmentReader"]
+__all__ = ["READ_ERRORS", "AsyncSegmentReader", "SegmentReader", "fail_fast_client"]
 
 #: What a failed read raises: Redis and network errors, timeouts, an inconsistent store. The
 #: API answers each with 503 behind its circuit breaker, without importing redis itself.
@@ -45,6 +45,22 @@ READ_ERRORS: tuple[type[BaseException], ...] = (
 
 _READ_ATTEMPTS = 3
 _INFO_CACHE = 16
+
+
+def fail_fast_client(
+    url: str, timeout_s: float, connect_timeout_s: float, max_connections: int
+) -> aioredis.Redis:
+    """The API's asyncio Redis client: short timeouts, no client-side retries (the API's
+    circuit breaker decides), bytes replies."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+        max_connections=max_connections,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=False,
+        health_check_interval=0,
+    )
 
 
 class SegmentReader(Protocol):
@@ -94,15 +110,7 @@ class AsyncSegmentReader:
         self.namespace = namespace
         self.keys = KeyLayout(namespace)
         self.max_batch = max_batch
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=connect_timeout_s,
-            max_connections=max_connections,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=False,
-            health_check_interval=0,
-        )
+        self._redis = fail_fast_client(url, timeout_s, connect_timeout_s, max_connections)
         self._script = self._redis.register_script(READ_LUA)
         self._info: dict[str, VersionInfo] = {}
         self._assumed = ""

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from strata.realtime.live import OVERLAY_KEYS
+
 __all__ = [
     "LIVE_FIELDS",
     "SOURCE_LIVE",
@@ -25,17 +27,7 @@ __all__ = [
 ]
 
 #: overlay fields that replace the snapshot record's
-LIVE_FIELDS: tuple[str, ...] = (
-    "tier",
-    "lifecycle_stage",
-    "rfm_r",
-    "rfm_f",
-    "rfm_m",
-    "rfm_score",
-    "recency_days",
-    "frequency_90d",
-    "monetary_90d",
-)
+LIVE_FIELDS: tuple[str, ...] = OVERLAY_KEYS[2:11]
 SOURCE_LIVE = "live"
 SOURCE_SNAPSHOT = "snapshot"
 
