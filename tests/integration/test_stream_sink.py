@@ -793,3 +793,58 @@ def test_action_parts_are_merged_in_levels(r: redis.Redis, settings: Settings) -
     assert len(names) < 6 and any(n.startswith("part-streamL1-") for n in names), names
     assert _action_keys(settings) == _expected_actions(firings)
     assert wh.vacuum() == []
+
+
+def test_the_rule_workers_actions_reach_the_warehouse_once(
+    ray_local: Any, redis_url: str, settings: Settings
+) -> None:
+    """The whole loop: a cart abandoned 31 minutes ago fires cart_abandoned in a real stream
+    worker, whose outbox entries the real sink (both Ray actors) commits as action rows; the
+    same entry delivered again issues and sinks nothing more."""
+    from jobs.stream import StreamPool
+    from strata.ids import pseudonymise
+    from strata.io.event_log import EventAppender
+    from strata.realtime.stream_config import load_stream_config
+    from tests.conftest import TEST_KEY
+    from tests.support import publish_raw_users
+
+    keys = RealtimeKeys(settings.redis_namespace)
+    publish_raw_users(redis_url, "v1", ["u1", "u2"], TEST_KEY, namespace=settings.redis_namespace)
+    user = pseudonymise("u1", TEST_KEY.encode())
+    now = time.time_ns() // 1_000_000
+    cart = {"event_id": "cart-e2e", "user_id": user, "event_type": "add_to_cart",
+            "category": "fruit", "ts": now - 31 * 60_000, "received_ms": now}  # fmt: skip
+    pool = StreamPool(settings, redis_url, workers=1, sink=True)
+    pool.start()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        appender = EventAppender(redis_url, settings.redis_namespace, load_stream_config())
+        assert appender.append([cart]).accepted == 1
+        appender.close()
+        deadline = time.monotonic() + 90
+        wh = Warehouse(settings.data)
+        while True:
+            assert time.monotonic() < deadline, "no action rows reached the warehouse"
+            if wh.exists():
+                wh.reload()
+                if wh.summary()["actions"]["rows"] >= 2:
+                    break
+            time.sleep(0.25)
+        # the same entry again: decided before by its idempotency key, nothing new to sink
+        r.xadd(keys.stream(partition_of(user, pool.partitions)), {ENTRY_FIELD: encode_event(cart)})
+        time.sleep(8)  # longer than a sink interval
+    finally:
+        pool.stop()
+    wh.reload()
+    rows = wh.read_table("actions").to_pylist()
+    assert sorted(row["action"] for row in rows) == ["coupon", "push"]
+    assert {row["rule"] for row in rows} == {"cart_abandoned"} and rows[0]["user_id"] == user
+    coupon = next(row for row in rows if row["action"] == "coupon")
+    log = [orjson.loads(a) for a in r.lrange(keys.actions(user), 0, -1)]
+    logged = next(a for a in log if a["action"] == "coupon")
+    assert coupon["key"] == logged["key"] and orjson.loads(coupon["params"]) == logged["params"]
+    assert coupon["coupon_id"] == logged["params"]["coupon_id"]
+    assert coupon["value_cny"] == logged["params"]["value_cny"] > 0
+    # the events are sunk too: both entries (a raw re-send bypasses the API's event-id dedupe)
+    assert wh.summary()["events"]["rows"] == 2
+    r.close()
