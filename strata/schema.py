@@ -1,8 +1,11 @@
-"""Arrow schemas of the warehouse: behaviour events and user attributes.
+"""Arrow schemas of the warehouse: behaviour events, user attributes and issued actions.
 
 One events table holds every behaviour the platform tracks; columns that do not apply to an
-event type are null. ``docs/data-model.md`` documents every column. Schema changes bump
-``SCHEMA_VERSION`` (recorded in the warehouse manifest).
+event type are null. The actions table holds every action the trigger rules issued (copied
+from the outbox stream by the warehouse sink). ``docs/data-model.md`` documents every column.
+Changes to a table's columns bump ``SCHEMA_VERSION`` (recorded in the warehouse manifest); a
+new table does not (a manifest written before it existed lists no such table, and readers
+treat it as empty).
 """
 
 from __future__ import annotations
@@ -132,7 +135,31 @@ PII_COLUMNS: frozenset[str] = frozenset(
     }
 )
 
-TABLE_SCHEMAS: dict[str, pa.Schema] = {"events": EVENTS_SCHEMA, "users": USERS_SCHEMA}
+#: Actions the trigger rules issued (coupons, service tasks, gift packs, pushes), one row per
+#: action, as the stream workers wrote them to the outbox. A table added after schema version 1
+#: shipped: a warehouse whose manifest lacks it reads it as empty.
+ACTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.int64(), nullable=False),
+        # when it was issued (event time of the decision: the trigger's ts or the timer's due)
+        pa.field("ts", TIMESTAMP, nullable=False),
+        pa.field("rule", pa.string(), nullable=False),
+        pa.field("action", pa.string(), nullable=False),
+        # idempotency key of (rule, user, trigger instance)
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("params", pa.string()),  # JSON text
+        pa.field("trigger", pa.string()),  # JSON text
+        pa.field("coupon_id", pa.string()),
+        pa.field("value_cny", pa.float64()),  # a coupon's face value, null for other actions
+    ],
+    metadata={"strata.table": "actions", "strata.schema_version": str(SCHEMA_VERSION)},
+)
+
+TABLE_SCHEMAS: dict[str, pa.Schema] = {
+    "events": EVENTS_SCHEMA,
+    "users": USERS_SCHEMA,
+    "actions": ACTIONS_SCHEMA,
+}
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

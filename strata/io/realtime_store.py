@@ -34,11 +34,10 @@ from strata.realtime.model import Firing
 from strata.realtime.stream_config import StreamConfig
 from strata.timeutil import DAY_MS, local_iso
 
-__all__ = ["LeaseLost", "PartitionReader", "RealtimeStore", "action_records"]
+__all__ = ["LeaseLost", "PartitionReader", "RealtimeStore", "action_records", "outbox_records"]
 
 log = logging.getLogger("strata.stream")
 
-_OUTBOX_MAXLEN = 1_000_000
 _DEAD_MAXLEN = 100_000
 
 # KEYS: none. ARGV: prefix "{ns}:rt:", reserve TTL s, then per firing 5 values:
@@ -82,19 +81,30 @@ class LeaseLost(RuntimeError):
 
 
 def action_records(firing: Firing) -> list[bytes]:
-    """The per-user log entries (and outbox payloads) of one firing, one per action."""
+    """The per-user log entries of one firing, one per action: ``{"rule", "action", "params",
+    "key", "issued_at", "trigger"}`` (the shape ``GET /v1/users/{id}/actions`` answers)."""
+    return [orjson.dumps(rec) for rec in _action_dicts(firing)]
+
+
+def outbox_records(firing: Firing) -> list[bytes]:
+    """The outbox payloads of one firing, one per action: a log entry
+    (:func:`action_records`) plus ``user_id`` (pseudonymised) and ``issued_ms`` (epoch ms;
+    ``issued_at`` has whole seconds), for delivery systems and the warehouse's ``actions``."""
+    extra = {"user_id": firing.user_id, "issued_ms": firing.issued_ms}
+    return [orjson.dumps(rec | extra) for rec in _action_dicts(firing)]
+
+
+def _action_dicts(firing: Firing) -> list[dict[str, Any]]:
     issued_at = local_iso(firing.issued_ms)
     return [
-        orjson.dumps(
-            {
-                "rule": firing.rule,
-                "action": spec.action,
-                "params": spec.params,
-                "key": firing.key,
-                "issued_at": issued_at,
-                "trigger": firing.trigger,
-            }
-        )
+        {
+            "rule": firing.rule,
+            "action": spec.action,
+            "params": spec.params,
+            "key": firing.key,
+            "issued_at": issued_at,
+            "trigger": firing.trigger,
+        }
         for spec in firing.actions
     ]
 
@@ -252,10 +262,10 @@ class RealtimeStore:
                 pipe.lpush(log_key, *records)
                 pipe.ltrim(log_key, 0, cfg.action_log_len - 1)
                 pipe.expire(log_key, log_ttl)
-                for rec in records:
-                    pipe.xadd(
-                        keys.outbox, {OUTBOX_FIELD: rec}, maxlen=_OUTBOX_MAXLEN, approximate=True
-                    )
+                # no MAXLEN: the warehouse sink trims the outbox once it has committed the
+                # entries (keeping the last ``outbox_keep`` for delivery systems)
+                for rec in outbox_records(f):
+                    pipe.xadd(keys.outbox, {OUTBOX_FIELD: rec})
             if f.tag is not None:
                 tag, expiry_ms = f.tag
                 tags_key = keys.tags(f.user_id)

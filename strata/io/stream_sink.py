@@ -1,16 +1,18 @@
-"""The warehouse sink of the live event streams: every partition stream into bucketed Parquet.
+"""The warehouse sink of the live streams: partition streams and the outbox into bucketed Parquet.
 
 :class:`StreamSink` is consumer group :data:`~strata.realtime.keys.SINK_GROUP` on every
-partition stream (``{ns}:rt:events:{p}``). It reads entries with XREADGROUP in batches,
-converts the wire events (:mod:`strata.realtime.wire`) to :data:`~strata.schema.EVENTS_SCHEMA`
-rows, buffers them and commits them into the warehouse like an import (one part per touched
-bucket, one atomic manifest replace, ``source="stream"``) every ``sink_interval_s`` seconds or
-``sink_max_rows`` rows.
+partition stream (``{ns}:rt:events:{p}``) and on the outbox (``{ns}:rt:outbox``, the actions
+the rule workers issued). It reads entries with XREADGROUP in batches, converts the wire events
+(:mod:`strata.realtime.wire`) to :data:`~strata.schema.EVENTS_SCHEMA` rows and the outbox's
+actions to :data:`~strata.schema.ACTIONS_SCHEMA` rows, buffers them and commits both into the
+warehouse like an import (one part per touched bucket and table, one atomic manifest replace,
+``source="stream"``) every ``sink_interval_s`` seconds or ``sink_max_rows`` rows.
 
 Exactly once into the warehouse, across crashes:
 
 1. The commit writes, in the same atomic manifest replace as the parts, the last stream entry
-   id of each partition it covers (the *watermark*, ``manifest["stream_watermarks"][ns]``).
+   id of each partition it covers (the *watermark*, ``manifest["stream_watermarks"][ns]``)
+   and the outbox's (``manifest["outbox_watermarks"][ns]``).
 2. Only then are the entries XACKed and the watermark copied to ``{ns}:rt:sink``.
 3. On start the sink first re-reads the group's pending entries (its own, after claiming any
    left by another consumer name) and acks without sinking every entry at or below the
@@ -20,7 +22,8 @@ Exactly once into the warehouse, across crashes:
    Redis restored from an older snapshot that redelivers entries duplicates nothing either.
 
 Entries that fail to decode (not JSON, missing ``user_id``/``event_type``/``ts``, unknown
-fields or event types, values the schema cannot hold) go to the dead-letter stream
+fields or event types, values the schema cannot hold; for the outbox: no ``user_id``, ``rule``,
+``action``, ``key`` or issue time) go to the dead-letter stream
 ``{ns}:rt:dead`` with the reason, acked in the same MULTI, so they are never lost and never
 block the partition. Internal entries (:func:`~strata.realtime.wire.is_internal`) are acked
 and skipped.
@@ -28,9 +31,12 @@ and skipped.
 The sink also trims each partition stream (XTRIM MINID) below the oldest entry any consumer
 group still needs (its oldest pending entry, else the one after its last-delivered id), and
 only once the rule workers' group exists, so ``XLEN`` is the backlog that the API's
-backpressure measures.
+backpressure measures. The outbox is read by delivery systems outside strata too: the sink
+removes only entries at or below its committed outbox watermark, and always keeps the newest
+``outbox_keep`` entries.
 
-Each commit adds a small file to every bucket it touches; the sink merges them in levels
+Each commit adds a small file to every bucket (of each table) it touches; the sink merges them
+in levels
 (``merge_fan_in`` files of one level into one of the next), so files per bucket and the
 manifest stay bounded between two ``strata compact`` runs.
 
@@ -41,6 +47,7 @@ only; on object stores they must not overlap).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import posixpath
 import re
@@ -56,18 +63,23 @@ import pyarrow as pa
 import redis
 
 from strata.io.warehouse import Warehouse, WarehouseError, WriteResult, read_parts
-from strata.realtime.keys import ENTRY_FIELD, SINK_GROUP, WORKER_GROUP, RealtimeKeys
+from strata.realtime.keys import ENTRY_FIELD, OUTBOX_FIELD, SINK_GROUP, WORKER_GROUP, RealtimeKeys
 from strata.realtime.stream_config import StreamConfig
 from strata.realtime.wire import ENVELOPE_KEYS, EVENT_FIELDS, decode_event, is_internal
-from strata.schema import EVENT_TYPES, EVENTS_SCHEMA, conform
+from strata.schema import ACTIONS_SCHEMA, EVENT_TYPES, EVENTS_SCHEMA, conform
+from strata.timeutil import to_epoch_ms
 
 __all__ = [
+    "OUTBOX_WATERMARKS_KEY",
     "WATERMARKS_KEY",
     "SinkStats",
     "StreamId",
     "StreamSink",
+    "action_row",
+    "actions_table",
     "events_table",
     "format_id",
+    "manifest_outbox_watermark",
     "manifest_watermarks",
     "parse_id",
 ]
@@ -76,17 +88,42 @@ log = logging.getLogger(__name__)
 
 #: top-level manifest key: {namespace: {partition: last committed stream entry id}}
 WATERMARKS_KEY = "stream_watermarks"
+#: top-level manifest key: {namespace: last committed outbox entry id}
+OUTBOX_WATERMARKS_KEY = "outbox_watermarks"
 #: a stream entry id as (milliseconds, sequence): ordered like Redis orders them
 StreamId = tuple[int, int]
 #: the wire schema as Arrow reads it: the warehouse's columns with ``ts`` still epoch ms
 _WIRE_SCHEMA = EVENTS_SCHEMA.set(
     EVENTS_SCHEMA.get_field_index("ts"), pa.field("ts", pa.int64(), nullable=False)
 )
+#: the actions schema as Arrow reads the rows of :func:`action_row` (``ts`` epoch ms)
+_ACTIONS_WIRE_SCHEMA = ACTIONS_SCHEMA.set(
+    ACTIONS_SCHEMA.get_field_index("ts"), pa.field("ts", pa.int64(), nullable=False)
+)
 _ALLOWED_KEYS = frozenset(EVENT_FIELDS) | ENVELOPE_KEYS
 _EVENT_TYPES = frozenset(EVENT_TYPES)
 _NO_ID: StreamId = (0, 0)
 _MAX_PAYLOAD = 4096  # bytes of a bad entry kept in its dead letter
 _RETRY_S = 1.0
+_TRIM_PAGE = 10_000  # outbox entries one trim script removes at most (Redis stays responsive)
+#: the file-merging tables (the sink's parts of each are merged separately)
+_SINK_TABLES = ("events", "actions")
+
+# KEYS: the outbox. ARGV: the committed watermark (entries at or below it may go), entries to
+# keep, most entries removed. Removes the oldest entries, none above the watermark, leaving at
+# least ``keep``; returns how many it removed.
+_TRIM_OUTBOX_LUA = """
+local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[2])
+if excess <= 0 then return 0 end
+excess = math.min(excess, tonumber(ARGV[3]))
+local rows = redis.call('XRANGE', KEYS[1], '-', ARGV[1], 'COUNT', excess)
+if #rows == 0 then return 0 end
+local last = rows[#rows][1]
+local dash = string.find(last, '-', 1, true)
+local seq = tonumber(string.sub(last, dash + 1))
+local after = string.sub(last, 1, dash - 1) .. '-' .. string.format('%d', seq + 1)
+return redis.call('XTRIM', KEYS[1], 'MINID', after)
+"""
 #: the sink's part files: ``part-stream-...`` (level 0, one per commit) and
 #: ``part-streamL{k}-...`` (level k: ``merge_fan_in`` parts of level k - 1 merged)
 _PART_RE = re.compile(r"^part-stream(?:L(\d+))?-")
@@ -112,6 +149,78 @@ def manifest_watermarks(manifest: Mapping[str, Any], namespace: str) -> dict[int
     """The sink's committed watermark per partition of ``namespace``, from a manifest."""
     marks = manifest.get(WATERMARKS_KEY, {}).get(namespace, {})
     return {int(p): parse_id(i) for p, i in marks.items()}
+
+
+def manifest_outbox_watermark(manifest: Mapping[str, Any], namespace: str) -> StreamId:
+    """The sink's committed outbox watermark of ``namespace`` (``(0, 0)``: none yet)."""
+    mark = manifest.get(OUTBOX_WATERMARKS_KEY, {}).get(namespace)
+    return parse_id(mark) if mark else _NO_ID
+
+
+def action_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """An outbox payload as a row of :data:`~strata.schema.ACTIONS_SCHEMA` (``ts`` epoch ms).
+
+    The payload is ``{"rule", "action", "params", "key", "issued_at", "trigger", "user_id",
+    "issued_ms"}`` (:func:`strata.io.realtime_store.outbox_records`); ``ts`` is ``issued_ms``,
+    else ``issued_at`` (ISO-8601 with offset). ``params`` and ``trigger`` become JSON text;
+    ``coupon_id`` and ``value_cny`` come from a coupon's params. Keys it does not know are
+    ignored (a newer writer may add some).
+
+    Raises:
+        ValueError: not an object, or a required key is missing or of the wrong type.
+    """
+    if not isinstance(record, Mapping):
+        raise ValueError("outbox entry is not a JSON object")
+    missing = [k for k in ("user_id", "rule", "action", "key") if record.get(k) is None]
+    if record.get("issued_ms") is None and record.get("issued_at") is None:
+        missing.append("issued_at")
+    if missing:
+        raise ValueError(f"outbox entry lacks {missing}")
+    user = record["user_id"]
+    if not isinstance(user, int) or isinstance(user, bool):
+        raise ValueError(f"outbox entry's user_id is not an integer: {user!r}")
+    for k in ("rule", "action", "key"):
+        if not isinstance(record[k], str):
+            raise ValueError(f"outbox entry's {k} is not text: {record[k]!r}")
+    ts = record.get("issued_ms")
+    if ts is None:
+        try:
+            issued = dt.datetime.fromisoformat(str(record["issued_at"]))
+        except ValueError as exc:
+            raise ValueError(f"outbox entry's issued_at is not ISO-8601: {exc}") from None
+        if issued.tzinfo is None:
+            raise ValueError("outbox entry's issued_at has no UTC offset")
+        ts = to_epoch_ms(issued)
+    elif not isinstance(ts, int) or isinstance(ts, bool):
+        raise ValueError(f"outbox entry's issued_ms is not an integer: {ts!r}")
+    params = record.get("params")
+    if params is not None and not isinstance(params, Mapping):
+        raise ValueError("outbox entry's params is not an object")
+    params = params or {}
+    coupon = record["action"] == "coupon"
+    trigger = record.get("trigger")
+    return {
+        "user_id": user,
+        "ts": ts,
+        "rule": record["rule"],
+        "action": record["action"],
+        "key": record["key"],
+        "params": orjson.dumps(params, option=orjson.OPT_SORT_KEYS).decode(),
+        "trigger": None
+        if trigger is None
+        else orjson.dumps(trigger, option=orjson.OPT_SORT_KEYS).decode(),
+        "coupon_id": params.get("coupon_id") if coupon else None,
+        "value_cny": params.get("value_cny") if coupon else None,
+    }
+
+
+def actions_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Rows of :func:`action_row` as warehouse rows (:data:`~strata.schema.ACTIONS_SCHEMA`).
+
+    Raises:
+        pyarrow.ArrowException: a value the schema cannot hold (e.g. text as ``value_cny``).
+    """
+    return conform(pa.Table.from_pylist(list(rows), schema=_ACTIONS_WIRE_SCHEMA), ACTIONS_SCHEMA)
 
 
 def events_table(events: Sequence[Mapping[str, Any]]) -> pa.Table:
@@ -140,20 +249,26 @@ class SinkStats:
 
     #: stream entries read (new and re-read pending ones)
     read: int = 0
-    #: rows buffered for the warehouse
+    #: event rows buffered for the warehouse
     buffered: int = 0
+    #: action rows (from the outbox) buffered for the warehouse
+    actions_buffered: int = 0
     #: internal entries (campaigns) acked and skipped
     internal: int = 0
     #: entries at or below the committed watermark, acked and skipped (already in the warehouse)
     already_committed: int = 0
     #: entries moved to the dead-letter stream
     dead: int = 0
-    #: rows committed into the warehouse
+    #: event rows committed into the warehouse
     committed: int = 0
+    #: action rows committed into the warehouse's ``actions`` table
+    actions_committed: int = 0
     #: warehouse commits
     commits: int = 0
-    #: stream entries removed by trimming
+    #: partition stream entries removed by trimming
     trimmed: int = 0
+    #: outbox entries removed by trimming
+    outbox_trimmed: int = 0
     #: the sink's small part files merged into bigger ones
     merged: int = 0
 
@@ -172,10 +287,14 @@ class _Buffer:
 
     tables: list[pa.Table] = field(default_factory=list)
     rows: int = 0
-    #: partition -> ids to XACK after the commit
-    ack: dict[int, list[bytes]] = field(default_factory=dict)
+    action_tables: list[pa.Table] = field(default_factory=list)
+    action_rows: int = 0
+    #: stream key -> ids to XACK after the commit
+    ack: dict[str, list[bytes]] = field(default_factory=dict)
     #: partition -> highest id handled (the watermark this commit records)
     last: dict[int, StreamId] = field(default_factory=dict)
+    #: the outbox's highest id handled
+    outbox_last: StreamId = _NO_ID
     since: float = 0.0
 
     def __bool__(self) -> bool:
@@ -183,12 +302,14 @@ class _Buffer:
 
 
 class StreamSink:
-    """Copies every partition stream's events into the warehouse, exactly once.
+    """Copies every partition stream's events and the outbox's actions into the warehouse,
+    exactly once.
 
     Args:
         client: a ``redis.Redis`` (``decode_responses=False``) or a ``redis://`` URL.
         data_root: the warehouse's data root (created with ``n_buckets`` when missing).
-        config: stream settings (partitions, batch size, block, sink interval and rows).
+        config: stream settings (partitions, batch size, block, sink interval and rows,
+            outbox entries to keep).
         namespace: Redis key namespace (``Settings.redis_namespace``).
         n_buckets: buckets of a warehouse created here (an existing one keeps its own).
         consumer: this sink's consumer name in the sink group.
@@ -234,7 +355,9 @@ class StreamSink:
         self.partitions = 0
         self._started = False
         self._watermarks: dict[int, StreamId] = {}
+        self._outbox_mark: StreamId = _NO_ID
         self._buffer = _Buffer()
+        self._trim_outbox = self._redis.register_script(_TRIM_OUTBOX_LUA)
         self._last_trim = 0.0
         #: test hook: called after the manifest commit, before the XACK (simulates a crash)
         self.after_commit_hook: Callable[[], None] | None = None
@@ -246,6 +369,7 @@ class StreamSink:
         self.warehouse.open_or_create(self.n_buckets)
         self.warehouse.reload()
         self._watermarks = manifest_watermarks(self.warehouse.manifest, self.namespace)
+        self._outbox_mark = manifest_outbox_watermark(self.warehouse.manifest, self.namespace)
         self._redis.hsetnx(self.keys.layout, "partitions", self.config.partitions)
         self.partitions = int(self._redis.hget(self.keys.layout, "partitions") or 0)
         if self.partitions < 1:
@@ -254,10 +378,14 @@ class StreamSink:
         self._started = True
         return self._recover()
 
+    def _streams(self) -> list[str]:
+        """Every stream the sink reads: the partitions, then the outbox."""
+        return [*(self.keys.stream(p) for p in range(self.partitions)), self.keys.outbox]
+
     def _ensure_groups(self) -> None:
-        for p in range(self.partitions):
-            try:
-                self._redis.xgroup_create(self.keys.stream(p), SINK_GROUP, id="0", mkstream=True)
+        for stream in self._streams():
+            try:  # from the start: the outbox's earlier actions belong in the warehouse too
+                self._redis.xgroup_create(stream, SINK_GROUP, id="0", mkstream=True)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -265,8 +393,7 @@ class StreamSink:
     def _recover(self) -> SinkStats:
         """Claim the group's pending entries and sink (or skip) them in id order."""
         stats = SinkStats()
-        for p in range(self.partitions):
-            stream = self.keys.stream(p)
+        for stream in self._streams():
             cursor: bytes | str = "0-0"
             while True:  # entries left by another consumer name become this one's
                 reply = self._redis.xautoclaim(
@@ -282,8 +409,8 @@ class StreamSink:
                 if not entries:
                     break
                 after = entries[-1][0]
-                stats = stats + self._ingest(p, entries)
-                if self._buffer.rows >= self.config.sink_max_rows:
+                stats = stats + self._ingest(stream, entries)
+                if self._buffer.rows + self._buffer.action_rows >= self.config.sink_max_rows:
                     stats = stats + self.flush()
         if stats.read:
             log.info("stream sink recovered %d pending entries: %s", stats.read, stats.to_json())
@@ -301,9 +428,9 @@ class StreamSink:
         if self._buffer:
             due_s = self._buffer.since + self.config.sink_interval_s - time.monotonic()
             block_ms = max(1, min(block_ms, int(due_s * 1000)))
-        streams = {self.keys.stream(p): ">" for p in range(self.partitions)}
+        streams = dict.fromkeys(self._streams(), ">")
         for stream, entries in self._read(streams, block_ms):
-            stats = stats + self._ingest(self._partition_of_key(stream), entries)
+            stats = stats + self._ingest(_text(stream), entries)
         if self._flush_due():
             stats = stats + self.flush()
         elif time.monotonic() - self._last_trim >= self.config.sink_interval_s:
@@ -344,25 +471,33 @@ class StreamSink:
         )
         return list(reply or [])
 
-    def _partition_of_key(self, stream: bytes | str) -> int:
-        name = stream.decode() if isinstance(stream, bytes) else stream
-        return int(name.rsplit(":", 1)[1])
+    def _partition_of_key(self, stream: str) -> int:
+        return int(stream.rsplit(":", 1)[1])
 
     def _flush_due(self) -> bool:
         if not self._buffer:
             return False
         return (
-            self._buffer.rows >= self.config.sink_max_rows
+            self._buffer.rows + self._buffer.action_rows >= self.config.sink_max_rows
             or time.monotonic() - self._buffer.since >= self.config.sink_interval_s
         )
 
     # ------------------------------------------------------------------ entries
-    def _ingest(self, partition: int, entries: Sequence[tuple[Any, Any]]) -> SinkStats:
-        """Decode one partition's entries (in id order) into the buffer; dead letters go out
-        at once, entries already committed are acked with the next commit."""
+    def _ingest(self, stream: str, entries: Sequence[tuple[Any, Any]]) -> SinkStats:
+        """Decode one stream's entries (in id order) into the buffer; dead letters go out at
+        once, entries already committed are acked with the next commit."""
         stats = SinkStats(read=len(entries))
-        committed = self._watermarks.get(partition, _NO_ID)
-        buffered = self._buffer.last.get(partition, _NO_ID)
+        buf = self._buffer
+        outbox = stream == self.keys.outbox
+        if outbox:
+            partition = -1
+            committed, buffered = self._outbox_mark, buf.outbox_last
+            entry_field = OUTBOX_FIELD
+        else:
+            partition = self._partition_of_key(stream)
+            committed = self._watermarks.get(partition, _NO_ID)
+            buffered = buf.last.get(partition, _NO_ID)
+            entry_field = ENTRY_FIELD
         rows: list[dict[str, Any]] = []
         row_ids: list[bytes] = []
         handled: list[bytes] = []
@@ -382,131 +517,167 @@ class StreamSink:
             if sid <= buffered:
                 continue  # re-read while still buffered (groups recreated): acked at commit
             top = max(top, sid)
-            raw = entry.get(ENTRY_FIELD)
+            raw = entry.get(entry_field)
             try:
                 if raw is None:
-                    raise ValueError(f"entry has no {ENTRY_FIELD.decode()!r} field")
-                event = decode_event(raw)
-                if is_internal(event):
-                    stats.internal += 1
-                    handled.append(entry_id)
-                    continue
-                _check_fields(event)
+                    raise ValueError(f"entry has no {entry_field.decode()!r} field")
+                if outbox:
+                    row = action_row(orjson.loads(raw))
+                else:
+                    row = decode_event(raw)
+                    if is_internal(row):
+                        stats.internal += 1
+                        handled.append(entry_id)
+                        continue
+                    _check_fields(row)
             except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
                 dead.append((entry_id, str(exc), raw or b""))
                 continue
-            rows.append(event)
+            rows.append(row)
             row_ids.append(entry_id)
         if rows:
-            table, bad = self._convert(rows, row_ids)
+            table, bad = self._convert(rows, row_ids, outbox)
             dead.extend(bad)
             bad_ids = {d[0] for d in bad}
             handled.extend(i for i in row_ids if i not in bad_ids)
-            if table.num_rows:
-                self._buffer.tables.append(table)
-                self._buffer.rows += table.num_rows
+            if table.num_rows and outbox:
+                buf.action_tables.append(table)
+                buf.action_rows += table.num_rows
+                stats.actions_buffered += table.num_rows
+            elif table.num_rows:
+                buf.tables.append(table)
+                buf.rows += table.num_rows
                 stats.buffered += table.num_rows
         if dead:
-            self._dead_letter(partition, dead)
+            self._dead_letter(stream, partition, dead)
             stats.dead += len(dead)
         if handled:
-            if not self._buffer:
-                self._buffer.since = time.monotonic()
-            self._buffer.ack.setdefault(partition, []).extend(handled)
+            if not buf:
+                buf.since = time.monotonic()
+            buf.ack.setdefault(stream, []).extend(handled)
         if top > buffered:
-            self._buffer.last[partition] = top
+            if outbox:
+                buf.outbox_last = top
+            else:
+                buf.last[partition] = top
         self.totals = self.totals + stats
         return stats
 
     def _convert(
-        self, rows: list[dict[str, Any]], ids: list[bytes]
+        self, rows: list[dict[str, Any]], ids: list[bytes], actions: bool
     ) -> tuple[pa.Table, list[tuple[bytes, str, bytes]]]:
         """Rows as one table; when the batch does not convert, row by row to find the bad."""
+        to_table, schema = (
+            (actions_table, ACTIONS_SCHEMA) if actions else (events_table, EVENTS_SCHEMA)
+        )
         try:
-            return events_table(rows), []
+            return to_table(rows), []
         except (pa.ArrowException, ValueError, TypeError, OverflowError):
             pass
         good: list[pa.Table] = []
         bad: list[tuple[bytes, str, bytes]] = []
+        name = schema.metadata[b"strata.table"].decode()
         for entry_id, row in zip(ids, rows, strict=True):
             try:
-                good.append(events_table([row]))
+                good.append(to_table([row]))
             except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
-                bad.append((entry_id, f"does not fit the events schema: {exc}", orjson.dumps(row)))
-        table = pa.concat_tables(good) if good else EVENTS_SCHEMA.empty_table()
+                bad.append((entry_id, f"does not fit the {name} schema: {exc}", orjson.dumps(row)))
+        table = pa.concat_tables(good) if good else schema.empty_table()
         return table, bad
 
-    def _dead_letter(self, partition: int, dead: Sequence[tuple[bytes, str, bytes]]) -> None:
-        stream = self.keys.stream(partition)
+    def _dead_letter(
+        self, stream: str, partition: int, dead: Sequence[tuple[bytes, str, bytes]]
+    ) -> None:
+        """Dead letters of one stream (``partition`` -1: the outbox, named by ``stream``)."""
         pipe = self._redis.pipeline(transaction=True)
         for entry_id, reason, payload in dead:
-            log.warning("stream sink: entry %s of partition %d dead-lettered: %s",
-                        entry_id.decode(), partition, reason)  # fmt: skip
-            pipe.xadd(
-                self.keys.dead,
-                {
-                    "id": entry_id,
-                    "partition": partition,
-                    "group": SINK_GROUP,
-                    "reason": reason,
-                    "payload": payload[:_MAX_PAYLOAD],
-                },
-            )
+            log.warning("stream sink: entry %s of %s dead-lettered: %s",
+                        entry_id.decode(), stream, reason)  # fmt: skip
+            letter: dict[Any, Any] = {"id": entry_id}
+            if partition < 0:
+                letter["stream"] = stream
+            else:
+                letter["partition"] = partition
+            letter |= {"group": SINK_GROUP, "reason": reason, "payload": payload[:_MAX_PAYLOAD]}
+            pipe.xadd(self.keys.dead, letter)
         pipe.xack(stream, SINK_GROUP, *[d[0] for d in dead])
         pipe.execute()
 
     # ------------------------------------------------------------------ commit
     def flush(self) -> SinkStats:
-        """Commit the buffered rows with their watermark, then ack them and trim."""
+        """Commit the buffered event and action rows with their watermarks, then ack them,
+        trim and merge small files."""
         stats = SinkStats()
         buf = self._buffer
         if not buf:
             return stats
         marks = {p: max(i, self._watermarks.get(p, _NO_ID)) for p, i in buf.last.items()}
-        if buf.rows:
-            table = pa.concat_tables(buf.tables) if len(buf.tables) > 1 else buf.tables[0]
+        outbox_mark = max(buf.outbox_last, self._outbox_mark)
+        if buf.rows or buf.action_rows:
             write_id = f"stream-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
             self.warehouse.reload()
             try:
-                result = self.warehouse.write_partitioned("events", table, write_id)
+                result = WriteResult()
+                for name, tables in (("events", buf.tables), ("actions", buf.action_tables)):
+                    if tables:
+                        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+                        result.extend(self.warehouse.write_partitioned(name, table, write_id))
                 self.warehouse.commit(
                     result,
                     "stream",
                     info={"write_id": write_id, "namespace": self.namespace},
-                    amend_manifest=lambda m: self._record_watermarks(m, marks),
+                    amend_manifest=lambda m: self._record_watermarks(m, marks, outbox_mark),
                 )
             except Exception:
                 self.warehouse.reload()
-                if not self._covered(
-                    manifest_watermarks(self.warehouse.manifest, self.namespace), marks
+                manifest = self.warehouse.manifest
+                if not (
+                    self._covered(manifest_watermarks(manifest, self.namespace), marks)
+                    and manifest_outbox_watermark(manifest, self.namespace) >= outbox_mark
                 ):
                     raise  # nothing committed: the buffer stays for the next attempt
             stats.committed = buf.rows
+            stats.actions_committed = buf.action_rows
             stats.commits = 1
             self.totals = self.totals + stats
-            buf.tables, buf.rows = [], 0  # committed: if the acks below fail, only they are retried
+            # committed: if the acks below fail, only they are retried
+            buf.tables, buf.rows, buf.action_tables, buf.action_rows = [], 0, [], 0
         self._watermarks.update(marks)
+        self._outbox_mark = outbox_mark
         if self.after_commit_hook is not None:
             self.after_commit_hook()
         pipe = self._redis.pipeline(transaction=False)
-        for p, ids in buf.ack.items():
-            pipe.xack(self.keys.stream(p), SINK_GROUP, *ids)
-        pipe.hset(self.keys.sink, mapping={str(p): format_id(i) for p, i in marks.items()})
+        for stream, ids in buf.ack.items():
+            pipe.xack(stream, SINK_GROUP, *ids)
+        sunk = {str(p): format_id(i) for p, i in marks.items()}
+        if buf.outbox_last > _NO_ID:
+            sunk["outbox"] = format_id(outbox_mark)
+        if sunk:
+            pipe.hset(self.keys.sink, mapping=sunk)  # type: ignore[arg-type]
         pipe.execute()
         self._buffer = _Buffer()
         if stats.commits:
             where = ", ".join(f"p{p}={format_id(i)}" for p, i in sorted(marks.items()))
-            log.info("stream sink committed %d rows (%s)", stats.committed, where)
+            if buf.outbox_last > _NO_ID:
+                where += f"{', ' if where else ''}outbox={format_id(outbox_mark)}"
+            log.info("stream sink committed %d events and %d actions (%s)",
+                     stats.committed, stats.actions_committed, where)  # fmt: skip
         return stats + self.trim() + self.merge_parts()
 
-    def _record_watermarks(self, manifest: dict[str, Any], marks: Mapping[int, StreamId]) -> None:
-        """Merge ``marks`` into the manifest being written (never moving a watermark back)."""
+    def _record_watermarks(
+        self, manifest: dict[str, Any], marks: Mapping[int, StreamId], outbox_mark: StreamId
+    ) -> None:
+        """Merge ``marks`` and the outbox's into the manifest being written (never moving a
+        watermark back)."""
         current = manifest_watermarks(manifest, self.namespace)
         for p, i in marks.items():
             current[p] = max(i, current.get(p, _NO_ID))
         manifest.setdefault(WATERMARKS_KEY, {})[self.namespace] = {
             str(p): format_id(i) for p, i in sorted(current.items())
         }
+        outbox = max(outbox_mark, manifest_outbox_watermark(manifest, self.namespace))
+        if outbox > _NO_ID:
+            manifest.setdefault(OUTBOX_WATERMARKS_KEY, {})[self.namespace] = format_id(outbox)
 
     @staticmethod
     def _covered(have: Mapping[int, StreamId], want: Mapping[int, StreamId]) -> bool:
@@ -516,32 +687,35 @@ class StreamSink:
     def merge_parts(self) -> SinkStats:
         """Merge the sink's small part files, ``merge_fan_in`` of a level into one of the
         next, in a few buckets per call (those with the most parts first): each commit adds
-        a file to every bucket it touches, and files per bucket and the manifest must not
-        grow without bound between two ``strata compact`` runs."""
+        a file to every bucket (of the events and the actions table) it touches, and files
+        per bucket and the manifest must not grow without bound between two ``strata
+        compact`` runs."""
         stats = SinkStats()
         wh = self.warehouse
         wh.reload()
-        due: list[tuple[int, int, int, list[str]]] = []  # (-count, bucket, level, names)
-        for b, entry in wh.manifest["tables"]["events"]["buckets"].items():
-            levels: dict[int, list[str]] = {}
-            for part in entry["parts"] if entry else []:
-                m = _PART_RE.match(part["name"])
-                if m:
-                    levels.setdefault(int(m.group(1) or 0), []).append(part["name"])
-            for level, names in sorted(levels.items()):
-                if len(names) >= self.merge_fan_in:
-                    due.append((-len(names), int(b), level, names[: self.merge_fan_in]))
-                    break
+        # (-count, table, bucket, level, names)
+        due: list[tuple[int, str, int, int, list[str]]] = []
+        for table in _SINK_TABLES:
+            for b, entry in wh.manifest["tables"][table]["buckets"].items():
+                levels: dict[int, list[str]] = {}
+                for part in entry["parts"] if entry else []:
+                    m = _PART_RE.match(part["name"])
+                    if m:
+                        levels.setdefault(int(m.group(1) or 0), []).append(part["name"])
+                for level, names in sorted(levels.items()):
+                    if len(names) >= self.merge_fan_in:
+                        due.append((-len(names), table, int(b), level, names[: self.merge_fan_in]))
+                        break
         # enough merges per call to keep up when every commit touches every bucket
         budget = max(2, 2 * -(-wh.n_buckets // self.merge_fan_in))
-        for _, bucket, level, names in sorted(due)[:budget]:
-            stats.merged += self._merge(bucket, level, names)
+        for _, table, bucket, level, names in sorted(due)[:budget]:
+            stats.merged += self._merge(bucket, level, names, table)
         self.totals = self.totals + stats
         return stats
 
-    def _merge(self, bucket: int, level: int, names: list[str]) -> int:
+    def _merge(self, bucket: int, level: int, names: list[str], table_name: str = "events") -> int:
         wh = self.warehouse
-        folder = wh.bucket_dir("events", bucket)
+        folder = wh.bucket_dir(table_name, bucket)
         paths = [posixpath.join(folder, n) for n in names]
         try:
             table = read_parts(wh.fs, paths)
@@ -549,11 +723,11 @@ class StreamSink:
             log.info("stream sink: not merging bucket %d (%s)", bucket, exc)
             return 0
         write_id = f"streamL{level + 1}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        part = wh.write_bucket("events", bucket, table, write_id, sort=True)
+        part = wh.write_bucket(table_name, bucket, table, write_id, sort=True)
         gone = set(names)
 
         def swap(manifest: dict[str, Any]) -> None:
-            entry = manifest["tables"]["events"]["buckets"][str(bucket)]
+            entry = manifest["tables"][table_name]["buckets"][str(bucket)]
             if not gone <= {p["name"] for p in entry["parts"]}:
                 raise _Superseded
             entry["parts"] = [p for p in entry["parts"] if p["name"] not in gone]
@@ -574,7 +748,8 @@ class StreamSink:
 
     # ------------------------------------------------------------------ trimming
     def trim(self) -> SinkStats:
-        """XTRIM MINID every partition below the oldest entry any group still needs."""
+        """XTRIM MINID every partition below the oldest entry any group still needs; trim the
+        outbox (:meth:`trim_outbox`)."""
         self._last_trim = time.monotonic()
         stats = SinkStats()
         for p in range(self.partitions):
@@ -584,6 +759,22 @@ class StreamSink:
                 stats.trimmed += int(
                     self._redis.xtrim(stream, minid=format_id(minid), approximate=False)
                 )
+        self.totals = self.totals + stats
+        return stats + self.trim_outbox()
+
+    def trim_outbox(self) -> SinkStats:
+        """Remove the oldest outbox entries, only those at or below the committed outbox
+        watermark (delivery systems outside strata read the outbox too, so ``XLEN`` is no
+        measure of what they need), and never below the newest ``outbox_keep``."""
+        stats = SinkStats()
+        if self._outbox_mark == _NO_ID:
+            return stats
+        args: list[str | int] = [format_id(self._outbox_mark), self.config.outbox_keep, _TRIM_PAGE]
+        while True:  # in pages, so Redis answers others in between
+            removed = int(self._trim_outbox(keys=[self.keys.outbox], args=args))
+            stats.outbox_trimmed += removed
+            if removed < _TRIM_PAGE:
+                break
         self.totals = self.totals + stats
         return stats
 

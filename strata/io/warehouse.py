@@ -5,15 +5,18 @@ Layout under the data root::
     warehouse/manifest.json
     warehouse/events/bucket=007/part-<write id>.parquet
     warehouse/users/bucket=007/part-<write id>.parquet
+    warehouse/actions/bucket=007/part-<write id>.parquet
 
 Every user's whole history is in one bucket (``strata.ids.bucket_of``). Writers add new part
 files and then *commit* them into ``manifest.json`` in one atomic replace; readers read only the
 files the manifest lists. So a writer that dies before its commit leaves the warehouse as it
 was (its orphan files are ignored and swept by ``vacuum``), and a reader never sees half an
 append. Compaction rewrites a bucket into one file sorted by ``(user_id, ts)`` and commits the
-swap the same way. Commits (and a compaction from its read to its swap) hold a lock file on a
-local filesystem, so concurrent writers (the stream sink, imports, compaction) keep each
-other's parts; on object stores writers must take turns.
+swap the same way. A manifest written before a table existed (``actions`` was added later)
+reads as if that table were empty, and the next commit adds it. Commits (and a compaction
+from its read to its swap) hold a lock file on a local filesystem, so concurrent writers (the
+stream sink, imports, compaction) keep each other's parts; on object stores writers must take
+turns.
 """
 
 from __future__ import annotations
@@ -42,11 +45,12 @@ from strata.schema import SCHEMA_VERSION, TABLE_SCHEMAS, conform
 MANIFEST = "manifest.json"
 #: lock file that serialises commits of writers sharing a local warehouse
 COMMIT_LOCK = ".commit.lock"
-TABLES = ("events", "users")
+TABLES = ("events", "users", "actions")
 #: Sort keys of a compacted bucket, per table.
 SORT_KEYS: dict[str, list[tuple[str, str]]] = {
     "events": [("user_id", "ascending"), ("ts", "ascending")],
     "users": [("user_id", "ascending")],
+    "actions": [("user_id", "ascending"), ("ts", "ascending")],
 }
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 1}
 
@@ -205,6 +209,9 @@ class Warehouse:
                 f"{self.manifest_path}: schema version {manifest.get('schema_version')} "
                 f"but this strata reads version {SCHEMA_VERSION}"
             )
+        tables = manifest.setdefault("tables", {})
+        for t in TABLES:  # a table added after the manifest was written: empty until committed
+            tables.setdefault(t, {"buckets": {}})
         return manifest
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
@@ -260,7 +267,7 @@ class Warehouse:
         """Write one part file into a bucket (not yet committed).
 
         Args:
-            table_name: ``events`` or ``users``.
+            table_name: one of :data:`TABLES`.
             bucket: the bucket every row belongs to (checked).
             table: rows, conformed to the table's schema here.
             write_id: unique id of this write; becomes the file name.
@@ -306,11 +313,11 @@ class Warehouse:
         user = table.column("user_id").to_numpy()
         buckets = bucket_of(user, self.n_buckets)
         # one stable sort by (bucket, sort keys) instead of a split and then a sort per bucket
-        if table_name == "events":
-            ts = table.column("ts").cast(pa.int64()).to_numpy()
-            order = np.lexsort((ts, user, buckets))
-        else:
-            order = np.lexsort((user, buckets))
+        keys = [
+            user if name == "user_id" else table.column(name).cast(pa.int64()).to_numpy()
+            for name, _ in SORT_KEYS[table_name]
+        ]
+        order = np.lexsort((*reversed(keys), buckets))
         sorted_buckets = buckets[order]
         table = table.take(pa.array(order))
         cuts = np.flatnonzero(np.diff(sorted_buckets)) + 1
@@ -409,7 +416,7 @@ class Warehouse:
         """All committed rows of one bucket (sorted by the table's keys if compacted).
 
         Args:
-            table_name: ``events`` or ``users``.
+            table_name: one of :data:`TABLES`.
             bucket: the bucket.
             columns: columns to read (default: all).
             read_dictionary: string columns to read dictionary-encoded (faster to filter and

@@ -33,6 +33,9 @@ class StreamConfig(StrictModel):
         live_ttl_days: how long a live segment overlay is kept without a newer recompute.
         sink_interval_s: the sink commits to the warehouse at least this often.
         sink_max_rows: ... or when this many rows are buffered.
+        outbox_keep: the sink trims the outbox (``{ns}:rt:outbox``) only below the actions it
+            has committed to the warehouse, and always keeps at least this many of the newest
+            entries for the delivery systems that read it.
         timer_batch: timers taken from a partition's due-queue per round.
     """
 
@@ -51,6 +54,7 @@ class StreamConfig(StrictModel):
     live_ttl_days: int = Field(default=7, ge=1)
     sink_interval_s: float = Field(default=5.0, gt=0)
     sink_max_rows: int = Field(default=200_000, ge=1)
+    outbox_keep: int = Field(default=1_000_000, ge=0)
     timer_batch: int = Field(default=500, ge=1)
 
 

@@ -1,6 +1,8 @@
 """The warehouse sink of the live streams against a real redis-server and real Parquet: rows
 in the right buckets, internal entries skipped, dead letters, crashes before and after the
-commit, trimming that spares the workers' entries, batch imports in between, the Ray actor."""
+commit, trimming that spares the workers' entries, batch imports in between, the Ray actor;
+the outbox's actions into the ``actions`` table exactly once, and outbox trimming that spares
+what is not committed and the newest ``outbox_keep`` entries."""
 
 from __future__ import annotations
 
@@ -10,24 +12,32 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pytest
 import redis
 
 from strata.ids import bucket_of
+from strata.io import stream_sink
+from strata.io.realtime_store import RealtimeStore, action_records, outbox_records
 from strata.io.stream_sink import (
     SinkStats,
     StreamSink,
+    action_row,
     events_table,
     format_id,
+    manifest_outbox_watermark,
     manifest_watermarks,
     parse_id,
 )
 from strata.io.warehouse import Warehouse
-from strata.realtime.keys import ENTRY_FIELD, SINK_GROUP, WORKER_GROUP, RealtimeKeys
+from strata.realtime.engine import coupon_id
+from strata.realtime.keys import ENTRY_FIELD, OUTBOX_FIELD, SINK_GROUP, WORKER_GROUP, RealtimeKeys
+from strata.realtime.model import ActionSpec, Firing, action_key
 from strata.realtime.stream_config import StreamConfig
 from strata.realtime.wire import CAMPAIGN_EVENT, derived_event_id, encode_event, partition_of
 from strata.settings import Settings
+from strata.timeutil import local_iso
 
 pytestmark = pytest.mark.integration
 
@@ -547,3 +557,294 @@ def test_acks_failing_after_the_commit_are_retried_without_a_second_commit(
     assert again.commits == 0 and _pending(r) == 0
     assert _keys_of(_rows(settings)) == _expected(events)
     assert sink.totals.committed == 60 and sink.totals.commits == 1 and sink.totals.read == 60
+
+
+# ------------------------------------------------------------------ the outbox: actions table
+def _firings(n: int, seed: int = 0, users: int = 10, user: int | None = None) -> list[Firing]:
+    """Firings like the rule workers' (a coupon, or a service task and a coupon), of
+    ``users`` random users or of ``user`` only."""
+    rng = np.random.default_rng(seed)
+    ids = [user] if user is not None else list(rng.choice(2**40, size=users, replace=False))
+    out = []
+    for i in range(n):
+        uid = int(ids[i % len(ids)])
+        rule = "cart_abandoned" if i % 2 == 0 else "negative_review"
+        key = action_key(rule, uid, f"e{seed}-{i}")
+        ms = T0_MS + i * 1000 + 123
+        coupon = ActionSpec("coupon", {"coupon_id": coupon_id(key), "value_cny": 5.0 + i % 3,
+                                       "min_spend_cny": 30.0, "category": "fruit",
+                                       "valid_until": local_iso(ms + 7_200_000)})  # fmt: skip
+        task = ActionSpec("service_task", {"queue": "care", "reason": "negative_review"})
+        out.append(
+            Firing(
+                rule=rule, user_id=uid, instance=f"e{seed}-{i}", key=key, tier="potential",
+                issued_ms=ms, day="2025-12-01",
+                actions=[coupon] if rule == "cart_abandoned" else [task, coupon],
+                trigger={"event_id": f"e{seed}-{i}", "event_type": "add_to_cart", "ts": ms - 5},
+            )
+        )  # fmt: skip
+    return out
+
+
+def _issue(r: redis.Redis, firings: list[Firing]) -> None:
+    """Write firings' outbox entries and per-user logs as a rule worker's commit does."""
+    store = RealtimeStore(r, NS, CONFIG)
+    pipe = r.pipeline(transaction=True)
+    store._queue_firings(pipe, firings)
+    pipe.execute()
+
+
+def _action_keys(settings: Settings) -> list[tuple[int, int, str, str]]:
+    d = Warehouse(settings.data).read_table("actions").to_pydict()
+    return sorted(
+        (u, int(t.timestamp() * 1000), k, a)
+        for u, t, k, a in zip(d["user_id"], d["ts"], d["key"], d["action"], strict=True)
+    )
+
+
+def _expected_actions(firings: list[Firing]) -> list[tuple[int, int, str, str]]:
+    return sorted((f.user_id, f.issued_ms, f.key, a.action) for f in firings for a in f.actions)
+
+
+def _outbox_pending(r: redis.Redis) -> int:
+    return int(r.xpending(KEYS.outbox, SINK_GROUP)["pending"])
+
+
+def test_actions_from_the_outbox_land_in_the_actions_table(
+    r: redis.Redis, settings: Settings
+) -> None:
+    firings = _firings(30)
+    _issue(r, firings)
+    events = _events(40, seed=20)
+    _append(r, events)
+    sink = _sink(r, settings)
+    read = _drain(sink)
+    assert read.actions_buffered == 45 and read.buffered == 40 and read.read == 85
+    done = sink.flush()
+    assert done.actions_committed == 45 and done.committed == 40 and done.commits == 1
+
+    wh = Warehouse(settings.data)
+    assert wh.summary()["actions"]["rows"] == 45 and wh.summary()["events"]["rows"] == 40
+    assert (
+        wh.manifest["writes"][-1] | {"actions_rows": 45, "events_rows": 40}
+        == (wh.manifest["writes"][-1])
+    )  # one commit holds both tables
+    assert _action_keys(settings) == _expected_actions(firings)
+    for b in wh.buckets("actions"):
+        t = wh.read_bucket("actions", b, ["user_id"])
+        assert set(bucket_of(t.column("user_id").to_numpy(), wh.n_buckets)) == {b}
+    rows = {(row["key"], row["action"]): row for row in wh.read_table("actions").to_pylist()}
+    for f in firings:
+        for spec in f.actions:
+            row = rows[(f.key, spec.action)]
+            assert row["user_id"] == f.user_id and row["rule"] == f.rule
+            assert int(row["ts"].timestamp() * 1000) == f.issued_ms  # ms kept
+            assert orjson.loads(row["params"]) == spec.params
+            assert orjson.loads(row["trigger"]) == f.trigger
+            if spec.action == "coupon":
+                assert row["coupon_id"] == spec.params["coupon_id"] == coupon_id(f.key)
+                assert row["value_cny"] == spec.params["value_cny"]
+            else:
+                assert row["coupon_id"] is None and row["value_cny"] is None
+    # the watermark in the manifest and in Redis is the outbox's last entry
+    last = parse_id(r.xrevrange(KEYS.outbox, count=1)[0][0])
+    assert manifest_outbox_watermark(wh.manifest, NS) == last
+    assert r.hget(KEYS.sink, "outbox") == format_id(last).encode()
+    assert _outbox_pending(r) == 0 and _pending(r) == 0
+    # the per-user log keeps the API's shape; the outbox entry has the user (and ms) more
+    log = orjson.loads(r.lindex(KEYS.actions(firings[0].user_id), 0))
+    assert set(log) == {"rule", "action", "params", "key", "issued_at", "trigger"}
+    entry = orjson.loads(r.xrange(KEYS.outbox, count=1)[0][1][OUTBOX_FIELD])
+    assert entry == orjson.loads(action_records(firings[0])[0]) | {
+        "user_id": firings[0].user_id,
+        "issued_ms": firings[0].issued_ms,
+    }
+
+
+def test_outbox_crash_after_commit_before_ack_duplicates_no_actions(
+    r: redis.Redis, settings: Settings
+) -> None:
+    firings = _firings(20, seed=1)
+    _issue(r, firings)
+    _append(r, _events(10, seed=21))
+    first = _sink(r, settings)
+    _drain(first)
+
+    def crash() -> None:
+        raise Crash
+
+    first.after_commit_hook = crash
+    with pytest.raises(Crash):
+        first.flush()
+    assert _outbox_pending(r) == 30  # committed but never acked
+    assert _action_keys(settings) == _expected_actions(firings)
+
+    more = _firings(6, seed=2)
+    _issue(r, more)
+    second = _sink(r, settings, consumer="sink-2")  # restarted, even under another name
+    stats = _drain(second)
+    assert stats.already_committed == 30 + 10 and stats.actions_buffered == 9
+    second.flush()
+    assert _action_keys(settings) == _expected_actions(firings + more)
+    assert _outbox_pending(r) == 0
+    # a crash before the commit loses no action either
+    last = _firings(4, seed=3)
+    _issue(r, last)
+    third = _sink(r, settings, consumer="sink-3")
+    assert _drain(third).actions_buffered == 6
+    del third
+    fourth = _sink(r, settings)
+    assert _drain(fourth).actions_buffered == 6
+    fourth.flush()
+    assert _action_keys(settings) == _expected_actions(firings + more + last)
+    assert _outbox_pending(r) == 0
+
+
+def test_bad_outbox_entries_go_to_the_dead_letter_stream(
+    r: redis.Redis, settings: Settings
+) -> None:
+    good = _firings(4, seed=4)
+    _issue(r, good)
+    record = orjson.loads(outbox_records(good[0])[0])
+    bad = {
+        r.xadd(KEYS.outbox, {OUTBOX_FIELD: b"{not json"}): "",
+        r.xadd(KEYS.outbox, {b"x": b"1"}): "no 'a' field",
+        r.xadd(KEYS.outbox, {OUTBOX_FIELD: b"[1, 2]"}): "not a JSON object",
+        r.xadd(KEYS.outbox, {OUTBOX_FIELD: orjson.dumps(record | {"user_id": None})}): "user_id",
+        r.xadd(KEYS.outbox, {OUTBOX_FIELD: orjson.dumps(record | {"user_id": "7"})}): "user_id",
+        r.xadd(KEYS.outbox, {OUTBOX_FIELD: orjson.dumps(record | {"params": {"value_cny": "x"}})}):
+            "actions schema",
+    }  # fmt: skip
+    sink = _sink(r, settings)
+    stats = _drain(sink)
+    assert stats.dead == len(bad) and stats.actions_buffered == 6
+    sink.flush()
+    assert _action_keys(settings) == _expected_actions(good)
+    letters = {e[b"id"]: e for _, e in r.xrange(KEYS.dead)}
+    assert set(letters) == set(bad)
+    for entry_id, needle in bad.items():
+        letter = letters[entry_id]
+        assert needle in letter[b"reason"].decode()
+        assert letter[b"stream"] == KEYS.outbox.encode() and b"partition" not in letter
+    assert _outbox_pending(r) == 0
+
+
+def test_action_rows_from_older_payloads_and_their_errors() -> None:
+    base = {"rule": "festival_eve", "action": "gift_pack", "key": "festival_eve:7:2025-12-24",
+            "params": {"pack": "spring_festival"}, "trigger": None, "user_id": 7}  # fmt: skip
+    row = action_row(base | {"issued_at": "2025-12-23T00:00:00+08:00"})  # no issued_ms
+    assert row["ts"] == T0_MS + 21 * 86_400_000 + 16 * 3_600_000  # 2025-12-22T16:00Z
+    assert row["trigger"] is None and row["coupon_id"] is None and row["value_cny"] is None
+    assert row["params"] == '{"pack":"spring_festival"}'
+    assert action_row(base | {"issued_ms": 5, "issued_at": "junk"})["ts"] == 5
+    for bad, needle in [
+        (base, "issued_at"),
+        (base | {"issued_at": "yesterday"}, "ISO-8601"),
+        (base | {"issued_at": "2025-12-23T00:00:00"}, "UTC offset"),
+        (base | {"issued_ms": 5, "user_id": True}, "user_id"),
+        (base | {"issued_ms": 5.5}, "issued_ms"),
+        (base | {"issued_ms": 5, "rule": 3}, "rule"),
+        (base | {"issued_ms": 5, "params": [1]}, "params"),
+        ({k: v for k, v in base.items() if k != "key"} | {"issued_ms": 5}, "key"),
+    ]:
+        with pytest.raises(ValueError, match=needle):
+            action_row(bad)
+
+
+def test_outbox_trimming_spares_uncommitted_and_the_newest_entries(
+    r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stream_sink, "_TRIM_PAGE", 4)  # several pages per trim
+    config = CONFIG.model_copy(update={"outbox_keep": 5})
+    _issue(r, _firings(20, seed=5))  # 30 outbox entries
+    # a delivery system outside strata reads the outbox with its own group; it decides nothing
+    r.xgroup_create(KEYS.outbox, "delivery", id="0")
+    sink = _sink(r, settings, config=config)
+    _drain(sink)
+    assert sink.trim().outbox_trimmed == 0 and r.xlen(KEYS.outbox) == 30  # nothing committed
+    assert sink.flush().outbox_trimmed == 25  # commit, ack, then trim down to the newest 5
+    newest = [i for i, _ in r.xrevrange(KEYS.outbox, count=5)]
+    assert r.xlen(KEYS.outbox) == 5
+    assert manifest_outbox_watermark(Warehouse(settings.data).manifest, NS) == parse_id(newest[0])
+
+    _issue(r, _firings(6, seed=6))  # 9 entries the sink has not committed: over the 5 to keep
+    assert sink.trim().outbox_trimmed == 5  # only the committed ones go
+    assert r.xlen(KEYS.outbox) == 9
+    _drain(sink)
+    assert sink.trim().outbox_trimmed == 0  # read but not committed yet
+    sink.flush()
+    assert r.xlen(KEYS.outbox) == 5
+    assert Warehouse(settings.data).summary()["actions"]["rows"] == 39
+    assert sink.totals.outbox_trimmed == 34 and sink.totals.trimmed == 0
+
+
+def test_action_parts_are_merged_in_levels(r: redis.Redis, settings: Settings) -> None:
+    sink = _sink(r, settings, merge_fan_in=3)
+    firings: list[Firing] = []
+    for i in range(12):
+        batch = _firings(2, seed=300 + i, user=77)  # one user: one bucket, one part a commit
+        firings += batch
+        _issue(r, batch)
+        _drain(sink)
+        sink.flush()
+    wh = Warehouse(settings.data)
+    (bucket,) = wh.buckets("actions")
+    names = [p["name"] for p in wh.manifest["tables"]["actions"]["buckets"][str(bucket)]["parts"]]
+    assert len(names) < 6 and any(n.startswith("part-streamL1-") for n in names), names
+    assert _action_keys(settings) == _expected_actions(firings)
+    assert wh.vacuum() == []
+
+
+def test_the_rule_workers_actions_reach_the_warehouse_once(
+    ray_local: Any, redis_url: str, settings: Settings
+) -> None:
+    """The whole loop: a cart abandoned 31 minutes ago fires cart_abandoned in a real stream
+    worker, whose outbox entries the real sink (both Ray actors) commits as action rows; the
+    same entry delivered again issues and sinks nothing more."""
+    from jobs.stream import StreamPool
+    from strata.ids import pseudonymise
+    from strata.io.event_log import EventAppender
+    from strata.realtime.stream_config import load_stream_config
+    from tests.conftest import TEST_KEY
+    from tests.support import publish_raw_users
+
+    keys = RealtimeKeys(settings.redis_namespace)
+    publish_raw_users(redis_url, "v1", ["u1", "u2"], TEST_KEY, namespace=settings.redis_namespace)
+    user = pseudonymise("u1", TEST_KEY.encode())
+    now = time.time_ns() // 1_000_000
+    cart = {"event_id": "cart-e2e", "user_id": user, "event_type": "add_to_cart",
+            "category": "fruit", "ts": now - 31 * 60_000, "received_ms": now}  # fmt: skip
+    pool = StreamPool(settings, redis_url, workers=1, sink=True)
+    pool.start()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        appender = EventAppender(redis_url, settings.redis_namespace, load_stream_config())
+        assert appender.append([cart]).accepted == 1
+        appender.close()
+        deadline = time.monotonic() + 90
+        wh = Warehouse(settings.data)
+        while True:
+            assert time.monotonic() < deadline, "no action rows reached the warehouse"
+            if wh.exists():
+                wh.reload()
+                if wh.summary()["actions"]["rows"] >= 2:
+                    break
+            time.sleep(0.25)
+        # the same entry again: decided before by its idempotency key, nothing new to sink
+        r.xadd(keys.stream(partition_of(user, pool.partitions)), {ENTRY_FIELD: encode_event(cart)})
+        time.sleep(8)  # longer than a sink interval
+    finally:
+        pool.stop()
+    wh.reload()
+    rows = wh.read_table("actions").to_pylist()
+    assert sorted(row["action"] for row in rows) == ["coupon", "push"]
+    assert {row["rule"] for row in rows} == {"cart_abandoned"} and rows[0]["user_id"] == user
+    coupon = next(row for row in rows if row["action"] == "coupon")
+    log = [orjson.loads(a) for a in r.lrange(keys.actions(user), 0, -1)]
+    logged = next(a for a in log if a["action"] == "coupon")
+    assert coupon["key"] == logged["key"] and orjson.loads(coupon["params"]) == logged["params"]
+    assert coupon["coupon_id"] == logged["params"]["coupon_id"]
+    assert coupon["value_cny"] == logged["params"]["value_cny"] > 0
+    # the events are sunk too: both entries (a raw re-send bypasses the API's event-id dedupe)
+    assert wh.summary()["events"]["rows"] == 2
+    r.close()

@@ -1,17 +1,23 @@
-"""Warehouse: bucketed parts, atomic manifest commits, compaction, unreadable files."""
+"""Warehouse: bucketed parts, atomic manifest commits, compaction, unreadable files, the
+actions table (and manifests written before it existed)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from typer.testing import CliRunner
 
+from jobs import cli
 from strata.ids import bucket_of, pseudonymise_many
 from strata.io.warehouse import Warehouse, WarehouseError
+from strata.schema import TABLE_SCHEMAS
 
 KEY = b"unit-test-key-0123456789"
+runner = CliRunner()
 
 
 def _events(n_users: int, per_user: int, t0: int = 0) -> pa.Table:
@@ -110,3 +116,84 @@ def test_filesystem_uri(tmp_path: Path) -> None:
     wh.create(2)
     wh.commit(wh.write_partitioned("events", _events(5, 1), "u"), "t")
     assert Warehouse(str(tmp_path)).summary()["events"]["rows"] == 5
+
+
+def _actions(n_users: int, per_user: int) -> pa.Table:
+    ids = pseudonymise_many([f"a{i}" for i in range(n_users)], KEY)
+    n = n_users * per_user
+    rng = np.random.default_rng(1)
+    return pa.table(
+        {
+            "user_id": np.repeat(ids, per_user),
+            "ts": pa.array(rng.integers(0, 10**9, n), pa.timestamp("ms", tz="UTC")),
+            "rule": ["cart_abandoned"] * n,
+            "action": ["coupon"] * n,
+            "key": [f"k{i}" for i in range(n)],
+            "value_cny": np.full(n, 5.0),
+        }
+    )
+
+
+def _drop_actions_table(root: Path) -> None:
+    """Rewrite the manifest as a strata from before the actions table wrote it."""
+    path = root / "warehouse" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["tables"]["actions"]
+    for entry in manifest["writes"]:
+        entry.pop("actions_rows", None)
+    path.write_text(json.dumps(manifest))
+
+
+def test_actions_are_bucketed_and_sorted_by_user_then_time(tmp_path: Path) -> None:
+    wh = Warehouse(str(tmp_path))
+    wh.create(4)
+    wh.commit(wh.write_partitioned("actions", _actions(30, 4), "a"), "stream")
+    for b in wh.buckets("actions"):  # each part is written sorted by (user, ts)
+        part = wh.read_bucket("actions", b, ["user_id", "ts"])
+        keys = list(zip(part["user_id"].to_pylist(), part["ts"].to_pylist(), strict=True))
+        assert keys == sorted(keys) and len(set(part["user_id"].to_pylist())) > 1
+        assert np.all(bucket_of(part["user_id"].to_numpy(), 4) == b)
+    wh.commit(wh.write_partitioned("actions", _actions(30, 1), "b"), "stream")
+    assert wh.summary()["actions"]["rows"] == 150
+    assert wh.manifest["writes"][-1]["actions_rows"] == 30
+    for b in wh.buckets("actions"):
+        part = wh.read_bucket("actions", b, ["user_id", "ts"])
+        wh.compact_bucket("actions", b)
+        assert wh.is_sorted("actions", b)
+        after = wh.read_bucket("actions", b, ["user_id", "ts"])
+        keys = list(zip(after["user_id"].to_pylist(), after["ts"].to_pylist(), strict=True))
+        assert keys == sorted(keys) and len(keys) == part.num_rows
+    table = wh.read_table("actions")
+    assert table.num_rows == 150 and table.schema.field("value_cny").type == pa.float64()
+    assert table.column("params").null_count == 150  # not given: null, not invented
+
+
+def test_a_manifest_from_before_the_actions_table_reads_it_as_empty(tmp_path: Path) -> None:
+    wh = Warehouse(str(tmp_path))
+    wh.create(4)
+    wh.commit(wh.write_partitioned("events", _events(20, 2), "a"), "import")
+    wh.commit(wh.write_partitioned("events", _events(20, 1, t0=7), "b"), "import")
+    _drop_actions_table(tmp_path)
+
+    old = Warehouse(str(tmp_path))
+    assert old.buckets("actions") == [] and old.bucket_files("actions", 0) == []
+    assert old.read_table("actions").schema == TABLE_SCHEMAS["actions"]
+    assert old.read_table("actions").num_rows == 0 and not old.is_sorted("actions", 0)
+    assert old.summary()["actions"] == {
+        "rows": 0, "files": 0, "buckets": 0, "min_ts": None, "max_ts": None
+    }  # fmt: skip
+    assert old.summary()["events"]["rows"] == 60
+    # info and compaction run on it; compaction rewrites the events buckets only
+    info = runner.invoke(cli.app, ["info", "--data", str(tmp_path)])
+    assert info.exit_code == 0, info.output
+    assert "actions rows" in info.output and "events rows" in info.output
+    compact = runner.invoke(cli.app, ["compact", "--data", str(tmp_path)])
+    assert compact.exit_code == 0, compact.output
+    fresh = Warehouse(str(tmp_path))
+    assert all(fresh.is_sorted("events", b) for b in fresh.buckets("events"))
+    assert fresh.summary()["events"]["rows"] == 60 and fresh.vacuum() == []
+    # the first commit of actions adds the table to the manifest
+    fresh.commit(fresh.write_partitioned("actions", _actions(5, 2), "c"), "stream")
+    on_disk = json.loads((tmp_path / "warehouse" / "manifest.json").read_text())
+    assert sum(len(e["parts"]) for e in on_disk["tables"]["actions"]["buckets"].values()) >= 1
+    assert Warehouse(str(tmp_path)).summary()["actions"]["rows"] == 10
