@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -272,8 +273,10 @@ def test_serve_run_with_the_config_in_configs(tmp_path: Path, redis_url: str) ->
 
 
 def test_demo_ends_serving_with_a_working_curl_line(tmp_path: Path) -> None:
-    """`strata demo` (what `make demo` runs), small: it ends with the API up, and the curl
-    line it prints (demo key, a user of the sample) answers that user's segment."""
+    """`strata demo` (what `make demo` runs), small: it ends with the API up and the real-time
+    loop running; the curl line it prints answers that user's segment, and the add-to-cart
+    curl (timestamped 31 minutes ago), run as printed, puts the cart_abandoned coupon in the
+    user's actions at once."""
     import shlex
 
     port = free_port()
@@ -283,14 +286,29 @@ def test_demo_ends_serving_with_a_working_curl_line(tmp_path: Path) -> None:
     cmd = [STRATA, "demo", "--data", str(tmp_path / "data"), "--users", "300", "--days", "14"]
     with _Foreground([*cmd, "--port", str(port)], env) as demo:
         assert demo.ready.wait(200), "the demo did not reach serving:\n" + demo.tail()
-        (curl,) = [line.strip() for line in demo.lines if line.startswith("curl ")]
+        curls = [line.strip() for line in demo.lines if line.startswith("curl ")]
+        (curl,) = [c for c in curls if c.endswith("/segment")]
         words = shlex.split(curl)
         header = words[words.index("-H") + 1]
+        key = header.removeprefix("Authorization: Bearer ")
         url = words[-1]
         assert header.startswith("Authorization: Bearer ") and url.startswith(
             f"http://127.0.0.1:{port}/v1/users/"
         )
-        status, body = _get(url, header.removeprefix("Authorization: Bearer "))
+        status, body = _get(url, key)
         assert status == 200, body
         assert body["found"] is True and body["tier"] and body["version"]
+        (post,) = [c for c in curls if "/v1/events" in c]
+        out = subprocess.run(["bash", "-c", post], capture_output=True, text=True, timeout=30)
+        assert json.loads(out.stdout) == {"accepted": 1, "duplicates": 0}, out
+        actions_url = url.removesuffix("/segment") + "/actions"
+        deadline = time.monotonic() + 60
+        actions: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not actions:
+            status, got = _get(actions_url, key)
+            assert status == 200, got
+            actions = got["actions"]
+            time.sleep(0.5)
+        coupon = next(a for a in actions if a["action"] == "coupon")
+        assert coupon["rule"] == "cart_abandoned" and coupon["params"]["category"] == "fruit"
         assert demo.interrupt() == 0, demo.tail()
