@@ -238,3 +238,29 @@ def test_module_entry_point_short_message_and_debug_traceback(tmp_path: Path) ->
     )  # fmt: skip
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
     assert "WarehouseError: no warehouse at" in debug.stderr
+
+
+# ---------------------------------------------------------------------------- real-time loop
+def test_stream_with_a_malformed_rule_fails_before_redis_and_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobs import stream
+
+    configs = _configs(tmp_path, "triggers", "    cooldown: 24h", "    cooldwn: 24h")
+    monkeypatch.setenv("STRATA_CONFIG_DIR", str(configs))
+
+    def nothing(*_args: object, **_kw: object) -> None:
+        raise AssertionError("Redis or Ray started before the rules were checked")
+
+    monkeypatch.setattr(stream, "redis_session", nothing)
+    monkeypatch.setattr(stream, "ray_session", nothing)
+    result = runner.invoke(cli.app, ["stream", "--data", str(tmp_path / "d")])
+    _user_error(result, "triggers.yaml", "'cooldwn'", "cooldown")
+
+
+def test_campaigns_run_with_a_bad_date_is_a_usage_error(tmp_path: Path) -> None:
+    result = runner.invoke(
+        cli.app, ["campaigns", "run", "--data", str(tmp_path), "--date", "2026-13-01"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "2026-13-01" in result.output and "Traceback" not in result.output
