@@ -20,11 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import typer
 from rich.progress import TaskID
-from strata.io.event_log import EventAppender
 
 from jobs._errors import CommandError, run_command
 from jobs._runtime import console, progress, redis_session, summary_table
 from strata.config import load_calendar
+from strata.io.event_log import EventAppender
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.realtime.stream_config import load_stream_config

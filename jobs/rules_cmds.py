@@ -8,11 +8,11 @@ from typing import Any
 import orjson
 import typer
 from rich.table import Table
-from strata.realtime.stats import rule_stats
 
 from jobs._runtime import console, redis_session
 from strata.io.realtime_store import RealtimeStore
 from strata.realtime.model import SUPPRESSION_REASONS
+from strata.realtime.stats import rule_stats
 from strata.realtime.stream_config import load_stream_config
 from strata.settings import Settings
 
