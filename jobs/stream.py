@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -80,8 +81,7 @@ class StreamPool:
         self.sink_run: Any = None
         self.restarts = 0
         self.started = time.monotonic()
-        self.campaign_day: dt.date | None = dt.datetime.now(LOCAL_TZ).date()
-        self.campaign_runs: list[str] = []
+        self.campaigns = CampaignScheduler(self._run_campaigns)
 
     def start(self) -> None:
         from actors.stream_worker import ACTOR_OPTIONS, StreamWorkerActor
@@ -179,19 +179,52 @@ class StreamPool:
         return totals
 
     def _midnight(self) -> None:
-        today = dt.datetime.now(LOCAL_TZ).date()
-        if self.campaign_day == today:
-            return
-        self.campaign_day = today
+        self.campaigns.tick()
+
+    def _run_campaigns(self, day: dt.date) -> str:
         from jobs.campaigns import run_campaigns
 
+        result = run_campaigns(
+            self.settings, day, redis_url=self.redis_url, config_dir=self.config_dir
+        )
+        return f"{day}: {result.appended} entries"
+
+
+def local_today() -> dt.date:
+    return dt.datetime.now(LOCAL_TZ).date()
+
+
+class CampaignScheduler:
+    """Runs the calendar campaigns once per local date, when the date changes (local
+    midnight) while ``strata stream`` runs; a failed run is logged and the loop goes on (the
+    operator reruns it with ``strata campaigns run``).
+
+    Args:
+        run: runs the campaigns of a date, returns a one-line summary.
+        today: the local date now (a clock for tests).
+    """
+
+    def __init__(
+        self, run: Callable[[dt.date], str], today: Callable[[], dt.date] = local_today
+    ) -> None:
+        self.run = run
+        self.today = today
+        self.day = today()
+        self.runs: list[str] = []
+
+    def tick(self) -> str | None:
+        """Run the new date's campaigns if the date changed since the last tick."""
+        day = self.today()
+        if day == self.day:
+            return None
+        self.day = day
         try:
-            result = run_campaigns(
-                self.settings, today, redis_url=self.redis_url, config_dir=self.config_dir
-            )
-            self.campaign_runs.append(f"{today}: {result.appended} entries")
-        except Exception as exc:  # the loop goes on; the operator can rerun it on demand
-            log.warning("calendar campaigns of %s failed: %s", today, exc)
+            said = self.run(day)
+        except Exception as exc:
+            log.warning("calendar campaigns of %s failed: %s", day, exc)
+            said = f"{day}: failed ({exc})"
+        self.runs.append(said)
+        return said
 
 
 def progress_line(totals: dict[str, Any], elapsed_s: float) -> str:
@@ -258,7 +291,7 @@ def command(
                 ("dead letters", totals.get("dead", 0)),
                 ("rows sunk to the warehouse", totals.get("sunk", 0)),
                 ("worker restarts", pool.restarts),
-                ("campaign runs", ", ".join(pool.campaign_runs) or "-"),
+                ("campaign runs", ", ".join(pool.campaigns.runs) or "-"),
                 ("seconds", round(time.monotonic() - t0, 1)),
             ]
             console.print(summary_table("strata stream", rows))
