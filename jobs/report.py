@@ -151,6 +151,11 @@ def experiment(
     expected = parse_weights(weights) if weights else None
 
     table = read_unit_table(from_file, arm_col, metric_cols, covariate_col)
+    if len(table.arm_names) < 2:
+        raise CommandError(
+            f"{from_file}: column {arm_col!r} has one arm ({table.arm_names[0]}); an experiment "
+            "needs a control and at least one treatment"
+        )
     if control is None:
         control = "control" if "control" in table.arm_names else table.arm_names[0]
     if control not in table.arm_names:

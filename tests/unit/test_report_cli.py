@@ -287,6 +287,9 @@ def test_bad_files_and_missing_from_are_user_errors(tmp_path: Path) -> None:
         _report("--from", str(tmp_path / "u.xlsx"), "--arm-col", "a", "--metric-col", "m"),
         "unknown file type",
     )
+    one = tmp_path / "one.csv"
+    one.write_text("arm,m\na,1\na,2\n")
+    _user_error(_report("--from", str(one), "--arm-col", "arm", "--metric-col", "m"), "one arm")
     text = tmp_path / "text.csv"
     text.write_text("arm,m\na,1\nb,oops\n")
     _user_error(_report("--from", str(text), "--arm-col", "arm", "--metric-col", "m"), "'m'")
