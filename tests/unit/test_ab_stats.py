@@ -10,6 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+# gbstats itself (`make install` puts it in .venv with --no-deps); no skip when it is absent
+import gbstats.frequentist.tests as gb_tests
+import gbstats.models.statistics as gb_stats
+import gbstats.utils as gb_utils
 import numpy as np
 import pytest
 import scipy.stats
@@ -28,10 +32,6 @@ from strata.experiments import (
     two_sided_ttest,
     unit_statistics,
 )
-
-gb_stats = pytest.importorskip("gbstats.models.statistics")
-gb_tests = pytest.importorskip("gbstats.frequentist.tests")
-gb_utils = pytest.importorskip("gbstats.utils")
 
 TOL = 1e-9
 
