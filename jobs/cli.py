@@ -17,6 +17,7 @@ from jobs import (
     ingest,
     keys,
     recompute,
+    report,
     rules_cmds,
     serve,
     stream,
@@ -65,6 +66,7 @@ app.add_typer(keys.app, name="keys", help="API keys of the segment API (stored a
 app.command("stream", help=stream.command.__doc__)(stream.command)
 app.add_typer(campaigns.app, name="campaigns", help="Calendar campaigns (festival rules).")
 app.add_typer(rules_cmds.app, name="rules", help="Trigger rules: what each did.")
+app.add_typer(report.app, name="report", help="Reports: experiments (effects as gbstats).")
 
 
 def main() -> None:

@@ -1,0 +1,194 @@
+"""`strata report experiment`: an experiment's effects per arm and metric, equal to gbstats.
+
+``--from FILE`` analyses an experiment run elsewhere (one row per unit: an arm column and metric
+columns, optionally a pre-exposure covariate for CUPED) with the same engine
+(:func:`strata.experiments.analyse`) as the warehouse-based report.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import orjson
+import typer
+from rich.table import Table
+
+from jobs._errors import CommandError
+from jobs._runtime import console
+from strata.experiments import ExperimentAnalysis, analyse, unit_statistics
+from strata.experiments.analysis import Correction
+from strata.io.unit_table import read_unit_table
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """``"a=0.5,b=0.5"`` -> ``{"a": 0.5, "b": 0.5}``; a malformed item is a CommandError."""
+    weights: dict[str, float] = {}
+    for item in text.split(","):
+        arm, sep, value = item.partition("=")
+        try:
+            w = float(value)
+        except ValueError:
+            w = math.nan
+        if not sep or not arm.strip() or not (w >= 0 and math.isfinite(w)):
+            raise CommandError(
+                f"--weights: {item.strip()!r} is not ARM=WEIGHT with a weight >= 0 "
+                "(e.g. --weights control=0.5,treatment=0.5)"
+            )
+        weights[arm.strip()] = w
+    if sum(weights.values()) <= 0:
+        raise CommandError("--weights: the weights sum to 0")
+    return weights
+
+
+def _num(x: float, pct: bool = False) -> str:
+    if math.isnan(x):
+        return "-"
+    return f"{x:+.1%}" if pct else f"{x:,.4g}"
+
+
+def _p(p: float) -> str:
+    return "<1e-4" if p < 1e-4 else f"{p:.4f}"
+
+
+def arms_table(result: ExperimentAnalysis) -> Table:
+    table = Table(title=f"experiment {result.experiment}: arms", title_justify="left")
+    table.add_column("arm")
+    table.add_column("users", justify="right")
+    metrics = list(result.arms[0].metrics) if result.arms else []
+    for m in metrics:
+        table.add_column(f"{m} mean (sd)", justify="right")
+    for a in result.arms:
+        label = f"{a.arm} (control)" if a.arm == result.control else a.arm
+        table.add_row(
+            label,
+            f"{a.users:,}",
+            *(f"{_num(a.metrics[m].mean)} ({_num(a.metrics[m].stddev)})" for m in metrics),
+        )
+    return table
+
+
+def comparisons_table(result: ExperimentAnalysis) -> Table:
+    kind = "sequential" if result.sequential else "fixed-horizon"
+    table = Table(
+        title=f"effects against {result.control} (Welch t, 95% CI, {kind})", title_justify="left"
+    )
+    table.add_column("arm", no_wrap=True)
+    table.add_column("metric", no_wrap=True)
+    table.add_column("CUPED")
+    for col in ("absolute [95% CI]", "relative [95% CI]", "p", "p BH"):
+        table.add_column(col, justify="right")
+    for c in result.comparisons:
+        a, r = c.absolute, c.relative
+        table.add_row(
+            c.arm,
+            c.metric,
+            "yes" if c.cuped else "no",
+            f"{_num(a.effect)} [{_num(a.ci_low)}, {_num(a.ci_high)}]",
+            f"{_num(r.effect, pct=True)} [{_num(r.ci_low, pct=True)}, {_num(r.ci_high, pct=True)}]",
+            _p(r.p_value),
+            _p(c.relative_p_adjusted),
+        )
+    return table
+
+
+@app.command("experiment")
+def experiment(
+    name: str | None = typer.Argument(
+        None, help="The experiment (optional with --from: the file's stem)."
+    ),
+    from_file: str | None = typer.Option(
+        None,
+        "--from",
+        help="A CSV or Parquet file of one row per unit (an experiment run elsewhere).",
+    ),
+    arm_col: str | None = typer.Option(None, "--arm-col", help="The arm column (with --from)."),
+    metric_cols: list[str] = typer.Option(
+        [], "--metric-col", help="A metric column (repeatable); a 0/1 column is a proportion."
+    ),
+    covariate_col: str | None = typer.Option(
+        None, "--covariate-col", help="Pre-exposure covariate column: CUPED on every metric."
+    ),
+    control: str | None = typer.Option(
+        None,
+        "--control",
+        help="The control arm (default: 'control' if present, else the first arm in sorted order).",
+    ),
+    weights: str | None = typer.Option(
+        None,
+        "--weights",
+        help="Expected split for the SRM check, e.g. a=0.5,b=0.5 (default equal).",
+    ),
+    sequential: bool = typer.Option(
+        False, "--sequential", help="gbstats' sequential test (valid at every look)."
+    ),
+    sequential_tuning: float = typer.Option(
+        5000.0, "--sequential-tuning", help="The sequential test's tuning (expected users)."
+    ),
+    correction: str = typer.Option(
+        "none",
+        "--correction",
+        help="none | bh: --json p-values Benjamini-Hochberg adjusted "
+        "across all comparisons (the table shows both).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the analysis as JSON."),
+) -> None:
+    """Per arm and metric: users, mean, effect against control, 95% CI, p-value (as gbstats)."""
+    if from_file is None:
+        raise CommandError(
+            "strata report experiment: the warehouse-based report is not built yet; analyse a "
+            "file of one row per unit with --from FILE --arm-col A --metric-col M"
+        )
+    if arm_col is None or not metric_cols:
+        raise CommandError("--from needs --arm-col and at least one --metric-col")
+    if correction not in ("none", "bh"):
+        raise CommandError(f"--correction: {correction!r} is not one of none, bh")
+    if sequential and not sequential_tuning > 0:
+        raise CommandError("--sequential-tuning must be > 0")
+    expected = parse_weights(weights) if weights else None
+
+    table = read_unit_table(from_file, arm_col, metric_cols, covariate_col)
+    if len(table.arm_names) < 2:
+        raise CommandError(
+            f"{from_file}: column {arm_col!r} has one arm ({table.arm_names[0]}); an experiment "
+            "needs a control and at least one treatment"
+        )
+    if control is None:
+        control = "control" if "control" in table.arm_names else table.arm_names[0]
+    if control not in table.arm_names:
+        raise CommandError(
+            f"--control {control!r} is not an arm of {from_file}; its arms: "
+            f"{', '.join(table.arm_names)}"
+        )
+    if expected is not None and set(expected) != set(table.arm_names):
+        raise CommandError(
+            f"--weights names arms {', '.join(sorted(expected))}; {from_file} has "
+            f"{', '.join(table.arm_names)}"
+        )
+    stats = unit_statistics(table.arm_codes, table.arm_names, table.metrics, table.covariate)
+    corr: Correction = "bh" if correction == "bh" else "none"
+    result = analyse(
+        stats,
+        control,
+        experiment=name or Path(from_file).name.split(".")[0],
+        weights=expected,
+        sequential_tuning=sequential_tuning if sequential else None,
+        correction=corr,
+    )
+    if as_json:
+        print(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+        for w in result.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        return
+    console.print(arms_table(result))
+    console.print(comparisons_table(result))
+    flag = "  [bold red]MISMATCH[/]" if result.srm_mismatch else ""
+    console.print(
+        f"{table.rows:,} units in {len(table.arm_names)} arms; SRM p-value "
+        f"{result.srm_p_value:.4g}{flag}"
+    )
+    for w in result.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
