@@ -40,6 +40,28 @@ class ApiSetupError(RuntimeError):
     """The API cannot start: missing Redis URL, key, or a bad config."""
 
 
+def load_playbook(
+    config_dir: str | Path | None = None,
+) -> tuple[StrategiesConfig, ExperimentsConfig]:
+    """strategies.yaml and experiments.yaml of ``config_dir`` (none when a file is absent), so
+    ``strata serve`` can refuse a bad one before Ray starts.
+
+    Raises:
+        ConfigError: a file is invalid (names the file and key).
+    """
+    strategy_config = (
+        load_strategies(config_dir)
+        if config_path("strategies", config_dir).exists()
+        else StrategiesConfig()
+    )
+    experiment_config = (
+        load_experiments(config_dir)
+        if config_path("experiments", config_dir).exists()
+        else ExperimentsConfig()
+    )
+    return strategy_config, experiment_config
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -82,6 +104,7 @@ def create_app(
             "no API keys: create one with `strata keys create --data DIR --scope segments:read` "
             "or set STRATA_API_KEYS (hashes only)"
         )
+    strategy_config, experiment_config = load_playbook(config_dir)
     redis_cfg = config.redis
     state = ApiState(
         settings=settings,
@@ -92,12 +115,8 @@ def create_app(
         fallback_rules=load_tier_rules(config_dir),
         stream=stream,
         demo=demo,
-        strategies=load_strategies(config_dir)
-        if config_path("strategies", config_dir).exists()
-        else StrategiesConfig(),
-        experiments=load_experiments(config_dir)
-        if config_path("experiments", config_dir).exists()
-        else ExperimentsConfig(),
+        strategies=strategy_config,
+        experiments=experiment_config,
     )
     redis_url = settings.redis_url
 

@@ -28,7 +28,8 @@ __all__ = ["EXPOSURE_LUA", "AsyncExposureLog", "Exposure", "ExposureLog"]
 
 #: KEYS: the exposures stream, then per exposure (exposed marker, count hash).
 #: ARGV: entry field, marker TTL in seconds (0: none), then per exposure (arm, record JSON).
-#: Returns one 1 (first exposure, logged) or 0 (seen before) per exposure.
+#: Returns one 1 (first exposure, logged) or 0 (seen before) per exposure; a failing XADD
+#: (e.g. a wrong-typed key) removes that exposure's marker again and fails the call.
 EXPOSURE_LUA = """
 local field = ARGV[1]
 local ttl = tonumber(ARGV[2])
@@ -43,8 +44,13 @@ for i = 0, n - 1 do
     ok = redis.call('SET', KEYS[2 + 2 * i], arm, 'NX')
   end
   if ok then
+    local added = redis.pcall('XADD', KEYS[1], '*', field, ARGV[4 + 2 * i])
+    if type(added) == 'table' and added.err then
+      -- a script is not rolled back: take the marker back so a retry logs the exposure
+      redis.call('DEL', KEYS[2 + 2 * i])
+      return added
+    end
     redis.call('HINCRBY', KEYS[3 + 2 * i], arm, 1)
-    redis.call('XADD', KEYS[1], '*', field, ARGV[4 + 2 * i])
     out[i + 1] = 1
   else
     out[i + 1] = 0

@@ -128,14 +128,15 @@ def test_experiment_assign_uses_salt_name_and_holdout() -> None:
         (("tiers: [potential]", "tiers: [vip]"), "experiments.0.target.tiers: unknown tier 'vip'"),
         (("end: 2026-01-31", "end: 2025-01-31"), "is before start"),
         (("primary_metric: conversion", "primary_metric: clicks"), "primary_metric"),
-        (("salt: s1", "salt: s1\n    holdot: 0.1"), "unknown key 'holdot' (did you mean 'holdout'?)"),
+        (("salt: s1", "salt: s1\n    holdot: 0.1"),
+         "unknown key 'holdot' (did you mean 'holdout'?)"),
         (("{name: control, weight: 1}", "{name: holdout, weight: 1}"), "reserved"),
         (("{name: control, weight: 1}", "{name: control, weight: 1, strategies: [x]}"),
          "experiments.0.arms.0.strategies: unknown strategy 'x'"),
     ],
 )  # fmt: skip
 def test_bad_definitions_name_file_and_key(edit: tuple[str, str], message: str) -> None:
-    with pytest.raises(ConfigError, match="experiments.yaml") as err:
+    with pytest.raises(ConfigError, match=r"experiments\.yaml") as err:
         _load(BASE.replace(*edit))
     assert message in str(err.value)
 

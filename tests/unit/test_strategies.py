@@ -143,12 +143,13 @@ strategies:
         (("{tiers: [potential]}", "{stages: [zombie]}"), "unknown stage 'zombie'"),
         (("{tiers: [potential]}", "{}"), "needs at least one of tiers, stages, tags"),
         (("kind: coupon", "kind: lottery"), "strategies.0.actions.0.kind"),
-        (("channel: app_push", "chanel: app_push"), "unknown key 'chanel' (did you mean 'channel'?)"),
+        (("channel: app_push", "chanel: app_push"),
+         "unknown key 'chanel' (did you mean 'channel'?)"),
         (("cost_per_action_cny: 10", "cost_per_action_cny: -1"), "cost_per_action_cny"),
     ],
 )  # fmt: skip
 def test_bad_strategies_name_file_and_key(edit: tuple[str, str], message: str) -> None:
-    with pytest.raises(ConfigError, match="strategies.yaml") as err:
+    with pytest.raises(ConfigError, match=r"strategies\.yaml") as err:
         load_strategies_text(
             BASE.replace(*edit), Path("strategies.yaml"), tier_names=TIERS, rule_names=RULES
         )
