@@ -4,7 +4,8 @@ the running experiments that target them, with their arm.
 The segment is read like GET /v1/users/{id}/segment (snapshot record with the live overlay
 merged in, unexpired dynamic tags), so the answer agrees with the live tier. Serving an
 experiment arm logs the user's first exposure (``source: "serve"``) through
-:class:`strata.io.exposure_log.AsyncExposureLog`; a failure of that write is logged and counted
+:class:`strata.io.exposure_log.AsyncExposureLog`, and answers the arm of that first exposure
+(sticky across weight edits); a failure of that write is logged and counted
 (``strata_api_exposures{result="error"}``) and never fails the lookup.
 """
 
@@ -33,7 +34,12 @@ from strata.io.exposure_log import Exposure
 from strata.io.realtime_reader import LiveState
 from strata.io.segment_reader import READ_ERRORS
 from strata.realtime.live_view import live_tags, merge_live, parse_overlay
-from strata.strategies.resolve import ExperimentMatch, resolve_experiments, resolve_strategies
+from strata.strategies.resolve import (
+    ExperimentMatch,
+    rearm,
+    resolve_experiments,
+    resolve_strategies,
+)
 from strata.timeutil import LOCAL_TZ
 
 log = logging.getLogger("strata.api")
@@ -48,21 +54,24 @@ def local_today(now_ms: int) -> dt.date:
 
 async def _log_exposures(
     state: ApiState, uid: int, matches: list[ExperimentMatch], now_ms: int
-) -> None:
-    """Log first exposures; errors are counted and logged, never raised."""
+) -> list[ExperimentMatch]:
+    """Log first exposures and return the matches with each user's sticky arm (the arm of
+    their first exposure). Errors are counted and logged, never raised: the hashed arms stand.
+    """
     if not matches or state.exposures is None:
-        return
+        return matches
     batch = [Exposure(m.experiment, m.arm, uid, now_ms, "serve") for m in matches]
     try:
         async with asyncio.timeout(state.budget_s):
-            first = await state.exposures.log(batch)
+            logged = await state.exposures.log(batch)
     except READ_ERRORS as exc:
         state.metrics.exposures.labels("error").inc(len(batch))
         log.warning("exposure log failed (%s): the lookup answers anyway", type(exc).__name__)
-        return
-    n_first = sum(first)
+        return matches
+    n_first = sum(x.first for x in logged)
     state.metrics.exposures.labels("first").inc(n_first)
-    state.metrics.exposures.labels("repeat").inc(len(first) - n_first)
+    state.metrics.exposures.labels("repeat").inc(len(logged) - n_first)
+    return [rearm(m, state.experiments, x.arm) for m, x in zip(matches, logged, strict=True)]
 
 
 @router.get(
@@ -92,7 +101,7 @@ async def get_strategies(user_id: UserIdPath, state: State, _key: SegmentsReader
     tags = live_tags(states[0].tags, now_ms)
     strategies = resolve_strategies(merged, tags, uid, state.strategies)
     experiments = resolve_experiments(merged, uid, state.experiments, local_today(now_ms))
-    await _log_exposures(state, uid, experiments, now_ms)
+    experiments = await _log_exposures(state, uid, experiments, now_ms)
     return json_response(
         {
             "user_id": user_id,

@@ -6,7 +6,8 @@ user's first exposure to the experiment), ``HINCRBY {ns}:rt:exposed_count:{exper
 and ``XADD {ns}:rt:exposures * x <json>``. The JSON is the exposure record
 ``{"experiment", "arm", "user_id", "ts", "source"}`` (orjson); the warehouse sink consumes the
 stream into the ``exposures`` table. A second serve of the same user and experiment writes
-nothing, so the stream holds one entry per user and experiment.
+nothing, so the stream holds one entry per user and experiment, and answers the arm first
+served (the marker's value), which keeps users in their arm when the weights are edited.
 
 :class:`ExposureLog` (redis-py; the generator, stream workers, tests) and
 :class:`AsyncExposureLog` (``redis.asyncio``, the API) share the script and its arguments.
@@ -24,11 +25,12 @@ import redis
 from strata.io.segment_reader import fail_fast_client
 from strata.realtime.keys import EXPOSURE_FIELD, RealtimeKeys
 
-__all__ = ["EXPOSURE_LUA", "AsyncExposureLog", "Exposure", "ExposureLog"]
+__all__ = ["EXPOSURE_LUA", "AsyncExposureLog", "Exposure", "ExposureLog", "Logged"]
 
 #: KEYS: the exposures stream, then per exposure (exposed marker, count hash).
 #: ARGV: entry field, marker TTL in seconds (0: none), then per exposure (arm, record JSON).
-#: Returns one 1 (first exposure, logged) or 0 (seen before) per exposure; a failing XADD
+#: Returns per exposure {1, arm} (first exposure, logged) or {0, the arm of the first exposure}
+#: (seen before: the arm stays the one first served, even if the weights changed); a failing XADD
 #: (e.g. a wrong-typed key) removes that exposure's marker again and fails the call.
 EXPOSURE_LUA = """
 local field = ARGV[1]
@@ -51,9 +53,9 @@ for i = 0, n - 1 do
       return added
     end
     redis.call('HINCRBY', KEYS[3 + 2 * i], arm, 1)
-    out[i + 1] = 1
+    out[i + 1] = {1, arm}
   else
-    out[i + 1] = 0
+    out[i + 1] = {0, redis.call('GET', KEYS[2 + 2 * i])}
   end
 end
 return out
@@ -83,6 +85,22 @@ class Exposure:
                 "source": self.source,
             }
         )
+
+
+@dataclass(frozen=True)
+class Logged:
+    """What logging one exposure did: ``first`` (this call logged it) and the user's ``arm``
+    of the experiment as first exposed (sticky: a later weight change does not move it)."""
+
+    first: bool
+    arm: str
+
+
+def _logged(reply: Sequence[Any]) -> list[Logged]:
+    out = []
+    for flag, arm in reply:
+        out.append(Logged(bool(int(flag)), arm.decode() if isinstance(arm, bytes) else str(arm)))
+    return out
 
 
 def _args(
@@ -118,12 +136,13 @@ class ExposureLog:
         self.ttl_s = ttl_s
         self._script = self._redis.register_script(EXPOSURE_LUA)
 
-    def log(self, exposures: Sequence[Exposure]) -> list[bool]:
-        """Log a batch atomically; True for each exposure that was the user's first."""
+    def log(self, exposures: Sequence[Exposure]) -> list[Logged]:
+        """Log a batch atomically; per exposure, whether it was the user's first and the arm
+        of the user's first exposure."""
         if not exposures:
             return []
         keys, argv = _args(self.keys, exposures, self.ttl_s)
-        return [bool(int(v)) for v in self._script(keys=keys, args=argv)]
+        return _logged(self._script(keys=keys, args=argv))
 
     def counts(self, experiment: str) -> dict[str, int]:
         """Users exposed per arm of ``experiment``."""
@@ -160,12 +179,12 @@ class AsyncExposureLog:
         self.ttl_s = ttl_s
         self._script = self._redis.register_script(EXPOSURE_LUA)
 
-    async def log(self, exposures: Sequence[Exposure]) -> list[bool]:
+    async def log(self, exposures: Sequence[Exposure]) -> list[Logged]:
         """Log a batch atomically (see :meth:`ExposureLog.log`)."""
         if not exposures:
             return []
         keys, argv = _args(self.keys, exposures, self.ttl_s)
-        return [bool(int(v)) for v in await self._script(keys=keys, args=argv)]
+        return _logged(await self._script(keys=keys, args=argv))
 
     async def counts_many(self, experiments: Sequence[str]) -> dict[str, dict[str, int]]:
         """Users exposed per arm of each experiment (one pipelined round trip)."""

@@ -13,7 +13,13 @@ from strata.experiments.assignment import HOLDOUT, assign
 from strata.experiments.config import ExperimentsConfig
 from strata.strategies.config import Eligibility, StrategiesConfig, Strategy
 
-__all__ = ["ExperimentMatch", "StrategyMatch", "resolve_experiments", "resolve_strategies"]
+__all__ = [
+    "ExperimentMatch",
+    "StrategyMatch",
+    "rearm",
+    "resolve_experiments",
+    "resolve_strategies",
+]
 
 
 @dataclass(frozen=True)
@@ -165,3 +171,19 @@ def resolve_experiments(
             )
         )
     return out
+
+
+def rearm(match: ExperimentMatch, config: ExperimentsConfig, arm: str) -> ExperimentMatch:
+    """``match`` with the user's arm set to ``arm`` (the arm of their first exposure, when it
+    differs from today's hash after a weight change), its strategies and overrides included."""
+    if arm == match.arm:
+        return match
+    experiment = config.get(match.experiment)
+    definition = experiment.arm(arm) if experiment is not None else None
+    return ExperimentMatch(
+        experiment=match.experiment,
+        arm=arm,
+        reason=match.reason,
+        strategies=list(definition.strategies) if definition else [],
+        overrides=dict(definition.overrides) if definition else {},
+    )

@@ -19,7 +19,7 @@ from api.app import create_app
 from strata.config import CONFIG_DIR
 from strata.experiments.assignment import assign
 from strata.ids import pseudonymise
-from strata.io.exposure_log import Exposure, ExposureLog
+from strata.io.exposure_log import Exposure, ExposureLog, Logged
 from strata.realtime.keys import EXPOSURE_FIELD, RealtimeKeys
 from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
@@ -194,6 +194,18 @@ def test_a_failing_exposure_write_does_not_fail_the_lookup(
     assert [x["user_id"] for x in _exposures(r)] == [_uid(RAW[1])]
 
 
+def test_the_arm_first_served_stays_when_the_hash_would_move(
+    client: TestClient, r: redis.Redis
+) -> None:
+    # as after an edit of the weights: the marker holds another arm than today's hash
+    raw = next(x for x in RAW if _arm(x) == "control")
+    r.set(KEYS.exposed("pcv", _uid(raw)), "coupon_20")
+    (pcv,) = client.get(f"/v1/users/{raw}/strategies", headers=AUTH).json()["experiments"]
+    assert pcv["arm"] == "coupon_20" and pcv["overrides"] == {"coupon_value_cny": 20}
+    assert pcv["strategies"] == []
+    assert _exposures(r) == []  # not a first exposure
+
+
 def test_unknown_users_and_missing_keys(client: TestClient, r: redis.Redis) -> None:
     assert client.get("/v1/users/nobody/strategies", headers=AUTH).status_code == 404
     assert client.get("/v1/users/nobody/strategies").status_code == 401
@@ -205,11 +217,13 @@ def test_exposure_log_batches_and_counts(redis_url: str) -> None:
     log = ExposureLog(redis_url)
     try:
         batch = [Exposure("e1", "a", 7, 1000, "action"), Exposure("e2", "b", 7, 1000)]
-        assert log.log(batch) == [True, True]
+        assert log.log(batch) == [Logged(True, "a"), Logged(True, "b")]
+        # user 7 was first exposed to arm a of e1: it stays in a
         assert log.log([Exposure("e1", "b", 7, 2000), Exposure("e1", "a", 8, 2000)]) == [
-            False,
-            True,
+            Logged(False, "a"),
+            Logged(True, "a"),
         ]
         assert log.counts("e1") == {"a": 2} and log.counts("e2") == {"b": 1}
+        assert log.counts("none") == {}
     finally:
         log.close()
