@@ -13,7 +13,7 @@ from scipy.stats import chi2_contingency
 
 from strata.config import CONFIG_DIR, ConfigError
 from strata.experiments.assignment import HOLDOUT, assign, assign_many, unit_of
-from strata.experiments.config import load_experiments, load_experiments_text
+from strata.experiments.config import ExperimentsConfig, load_experiments, load_experiments_text
 
 TIERS = ["high_value", "potential", "ordinary", "churn_warning"]
 IDS = list(range(1_000_000, 1_100_000))  # 100k ids
@@ -33,7 +33,7 @@ experiments:
 """
 
 
-def _load(text: str, strategies: tuple[str, ...] = ()) -> object:
+def _load(text: str, strategies: tuple[str, ...] = ()) -> ExperimentsConfig:
     return load_experiments_text(
         text, Path("experiments.yaml"), tier_names=TIERS, strategy_names=strategies
     )
@@ -107,7 +107,7 @@ def test_shipped_experiments_load_with_the_example_first() -> None:
 
 
 def test_status_by_local_date() -> None:
-    e = _load(BASE).experiments[0]  # type: ignore[attr-defined]
+    e = _load(BASE).experiments[0]
     assert e.status(dt.date(2025, 12, 31)) == "scheduled"
     assert e.status(dt.date(2026, 1, 1)) == "running"
     assert e.status(dt.date(2026, 1, 31)) == "running"
@@ -115,7 +115,7 @@ def test_status_by_local_date() -> None:
 
 
 def test_experiment_assign_uses_salt_name_and_holdout() -> None:
-    e = _load(BASE.replace("salt: s1", "salt: s1\n    holdout: 0.3")).experiments[0]  # type: ignore[attr-defined]
+    e = _load(BASE.replace("salt: s1", "salt: s1\n    holdout: 0.3")).experiments[0]
     for u in IDS[:200]:
         expected = assign("s1", "exp_a", u, [("control", 1), ("coupon_20", 1)], holdout=0.3)
         assert e.assign(u) == expected
