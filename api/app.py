@@ -14,9 +14,11 @@ from fastapi import Depends, FastAPI
 from api.deps import ApiState, require
 from api.metrics import ApiMetrics
 from api.middleware import RequestMiddleware
-from api.routers import actions, events, health, segments, tiers
+from api.routers import actions, events, experiments, health, segments, strategies, tiers
 from strata.config import config_path
+from strata.experiments.config import ExperimentsConfig, load_experiments
 from strata.io.event_log import AsyncEventAppender
+from strata.io.exposure_log import AsyncExposureLog
 from strata.io.keyfile import load_keyring
 from strata.io.keys import load_pseudonym_key
 from strata.io.realtime_reader import AsyncRealtimeReader
@@ -26,6 +28,7 @@ from strata.serving.apikeys import Scope
 from strata.serving.breaker import CircuitBreaker
 from strata.serving.config import ApiConfig, load_api_config
 from strata.settings import Settings
+from strata.strategies.config import StrategiesConfig, load_strategies
 from strata.tiering.tiers import load_tier_rules
 
 log = logging.getLogger("strata.api")
@@ -35,6 +38,28 @@ API_VERSION = "1.0.0"
 
 class ApiSetupError(RuntimeError):
     """The API cannot start: missing Redis URL, key, or a bad config."""
+
+
+def load_playbook(
+    config_dir: str | Path | None = None,
+) -> tuple[StrategiesConfig, ExperimentsConfig]:
+    """strategies.yaml and experiments.yaml of ``config_dir`` (none when a file is absent), so
+    ``strata serve`` can refuse a bad one before Ray starts.
+
+    Raises:
+        ConfigError: a file is invalid (names the file and key).
+    """
+    strategy_config = (
+        load_strategies(config_dir)
+        if config_path("strategies", config_dir).exists()
+        else StrategiesConfig()
+    )
+    experiment_config = (
+        load_experiments(config_dir)
+        if config_path("experiments", config_dir).exists()
+        else ExperimentsConfig()
+    )
+    return strategy_config, experiment_config
 
 
 def create_app(
@@ -51,8 +76,9 @@ def create_app(
         settings: runtime settings (default: from ``STRATA_*`` env). ``redis_url`` must be set
             (``strata serve`` sets it to the embedded server when none is configured).
         config: API limits (default: configs/api.yaml).
-        config_dir: folder of YAML configs (api.yaml, stream.yaml, and tiers.yaml for
-            snapshots published without their tier rules).
+        config_dir: folder of YAML configs (api.yaml, stream.yaml, strategies.yaml,
+            experiments.yaml, and tiers.yaml for snapshots published without their tier
+            rules). Without strategies.yaml / experiments.yaml there are none.
         stream: live-event settings (default: stream.yaml of ``config_dir``, defaults when
             the folder has none).
         demo: accept the fixed demo key (``strata demo`` only; never in production).
@@ -78,6 +104,7 @@ def create_app(
             "no API keys: create one with `strata keys create --data DIR --scope segments:read` "
             "or set STRATA_API_KEYS (hashes only)"
         )
+    strategy_config, experiment_config = load_playbook(config_dir)
     redis_cfg = config.redis
     state = ApiState(
         settings=settings,
@@ -88,6 +115,8 @@ def create_app(
         fallback_rules=load_tier_rules(config_dir),
         stream=stream,
         demo=demo,
+        strategies=strategy_config,
+        experiments=experiment_config,
     )
     redis_url = settings.redis_url
 
@@ -117,19 +146,28 @@ def create_app(
             connect_timeout_s=timeouts[1],
             max_connections=redis_cfg.max_connections,
         )
+        state.exposures = AsyncExposureLog(
+            redis_url,
+            settings.redis_namespace,
+            timeout_s=timeouts[0],
+            connect_timeout_s=timeouts[1],
+            max_connections=redis_cfg.max_connections,
+        )
         try:
             yield
         finally:
             await state.reader.aclose()
             await state.live.aclose()
             await state.appender.aclose()
-            state.reader = state.live = state.appender = None
+            await state.exposures.aclose()
+            state.reader = state.live = state.appender = state.exposures = None
 
     app = FastAPI(
         title="strata segments API",
         version=API_VERSION,
         summary="Online user segments (tier, lifecycle stage, tags, scores) from Redis, live "
-        "events in, and the actions and rule statistics of the real-time loop.",
+        "events in, the actions and rule statistics of the real-time loop, and the "
+        "strategies and experiment arms that apply to a user.",
         lifespan=lifespan,
         telemetry=None
         if config.opentelemetry
@@ -140,6 +178,8 @@ def create_app(
     app.include_router(tiers.router)
     app.include_router(events.router)
     app.include_router(actions.router)
+    app.include_router(strategies.router)
+    app.include_router(experiments.router)
     app.include_router(health.router)
     metrics_auth = [Depends(require(Scope.ADMIN))] if config.metrics_require_key else []
     app.include_router(health.metrics_router, dependencies=metrics_auth)

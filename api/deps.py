@@ -14,7 +14,9 @@ from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.metrics import ApiMetrics
+from strata.experiments.config import ExperimentsConfig
 from strata.io.event_log import AsyncEventAppender
+from strata.io.exposure_log import AsyncExposureLog
 from strata.io.keyfile import load_keyring
 from strata.io.realtime_reader import AsyncRealtimeReader
 from strata.io.segment_reader import READ_ERRORS, SegmentReader
@@ -23,6 +25,7 @@ from strata.serving.apikeys import KeyRecord, KeyRing, Scope
 from strata.serving.breaker import BreakerState, CircuitBreaker
 from strata.serving.config import ApiConfig
 from strata.settings import Settings
+from strata.strategies.config import StrategiesConfig
 from strata.tiering.tiers import TierRules
 
 log = logging.getLogger("strata.api")
@@ -45,9 +48,12 @@ class ApiState:
     fallback_rules: TierRules
     stream: StreamConfig = field(default_factory=lambda: StreamConfig.model_validate({}))
     demo: bool = False
+    strategies: StrategiesConfig = field(default_factory=StrategiesConfig)
+    experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
     reader: SegmentReader | None = None
     live: AsyncRealtimeReader | None = None
     appender: AsyncEventAppender | None = None
+    exposures: AsyncExposureLog | None = None
     _keyring: KeyRing = field(default_factory=KeyRing)
     _keys_mtime: float | None = None
     _keys_checked: float = 0.0
@@ -166,3 +172,10 @@ def appender_of(state: ApiState) -> AsyncEventAppender:
     if state.appender is None:
         raise _unavailable("the API is starting", 1)
     return state.appender
+
+
+def exposures_of(state: ApiState) -> AsyncExposureLog:
+    """The state's exposure log (created at startup)."""
+    if state.exposures is None:
+        raise _unavailable("the API is starting", 1)
+    return state.exposures

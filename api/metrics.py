@@ -67,6 +67,13 @@ class ApiMetrics:
             ["tier"],
             registry=r,
         )
+        self.exposures = Counter(
+            "strata_api_exposures",
+            "Experiment exposures the strategies lookup logged, by result (first, repeat, "
+            "error: the write failed and the lookup answered anyway).",
+            ["result"],
+            registry=r,
+        )
         self._version: str | None = None
         self.tiers_version: str | None = None
 

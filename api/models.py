@@ -224,3 +224,84 @@ class RulesPublic(BaseModel):
         description="Active rules in the order the workers list them, then inactive rules that "
         "have statistics, by name."
     )
+
+
+# ------------------------------------------------------------ strategies and experiments
+class StrategyActionPublic(BaseModel):
+    kind: str = Field(description="Action kind (coupon, gift_pack, service_callback, ...).")
+    params: dict[str, Any] = Field(description="The action's parameters from strategies.yaml.")
+
+
+class StrategyPublic(BaseModel):
+    name: str
+    description: str
+    applies: bool = Field(description="True when eligible and not in the standing holdout.")
+    reason: str = Field(description="What matched: tier, lifecycle stage or dynamic tag.")
+    eligible: bool = Field(description="Whether the segment record passes the eligibility.")
+    holdout: bool = Field(description="In the strategy's standing holdout (never gets it).")
+    why_not: list[str] = Field(description="What keeps the strategy from the user, if any.")
+    channel: str
+    cost_per_action_cny: float
+    trigger_rules: list[str] = Field(description="Trigger rules of triggers.yaml it enables.")
+    actions: list[StrategyActionPublic]
+
+
+class ExperimentArmPublic(BaseModel):
+    experiment: str
+    arm: str = Field(description="The user's arm, or 'holdout'.")
+    reason: str = Field(description="Why the experiment targets the user.")
+    strategies: list[str] = Field(description="Strategies of the arm (none for the holdout).")
+    overrides: dict[str, Any] = Field(description="Parameter overrides of the arm.")
+
+
+class UserStrategiesPublic(BaseModel):
+    user_id: str
+    version: str = Field(description="Snapshot version the segment was read from.")
+    tier: str
+    lifecycle_stage: str | None
+    dynamic_tags: list[str]
+    source: Literal["snapshot", "live"] = Field(
+        description="'live' when the tier comes from the real-time loop's overlay."
+    )
+    strategies: list[StrategyPublic] = Field(
+        description="Strategies matching the tier, stage or tags, in strategies.yaml order."
+    )
+    experiments: list[ExperimentArmPublic] = Field(
+        description="Running experiments that target the user, with the user's arm."
+    )
+
+
+class ArmDefinitionPublic(BaseModel):
+    name: str
+    weight: float
+    strategies: list[str]
+    overrides: dict[str, Any]
+    exposed: int = Field(description="Users exposed to this arm so far.")
+
+
+class GuardrailPublic(BaseModel):
+    metric: str
+    max: float | None
+    min: float | None
+
+
+class ExperimentPublic(BaseModel):
+    name: str
+    description: str
+    status: Literal["scheduled", "running", "ended"] = Field(
+        description="By today's local date (UTC+8) against start and end (both included)."
+    )
+    target: dict[str, list[str]] = Field(description="Targeted tiers and stages.")
+    arms: list[ArmDefinitionPublic]
+    control: str
+    holdout: float = Field(description="Share of targeted users kept out of every arm.")
+    holdout_exposed: int = Field(description="Holdout users seen so far.")
+    start: str
+    end: str
+    primary_metric: str
+    secondary_metrics: list[str]
+    guardrails: list[GuardrailPublic]
+
+
+class ExperimentsPublic(BaseModel):
+    experiments: list[ExperimentPublic]

@@ -70,7 +70,10 @@ def run_server(
     Raises:
         CommandError: no API key is configured (outside demo mode).
     """
+    from api.app import load_playbook
     from api.deployment import SERVE_ENV, isolated_serve_env, start
+
+    load_playbook()  # a bad strategies.yaml / experiments.yaml stops here, before Ray
 
     if not demo and not len(load_keyring(settings)):
         raise CommandError(

@@ -1,7 +1,8 @@
-"""Experiments: a pure A/B statistics engine over mergeable sufficient statistics.
-
-:mod:`strata.experiments.stats` holds the statistics and tests (equal to gbstats 0.8.0's);
-:func:`analyse` turns per-arm statistics into an experiment's report.
+"""Experiments: definitions (configs/experiments.yaml, :mod:`strata.experiments.config`),
+assignment of users to arms (:mod:`strata.experiments.assignment`), outcomes per exposed user
+(:mod:`strata.experiments.outcomes`) and a pure A/B statistics engine over mergeable
+sufficient statistics: :mod:`strata.experiments.stats` holds the statistics and tests (equal to
+gbstats 0.8.0's); :func:`analyse` turns per-arm statistics into an experiment's report.
 """
 
 from strata.experiments.analysis import (

@@ -22,6 +22,9 @@ campaigns) and reader builds key names here, so all agree. ``ns`` is the namespa
     {ns}:rt:rules                  string  the active rules as JSON [{"name", "kind"}, ...]
     {ns}:rt:sink                   hash    partition -> last stream id committed to the warehouse
     {ns}:rt:workers                hash    partition -> JSON heartbeat of its worker
+    {ns}:rt:exposures              stream  first exposures to experiment arms (field ``x``)
+    {ns}:rt:exposed:{exp}:{user}   string  the arm a user was first exposed to (SET NX)
+    {ns}:rt:exposed_count:{exp}    hash    arm -> users exposed
 
 Key names are built by string concatenation from ids that cannot contain ``:`` where it
 matters (user ids are integers; rule names are ``[a-z0-9_]``; event ids are checked).
@@ -33,7 +36,14 @@ from dataclasses import dataclass
 
 from strata.online.keys import check_namespace
 
-__all__ = ["ENTRY_FIELD", "OUTBOX_FIELD", "SINK_GROUP", "WORKER_GROUP", "RealtimeKeys"]
+__all__ = [
+    "ENTRY_FIELD",
+    "EXPOSURE_FIELD",
+    "OUTBOX_FIELD",
+    "SINK_GROUP",
+    "WORKER_GROUP",
+    "RealtimeKeys",
+]
 
 #: consumer group of the rule workers on every partition stream
 WORKER_GROUP = "workers"
@@ -43,6 +53,8 @@ SINK_GROUP = "sink"
 ENTRY_FIELD = b"e"
 #: the one field of an outbox entry: the action's JSON
 OUTBOX_FIELD = b"a"
+#: the one field of an exposure entry: the exposure's JSON
+EXPOSURE_FIELD = b"x"
 
 
 @dataclass(frozen=True)
@@ -125,3 +137,13 @@ class RealtimeKeys:
     @property
     def workers(self) -> str:
         return self.prefix + "workers"
+
+    @property
+    def exposures(self) -> str:
+        return self.prefix + "exposures"
+
+    def exposed(self, experiment: str, user_id: int) -> str:
+        return f"{self.prefix}exposed:{experiment}:{user_id}"
+
+    def exposed_count(self, experiment: str) -> str:
+        return f"{self.prefix}exposed_count:{experiment}"

@@ -84,12 +84,14 @@ OPERATIONS = [
     ("GET", "/v1/tiers"),
     ("GET", "/v1/users/{user_id}/actions"),
     ("GET", "/v1/rules"),
+    ("GET", "/v1/users/{user_id}/strategies"),
+    ("GET", "/v1/experiments"),
     ("GET", "/healthz"),
     ("GET", "/healthz/ready"),
     ("GET", "/metrics"),
 ]
 
-NO_INPUT = {"/v1/tiers", "/v1/rules", "/healthz", "/healthz/ready", "/metrics"}
+NO_INPUT = {"/v1/tiers", "/v1/rules", "/v1/experiments", "/healthz", "/healthz/ready", "/metrics"}
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
@@ -189,9 +191,12 @@ def test_spec_documents_every_route(api_url: str, tmp_path: Path) -> None:
         "/v1/events",
         "/v1/users/{user_id}/actions",
         "/v1/rules",
+        "/v1/users/{user_id}/strategies",
+        "/v1/experiments",
         "/healthz",
         "/healthz/ready",
         "/metrics",
     }
     names = set(spec["components"]["schemas"])
     assert {"SegmentPublic", "LookupPublic", "ExplainPublic", "TiersPublic"} <= names
+    assert {"UserStrategiesPublic", "ExperimentsPublic"} <= names

@@ -146,6 +146,26 @@ def test_serve_without_api_keys_or_redis_fails_before_ray(
     _user_error(result, "Redis is unreachable", "127.0.0.1")
 
 
+@pytest.mark.parametrize(
+    ("name", "old", "new", "expected"),
+    [
+        ("strategies", "trigger_rules: [visit_streak_3d", "trigger_rules: [visit_streak_9d",
+         "strategies.3.trigger_rules: unknown rule 'visit_streak_9d'"),
+        ("experiments", "control: control", "control: nobody", "experiments.0"),
+    ],
+)  # fmt: skip
+def test_serve_with_a_bad_playbook_fails_before_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, old: str, new: str, expected: str
+) -> None:
+    def no_ray(*_args: object, **_kw: object) -> None:
+        raise AssertionError("Ray started before the inputs were checked")
+
+    monkeypatch.setattr(serve, "ray_session", no_ray)
+    monkeypatch.setenv("STRATA_CONFIG_DIR", str(_configs(tmp_path, name, old, new)))
+    result = runner.invoke(cli.app, ["serve", "--data", str(tmp_path / "d")])
+    _user_error(result, f"{name}.yaml", expected)
+
+
 # ---------------------------------------------------------------------------- keys
 def test_keys_list_with_a_broken_key_file(tmp_path: Path) -> None:
     (tmp_path / "api_keys.json").write_text("[{")
