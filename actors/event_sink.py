@@ -1,10 +1,11 @@
 """EventSinkActor: the warehouse sink of the live streams as a long-running Ray actor.
 
 A thin shell around :class:`strata.io.stream_sink.StreamSink` (the partition streams into the
-``events`` table, the outbox into ``actions``): :meth:`EventSink.run` loops until
-:meth:`EventSink.stop` (the actor runs two calls at once for that). If the actor's process
-dies, Ray restarts it and retries the ``run`` call in flight; the new sink re-reads its pending
-entries and the warehouse watermarks, so the restart neither loses nor duplicates rows.
+``events`` table, the outbox into ``actions``, the exposures stream into ``exposures``):
+:meth:`EventSink.run` loops until :meth:`EventSink.stop` (the actor runs two calls at once
+for that). If the actor's process dies, Ray restarts it and retries the ``run`` call in
+flight; the new sink re-reads its pending entries and the warehouse watermarks, so the restart
+neither loses nor duplicates rows.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""Arrow schemas of the warehouse: behaviour events, user attributes and issued actions.
+"""Arrow schemas of the warehouse: behaviour events, user attributes, issued actions and
+experiment exposures.
 
 One events table holds every behaviour the platform tracks; columns that do not apply to an
 event type are null. The actions table holds every action the trigger rules issued (copied
-from the outbox stream by the warehouse sink). ``docs/data-model.md`` documents every column.
+from the outbox stream by the warehouse sink); the exposures table every user's first exposure
+to an experiment (copied from the exposures stream by the same sink).
+``docs/data-model.md`` documents every column.
 Changes to a table's columns bump ``SCHEMA_VERSION`` (recorded in the warehouse manifest); a
 new table does not (a manifest written before it existed lists no such table, and readers
 treat it as empty).
@@ -155,10 +158,29 @@ ACTIONS_SCHEMA = pa.schema(
     metadata={"strata.table": "actions", "strata.schema_version": str(SCHEMA_VERSION)},
 )
 
+#: Where a first exposure was logged: an answer that showed the user their arm (``serve``) or
+#: an action issued to them under it (``action``).
+EXPOSURE_SOURCES: tuple[str, ...] = ("serve", "action")
+
+#: First exposures to experiments, one row per (experiment, user) as the exposure log wrote
+#: them (Redis dedupes a user's later exposures before they reach the stream). Added after
+#: schema version 1 shipped, like actions: a manifest that lacks it reads it as empty.
+EXPOSURES_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("ts", TIMESTAMP, nullable=False),  # the first exposure's time
+        pa.field("experiment", pa.string(), nullable=False),
+        pa.field("arm", pa.string(), nullable=False),  # an arm's name, or "holdout"
+        pa.field("source", pa.string(), nullable=False),  # one of EXPOSURE_SOURCES
+    ],
+    metadata={"strata.table": "exposures", "strata.schema_version": str(SCHEMA_VERSION)},
+)
+
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "events": EVENTS_SCHEMA,
     "users": USERS_SCHEMA,
     "actions": ACTIONS_SCHEMA,
+    "exposures": EXPOSURES_SCHEMA,
 }
 
 

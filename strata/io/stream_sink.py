@@ -1,18 +1,22 @@
-"""The warehouse sink of the live streams: partition streams and the outbox into bucketed Parquet.
+"""The warehouse sink of the live streams: partition streams, the outbox and the exposures
+stream into bucketed Parquet.
 
 :class:`StreamSink` is consumer group :data:`~strata.realtime.keys.SINK_GROUP` on every
-partition stream (``{ns}:rt:events:{p}``) and on the outbox (``{ns}:rt:outbox``, the actions
-the rule workers issued). It reads entries with XREADGROUP in batches, converts the wire events
-(:mod:`strata.realtime.wire`) to :data:`~strata.schema.EVENTS_SCHEMA` rows and the outbox's
-actions to :data:`~strata.schema.ACTIONS_SCHEMA` rows, buffers them and commits both into the
+partition stream (``{ns}:rt:events:{p}``), on the outbox (``{ns}:rt:outbox``, the actions
+the rule workers issued) and on the exposures stream (``{ns}:rt:exposures``, users' first
+exposures to experiments). It reads entries with XREADGROUP in batches, converts the wire
+events (:mod:`strata.realtime.wire`) to :data:`~strata.schema.EVENTS_SCHEMA` rows, the
+outbox's actions to :data:`~strata.schema.ACTIONS_SCHEMA` rows and the exposures to
+:data:`~strata.schema.EXPOSURES_SCHEMA` rows, buffers them and commits them all into the
 warehouse like an import (one part per touched bucket and table, one atomic manifest replace,
 ``source="stream"``) every ``sink_interval_s`` seconds or ``sink_max_rows`` rows.
 
 Exactly once into the warehouse, across crashes:
 
 1. The commit writes, in the same atomic manifest replace as the parts, the last stream entry
-   id of each partition it covers (the *watermark*, ``manifest["stream_watermarks"][ns]``)
-   and the outbox's (``manifest["outbox_watermarks"][ns]``).
+   id of each partition it covers (the *watermark*, ``manifest["stream_watermarks"][ns]``),
+   the outbox's (``manifest["outbox_watermarks"][ns]``) and the exposures stream's
+   (``manifest["exposure_watermarks"][ns]``).
 2. Only then are the entries XACKed and the watermark copied to ``{ns}:rt:sink``.
 3. On start the sink first re-reads the group's pending entries (its own, after claiming any
    left by another consumer name) and acks without sinking every entry at or below the
@@ -23,7 +27,9 @@ Exactly once into the warehouse, across crashes:
 
 Entries that fail to decode (not JSON, missing ``user_id``/``event_type``/``ts``, unknown
 fields or event types, values the schema cannot hold; for the outbox: no ``user_id``, ``rule``,
-``action``, ``key`` or issue time) go to the dead-letter stream
+``action``, ``key`` or issue time; for exposures: no ``experiment``, ``arm``, ``user_id``,
+``ts`` or a ``source`` other than :data:`~strata.schema.EXPOSURE_SOURCES`) go to the dead-letter
+stream
 ``{ns}:rt:dead`` with the reason, acked in the same MULTI, so they are never lost and never
 block the partition. Internal entries (:func:`~strata.realtime.wire.is_internal`) are acked
 and skipped.
@@ -33,11 +39,12 @@ group still needs (its oldest pending entry, else the one after its last-deliver
 only once the rule workers' group exists, so ``XLEN`` is the backlog that the API's
 backpressure measures. The outbox is read by delivery systems outside strata too: the sink
 removes only entries at or below its committed outbox watermark, and always keeps the newest
-``outbox_keep`` entries.
+``outbox_keep`` entries. The exposures stream has no other reader (the first-exposure markers
+``{ns}:rt:exposed:...`` dedupe, not the stream): the sink removes every entry at or below its
+committed exposures watermark.
 
 Each commit adds a small file to every bucket (of each table) it touches; the sink merges them
-in levels
-(``merge_fan_in`` files of one level into one of the next), so files per bucket and the
+in levels (``merge_fan_in`` files of one level into one of the next), so files per bucket and the
 manifest stay bounded between two ``strata compact`` runs.
 
 One sink per namespace and warehouse. Its commits share the warehouse with imports and
@@ -66,10 +73,19 @@ from strata.io.warehouse import Warehouse, WarehouseError, WriteResult, read_par
 from strata.realtime.keys import ENTRY_FIELD, OUTBOX_FIELD, SINK_GROUP, WORKER_GROUP, RealtimeKeys
 from strata.realtime.stream_config import StreamConfig
 from strata.realtime.wire import ENVELOPE_KEYS, EVENT_FIELDS, decode_event, is_internal
-from strata.schema import ACTIONS_SCHEMA, EVENT_TYPES, EVENTS_SCHEMA, conform
+from strata.schema import (
+    ACTIONS_SCHEMA,
+    EVENT_TYPES,
+    EVENTS_SCHEMA,
+    EXPOSURE_SOURCES,
+    EXPOSURES_SCHEMA,
+    TABLE_SCHEMAS,
+    conform,
+)
 from strata.timeutil import to_epoch_ms
 
 __all__ = [
+    "EXPOSURE_WATERMARKS_KEY",
     "OUTBOX_WATERMARKS_KEY",
     "WATERMARKS_KEY",
     "SinkStats",
@@ -78,7 +94,10 @@ __all__ = [
     "action_row",
     "actions_table",
     "events_table",
+    "exposure_row",
+    "exposures_table",
     "format_id",
+    "manifest_exposure_watermark",
     "manifest_outbox_watermark",
     "manifest_watermarks",
     "parse_id",
@@ -90,6 +109,8 @@ log = logging.getLogger(__name__)
 WATERMARKS_KEY = "stream_watermarks"
 #: top-level manifest key: {namespace: last committed outbox entry id}
 OUTBOX_WATERMARKS_KEY = "outbox_watermarks"
+#: top-level manifest key: {namespace: last committed exposures stream entry id}
+EXPOSURE_WATERMARKS_KEY = "exposure_watermarks"
 #: a stream entry id as (milliseconds, sequence): ordered like Redis orders them
 StreamId = tuple[int, int]
 #: the wire schema as Arrow reads it: the warehouse's columns with ``ts`` still epoch ms
@@ -100,19 +121,26 @@ _WIRE_SCHEMA = EVENTS_SCHEMA.set(
 _ACTIONS_WIRE_SCHEMA = ACTIONS_SCHEMA.set(
     ACTIONS_SCHEMA.get_field_index("ts"), pa.field("ts", pa.int64(), nullable=False)
 )
+#: the exposures schema as Arrow reads the rows of :func:`exposure_row` (``ts`` epoch ms)
+_EXPOSURES_WIRE_SCHEMA = EXPOSURES_SCHEMA.set(
+    EXPOSURES_SCHEMA.get_field_index("ts"), pa.field("ts", pa.int64(), nullable=False)
+)
+#: the one field of an exposures stream entry: the exposure's JSON (the shared contract)
+_EXPOSURE_FIELD = b"x"
+_EXPOSURE_SOURCES = frozenset(EXPOSURE_SOURCES)
 _ALLOWED_KEYS = frozenset(EVENT_FIELDS) | ENVELOPE_KEYS
 _EVENT_TYPES = frozenset(EVENT_TYPES)
 _NO_ID: StreamId = (0, 0)
 _MAX_PAYLOAD = 4096  # bytes of a bad entry kept in its dead letter
 _RETRY_S = 1.0
-_TRIM_PAGE = 10_000  # outbox entries one trim script removes at most (Redis stays responsive)
+_TRIM_PAGE = 10_000  # entries one trim script removes at most (Redis stays responsive)
 #: the file-merging tables (the sink's parts of each are merged separately)
-_SINK_TABLES = ("events", "actions")
+_SINK_TABLES = ("events", "actions", "exposures")
 
-# KEYS: the outbox. ARGV: the committed watermark (entries at or below it may go), entries to
-# keep, most entries removed. Removes the oldest entries, none above the watermark, leaving at
-# least ``keep``; returns how many it removed.
-_TRIM_OUTBOX_LUA = """
+# KEYS: the outbox (or the exposures stream). ARGV: the committed watermark (entries at or
+# below it may go), entries to keep, most entries removed. Removes the oldest entries, none
+# above the watermark, leaving at least ``keep``; returns how many it removed.
+_TRIM_COMMITTED_LUA = """
 local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[2])
 if excess <= 0 then return 0 end
 excess = math.min(excess, tonumber(ARGV[3]))
@@ -127,6 +155,11 @@ return redis.call('XTRIM', KEYS[1], 'MINID', after)
 #: the sink's part files: ``part-stream-...`` (level 0, one per commit) and
 #: ``part-streamL{k}-...`` (level k: ``merge_fan_in`` parts of level k - 1 merged)
 _PART_RE = re.compile(r"^part-stream(?:L(\d+))?-")
+
+
+def _exposures_stream(keys: RealtimeKeys) -> str:
+    """The exposures stream of a namespace (``{ns}:rt:exposures``)."""
+    return f"{keys.prefix}exposures"
 
 
 class _Superseded(Exception):
@@ -154,6 +187,12 @@ def manifest_watermarks(manifest: Mapping[str, Any], namespace: str) -> dict[int
 def manifest_outbox_watermark(manifest: Mapping[str, Any], namespace: str) -> StreamId:
     """The sink's committed outbox watermark of ``namespace`` (``(0, 0)``: none yet)."""
     mark = manifest.get(OUTBOX_WATERMARKS_KEY, {}).get(namespace)
+    return parse_id(mark) if mark else _NO_ID
+
+
+def manifest_exposure_watermark(manifest: Mapping[str, Any], namespace: str) -> StreamId:
+    """The sink's committed exposures stream watermark of ``namespace`` (``(0, 0)``: none)."""
+    mark = manifest.get(EXPOSURE_WATERMARKS_KEY, {}).get(namespace)
     return parse_id(mark) if mark else _NO_ID
 
 
@@ -223,6 +262,52 @@ def actions_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     return conform(pa.Table.from_pylist(list(rows), schema=_ACTIONS_WIRE_SCHEMA), ACTIONS_SCHEMA)
 
 
+def exposure_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """An exposures stream payload as a row of :data:`~strata.schema.EXPOSURES_SCHEMA`.
+
+    The payload is ``{"experiment", "arm", "user_id", "ts", "source"}`` (``user_id`` the
+    pseudonymised id, ``ts`` epoch ms, ``source`` one of
+    :data:`~strata.schema.EXPOSURE_SOURCES`); the row keeps ``ts`` as epoch ms. Keys it does
+    not know are ignored (a newer writer may add some; the table's columns stay fixed).
+
+    Raises:
+        ValueError: not an object, or a required key is missing, empty or of the wrong type.
+    """
+    if not isinstance(record, Mapping):
+        raise ValueError("exposure entry is not a JSON object")
+    missing = [k for k in ("experiment", "arm", "user_id", "ts", "source") if record.get(k) is None]
+    if missing:
+        raise ValueError(f"exposure entry lacks {missing}")
+    for k in ("user_id", "ts"):
+        value = record[k]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"exposure entry's {k} is not an integer: {value!r}")
+    for k in ("experiment", "arm"):
+        if not isinstance(record[k], str) or not record[k]:
+            raise ValueError(f"exposure entry's {k} is not a non-empty text: {record[k]!r}")
+    if record["source"] not in _EXPOSURE_SOURCES:
+        raise ValueError(
+            f"exposure entry's source {record['source']!r} is not one of {list(EXPOSURE_SOURCES)}"
+        )
+    return {
+        "user_id": record["user_id"],
+        "ts": record["ts"],
+        "experiment": record["experiment"],
+        "arm": record["arm"],
+        "source": record["source"],
+    }
+
+
+def exposures_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Rows of :func:`exposure_row` as warehouse rows (:data:`~strata.schema.EXPOSURES_SCHEMA`).
+
+    Raises:
+        pyarrow.ArrowException: a value the schema cannot hold (e.g. a user id over int64).
+    """
+    table = pa.Table.from_pylist(list(rows), schema=_EXPOSURES_WIRE_SCHEMA)
+    return conform(table, EXPOSURES_SCHEMA)
+
+
 def events_table(events: Sequence[Mapping[str, Any]]) -> pa.Table:
     """Decoded wire events as warehouse rows (:data:`~strata.schema.EVENTS_SCHEMA`).
 
@@ -253,6 +338,8 @@ class SinkStats:
     buffered: int = 0
     #: action rows (from the outbox) buffered for the warehouse
     actions_buffered: int = 0
+    #: exposure rows (from the exposures stream) buffered for the warehouse
+    exposures_buffered: int = 0
     #: internal entries (campaigns) acked and skipped
     internal: int = 0
     #: entries at or below the committed watermark, acked and skipped (already in the warehouse)
@@ -263,12 +350,16 @@ class SinkStats:
     committed: int = 0
     #: action rows committed into the warehouse's ``actions`` table
     actions_committed: int = 0
+    #: exposure rows committed into the warehouse's ``exposures`` table
+    exposures_committed: int = 0
     #: warehouse commits
     commits: int = 0
     #: partition stream entries removed by trimming
     trimmed: int = 0
     #: outbox entries removed by trimming
     outbox_trimmed: int = 0
+    #: exposures stream entries removed by trimming
+    exposures_trimmed: int = 0
     #: the sink's small part files merged into bigger ones
     merged: int = 0
 
@@ -280,30 +371,65 @@ class SinkStats:
     def to_json(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def count(self, what: str, table: str, n: int) -> None:
+        """Add ``n`` to the ``what`` (``buffered``/``committed``) counter of ``table``'s rows:
+        ``buffered`` for events, ``actions_buffered`` for actions, and so on."""
+        name = what if table == "events" else f"{table}_{what}"
+        setattr(self, name, getattr(self, name) + n)
+
+
+@dataclass(frozen=True)
+class _Side:
+    """A stream besides the partitions that the sink copies into a table of its own, with a
+    watermark of its own: the outbox into ``actions``, the exposures stream into
+    ``exposures``."""
+
+    #: its field in ``{ns}:rt:sink``, its name in logs, its ``{name}_trimmed`` counter
+    name: str
+    stream: str
+    entry_field: bytes
+    table: str
+    #: top-level manifest key of its committed watermark: ``{namespace: entry id}``
+    manifest_key: str
+    #: a decoded payload as a row (raises ValueError when it cannot be one)
+    to_row: Callable[[Any], dict[str, Any]]
+    #: rows as warehouse rows of ``table``
+    to_table: Callable[[Sequence[Mapping[str, Any]]], pa.Table]
+    #: newest entries trimming always keeps (for readers outside strata)
+    keep: int
+
 
 @dataclass
 class _Buffer:
     """Rows read but not yet committed, and the entry ids to ack after the commit."""
 
-    tables: list[pa.Table] = field(default_factory=list)
-    rows: int = 0
-    action_tables: list[pa.Table] = field(default_factory=list)
-    action_rows: int = 0
+    #: table name -> its buffered rows
+    tables: dict[str, list[pa.Table]] = field(default_factory=dict)
+    #: table name -> how many rows are buffered
+    rows: dict[str, int] = field(default_factory=dict)
     #: stream key -> ids to XACK after the commit
     ack: dict[str, list[bytes]] = field(default_factory=dict)
     #: partition -> highest id handled (the watermark this commit records)
     last: dict[int, StreamId] = field(default_factory=dict)
-    #: the outbox's highest id handled
-    outbox_last: StreamId = _NO_ID
+    #: side stream name -> its highest id handled
+    side_last: dict[str, StreamId] = field(default_factory=dict)
     since: float = 0.0
+
+    def add(self, table_name: str, table: pa.Table) -> None:
+        self.tables.setdefault(table_name, []).append(table)
+        self.rows[table_name] = self.rows.get(table_name, 0) + table.num_rows
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
 
     def __bool__(self) -> bool:
         return bool(self.ack)
 
 
 class StreamSink:
-    """Copies every partition stream's events and the outbox's actions into the warehouse,
-    exactly once.
+    """Copies every partition stream's events, the outbox's actions and the exposures
+    stream's first exposures into the warehouse, exactly once.
 
     Args:
         client: a ``redis.Redis`` (``decode_responses=False``) or a ``redis://`` URL.
@@ -355,9 +481,17 @@ class StreamSink:
         self.partitions = 0
         self._started = False
         self._watermarks: dict[int, StreamId] = {}
-        self._outbox_mark: StreamId = _NO_ID
+        self._sides = (
+            _Side("outbox", self.keys.outbox, OUTBOX_FIELD, "actions", OUTBOX_WATERMARKS_KEY,
+                  action_row, actions_table, config.outbox_keep),
+            _Side("exposures", _exposures_stream(self.keys), _EXPOSURE_FIELD, "exposures",
+                  EXPOSURE_WATERMARKS_KEY, exposure_row, exposures_table, 0),
+        )  # fmt: skip
+        self._side_of = {side.stream: side for side in self._sides}
+        #: side stream name -> its committed watermark
+        self._side_marks: dict[str, StreamId] = {}
         self._buffer = _Buffer()
-        self._trim_outbox = self._redis.register_script(_TRIM_OUTBOX_LUA)
+        self._trim_committed = self._redis.register_script(_TRIM_COMMITTED_LUA)
         self._last_trim = 0.0
         #: test hook: called after the manifest commit, before the XACK (simulates a crash)
         self.after_commit_hook: Callable[[], None] | None = None
@@ -369,7 +503,9 @@ class StreamSink:
         self.warehouse.open_or_create(self.n_buckets)
         self.warehouse.reload()
         self._watermarks = manifest_watermarks(self.warehouse.manifest, self.namespace)
-        self._outbox_mark = manifest_outbox_watermark(self.warehouse.manifest, self.namespace)
+        self._side_marks = {
+            side.name: self._manifest_mark(self.warehouse.manifest, side) for side in self._sides
+        }
         self._redis.hsetnx(self.keys.layout, "partitions", self.config.partitions)
         self.partitions = int(self._redis.hget(self.keys.layout, "partitions") or 0)
         if self.partitions < 1:
@@ -379,12 +515,18 @@ class StreamSink:
         return self._recover()
 
     def _streams(self) -> list[str]:
-        """Every stream the sink reads: the partitions, then the outbox."""
-        return [*(self.keys.stream(p) for p in range(self.partitions)), self.keys.outbox]
+        """Every stream the sink reads: the partitions, then the outbox and the exposures."""
+        partitions = (self.keys.stream(p) for p in range(self.partitions))
+        return [*partitions, *(side.stream for side in self._sides)]
+
+    def _manifest_mark(self, manifest: Mapping[str, Any], side: _Side) -> StreamId:
+        """``side``'s committed watermark in ``manifest`` (``(0, 0)``: none yet)."""
+        mark = manifest.get(side.manifest_key, {}).get(self.namespace)
+        return parse_id(mark) if mark else _NO_ID
 
     def _ensure_groups(self) -> None:
         for stream in self._streams():
-            try:  # from the start: the outbox's earlier actions belong in the warehouse too
+            try:  # from the start: the outbox's (exposures') earlier entries belong there too
                 self._redis.xgroup_create(stream, SINK_GROUP, id="0", mkstream=True)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
@@ -410,7 +552,7 @@ class StreamSink:
                     break
                 after = entries[-1][0]
                 stats = stats + self._ingest(stream, entries)
-                if self._buffer.rows + self._buffer.action_rows >= self.config.sink_max_rows:
+                if self._buffer.total_rows >= self.config.sink_max_rows:
                     stats = stats + self.flush()
         if stats.read:
             log.info("stream sink recovered %d pending entries: %s", stats.read, stats.to_json())
@@ -478,7 +620,7 @@ class StreamSink:
         if not self._buffer:
             return False
         return (
-            self._buffer.rows + self._buffer.action_rows >= self.config.sink_max_rows
+            self._buffer.total_rows >= self.config.sink_max_rows
             or time.monotonic() - self._buffer.since >= self.config.sink_interval_s
         )
 
@@ -488,11 +630,12 @@ class StreamSink:
         once, entries already committed are acked with the next commit."""
         stats = SinkStats(read=len(entries))
         buf = self._buffer
-        outbox = stream == self.keys.outbox
-        if outbox:
+        side = self._side_of.get(stream)
+        if side is not None:
             partition = -1
-            committed, buffered = self._outbox_mark, buf.outbox_last
-            entry_field = OUTBOX_FIELD
+            committed = self._side_marks.get(side.name, _NO_ID)
+            buffered = buf.side_last.get(side.name, _NO_ID)
+            entry_field = side.entry_field
         else:
             partition = self._partition_of_key(stream)
             committed = self._watermarks.get(partition, _NO_ID)
@@ -521,8 +664,8 @@ class StreamSink:
             try:
                 if raw is None:
                     raise ValueError(f"entry has no {entry_field.decode()!r} field")
-                if outbox:
-                    row = action_row(orjson.loads(raw))
+                if side is not None:
+                    row = side.to_row(orjson.loads(raw))
                 else:
                     row = decode_event(raw)
                     if is_internal(row):
@@ -536,18 +679,15 @@ class StreamSink:
             rows.append(row)
             row_ids.append(entry_id)
         if rows:
-            table, bad = self._convert(rows, row_ids, outbox)
+            table_name = "events" if side is None else side.table
+            to_table = events_table if side is None else side.to_table
+            table, bad = self._convert(rows, row_ids, table_name, to_table)
             dead.extend(bad)
             bad_ids = {d[0] for d in bad}
             handled.extend(i for i in row_ids if i not in bad_ids)
-            if table.num_rows and outbox:
-                buf.action_tables.append(table)
-                buf.action_rows += table.num_rows
-                stats.actions_buffered += table.num_rows
-            elif table.num_rows:
-                buf.tables.append(table)
-                buf.rows += table.num_rows
-                stats.buffered += table.num_rows
+            if table.num_rows:
+                buf.add(table_name, table)
+                stats.count("buffered", table_name, table.num_rows)
         if dead:
             self._dead_letter(stream, partition, dead)
             stats.dead += len(dead)
@@ -556,39 +696,41 @@ class StreamSink:
                 buf.since = time.monotonic()
             buf.ack.setdefault(stream, []).extend(handled)
         if top > buffered:
-            if outbox:
-                buf.outbox_last = top
+            if side is not None:
+                buf.side_last[side.name] = top
             else:
                 buf.last[partition] = top
         self.totals = self.totals + stats
         return stats
 
     def _convert(
-        self, rows: list[dict[str, Any]], ids: list[bytes], actions: bool
+        self,
+        rows: list[dict[str, Any]],
+        ids: list[bytes],
+        table_name: str,
+        to_table: Callable[[Sequence[Mapping[str, Any]]], pa.Table],
     ) -> tuple[pa.Table, list[tuple[bytes, str, bytes]]]:
-        """Rows as one table; when the batch does not convert, row by row to find the bad."""
-        to_table, schema = (
-            (actions_table, ACTIONS_SCHEMA) if actions else (events_table, EVENTS_SCHEMA)
-        )
+        """Rows as one table of ``table_name``; when the batch does not convert, row by row to
+        find the bad."""
         try:
             return to_table(rows), []
         except (pa.ArrowException, ValueError, TypeError, OverflowError):
             pass
         good: list[pa.Table] = []
         bad: list[tuple[bytes, str, bytes]] = []
-        name = schema.metadata[b"strata.table"].decode()
         for entry_id, row in zip(ids, rows, strict=True):
             try:
                 good.append(to_table([row]))
             except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
-                bad.append((entry_id, f"does not fit the {name} schema: {exc}", orjson.dumps(row)))
-        table = pa.concat_tables(good) if good else schema.empty_table()
+                reason = f"does not fit the {table_name} schema: {exc}"
+                bad.append((entry_id, reason, orjson.dumps(row)))
+        table = pa.concat_tables(good) if good else TABLE_SCHEMAS[table_name].empty_table()
         return table, bad
 
     def _dead_letter(
         self, stream: str, partition: int, dead: Sequence[tuple[bytes, str, bytes]]
     ) -> None:
-        """Dead letters of one stream (``partition`` -1: the outbox, named by ``stream``)."""
+        """Dead letters of one stream (``partition`` -1: a side stream, named by ``stream``)."""
         pipe = self._redis.pipeline(transaction=True)
         for entry_id, reason, payload in dead:
             log.warning("stream sink: entry %s of %s dead-lettered: %s",
@@ -605,20 +747,26 @@ class StreamSink:
 
     # ------------------------------------------------------------------ commit
     def flush(self) -> SinkStats:
-        """Commit the buffered event and action rows with their watermarks, then ack them,
-        trim and merge small files."""
+        """Commit the buffered event, action and exposure rows with their watermarks, then ack
+        them, trim and merge small files."""
         stats = SinkStats()
         buf = self._buffer
         if not buf:
             return stats
         marks = {p: max(i, self._watermarks.get(p, _NO_ID)) for p, i in buf.last.items()}
-        outbox_mark = max(buf.outbox_last, self._outbox_mark)
-        if buf.rows or buf.action_rows:
+        side_marks = {
+            side.name: max(
+                buf.side_last.get(side.name, _NO_ID), self._side_marks.get(side.name, _NO_ID)
+            )
+            for side in self._sides
+        }
+        if buf.total_rows:
             write_id = f"stream-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
             self.warehouse.reload()
             try:
                 result = WriteResult()
-                for name, tables in (("events", buf.tables), ("actions", buf.action_tables)):
+                for name in _SINK_TABLES:
+                    tables = buf.tables.get(name)
                     if tables:
                         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
                         result.extend(self.warehouse.write_partitioned(name, table, write_id))
@@ -626,58 +774,65 @@ class StreamSink:
                     result,
                     "stream",
                     info={"write_id": write_id, "namespace": self.namespace},
-                    amend_manifest=lambda m: self._record_watermarks(m, marks, outbox_mark),
+                    amend_manifest=lambda m: self._record_watermarks(m, marks, side_marks),
                 )
             except Exception:
                 self.warehouse.reload()
                 manifest = self.warehouse.manifest
                 if not (
                     self._covered(manifest_watermarks(manifest, self.namespace), marks)
-                    and manifest_outbox_watermark(manifest, self.namespace) >= outbox_mark
+                    and all(
+                        self._manifest_mark(manifest, side) >= side_marks[side.name]
+                        for side in self._sides
+                    )
                 ):
                     raise  # nothing committed: the buffer stays for the next attempt
-            stats.committed = buf.rows
-            stats.actions_committed = buf.action_rows
+            for name, n in buf.rows.items():
+                stats.count("committed", name, n)
             stats.commits = 1
             self.totals = self.totals + stats
             # committed: if the acks below fail, only they are retried
-            buf.tables, buf.rows, buf.action_tables, buf.action_rows = [], 0, [], 0
+            buf.tables, buf.rows = {}, {}
         self._watermarks.update(marks)
-        self._outbox_mark = outbox_mark
+        self._side_marks.update(side_marks)
         if self.after_commit_hook is not None:
             self.after_commit_hook()
         pipe = self._redis.pipeline(transaction=False)
         for stream, ids in buf.ack.items():
             pipe.xack(stream, SINK_GROUP, *ids)
         sunk = {str(p): format_id(i) for p, i in marks.items()}
-        if buf.outbox_last > _NO_ID:
-            sunk["outbox"] = format_id(outbox_mark)
+        moved = [side.name for side in self._sides if buf.side_last.get(side.name, _NO_ID) > _NO_ID]
+        sunk |= {name: format_id(side_marks[name]) for name in moved}
         if sunk:
             pipe.hset(self.keys.sink, mapping=sunk)  # type: ignore[arg-type]
         pipe.execute()
         self._buffer = _Buffer()
         if stats.commits:
-            where = ", ".join(f"p{p}={format_id(i)}" for p, i in sorted(marks.items()))
-            if buf.outbox_last > _NO_ID:
-                where += f"{', ' if where else ''}outbox={format_id(outbox_mark)}"
-            log.info("stream sink committed %d events and %d actions (%s)",
-                     stats.committed, stats.actions_committed, where)  # fmt: skip
+            where = [f"p{p}={format_id(i)}" for p, i in sorted(marks.items())]
+            where += [f"{name}={format_id(side_marks[name])}" for name in moved]
+            log.info("stream sink committed %d events, %d actions and %d exposures (%s)",
+                     stats.committed, stats.actions_committed, stats.exposures_committed,
+                     ", ".join(where))  # fmt: skip
         return stats + self.trim() + self.merge_parts()
 
     def _record_watermarks(
-        self, manifest: dict[str, Any], marks: Mapping[int, StreamId], outbox_mark: StreamId
+        self,
+        manifest: dict[str, Any],
+        marks: Mapping[int, StreamId],
+        side_marks: Mapping[str, StreamId],
     ) -> None:
-        """Merge ``marks`` and the outbox's into the manifest being written (never moving a
-        watermark back)."""
+        """Merge ``marks`` and the side streams' into the manifest being written (never moving
+        a watermark back)."""
         current = manifest_watermarks(manifest, self.namespace)
         for p, i in marks.items():
             current[p] = max(i, current.get(p, _NO_ID))
         manifest.setdefault(WATERMARKS_KEY, {})[self.namespace] = {
             str(p): format_id(i) for p, i in sorted(current.items())
         }
-        outbox = max(outbox_mark, manifest_outbox_watermark(manifest, self.namespace))
-        if outbox > _NO_ID:
-            manifest.setdefault(OUTBOX_WATERMARKS_KEY, {})[self.namespace] = format_id(outbox)
+        for side in self._sides:
+            mark = max(side_marks.get(side.name, _NO_ID), self._manifest_mark(manifest, side))
+            if mark > _NO_ID:
+                manifest.setdefault(side.manifest_key, {})[self.namespace] = format_id(mark)
 
     @staticmethod
     def _covered(have: Mapping[int, StreamId], want: Mapping[int, StreamId]) -> bool:
@@ -687,7 +842,7 @@ class StreamSink:
     def merge_parts(self) -> SinkStats:
         """Merge the sink's small part files, ``merge_fan_in`` of a level into one of the
         next, in a few buckets per call (those with the most parts first): each commit adds
-        a file to every bucket (of the events and the actions table) it touches, and files
+        a file to every bucket (of the events, actions and exposures tables) it touches, and files
         per bucket and the manifest must not grow without bound between two ``strata
         compact`` runs."""
         stats = SinkStats()
@@ -749,7 +904,7 @@ class StreamSink:
     # ------------------------------------------------------------------ trimming
     def trim(self) -> SinkStats:
         """XTRIM MINID every partition below the oldest entry any group still needs; trim the
-        outbox (:meth:`trim_outbox`)."""
+        outbox and the exposures stream (:meth:`_trim_committed_entries`)."""
         self._last_trim = time.monotonic()
         stats = SinkStats()
         for p in range(self.partitions):
@@ -760,19 +915,24 @@ class StreamSink:
                     self._redis.xtrim(stream, minid=format_id(minid), approximate=False)
                 )
         self.totals = self.totals + stats
-        return stats + self.trim_outbox()
+        for side in self._sides:
+            stats = stats + self._trim_committed_entries(side)
+        return stats
 
-    def trim_outbox(self) -> SinkStats:
-        """Remove the oldest outbox entries, only those at or below the committed outbox
-        watermark (delivery systems outside strata read the outbox too, so ``XLEN`` is no
-        measure of what they need), and never below the newest ``outbox_keep``."""
+    def _trim_committed_entries(self, side: _Side) -> SinkStats:
+        """Remove a side stream's oldest entries, only those at or below its committed
+        watermark and never below its newest ``keep``: delivery systems outside strata read
+        the outbox too (so ``XLEN`` is no measure of what they need; it keeps
+        ``outbox_keep``); the exposures stream has no other reader (it keeps none)."""
         stats = SinkStats()
-        if self._outbox_mark == _NO_ID:
+        mark = self._side_marks.get(side.name, _NO_ID)
+        if mark == _NO_ID:
             return stats
-        args: list[str | int] = [format_id(self._outbox_mark), self.config.outbox_keep, _TRIM_PAGE]
+        args: list[str | int] = [format_id(mark), side.keep, _TRIM_PAGE]
+        counter = f"{side.name}_trimmed"
         while True:  # in pages, so Redis answers others in between
-            removed = int(self._trim_outbox(keys=[self.keys.outbox], args=args))
-            stats.outbox_trimmed += removed
+            removed = int(self._trim_committed(keys=[side.stream], args=args))
+            setattr(stats, counter, getattr(stats, counter) + removed)
             if removed < _TRIM_PAGE:
                 break
         self.totals = self.totals + stats

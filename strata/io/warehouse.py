@@ -6,17 +6,18 @@ Layout under the data root::
     warehouse/events/bucket=007/part-<write id>.parquet
     warehouse/users/bucket=007/part-<write id>.parquet
     warehouse/actions/bucket=007/part-<write id>.parquet
+    warehouse/exposures/bucket=007/part-<write id>.parquet
 
 Every user's whole history is in one bucket (``strata.ids.bucket_of``). Writers add new part
 files and then *commit* them into ``manifest.json`` in one atomic replace; readers read only the
 files the manifest lists. So a writer that dies before its commit leaves the warehouse as it
 was (its orphan files are ignored and swept by ``vacuum``), and a reader never sees half an
 append. Compaction rewrites a bucket into one file sorted by ``(user_id, ts)`` and commits the
-swap the same way. A manifest written before a table existed (``actions`` was added later)
-reads as if that table were empty, and the next commit adds it. Commits (and a compaction
-from its read to its swap) hold a lock file on a local filesystem, so concurrent writers (the
-stream sink, imports, compaction) keep each other's parts; on object stores writers must take
-turns.
+swap the same way. A manifest written before a table existed (``actions`` and ``exposures``
+were added later) reads as if that table were empty, and the next commit adds it. Commits
+(and a compaction from its read to its swap) hold a lock file on a local filesystem, so
+concurrent writers (the stream sink, imports, compaction) keep each other's parts; on object
+stores writers must take turns.
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ from strata.schema import SCHEMA_VERSION, TABLE_SCHEMAS, conform
 MANIFEST = "manifest.json"
 #: lock file that serialises commits of writers sharing a local warehouse
 COMMIT_LOCK = ".commit.lock"
-TABLES = ("events", "users", "actions")
+TABLES = ("events", "users", "actions", "exposures")
 #: Sort keys of a compacted bucket, per table.
 SORT_KEYS: dict[str, list[tuple[str, str]]] = {
     "events": [("user_id", "ascending"), ("ts", "ascending")],
     "users": [("user_id", "ascending")],
     "actions": [("user_id", "ascending"), ("ts", "ascending")],
+    "exposures": [("user_id", "ascending"), ("ts", "ascending")],
 }
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 1}
 

@@ -2,10 +2,13 @@
 in the right buckets, internal entries skipped, dead letters, crashes before and after the
 commit, trimming that spares the workers' entries, batch imports in between, the Ray actor;
 the outbox's actions into the ``actions`` table exactly once, and outbox trimming that spares
-what is not committed and the newest ``outbox_keep`` entries."""
+what is not committed and the newest ``outbox_keep`` entries; the exposures stream into the
+``exposures`` table the same way (every column, crashes, dead letters, trimming, merging, a
+warehouse from before the table)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +28,9 @@ from strata.io.stream_sink import (
     StreamSink,
     action_row,
     events_table,
+    exposure_row,
     format_id,
+    manifest_exposure_watermark,
     manifest_outbox_watermark,
     manifest_watermarks,
     parse_id,
@@ -375,14 +380,20 @@ def test_sink_actor_survives_a_kill_exactly_once(
         time.sleep(0.1)
     ray_local.kill(actor, no_restart=False)  # the process dies; Ray restarts it, retries run
     _append(r, events[150:])
-    while _rows(settings).num_rows < 300:
+    exposures = _exposures(20, seed=14)
+    _expose(r, exposures)
+    wh = Warehouse(settings.data)
+    while _rows(settings).num_rows < 300 or wh.summary()["exposures"]["rows"] < 20:
         assert time.monotonic() < deadline, "the restarted actor did not resume"
         time.sleep(0.2)
+        wh.reload()
     ray_local.get(actor.stop.remote())
     totals = ray_local.get(running, timeout=30)
     assert totals["committed"] == 150  # the restarted process sank the second half only
+    assert totals["exposures_committed"] == 20
     assert _keys_of(_rows(settings)) == _expected(events)
-    assert _pending(r) == 0
+    assert _exposure_rows(settings) == _expected_exposures(exposures)
+    assert _pending(r) == 0 and _exposures_pending(r) == 0
     ray_local.kill(actor)
     r.close()
 
@@ -848,3 +859,258 @@ def test_the_rule_workers_actions_reach_the_warehouse_once(
     # the events are sunk too: both entries (a raw re-send bypasses the API's event-id dedupe)
     assert wh.summary()["events"]["rows"] == 2
     r.close()
+
+
+# ------------------------------------------------------------------ exposures table
+EXPOSURES = f"{KEYS.prefix}exposures"  # the contract's stream key
+EXPOSURE_FIELD = b"x"
+
+
+def _exposures(
+    n: int, seed: int = 0, users: int = 12, user: int | None = None
+) -> list[dict[str, Any]]:
+    """First exposures in the contract's format: each user once per experiment, of two
+    experiments, from both sources, holdout included."""
+    rng = np.random.default_rng(100 + seed)
+    ids = [user] if user is not None else list(rng.choice(2**40, size=users, replace=False))
+    arms = ["control", "coupon_20", "holdout"]
+    out = []
+    for i in range(n):
+        out.append(
+            {
+                "experiment": f"exp{seed}_{i // len(ids)}" if user is not None else
+                ("coupon_10_vs_20" if i % 2 == 0 else "trial_invite"),
+                "arm": arms[i % 3],
+                "user_id": int(ids[(i // 2) % len(ids)]) if user is None else user,
+                "ts": T0_MS + i * 1000 + 7,
+                "source": "serve" if i % 4 else "action",
+            }
+        )  # fmt: skip
+    return out
+
+
+def _expose(r: redis.Redis, records: list[dict[str, Any]]) -> list[bytes]:
+    """XADD records as the exposure log writes them (one stream, field ``x``, JSON)."""
+    pipe = r.pipeline(transaction=False)
+    for rec in records:
+        pipe.xadd(EXPOSURES, {EXPOSURE_FIELD: orjson.dumps(rec)})
+    return list(pipe.execute())
+
+
+def _exposure_rows(settings: Settings) -> list[tuple[int, int, str, str, str]]:
+    d = Warehouse(settings.data).read_table("exposures").to_pydict()
+    return sorted(
+        (u, int(t.timestamp() * 1000), e, a, s)
+        for u, t, e, a, s in zip(
+            d["user_id"], d["ts"], d["experiment"], d["arm"], d["source"], strict=True
+        )
+    )
+
+
+def _expected_exposures(records: list[dict[str, Any]]) -> list[tuple[int, int, str, str, str]]:
+    return sorted((x["user_id"], x["ts"], x["experiment"], x["arm"], x["source"]) for x in records)
+
+
+def _exposures_pending(r: redis.Redis) -> int:
+    return int(r.xpending(EXPOSURES, SINK_GROUP)["pending"])
+
+
+def test_exposures_land_in_the_exposures_table_with_every_column(
+    r: redis.Redis, settings: Settings
+) -> None:
+    records = _exposures(24)
+    ids = _expose(r, records)
+    firings = _firings(4, seed=40)
+    _issue(r, firings)
+    _append(r, _events(10, seed=41))
+    sink = _sink(r, settings)
+    read = _drain(sink)
+    assert read.exposures_buffered == 24 and read.actions_buffered == 6 and read.buffered == 10
+    assert sink.trim().exposures_trimmed == 0 and r.xlen(EXPOSURES) == 24  # nothing committed
+    done = sink.flush()
+    assert done.exposures_committed == 24 and done.actions_committed == 6
+    assert done.committed == 10 and done.commits == 1  # one commit holds all three tables
+
+    wh = Warehouse(settings.data)
+    assert wh.manifest["writes"][-1]["exposures_rows"] == 24
+    assert wh.manifest["writes"][-1]["actions_rows"] == 6
+    assert _exposure_rows(settings) == _expected_exposures(records)  # every column, ms kept
+    table = wh.read_table("exposures")
+    assert table.column_names == ["user_id", "ts", "experiment", "arm", "source"]
+    assert set(table.column("arm").to_pylist()) == {"control", "coupon_20", "holdout"}
+    for b in wh.buckets("exposures"):
+        t = wh.read_bucket("exposures", b, ["user_id"])
+        assert set(bucket_of(t.column("user_id").to_numpy(), wh.n_buckets)) == {b}
+    # the exposures watermark is the stream's last entry, in the manifest and in Redis
+    last = parse_id(ids[-1])
+    assert manifest_exposure_watermark(wh.manifest, NS) == last
+    assert r.hget(KEYS.sink, "exposures") == format_id(last).encode()
+    assert manifest_outbox_watermark(wh.manifest, NS) == parse_id(
+        r.xrevrange(KEYS.outbox, count=1)[0][0]
+    )
+    assert _exposures_pending(r) == 0 and _outbox_pending(r) == 0 and _pending(r) == 0
+    # no other reader: everything committed is trimmed (the outbox keeps its newest entries)
+    assert done.exposures_trimmed == 24 and r.xlen(EXPOSURES) == 0 and r.xlen(KEYS.outbox) == 6
+
+
+def test_exposures_crash_after_commit_before_ack_duplicates_nothing(
+    r: redis.Redis, settings: Settings
+) -> None:
+    records = _exposures(20, seed=1)
+    _expose(r, records)
+    _append(r, _events(8, seed=42))
+    first = _sink(r, settings)
+    _drain(first)
+
+    def crash() -> None:
+        raise Crash
+
+    first.after_commit_hook = crash
+    with pytest.raises(Crash):
+        first.flush()
+    assert _exposures_pending(r) == 20  # committed but never acked (nor trimmed)
+    assert r.xlen(EXPOSURES) == 20
+    assert _exposure_rows(settings) == _expected_exposures(records)
+
+    more = _exposures(6, seed=2)
+    _expose(r, more)
+    second = _sink(r, settings, consumer="sink-2")  # restarted, even under another name
+    stats = _drain(second)
+    assert stats.already_committed == 20 + 8 and stats.exposures_buffered == 6
+    second.flush()
+    assert _exposure_rows(settings) == _expected_exposures(records + more)
+    assert _exposures_pending(r) == 0 and r.xlen(EXPOSURES) == 0
+    # a crash before the commit loses no exposure either
+    last = _exposures(4, seed=3)
+    _expose(r, last)
+    third = _sink(r, settings, consumer="sink-3")
+    assert _drain(third).exposures_buffered == 4
+    del third
+    fourth = _sink(r, settings)
+    assert _drain(fourth).exposures_buffered == 4
+    fourth.flush()
+    assert _exposure_rows(settings) == _expected_exposures(records + more + last)
+    assert Warehouse(settings.data).summary()["exposures"]["rows"] == 30
+
+
+def test_bad_exposure_entries_go_to_the_dead_letter_stream(
+    r: redis.Redis, settings: Settings
+) -> None:
+    good = _exposures(5, seed=4)
+    _expose(r, good)
+    rec = good[0]
+    bad = {
+        r.xadd(EXPOSURES, {EXPOSURE_FIELD: b"{not json"}): "",
+        r.xadd(EXPOSURES, {b"a": b"1"}): "no 'x' field",
+        r.xadd(EXPOSURES, {EXPOSURE_FIELD: b'"serve"'}): "not a JSON object",
+        r.xadd(EXPOSURES, {EXPOSURE_FIELD: orjson.dumps(rec | {"arm": None})}): "lacks ['arm']",
+        r.xadd(EXPOSURES, {EXPOSURE_FIELD: orjson.dumps(rec | {"user_id": "7"})}): "user_id",
+        r.xadd(EXPOSURES, {EXPOSURE_FIELD: orjson.dumps(rec | {"ts": 1.5})}): "ts",
+        r.xadd(EXPOSURES, {EXPOSURE_FIELD: orjson.dumps(rec | {"experiment": ""})}): "experiment",
+        r.xadd(EXPOSURES, {EXPOSURE_FIELD: orjson.dumps(rec | {"source": "email"})}): "source",
+        r.xadd(EXPOSURES, {EXPOSURE_FIELD: orjson.dumps(rec | {"user_id": 2**63})}):
+            "exposures schema",
+    }  # fmt: skip
+    _expose(r, good[1:2])  # a good entry after the bad ones is not held up
+    sink = _sink(r, settings)
+    stats = _drain(sink)
+    assert stats.dead == len(bad) and stats.exposures_buffered == 6
+    sink.flush()
+    assert _exposure_rows(settings) == _expected_exposures(good + good[1:2])
+    letters = {e[b"id"]: e for _, e in r.xrange(KEYS.dead)}
+    assert set(letters) == set(bad)
+    for entry_id, needle in bad.items():
+        letter = letters[entry_id]
+        assert needle in letter[b"reason"].decode(), letter[b"reason"]
+        assert letter[b"stream"] == EXPOSURES.encode() and b"partition" not in letter
+        assert letter[b"group"] == SINK_GROUP.encode()
+    assert _exposures_pending(r) == 0
+
+
+def test_exposure_rows_and_their_errors() -> None:
+    rec = {"experiment": "coupon_10_vs_20", "arm": "holdout", "user_id": 7, "ts": T0_MS,
+           "source": "action"}  # fmt: skip
+    assert exposure_row(rec | {"tier": "potential"}) == rec  # a newer writer's extra key: ignored
+    for bad, needle in [
+        ([rec], "not a JSON object"),
+        ({k: v for k, v in rec.items() if k != "source"}, "lacks \\['source'\\]"),
+        (rec | {"user_id": True}, "user_id"),
+        (rec | {"ts": "2025-12-01"}, "ts"),
+        (rec | {"arm": 3}, "arm"),
+        (rec | {"source": "Serve"}, "source"),
+    ]:
+        with pytest.raises(ValueError, match=needle):
+            exposure_row(bad)  # type: ignore[arg-type]
+
+
+def test_exposures_trimming_spares_what_is_not_committed(
+    r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stream_sink, "_TRIM_PAGE", 4)  # several pages per trim
+    _expose(r, _exposures(10, seed=5))
+    sink = _sink(r, settings)
+    _drain(sink)
+    assert sink.flush().exposures_trimmed == 10 and r.xlen(EXPOSURES) == 0
+    later = _exposures(7, seed=6)
+    _expose(r, later)  # not read yet
+    assert sink.trim().exposures_trimmed == 0 and r.xlen(EXPOSURES) == 7
+    _drain(sink)
+    assert sink.trim().exposures_trimmed == 0 and r.xlen(EXPOSURES) == 7  # read, not committed
+    _expose(r, _exposures(3, seed=7))  # arrive during the commit: above its watermark
+    sink.flush()
+    assert r.xlen(EXPOSURES) == 3 and _exposures_pending(r) == 0
+    assert Warehouse(settings.data).summary()["exposures"]["rows"] == 17
+    assert sink.totals.exposures_trimmed == 17 and sink.totals.outbox_trimmed == 0
+
+
+def test_exposure_parts_are_merged_in_levels(r: redis.Redis, settings: Settings) -> None:
+    sink = _sink(r, settings, merge_fan_in=3)
+    records: list[dict[str, Any]] = []
+    for i in range(12):
+        batch = _exposures(2, seed=300 + i, user=77)  # one user: one bucket, one part a commit
+        records += batch
+        _expose(r, batch)
+        _drain(sink)
+        sink.flush()
+    wh = Warehouse(settings.data)
+    (bucket,) = wh.buckets("exposures")
+    names = [p["name"] for p in wh.manifest["tables"]["exposures"]["buckets"][str(bucket)]["parts"]]
+    assert len(names) < 6 and any(n.startswith("part-streamL1-") for n in names), names
+    assert _exposure_rows(settings) == _expected_exposures(records)
+    assert wh.vacuum() == []
+
+
+def test_a_warehouse_from_before_the_exposures_table_takes_exposures(
+    r: redis.Redis, settings: Settings
+) -> None:
+    """A warehouse the previous sink wrote (events, actions, their watermarks; no exposures
+    table, no exposures watermark): the new sink adds the table and sinks nothing twice."""
+    events = _events(12, seed=50)
+    _append(r, events)
+    firings = _firings(2, seed=51)
+    _issue(r, firings)
+    old = _sink(r, settings)
+    _drain(old)
+    old.flush()
+    path = f"{settings.data}/warehouse/manifest.json"
+    with open(path) as f:
+        manifest = json.load(f)
+    assert "exposure_watermarks" not in manifest  # no exposure yet: no watermark written
+    del manifest["tables"]["exposures"]
+    for entry in manifest["writes"]:
+        entry.pop("exposures_rows", None)
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    assert Warehouse(settings.data).summary()["exposures"]["rows"] == 0
+
+    records = _exposures(8, seed=52)
+    _expose(r, records)
+    _append(r, _events(3, seed=53))
+    new = _sink(r, settings, consumer="sink-new")
+    stats = _drain(new)
+    assert stats.exposures_buffered == 8 and stats.buffered == 3 and stats.actions_buffered == 0
+    new.flush()
+    wh = Warehouse(settings.data)
+    assert _exposure_rows(settings) == _expected_exposures(records)
+    assert wh.summary()["events"]["rows"] == 15 and wh.summary()["actions"]["rows"] == 3
+    assert manifest_exposure_watermark(wh.manifest, NS) > (0, 0)

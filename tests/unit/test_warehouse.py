@@ -1,5 +1,5 @@
 """Warehouse: bucketed parts, atomic manifest commits, compaction, unreadable files, the
-actions table (and manifests written before it existed)."""
+actions and exposures tables (and manifests written before they existed)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
@@ -134,13 +135,14 @@ def _actions(n_users: int, per_user: int) -> pa.Table:
     )
 
 
-def _drop_actions_table(root: Path) -> None:
-    """Rewrite the manifest as a strata from before the actions table wrote it."""
+def _drop_tables(root: Path, *tables: str) -> None:
+    """Rewrite the manifest as a strata from before ``tables`` existed wrote it."""
     path = root / "warehouse" / "manifest.json"
     manifest = json.loads(path.read_text())
-    del manifest["tables"]["actions"]
-    for entry in manifest["writes"]:
-        entry.pop("actions_rows", None)
+    for table in tables:
+        del manifest["tables"][table]
+        for entry in manifest["writes"]:
+            entry.pop(f"{table}_rows", None)
     path.write_text(json.dumps(manifest))
 
 
@@ -173,7 +175,7 @@ def test_a_manifest_from_before_the_actions_table_reads_it_as_empty(tmp_path: Pa
     wh.create(4)
     wh.commit(wh.write_partitioned("events", _events(20, 2), "a"), "import")
     wh.commit(wh.write_partitioned("events", _events(20, 1, t0=7), "b"), "import")
-    _drop_actions_table(tmp_path)
+    _drop_tables(tmp_path, "actions")
 
     old = Warehouse(str(tmp_path))
     assert old.buckets("actions") == [] and old.bucket_files("actions", 0) == []
@@ -197,3 +199,95 @@ def test_a_manifest_from_before_the_actions_table_reads_it_as_empty(tmp_path: Pa
     on_disk = json.loads((tmp_path / "warehouse" / "manifest.json").read_text())
     assert sum(len(e["parts"]) for e in on_disk["tables"]["actions"]["buckets"].values()) >= 1
     assert Warehouse(str(tmp_path)).summary()["actions"]["rows"] == 10
+
+
+def _exposures(n_users: int, experiments: tuple[str, ...] = ("coupon_10_vs_20",)) -> pa.Table:
+    """Each user's first exposure to each experiment, in no particular order."""
+    ids = pseudonymise_many([f"x{i}" for i in range(n_users)], KEY)
+    n = n_users * len(experiments)
+    rng = np.random.default_rng(2)
+    return pa.table(
+        {
+            "user_id": np.tile(ids, len(experiments)),
+            "ts": pa.array(rng.integers(0, 10**9, n), pa.timestamp("ms", tz="UTC")),
+            "experiment": np.repeat(experiments, n_users).tolist(),
+            "arm": rng.choice(["control", "coupon_20", "holdout"], n).tolist(),
+            "source": rng.choice(["serve", "action"], n).tolist(),
+        }
+    )
+
+
+def test_exposures_are_bucketed_sorted_and_keep_every_column(tmp_path: Path) -> None:
+    wh = Warehouse(str(tmp_path))
+    wh.create(4)
+    given = _exposures(40, ("coupon_10_vs_20", "trial_invite"))
+    wh.commit(wh.write_partitioned("exposures", given, "a"), "stream")
+    assert wh.manifest["writes"][-1]["exposures_rows"] == 80
+    for b in wh.buckets("exposures"):  # each part sorted by (user, ts), one bucket's users
+        part = wh.read_bucket("exposures", b, ["user_id", "ts"])
+        keys = list(zip(part["user_id"].to_pylist(), part["ts"].to_pylist(), strict=True))
+        assert keys == sorted(keys) and len(set(part["user_id"].to_pylist())) > 1
+        assert np.all(bucket_of(part["user_id"].to_numpy(), 4) == b)
+    wh.commit(wh.write_partitioned("exposures", _exposures(10, ("third",)), "b"), "stream")
+    for b in wh.buckets("exposures"):
+        wh.compact_bucket("exposures", b)
+        assert wh.is_sorted("exposures", b)
+    table = wh.read_table("exposures")
+    assert table.schema == TABLE_SCHEMAS["exposures"]
+    assert table.column_names == ["user_id", "ts", "experiment", "arm", "source"]
+    assert wh.summary()["exposures"]["rows"] == 90 and wh.vacuum() == []
+
+    def rows(t: pa.Table) -> list[tuple[object, ...]]:
+        d = t.to_pydict()
+        return sorted(zip(*(d[c] for c in t.column_names), strict=True))
+
+    # compaction reorders rows and drops none: every column of every row is kept
+    assert rows(table.filter(pc.field("experiment") != "third")) == rows(
+        given.cast(TABLE_SCHEMAS["exposures"])
+    )
+
+
+def test_a_missing_required_exposure_column_is_refused(tmp_path: Path) -> None:
+    wh = Warehouse(str(tmp_path))
+    wh.create(2)
+    with pytest.raises(ValueError, match="'arm'"):
+        wh.write_partitioned("exposures", _exposures(3).drop_columns(["arm"]), "a")
+    with pytest.raises(ValueError, match="not in the exposures schema"):
+        wh.write_partitioned(
+            "exposures", _exposures(3).append_column("phone", pa.array(["1"] * 3)), "b"
+        )
+    assert wh.summary()["exposures"]["rows"] == 0
+
+
+def test_a_manifest_from_before_the_exposures_table_reads_it_as_empty(tmp_path: Path) -> None:
+    wh = Warehouse(str(tmp_path))
+    wh.create(4)
+    wh.commit(wh.write_partitioned("events", _events(20, 2), "a"), "import")
+    wh.commit(wh.write_partitioned("actions", _actions(5, 2), "b"), "stream")
+    wh.commit(wh.write_partitioned("events", _events(20, 1, t0=7), "c"), "import")
+    _drop_tables(tmp_path, "exposures")
+
+    old = Warehouse(str(tmp_path))
+    assert old.buckets("exposures") == [] and old.bucket_files("exposures", 0) == []
+    assert old.read_table("exposures").schema == TABLE_SCHEMAS["exposures"]
+    assert old.read_table("exposures").num_rows == 0 and not old.is_sorted("exposures", 0)
+    assert old.read_bucket("exposures", 3, ["experiment", "arm"]).num_rows == 0
+    assert old.summary()["exposures"] == {
+        "rows": 0, "files": 0, "buckets": 0, "min_ts": None, "max_ts": None
+    }  # fmt: skip
+    assert old.summary()["events"]["rows"] == 60 and old.summary()["actions"]["rows"] == 10
+    info = runner.invoke(cli.app, ["info", "--data", str(tmp_path)])
+    assert info.exit_code == 0, info.output
+    assert "exposures rows" in info.output and "actions rows" in info.output
+    compact = runner.invoke(cli.app, ["compact", "--data", str(tmp_path)])
+    assert compact.exit_code == 0, compact.output
+    fresh = Warehouse(str(tmp_path))
+    assert all(fresh.is_sorted("events", b) for b in fresh.buckets("events"))
+    assert fresh.summary()["events"]["rows"] == 60 and fresh.vacuum() == []
+    # the first commit of exposures adds the table; the others are untouched
+    fresh.commit(fresh.write_partitioned("exposures", _exposures(6), "d"), "stream")
+    on_disk = json.loads((tmp_path / "warehouse" / "manifest.json").read_text())
+    assert sum(len(e["parts"]) for e in on_disk["tables"]["exposures"]["buckets"].values()) >= 1
+    after = Warehouse(str(tmp_path)).summary()
+    assert after["exposures"]["rows"] == 6 and after["actions"]["rows"] == 10
+    assert after["events"]["rows"] == 60
