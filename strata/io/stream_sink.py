@@ -70,7 +70,14 @@ import pyarrow as pa
 import redis
 
 from strata.io.warehouse import Warehouse, WarehouseError, WriteResult, read_parts
-from strata.realtime.keys import ENTRY_FIELD, OUTBOX_FIELD, SINK_GROUP, WORKER_GROUP, RealtimeKeys
+from strata.realtime.keys import (
+    ENTRY_FIELD,
+    EXPOSURE_FIELD,
+    OUTBOX_FIELD,
+    SINK_GROUP,
+    WORKER_GROUP,
+    RealtimeKeys,
+)
 from strata.realtime.stream_config import StreamConfig
 from strata.realtime.wire import ENVELOPE_KEYS, EVENT_FIELDS, decode_event, is_internal
 from strata.schema import (
@@ -125,8 +132,6 @@ _ACTIONS_WIRE_SCHEMA = ACTIONS_SCHEMA.set(
 _EXPOSURES_WIRE_SCHEMA = EXPOSURES_SCHEMA.set(
     EXPOSURES_SCHEMA.get_field_index("ts"), pa.field("ts", pa.int64(), nullable=False)
 )
-#: the one field of an exposures stream entry: the exposure's JSON (the shared contract)
-_EXPOSURE_FIELD = b"x"
 _EXPOSURE_SOURCES = frozenset(EXPOSURE_SOURCES)
 _ALLOWED_KEYS = frozenset(EVENT_FIELDS) | ENVELOPE_KEYS
 _EVENT_TYPES = frozenset(EVENT_TYPES)
@@ -155,11 +160,6 @@ return redis.call('XTRIM', KEYS[1], 'MINID', after)
 #: the sink's part files: ``part-stream-...`` (level 0, one per commit) and
 #: ``part-streamL{k}-...`` (level k: ``merge_fan_in`` parts of level k - 1 merged)
 _PART_RE = re.compile(r"^part-stream(?:L(\d+))?-")
-
-
-def _exposures_stream(keys: RealtimeKeys) -> str:
-    """The exposures stream of a namespace (``{ns}:rt:exposures``)."""
-    return f"{keys.prefix}exposures"
 
 
 class _Superseded(Exception):
@@ -484,7 +484,7 @@ class StreamSink:
         self._sides = (
             _Side("outbox", self.keys.outbox, OUTBOX_FIELD, "actions", OUTBOX_WATERMARKS_KEY,
                   action_row, actions_table, config.outbox_keep),
-            _Side("exposures", _exposures_stream(self.keys), _EXPOSURE_FIELD, "exposures",
+            _Side("exposures", self.keys.exposures, EXPOSURE_FIELD, "exposures",
                   EXPOSURE_WATERMARKS_KEY, exposure_row, exposures_table, 0),
         )  # fmt: skip
         self._side_of = {side.stream: side for side in self._sides}

@@ -20,7 +20,8 @@ campaigns) and reader builds key names here, so all agree. ``ns`` is the namespa
     {ns}:rt:livers:{p}             zset    users of p with a live overlay, score = last order ms
     {ns}:rt:stats                  hash    "{rule}|{tier}|{metric}" -> count or CNY
     {ns}:rt:rules                  string  the active rules as JSON [{"name", "kind"}, ...]
-    {ns}:rt:sink                   hash    partition -> last stream id committed to the warehouse
+    {ns}:rt:sink                   hash    partition (and outbox, exposures) -> last stream id
+                                           committed to the warehouse
     {ns}:rt:workers                hash    partition -> JSON heartbeat of its worker
     {ns}:rt:exposures              stream  first exposures to experiment arms (field ``x``)
     {ns}:rt:exposed:{exp}:{user}   string  the arm a user was first exposed to (SET NX)
