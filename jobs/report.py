@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -16,10 +17,11 @@ import typer
 from rich.table import Table
 
 from jobs._errors import CommandError
-from jobs._runtime import console
+from jobs._runtime import as_of_option, console
 from strata.experiments import ExperimentAnalysis, analyse, unit_statistics
 from strata.experiments.analysis import Correction
 from strata.io.unit_table import read_unit_table
+from strata.timeutil import to_epoch_ms
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -135,19 +137,33 @@ def experiment(
         "across all comparisons (the table shows both).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the analysis as JSON."),
+    data: str = typer.Option(
+        "./data", "--data", help="Data root (the warehouse's exposures and orders)."
+    ),
+    until: str | None = typer.Option(
+        None,
+        "--until",
+        help="Count orders before this instant only (YYYY-MM-DD = that local midnight; "
+        "default: now).",
+    ),
+    cuped: bool = typer.Option(
+        True, "--cuped/--no-cuped", help="CUPED with the pre-exposure spend as covariate."
+    ),
 ) -> None:
-    """Per arm and metric: users, mean, effect against control, 95% CI, p-value (as gbstats)."""
-    if from_file is None:
-        raise CommandError(
-            "strata report experiment: the warehouse-based report is not built yet; analyse a "
-            "file of one row per unit with --from FILE --arm-col A --metric-col M"
-        )
-    if arm_col is None or not metric_cols:
-        raise CommandError("--from needs --arm-col and at least one --metric-col")
+    """Per arm and metric: users, mean, effect against control, 95% CI, p-value (as gbstats).
+
+    From the warehouse: ``strata report experiment NAME --data DIR`` (an experiment of
+    configs/experiments.yaml: its exposures and the orders after each user's first exposure).
+    From a file of one row per unit: ``--from FILE --arm-col A --metric-col M``."""
     if correction not in ("none", "bh"):
         raise CommandError(f"--correction: {correction!r} is not one of none, bh")
     if sequential and not sequential_tuning > 0:
         raise CommandError("--sequential-tuning must be > 0")
+    if from_file is None:
+        _warehouse(name, data, until, cuped, correction, sequential, sequential_tuning, as_json)
+        return
+    if arm_col is None or not metric_cols:
+        raise CommandError("--from needs --arm-col and at least one --metric-col")
     expected = parse_weights(weights) if weights else None
 
     table = read_unit_table(from_file, arm_col, metric_cols, covariate_col)
@@ -189,6 +205,60 @@ def experiment(
     console.print(
         f"{table.rows:,} units in {len(table.arm_names)} arms; SRM p-value "
         f"{result.srm_p_value:.4g}{flag}"
+    )
+    for w in result.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+def _warehouse(
+    name: str | None,
+    data: str,
+    until: str | None,
+    cuped: bool,
+    correction: str,
+    sequential: bool,
+    sequential_tuning: float,
+    as_json: bool,
+) -> None:
+    from jobs._experiment_report import warehouse_report
+    from strata.experiments.config import load_experiments
+    from strata.settings import Settings
+
+    if name is None:
+        raise CommandError(
+            "name the experiment (strata report experiment NAME --data DIR), or analyse a file "
+            "of one row per unit with --from FILE --arm-col A --metric-col M"
+        )
+    config = load_experiments()
+    exp = config.get(name)
+    if exp is None:
+        known = ", ".join(e.name for e in config.experiments) or "none"
+        raise CommandError(f"no experiment {name!r} in configs/experiments.yaml; defined: {known}")
+    until_ms = to_epoch_ms(as_of_option(until)) if until else time.time_ns() // 1_000_000
+    corr: Correction = "bh" if correction == "bh" else "none"
+    report = warehouse_report(
+        Settings(data=data).data,
+        exp,
+        until_ms=until_ms,
+        cuped=cuped,
+        correction=corr,
+        sequential_tuning=sequential_tuning if sequential else None,
+        show_progress=not as_json,
+    )
+    result = report.analysis
+    if as_json:
+        print(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+        for w in result.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        return
+    console.print(arms_table(result))
+    console.print(comparisons_table(result))
+    flag = "  [bold red]MISMATCH[/]" if result.srm_mismatch else ""
+    console.print(
+        f"{report.exposed:,} exposed users in {len(result.arms)} arms over {report.buckets} "
+        f"buckets; SRM p-value {result.srm_p_value:.4g}{flag}; outcomes in the "
+        f"{exp.analysis_window_days} days after each first exposure"
+        + (f", CUPED on the spend of the {exp.pre_window_days} days before" if cuped else "")
     )
     for w in result.warnings:
         console.print(f"[yellow]warning:[/] {w}")

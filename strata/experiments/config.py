@@ -109,6 +109,12 @@ class Experiment(StrictModel):
     primary_metric: Metric
     secondary_metrics: list[Metric] = Field(default_factory=list)
     guardrails: list[Guardrail] = Field(default_factory=list)
+    #: outcomes count in this many days after a user's first exposure
+    analysis_window_days: int = Field(default=14, ge=1, le=365)
+    #: the CUPED covariate: spend in this many days before the first exposure
+    pre_window_days: int = Field(default=28, ge=1, le=730)
+    #: gross margin on revenue (margin per user = revenue x rate - coupon cost)
+    margin_rate: float = Field(default=0.25, ge=0, le=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:

@@ -15,22 +15,27 @@ The window is cut at ``until_ms`` (the analysis time) when given. Pure numpy / p
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["METRICS", "OutcomeWindow", "UnitOutcomes", "first_exposures", "unit_outcomes"]
+from strata.experiments.analysis import unit_statistics
+from strata.experiments.config import METRICS
+from strata.experiments.stats import Statistic, merge_statistics
 
-#: the metrics an experiment may name (configs/experiments.yaml), in report order
-METRICS: tuple[str, ...] = (
-    "conversion",
-    "orders_per_user",
-    "revenue_per_user",
-    "coupon_cost_per_user",
-    "margin_per_user",
-)
+__all__ = [
+    "METRICS",
+    "OutcomeWindow",
+    "UnitOutcomes",
+    "arm_statistics",
+    "first_exposures",
+    "merge_arm_statistics",
+    "unit_outcomes",
+]
+
 ORDER = "order"
 
 
@@ -138,3 +143,37 @@ def unit_outcomes(
         "margin_per_user": revenue * window.margin_rate - cost,
     }
     return UnitOutcomes(users, arms, t0, metrics, before)
+
+
+def arm_statistics(
+    outcomes: UnitOutcomes,
+    arm_names: Sequence[str],
+    metrics: Sequence[str],
+    *,
+    cuped: bool,
+) -> dict[str, dict[str, Statistic]]:
+    """Per-arm sufficient statistics of one bucket's outcomes (mergeable across buckets with
+    :func:`strata.experiments.stats.merge_statistics`); users of arms not in ``arm_names``
+    are left out. With ``cuped`` every metric is regression-adjusted on the covariate."""
+    code_of = {name: i for i, name in enumerate(arm_names)}
+    codes = np.asarray([code_of.get(a, -1) for a in outcomes.arms.tolist()], dtype=np.int64)
+    keep = codes >= 0
+    return unit_statistics(
+        codes[keep],
+        list(arm_names),
+        {m: outcomes.metrics[m][keep] for m in metrics},
+        outcomes.covariate[keep] if cuped else None,
+    )
+
+
+def merge_arm_statistics(
+    parts: Sequence[Mapping[str, Mapping[str, Statistic]]],
+) -> dict[str, dict[str, Statistic]]:
+    """Sum per-arm, per-metric statistics of several buckets."""
+    out: dict[str, dict[str, Statistic]] = {}
+    for part in parts:
+        for arm, by_metric in part.items():
+            into = out.setdefault(arm, {})
+            for metric, stat in by_metric.items():
+                into[metric] = stat if metric not in into else merge_statistics(into[metric], stat)
+    return out
