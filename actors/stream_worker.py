@@ -23,6 +23,8 @@ import orjson
 import ray
 
 from strata.config import ConfigError, config_path, load_calendar
+from strata.experiments.config import load_experiments
+from strata.io.exposure_log import Exposure, ExposureLog
 from strata.io.realtime_store import LeaseLost, PartitionReader, RealtimeStore, read_new
 from strata.io.segment_reader import READ_ERRORS
 from strata.io.segment_store import SegmentStore
@@ -32,10 +34,13 @@ from strata.realtime.batch import BatchProcessor, EffectBatch, Entry, RoundWork
 from strata.realtime.engine import TriggerEngine
 from strata.realtime.keys import WORKER_GROUP
 from strata.realtime.live import LiveScorer
-from strata.realtime.model import Segment
+from strata.realtime.model import Firing, Segment
 from strata.realtime.stream_config import StreamConfig
 from strata.realtime.triggers import TriggerConfig, load_triggers
+from strata.strategies.config import load_strategies
+from strata.strategies.delivery import Playbook
 from strata.tiering.scoring import RecomputeConfig
+from strata.timeutil import from_epoch_ms
 
 log = logging.getLogger("strata.stream")
 
@@ -93,6 +98,8 @@ class StreamWorker:
         self._rules_mtime = self._mtime()
         self.rules: TriggerConfig = load_triggers(config_dir)
         self.processor = self._processor(self.rules)
+        self.playbook = self._playbook()
+        self.exposures = ExposureLog(self.store.redis, namespace)
         self.reload_error: str | None = None
         self._version: str | None = None
         self._live: LiveScorer | None = None
@@ -161,8 +168,15 @@ class StreamWorker:
             self.reload_error = str(exc)
             log.warning("rules not reloaded, keeping the old ones: %s", exc)
             return f"kept the old rules: {exc}"
+        try:
+            playbook = self._playbook()
+        except ConfigError as exc:
+            self.reload_error = str(exc)
+            log.warning("strategies/experiments not reloaded, keeping the old ones: %s", exc)
+            return f"kept the old rules: {exc}"
         self.rules = rules
         self.processor = self._processor(rules)
+        self.playbook = playbook
         self.reload_error = None
         self.store.publish_rules(rules.summary())
         return f"reloaded {len(rules.rules)} rules"
@@ -176,6 +190,9 @@ class StreamWorker:
         self._crash_before_commit = True
 
     # ------------------------------------------------------------------ internals
+    def _playbook(self) -> Playbook:
+        return Playbook(load_strategies(self.config_dir), load_experiments(self.config_dir))
+
     def _processor(self, rules: TriggerConfig) -> BatchProcessor:
         engine = TriggerEngine(
             rules,
@@ -292,11 +309,15 @@ class StreamWorker:
         raw_states, overlays = self.store.load_states_and_overlays(users)
         states = dict(zip(users, raw_states, strict=True))
         segments = self._segments(users, overlays)
-        candidates = proc.evaluate(work, states, segments)
+        proc.evaluate(work, states, segments)
+        exposures: list[Exposure] = []
+        candidates = proc.screen(work, lambda f: self._deliver(f, work, segments, exposures))
         batch = proc.finish(work, self.store.reserve(candidates))
         self._overlays(reader.partition, work, batch, rescore, now)
         if self._crash_before_commit and not batch.is_empty():
             os._exit(1)
+        # before the commit: a replay after a crash logs nothing twice (first exposures only)
+        self.exposures.log(exposures)
         self.store.commit(reader.partition, WORKER_GROUP, reader.token, batch)
         c = self.counters
         c["events"] += len(entries)
@@ -304,6 +325,30 @@ class StreamWorker:
         c["actions"] += len(batch.firings)
         c["suppressed"] += len(batch.suppressions)
         c["dead"] += len(batch.dead)
+
+    def _deliver(
+        self,
+        firing: Firing,
+        work: RoundWork,
+        segments: dict[int, Segment | None],
+        exposures: list[Exposure],
+    ) -> tuple[Firing | None, str | None]:
+        seg = segments.get(firing.user_id)
+        state = work.states.get(firing.user_id)
+        now = work.now_ms
+        tags = [t for t, until in (state.tags.items() if state else ()) if until > now]
+        decision = self.playbook.decide(
+            firing,
+            seg.tier if seg else None,
+            seg.lifecycle_stage if seg else None,
+            tags,
+            from_epoch_ms(firing.issued_ms).date(),
+        )
+        exposures.extend(
+            Exposure(x.experiment, x.arm, x.user_id, x.ts, source="action")
+            for x in decision.exposures
+        )
+        return decision.firing, decision.reason
 
     def _segments(
         self, users: list[int], overlays: list[bytes | None]

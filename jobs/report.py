@@ -159,6 +159,11 @@ def experiment(
         raise CommandError(f"--correction: {correction!r} is not one of none, bh")
     if sequential and not sequential_tuning > 0:
         raise CommandError("--sequential-tuning must be > 0")
+    if from_file is None and (arm_col or metric_cols or covariate_col or weights):
+        raise CommandError(
+            "--arm-col, --metric-col, --covariate-col and --weights read a file: add --from FILE "
+            "(without it the report reads the experiment NAME from the warehouse)"
+        )
     if from_file is None:
         _warehouse(name, data, until, cuped, correction, sequential, sequential_tuning, as_json)
         return

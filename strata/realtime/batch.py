@@ -17,7 +17,7 @@ so a poison entry is isolated, retried until ``max_deliveries`` and then dead-le
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -192,6 +192,27 @@ class BatchProcessor:
             work.batch.timers_done.append(member)
         return list(out.firings)
 
+    def screen(
+        self, work: RoundWork, decide: Callable[[Firing], tuple[Firing | None, str | None]]
+    ) -> list[Firing]:
+        """Pass every firing through ``decide`` (the playbook: strategy holdouts, experiment
+        arms): a None firing is suppressed with the reason given (its traces undone), another
+        firing replaces it (e.g. an arm's coupon value). Returns the firings left."""
+        kept: list[Firing] = []
+        for firing in work.outcome.firings:
+            new, reason = decide(firing)
+            if new is None:
+                self.engine.undo(work.states[firing.user_id], firing)
+                work.batch.suppressions.append(
+                    Suppression(
+                        firing.rule, firing.user_id, firing.key, firing.tier, reason or "holdout"
+                    )
+                )
+                continue
+            kept.append(new)
+        work.outcome.firings = kept
+        return list(kept)
+
     def finish(self, work: RoundWork, reservations: Sequence[Reservation]) -> EffectBatch:
         """Drop firings decided before, turn refused budgets into suppressions (undoing their
         traces in the state), and assemble the batch."""
@@ -204,9 +225,9 @@ class BatchProcessor:
                 batch.firings.append(firing)
                 continue
             self.engine.undo(work.states[firing.user_id], firing)
-            if status == "budget":
+            if status != "duplicate":
                 batch.suppressions.append(
-                    Suppression(firing.rule, firing.user_id, firing.key, firing.tier, "budget")
+                    Suppression(firing.rule, firing.user_id, firing.key, firing.tier, status)
                 )
         batch.suppressions.extend(out.suppressions)
         batch.conversions.extend(out.conversions)

@@ -29,7 +29,9 @@ __all__ = [
 ]
 
 ACTION_KINDS: tuple[str, ...] = ("coupon", "service_task", "gift_pack", "push")
-SUPPRESSION_REASONS: tuple[str, ...] = ("cooldown", "cap", "budget", "exclusion")
+#: ``holdout``: the user is in the standing holdout of every strategy enabling the rule, or in
+#: an experiment's holdout (strata.strategies.delivery)
+SUPPRESSION_REASONS: tuple[str, ...] = ("cooldown", "cap", "budget", "exclusion", "holdout")
 #: the tier of a user unknown to the snapshot (in statistics' by_tier)
 UNKNOWN_TIER = "unknown"
 

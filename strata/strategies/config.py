@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from strata.config import ConfigError, StrictModel, config_path, parse_yaml
+from strata.experiments.assignment import HOLDOUT, assign
 from strata.online.codec import LIFECYCLE_STAGES, PRICE_SENSITIVITIES
 
 __all__ = [
@@ -133,6 +134,13 @@ class StrategiesConfig(StrictModel):
     def holdout_of(self, strategy: Strategy) -> float:
         """The strategy's standing holdout share."""
         return self.default_holdout if strategy.holdout is None else strategy.holdout
+
+    def in_holdout(self, strategy: Strategy, user_id: int) -> bool:
+        """Whether the user is in the strategy's standing holdout (the assignment hash with
+        the strategy's name as experiment name and :attr:`holdout_salt`)."""
+        share = self.holdout_of(strategy)
+        arm = assign(self.holdout_salt, strategy.name, user_id, [("in", 1.0)], holdout=share)
+        return share > 0 and arm == HOLDOUT
 
     def get(self, name: str) -> Strategy | None:
         """The strategy called ``name``, else None."""

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from strata.experiments.assignment import HOLDOUT, assign
+from strata.experiments.assignment import HOLDOUT
 from strata.experiments.config import ExperimentsConfig
 from strata.strategies.config import Eligibility, StrategiesConfig, Strategy
 
@@ -118,10 +118,7 @@ def resolve_strategies(
         if reason is None:
             continue
         share = config.holdout_of(strategy)
-        held = share > 0 and (
-            assign(config.holdout_salt, strategy.name, user_id, [("in", 1.0)], holdout=share)
-            == HOLDOUT
-        )
+        held = config.in_holdout(strategy, user_id)
         failed = _ineligible(strategy.eligibility, record)
         why_not = list(failed)
         if held:

@@ -258,7 +258,13 @@ def test_rules_aggregate_the_stats_hash(client: TestClient, r: redis.Redis) -> N
     assert list(rules) == ["negative_review", "cart_abandoned", "visit_streak_3d"]
     cart = rules["cart_abandoned"]
     assert cart["fired"] == 5 and cart["converted"] == 1 and cart["kind"] == "absence"
-    assert cart["suppressed"] == {"cooldown": 0, "cap": 2, "budget": 0, "exclusion": 0}
+    assert cart["suppressed"] == {
+        "cooldown": 0,
+        "cap": 2,
+        "budget": 0,
+        "exclusion": 0,
+        "holdout": 0,
+    }
     assert cart["revenue_cny"] == 30.3 and cart["coupon_cost_cny"] == 5.0
     assert cart["by_tier"]["high_value"]["fired"] == 1
     assert cart["by_tier"]["potential"]["suppressed"]["cap"] == 2

@@ -146,13 +146,25 @@ def test_rule_stats_aggregate_tiers_and_list_inactive_rules() -> None:
     cart, festival, old = out
     assert cart["kind"] == "absence" and cart["active"] and cart["priority"] == 10
     assert cart["fired"] == 5 and cart["converted"] == 1
-    assert cart["suppressed"] == {"cooldown": 4, "cap": 0, "budget": 1, "exclusion": 0}
+    assert cart["suppressed"] == {
+        "cooldown": 4,
+        "cap": 0,
+        "budget": 1,
+        "exclusion": 0,
+        "holdout": 0,
+    }
     assert cart["revenue_cny"] == 100.0 and cart["coupon_cost_cny"] == 10.0
     assert set(cart["by_tier"]) == {"high_value", "potential"}
     assert cart["by_tier"]["potential"]["suppressed"]["cooldown"] == 4
     assert cart["by_tier"]["high_value"]["revenue_cny"] == 88.1
     assert festival["fired"] == 0 and festival["by_tier"] == {}
-    assert festival["suppressed"] == {"cooldown": 0, "cap": 0, "budget": 0, "exclusion": 0}
+    assert festival["suppressed"] == {
+        "cooldown": 0,
+        "cap": 0,
+        "budget": 0,
+        "exclusion": 0,
+        "holdout": 0,
+    }
     assert old["active"] is False and old["kind"] is None and old["fired"] == 7
     assert rule_stats(None, {}) == {"rules": []}
 
