@@ -11,6 +11,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import typer
@@ -267,3 +268,67 @@ def _warehouse(
     )
     for w in result.warnings:
         console.print(f"[yellow]warning:[/] {w}")
+
+
+@app.command("strategies")
+def strategies(
+    data: str = typer.Option("./data", "--data", help="Data root (snapshots and warehouse)."),
+    since: str | None = typer.Option(
+        None, "--since", help="Window start (YYYY-MM-DD local midnight; default: the as-of)."
+    ),
+    until: str | None = typer.Option(None, "--until", help="Window end, exclusive (default: now)."),
+    version: str | None = typer.Option(
+        None, "--version", help="The snapshot whose users and tiers (default: the newest)."
+    ),
+    cuped: bool = typer.Option(
+        True, "--cuped/--no-cuped", help="CUPED with the spend of the 28 days before."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Per tier strategy: reach, conversion, revenue and incremental margin against its
+    standing holdout (configs/strategies.yaml), with 95% CIs, over a window."""
+    from jobs._experiment_report import strategy_report
+    from strata.settings import Settings
+
+    report = strategy_report(
+        Settings(data=data).data,
+        since_ms=to_epoch_ms(as_of_option(since)) if since else None,
+        until_ms=to_epoch_ms(as_of_option(until)) if until else time.time_ns() // 1_000_000,
+        version=version,
+        cuped=cuped,
+        show_progress=not as_json,
+    )
+    doc = report.to_json()
+    if as_json:
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(
+        title=f"strategies vs their standing holdouts, {doc['window']['since']} .. "
+        f"{doc['window']['until']} (snapshot {report.version})",
+        title_justify="left",
+    )
+    for col in ("strategy", "target", "reach", "holdout", "conv. lift", "revenue/user lift",
+                "incremental margin/user (95% CI)"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("strategy", "target") else "right")
+    for row in doc["strategies"]:
+        m = row["metrics"]
+
+        def lift(metric: str, m: dict[str, Any] = m) -> str:
+            if metric not in m:
+                return "-"
+            r = m[metric]["relative"]
+            return f"{r['effect']:+.1%} (p {_p(r['p_value'])})"
+
+        margin = m.get("margin_per_user", {}).get("absolute")
+        table.add_row(
+            row["strategy"],
+            row["target"],
+            f"{row['reach']:,}",
+            f"{row['holdout_users']:,}",
+            lift("conversion"),
+            lift("revenue_per_user"),
+            "-"
+            if margin is None
+            else f"{margin['effect']:+.2f} [{margin['ci_low']:+.2f}, {margin['ci_high']:+.2f}]",
+        )
+    console.print(table)
