@@ -219,3 +219,53 @@ def test_calendar_campaigns_issue_once_however_often_they_run(world: Settings, p
     eve_stats = next(x for x in report["rules"] if x["name"] == "festival_eve")
     assert eve_stats["fired"] + sum(eve_stats["suppressed"].values()) == targets
     assert set(eve_stats["by_tier"]) <= {"high_value", "potential"}
+
+
+def test_an_experiment_arm_sets_the_coupon_and_the_exposure_reaches_the_warehouse(
+    world: Settings, pool: Any
+) -> None:
+    """The shipped experiment (potential tier, coupon 10 vs 20 CNY) on the delivery path: a
+    potential user's abandoned cart gets its arm's coupon, and its first exposure (source
+    action) lands in the warehouse's exposures table through the sink."""
+    from strata.experiments.config import load_experiments
+    from strata.strategies.config import load_strategies
+
+    assert world.redis_url
+    exp = load_experiments().experiments[0]
+    strategies = load_strategies()
+    table = snapshot_table(world)
+    potential = table.filter(pc.equal(table.column("tier"), "potential"))["user_id"].to_pylist()
+    enabling = [s for s in strategies.strategies if "cart_abandoned" in s.trigger_rules
+                and "potential" in s.applies_to.tiers]  # fmt: skip
+    uid = next(
+        u
+        for u in potential
+        if exp.assign(u) != "holdout" and not all(strategies.in_holdout(s, u) for s in enabling)
+    )
+    arm = exp.assign(uid)
+    t = now_ms() - 31 * 60_000
+    cart = {"event_id": "exp-cart-1", "user_id": uid, "event_type": "add_to_cart",
+            "category": "seafood", "ts": t, "received_ms": now_ms()}  # fmt: skip
+    appender = EventAppender(world.redis_url, "strata", load_stream_config())
+    assert appender.append([cart]).accepted == 1
+    appender.close()
+    r = redis.Redis.from_url(world.redis_url)
+
+    def coupon() -> dict[str, Any] | None:
+        acts = [orjson.loads(a) for a in r.lrange(KEYS.actions(uid), 0, -1)]
+        return next(
+            (a for a in acts if a["rule"] == "cart_abandoned" and a["action"] == "coupon"), None
+        )
+
+    got = wait_for(coupon, what="the cart coupon")
+    spec = exp.arm(arm)
+    assert spec is not None
+    assert got["params"]["value_cny"] == spec.overrides["coupon_value_cny"]
+    assert r.get(KEYS.exposed(exp.name, uid)) == arm.encode()
+
+    def exposed() -> bool:
+        ex = Warehouse(world.data).read_table("exposures")
+        rows = ex.filter(pc.equal(ex.column("user_id"), uid)).to_pylist()
+        return bool(rows) and rows[0]["arm"] == arm and rows[0]["source"] == "action"
+
+    wait_for(exposed, timeout_s=30, what="the exposure in the warehouse")
