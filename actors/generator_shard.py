@@ -24,6 +24,7 @@ from strata.config import CalendarConfig
 from strata.io.paths import bucket_part_file
 from strata.io.warehouse import PARQUET_OPTIONS, PartFile, Warehouse
 from strata.synth import ORDER_LOG_COLUMNS, GeneratorConfig, generate_bucket, orders_only
+from strata.synth.experiment import ExperimentPlan, ExperimentTruth
 
 #: Days after the window simulated to label the ground truth (next month's orders, churn).
 HORIZON_DAYS = 30
@@ -40,6 +41,8 @@ class ShardResult:
     event_counts: dict[str, int]
     seconds: float
     peak_rss_mb: float
+    #: the simulated experiment's truth part (None without one)
+    experiment_truth: ExperimentTruth | None = None
 
 
 def _rss_mb() -> float:
@@ -65,6 +68,7 @@ def generate_shard(
     start: dt.date,
     days: int,
     only_orders: bool = False,
+    experiment: ExperimentPlan | None = None,
 ) -> ShardResult:
     """Generate one bucket and write its parts (uncommitted). The body of a Ray task.
 
@@ -76,11 +80,14 @@ def generate_shard(
             :func:`strata.synth.generate_bucket`.
         only_orders: write a transaction log (:func:`strata.synth.orders_only`): order
             events with :data:`strata.synth.ORDER_LOG_COLUMNS`, no users part.
+        experiment: a simulated experiment; its exposures become the bucket's
+            ``exposures`` part.
     """
     t0 = time.perf_counter()
     out = generate_bucket(
-        bucket, user_ids, raw_ids, cfg, calendar, seed, start, days, horizon_days=HORIZON_DAYS
-    )
+        bucket, user_ids, raw_ids, cfg, calendar, seed, start, days, horizon_days=HORIZON_DAYS,
+        experiment=experiment,
+    )  # fmt: skip
     wh = Warehouse(data_root)
     if only_orders:
         out = orders_only(out)
@@ -95,6 +102,10 @@ def generate_shard(
             wh.write_bucket("events", bucket, out.events, write_id, already_sorted=True),
             wh.write_bucket("users", bucket, out.users, write_id, already_sorted=True),
         ]
+    if out.exposures is not None and out.exposures.num_rows:
+        parts.append(
+            wh.write_bucket("exposures", bucket, out.exposures, write_id, already_sorted=True)
+        )
     wh.fs.create_dir(truth_staging, recursive=True)
     pq.write_table(
         out.truth, truth_part(truth_staging, bucket), filesystem=wh.fs, **PARQUET_OPTIONS
@@ -107,6 +118,7 @@ def generate_shard(
         event_counts=out.event_counts(),
         seconds=time.perf_counter() - t0,
         peak_rss_mb=_rss_mb(),
+        experiment_truth=out.experiment_truth,
     )
 
 

@@ -173,6 +173,28 @@ class ExperienceConfig(StrictModel):
         return _check_ratings(v)
 
 
+class SimulatedExperimentConfig(StrictModel):
+    """The true effect ``strata generate --experiment NAME`` plants (generator.yaml
+    ``experiments.NAME``; the arms, weights, holdout and salt come from experiments.yaml).
+
+    Treated users (``arm``) get their buy probability per session multiplied by a factor
+    solved so that the expected conversion (>= 1 order in ``window_days`` after the first
+    exposure) is ``1 + relative_effect`` times the untreated one (:mod:`strata.synth.experiment`).
+    """
+
+    arm: str = Field(min_length=1, description="the treated arm")
+    baseline: str = Field(min_length=1, description="the arm it is compared with")
+    metric: Literal["conversion"] = "conversion"
+    relative_effect: float = Field(gt=-1.0, le=5.0)
+    window_days: int = Field(default=14, ge=1, le=365, description="the analysis window")
+    start_fraction: float = Field(
+        default=0.5, ge=0, lt=1, description="experiment start, as a fraction of the window"
+    )
+    target_personas: list[str] = Field(
+        default_factory=list, description="personas exposed (empty: every user)"
+    )
+
+
 class GeneratorConfig(StrictModel):
     """configs/generator.yaml: personas and the shared parameters of the generator."""
 
@@ -188,6 +210,7 @@ class GeneratorConfig(StrictModel):
     catalogue: CatalogueConfig = Field(default_factory=CatalogueConfig)
     coupons: CouponConfig
     experience: ExperienceConfig
+    experiments: dict[str, SimulatedExperimentConfig] = Field(default_factory=dict)
 
     @field_validator("age_bands")
     @classmethod
@@ -226,6 +249,13 @@ class GeneratorConfig(StrictModel):
                 raise ValueError(
                     f"persona {name!r}: unknown hour_profile {p.hour_profile!r}; "
                     f"allowed: {sorted(self.hour_profiles)}"
+                )
+        for name, e in self.experiments.items():
+            unknown = [p for p in e.target_personas if p not in self.personas]
+            if unknown:
+                raise ValueError(
+                    f"experiments.{name}.target_personas: unknown persona {unknown[0]!r}; "
+                    f"allowed: {sorted(self.personas)}"
                 )
         return self
 

@@ -70,6 +70,7 @@ from strata.schema import (
     EventType,
 )
 from strata.synth.config import ITEM_ID_STRIDE, CatalogueConfig, GeneratorConfig
+from strata.synth.experiment import ExperimentPlan, ExperimentTruth, simulate_exposures
 from strata.timeutil import DAY_MS, HOUR_MS, local_midnight_ms
 
 _EPOCH = dt.date(1970, 1, 1)
@@ -125,6 +126,9 @@ class BucketData:
     events: pa.Table
     users: pa.Table
     truth: pa.Table
+    #: the simulated experiment's exposures (EXPOSURES_SCHEMA) and truth, when one ran
+    exposures: pa.Table | None = None
+    experiment_truth: ExperimentTruth | None = None
 
     def event_counts(self) -> dict[str, int]:
         """Rows per event type (every type listed, zeros included)."""
@@ -528,8 +532,12 @@ def _session_events(
     u: _Users,
     s: _Sessions,
     tiers: np.ndarray,
+    buy_multiplier: np.ndarray | None = None,
 ) -> tuple[_Rows, np.ndarray, np.ndarray]:
     """Expand every session into its funnel events.
+
+    ``buy_multiplier`` (per session) scales the buy probability (a simulated treatment); the
+    random draws are the same with or without it.
 
     Returns:
         the rows (``order`` and ``tier`` of coupon uses and orders still unset), whether each
@@ -538,7 +546,10 @@ def _session_events(
     ns = len(s)
     persona = u.persona[s.user]
     f = cfg.funnel
-    buy = rng.random(ns) < pt.buy_prob[persona]
+    buy_prob = pt.buy_prob[persona]
+    if buy_multiplier is not None:
+        buy_prob = np.minimum(buy_prob * buy_multiplier, 1.0)
+    buy = rng.random(ns) < buy_prob
     cart = buy | (rng.random(ns) < pt.abandon_prob[persona])
     coupon_used = buy & (rng.random(ns) < u.coupon_affinity[s.user])
     counts = np.zeros((ns, len(_SESSION_EVENTS)), dtype=np.int64)
@@ -758,6 +769,7 @@ def generate_bucket(
     start: dt.date,
     days: int,
     horizon_days: int = 30,
+    experiment: ExperimentPlan | None = None,
 ) -> BucketData:
     """Simulate every user of one bucket over the window and the horizon after it.
 
@@ -771,10 +783,15 @@ def generate_bucket(
         start: first local day of the window.
         days: window length in local days; events are in [start, start + days).
         horizon_days: days after the window simulated for the truth labels.
+        experiment: a simulated experiment (:mod:`strata.synth.experiment`): its exposures
+            and the treated users' higher buy probability (its own random stream for the
+            send times; the behaviour's draws are the same, but a treated order shifts later
+            draws, so other users' events differ from a run without it, in value not in law).
 
     Returns:
         events (EVENTS_SCHEMA, sorted by user_id then ts), users (USERS_SCHEMA, sorted by
-        user_id) and truth (:func:`truth_schema`, sorted by user_id).
+        user_id) and truth (:func:`truth_schema`, sorted by user_id); with an experiment also
+        its exposures (EXPOSURES_SCHEMA, sorted by user_id) and truth.
     """
     if not (1 <= days <= MAX_DAYS and 1 <= horizon_days <= MAX_DAYS):
         raise ValueError(f"days and horizon_days must be in 1..{MAX_DAYS}")
@@ -796,7 +813,16 @@ def generate_bucket(
     u, attributes = _draw_users(rng, cfg, pt, n, start_ms, days, span)
     lam = _session_rates(rng, pt, u, calendar, start, span)
     sessions = _sessions(rng, cfg, pt, u, lam, start_ms, days)
-    rows, buy, coupon_used = _session_events(rng, cfg, pt, u, sessions, tiers)
+    exposed = None
+    if experiment is not None:
+        exposed = simulate_exposures(
+            experiment, np.random.default_rng([seed, bucket, 1]), start_ms, ids,
+            np.asarray(pt.names, dtype=object)[u.persona], u.signup_ms, pt.buy_prob[u.persona],
+            sessions.user, sessions.start_ms,
+        )  # fmt: skip
+    rows, buy, coupon_used = _session_events(
+        rng, cfg, pt, u, sessions, tiers, None if exposed is None else exposed.buy_multiplier
+    )
 
     # orders: one per buying session, numbered in session order like their order events
     o_sess = np.flatnonzero(buy)
@@ -851,7 +877,13 @@ def generate_bucket(
         ],
         schema=truth_schema(horizon_days),
     )
-    return BucketData(events=events, users=users, truth=truth)
+    return BucketData(
+        events=events,
+        users=users,
+        truth=truth,
+        exposures=None if exposed is None else exposed.exposures,
+        experiment_truth=None if exposed is None else exposed.truth,
+    )
 
 
 #: Columns of an orders-only log (``strata generate --orders-only``): what a shop's order
@@ -883,4 +915,10 @@ def orders_only(data: BucketData) -> BucketData:
         ],
         schema=EVENTS_SCHEMA,
     )
-    return BucketData(events=events, users=USERS_SCHEMA.empty_table(), truth=data.truth)
+    return BucketData(
+        events=events,
+        users=USERS_SCHEMA.empty_table(),
+        truth=data.truth,
+        exposures=data.exposures,
+        experiment_truth=data.experiment_truth,
+    )
