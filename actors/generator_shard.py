@@ -13,9 +13,10 @@ import datetime as dt
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from ray.remote_function import RemoteFunction
@@ -43,6 +44,8 @@ class ShardResult:
     peak_rss_mb: float
     #: the simulated experiment's truth part (None without one)
     experiment_truth: ExperimentTruth | None = None
+    #: arm -> users exposed to the simulated experiment
+    exposed_by_arm: dict[str, int] = field(default_factory=dict)
 
 
 def _rss_mb() -> float:
@@ -102,7 +105,10 @@ def generate_shard(
             wh.write_bucket("events", bucket, out.events, write_id, already_sorted=True),
             wh.write_bucket("users", bucket, out.users, write_id, already_sorted=True),
         ]
+    exposed: dict[str, int] = {}
     if out.exposures is not None and out.exposures.num_rows:
+        counts = pc.value_counts(out.exposures.column("arm")).to_pylist()
+        exposed = {row["values"]: int(row["counts"]) for row in counts}
         parts.append(
             wh.write_bucket("exposures", bucket, out.exposures, write_id, already_sorted=True)
         )
@@ -119,6 +125,7 @@ def generate_shard(
         seconds=time.perf_counter() - t0,
         peak_rss_mb=_rss_mb(),
         experiment_truth=out.experiment_truth,
+        exposed_by_arm=exposed,
     )
 
 

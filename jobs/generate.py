@@ -7,11 +7,18 @@ a ground-truth part. The driver then commits
 all parts in one manifest replace, so a failed run leaves the warehouse as it was. Ground
 truth (persona, next-month orders and spend, churn) goes to ``<data>/truth/users.parquet``,
 outside the warehouse.
+
+With ``--experiment NAME`` the run also simulates that experiment of configs/experiments.yaml
+with the true effect of generator.yaml ``experiments.NAME`` (:mod:`strata.synth.experiment`):
+its exposures are committed to the ``exposures`` table with the rest, and the effect really
+planted goes to ``<data>/truth/experiments.json`` as ``{NAME: {"arm", "baseline", "metric",
+"relative_effect"}}``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import posixpath
 import resource
 import time
@@ -33,16 +40,25 @@ from actors.generator_shard import (
 )
 from jobs._errors import BucketTaskError, run_command
 from jobs._runtime import console, map_buckets, ray_session, summary_table
-from strata.config import load_calendar
+from strata.config import ConfigError, load_calendar
+from strata.experiments.config import load_experiments
 from strata.io.keys import load_pseudonym_key
 from strata.io.paths import is_remote
 from strata.io.warehouse import PARQUET_OPTIONS, TABLES, Warehouse, WriteResult, resolve
 from strata.schema import EVENT_TYPES
 from strata.settings import Settings
-from strata.synth import load_generator_config, truth_schema, users_by_bucket, window_start
+from strata.synth import (
+    GeneratorConfig,
+    load_generator_config,
+    truth_schema,
+    users_by_bucket,
+    window_start,
+)
+from strata.synth.experiment import ExperimentPlan, ExperimentTruth, plan_experiment
 
 TRUTH_DIR = "truth"
 TRUTH_FILE = "users.parquet"
+EXPERIMENTS_TRUTH_FILE = "experiments.json"
 
 
 class GenerateError(RuntimeError):
@@ -70,6 +86,11 @@ class GenerateResult:
     write_id: str
     timings: dict[str, float] = field(default_factory=dict)
     orders_only: bool = False
+    experiment: str | None = None
+    #: arm -> exposed users of the simulated experiment
+    exposed: dict[str, int] = field(default_factory=dict)
+    configured_effect: float | None = None
+    true_effect: float | None = None
 
 
 def _rss_mb() -> float:
@@ -104,6 +125,37 @@ def _merge_truth(fs: pafs.FileSystem, staging: str, buckets: Sequence[int], targ
             writer.write_table(pq.read_table(truth_part(staging, b), filesystem=fs))
 
 
+def _plan(name: str, cfg: GeneratorConfig, days: int, config_dir: str | None) -> ExperimentPlan:
+    """The experiment ``name`` of experiments.yaml with its true effect (generator.yaml)."""
+    experiment = load_experiments(config_dir).get(name)
+    if experiment is None:
+        known = ", ".join(e.name for e in load_experiments(config_dir).experiments) or "(none)"
+        raise GenerateError(f"--experiment {name}: not in experiments.yaml; experiments: {known}")
+    try:
+        return plan_experiment(
+            name, experiment.salt, experiment.weights, experiment.holdout, cfg, days
+        )
+    except ValueError as exc:
+        raise GenerateError(f"--experiment {name}: {exc}") from None
+
+
+def experiments_truth(plan: ExperimentPlan, truth: ExperimentTruth) -> dict[str, Any]:
+    """The ``truth/experiments.json`` document of one simulated experiment."""
+    return {
+        plan.name: {
+            "arm": plan.arm,
+            "baseline": plan.baseline,
+            "metric": plan.metric,
+            "relative_effect": truth.relative_effect,
+        }
+    }
+
+
+def _write_json(fs: pafs.FileSystem, path: str, doc: dict[str, Any]) -> None:
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
+
+
 def _delete_dir(fs: pafs.FileSystem, path: str) -> None:
     if fs.get_file_info(path).type == pafs.FileType.Directory:
         fs.delete_dir(path)
@@ -120,6 +172,7 @@ def run(
     config_dir: str | None = None,
     show_progress: bool = True,
     only_orders: bool = False,
+    experiment: str | None = None,
 ) -> GenerateResult:
     """Generate ``users`` synthetic users over the ``days`` local days before ``end``.
 
@@ -141,9 +194,13 @@ def run(
         show_progress: draw the rich progress bar.
         only_orders: a transaction log only (``--orders-only``): order events with
             :data:`strata.synth.ORDER_LOG_COLUMNS` and no users table; the truth as usual.
+        experiment: simulate this experiment of experiments.yaml (its exposures into the
+            warehouse, its true effect into ``truth/experiments.json``); without it a stale
+            ``truth/experiments.json`` is removed, as the exposures table is replaced.
 
     Raises:
-        GenerateError: the warehouse already holds rows, or a task failed (nothing committed).
+        GenerateError: the warehouse already holds rows, a task failed (nothing committed),
+            or the experiment is unknown or does not fit the window.
     """
     if users < 1 or days < 1:
         raise GenerateError("users and days must be at least 1")
@@ -152,6 +209,10 @@ def run(
     start = window_start(end, days)
     cfg = load_generator_config(config_dir)
     calendar = load_calendar(config_dir)
+    try:
+        plan = None if experiment is None else _plan(experiment, cfg, days, config_dir)
+    except ConfigError as exc:
+        raise GenerateError(f"--experiment {experiment}: {exc}") from None
     wh, replace = _prepare_warehouse(settings, overwrite)
     n_buckets = wh.n_buckets
     key = load_pseudonym_key(settings)
@@ -177,7 +238,7 @@ def run(
             b, ids, raw = group
             return task.remote(
                 data_root, write_id, staging, b, ids, raw, cfg_ref, cal_ref, seed, start, days,
-                only_orders,
+                only_orders, plan,
             )  # fmt: skip
 
         try:
@@ -204,8 +265,15 @@ def run(
         for k, v in s.event_counts.items():
             counts[k] += v
     events = sum(s.events for s in shards)
+    exp_truth = ExperimentTruth()
+    exposed: dict[str, int] = {}
+    for s in shards:
+        exp_truth = exp_truth.merge(s.experiment_truth or ExperimentTruth())
+        for arm, count in s.exposed_by_arm.items():
+            exposed[arm] = exposed.get(arm, 0) + count
     truth_path = posixpath.join(truth_dir, TRUTH_FILE)
     truth_tmp = posixpath.join(truth_dir, f".{TRUTH_FILE}.{write_id}.tmp")
+    exp_path = posixpath.join(truth_dir, EXPERIMENTS_TRUTH_FILE)
     try:
         _merge_truth(fs, staging, [s.bucket for s in shards], truth_tmp)
         wh.commit(
@@ -221,9 +289,23 @@ def run(
                 "window_end": end.isoformat(),
                 "orders": counts["order"],
                 "orders_only": only_orders,
+                **(
+                    {}
+                    if plan is None
+                    else {
+                        "experiment": plan.name,
+                        "experiment_start": (start + dt.timedelta(days=plan.start_day)).isoformat(),
+                    }
+                ),
             },
         )
         fs.move(truth_tmp, truth_path)
+        if plan is not None:
+            exp_tmp = posixpath.join(truth_dir, f".{EXPERIMENTS_TRUTH_FILE}.{write_id}.tmp")
+            _write_json(fs, exp_tmp, experiments_truth(plan, exp_truth))
+            fs.move(exp_tmp, exp_path)
+        elif fs.get_file_info(exp_path).type == pafs.FileType.File:
+            fs.delete_file(exp_path)  # its exposures were just replaced
     finally:
         _delete_dir(fs, staging)
         if fs.get_file_info(truth_tmp).type == pafs.FileType.File:
@@ -254,6 +336,10 @@ def run(
             "task_s": sum(s.seconds for s in shards),
         },
         orders_only=only_orders,
+        experiment=None if plan is None else plan.name,
+        exposed=exposed,
+        configured_effect=None if plan is None else plan.relative_effect,
+        true_effect=None if plan is None else exp_truth.relative_effect,
     )
 
 
@@ -272,6 +358,15 @@ def summary_rows(r: GenerateResult) -> list[tuple[str, Any]]:
         for k, v in sorted(r.event_counts.items(), key=lambda kv: -kv[1])
         if v or not r.orders_only  # an orders-only log has no other types to list
     ]
+    if r.experiment is not None:
+        arms = ", ".join(f"{arm} {n}" for arm, n in sorted(r.exposed.items()))
+        rows.append((f"experiment {r.experiment}", f"exposed: {arms or 'nobody'}"))
+        rows.append(
+            (
+                "  relative conversion effect",
+                f"{r.true_effect:.6g} planted (configured {r.configured_effect:g})",
+            )
+        )
     rows += [
         ("seconds", r.seconds),
         ("events/s", round(r.events_per_s)),
@@ -319,6 +414,14 @@ def command(
             help="Only order events (a transaction log: no sessions, no users table).",
         ),
     ] = False,
+    experiment: Annotated[
+        str | None,
+        typer.Option(
+            "--experiment",
+            help="Simulate this experiment of experiments.yaml with the true effect of "
+            "generator.yaml: exposures into the warehouse, truth/experiments.json.",
+        ),
+    ] = None,
 ) -> None:
     """Generate synthetic grocery behaviour (events, users, ground truth) into the warehouse."""
     overrides: dict[str, Any] = {"data": data}
@@ -334,6 +437,7 @@ def command(
         overwrite=overwrite,
         workers=workers,
         only_orders=orders_only_,
+        experiment=experiment,
     )
     console.print(summary_table("strata generate", summary_rows(result)))
 

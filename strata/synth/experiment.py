@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from strata.experiments.assignment import HOLDOUT, assign_many
+from strata.experiments.assignment import assign_many
 from strata.schema import EXPOSURES_SCHEMA, TIMESTAMP
 from strata.synth.config import GeneratorConfig
 from strata.timeutil import DAY_MS, HOUR_MS
