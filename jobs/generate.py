@@ -133,8 +133,9 @@ def _plan(name: str, cfg: GeneratorConfig, days: int, config_dir: str | None) ->
         raise GenerateError(f"--experiment {name}: not in experiments.yaml; experiments: {known}")
     try:
         return plan_experiment(
-            name, experiment.salt, experiment.weights, experiment.holdout, cfg, days
-        )
+            name, experiment.salt, experiment.weights, experiment.holdout, cfg, days,
+            experiment.analysis_window_days,
+        )  # fmt: skip
     except ValueError as exc:
         raise GenerateError(f"--experiment {name}: {exc}") from None
 

@@ -186,7 +186,13 @@ class SimulatedExperimentConfig(StrictModel):
     baseline: str = Field(min_length=1, description="the arm it is compared with")
     metric: Literal["conversion"] = "conversion"
     relative_effect: float = Field(gt=-1.0, le=5.0)
-    window_days: int = Field(default=14, ge=1, le=365, description="the analysis window")
+    window_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=365,
+        description="the analysis window (default and must-equal: experiments.yaml's "
+        "analysis_window_days, which the report measures)",
+    )
     start_fraction: float = Field(
         default=0.5, ge=0, lt=1, description="experiment start, as a fraction of the window"
     )

@@ -83,17 +83,21 @@ def plan_experiment(
     holdout: float,
     cfg: GeneratorConfig,
     days: int,
+    analysis_window_days: int | None = None,
 ) -> ExperimentPlan:
     """The plan of experiment ``name`` over a ``days``-day window.
 
     Args:
         name, salt, weights, holdout: the experiment's definition (experiments.yaml).
+        analysis_window_days: the window the report measures (experiments.yaml); the true
+            effect is planted for it. None: generator.yaml's ``window_days`` (else 14).
         cfg: the generator config, whose ``experiments[name]`` holds the true effect.
         days: the generated window's length.
 
     Raises:
         ValueError: no true effect configured for ``name``, arms that are not the
-            experiment's, or a window too short for the start and the analysis window.
+            experiment's, a ``window_days`` other than the analysis window, or a window too
+            short for the start and the analysis window.
     """
     sim = cfg.experiments.get(name)
     if sim is None:
@@ -110,11 +114,22 @@ def plan_experiment(
             )
     if sim.arm == sim.baseline:
         raise ValueError(f"generator.yaml experiments.{name}: arm and baseline are the same")
+    if (
+        sim.window_days is not None
+        and analysis_window_days is not None
+        and sim.window_days != analysis_window_days
+    ):
+        raise ValueError(
+            f"generator.yaml experiments.{name}.window_days is {sim.window_days} but the "
+            f"experiment's analysis_window_days (experiments.yaml) is {analysis_window_days}: "
+            "the effect would be planted for another window than the report measures"
+        )
+    window_days = sim.window_days or analysis_window_days or 14
     start_day = int(np.floor(sim.start_fraction * days))
-    if start_day + sim.window_days >= days:
+    if start_day + window_days >= days:
         raise ValueError(
             f"a {days}-day window is too short for experiment {name}: it starts on day "
-            f"{start_day} (start_fraction {sim.start_fraction:g}) and its {sim.window_days}-day "
+            f"{start_day} (start_fraction {sim.start_fraction:g}) and its {window_days}-day "
             f"analysis window must end inside the generated window; generate more --days or "
             f"lower generator.yaml experiments.{name}.start_fraction / window_days"
         )
@@ -127,7 +142,7 @@ def plan_experiment(
         baseline=sim.baseline,
         metric=sim.metric,
         relative_effect=sim.relative_effect,
-        window_days=sim.window_days,
+        window_days=window_days,
         start_day=start_day,
         target_personas=tuple(sim.target_personas),
     )

@@ -48,7 +48,7 @@ def _plan(cfg: synth.GeneratorConfig | None = None, **sim: Any) -> ExperimentPla
     if sim:
         cfg.experiments[NAME] = cfg.experiments[NAME].model_copy(update=sim)
     e = _experiment()
-    return plan_experiment(NAME, e.salt, e.weights, e.holdout, cfg, DAYS)
+    return plan_experiment(NAME, e.salt, e.weights, e.holdout, cfg, DAYS, e.analysis_window_days)
 
 
 def _bucket(
@@ -111,6 +111,7 @@ def test_plan_takes_the_definition_and_starts_mid_window() -> None:
         ({"arm": "coupon_30"}, r"experiments\.potential_coupon_value\.arm: 'coupon_30' is not"),
         ({"baseline": "coupon_20"}, "arm and baseline are the same"),
         ({"start_fraction": 0.6}, r"30-day window is too short .*start_fraction 0\.6"),
+        ({"window_days": 7}, r"window_days is 7 but .* analysis_window_days .* is 14"),
     ],
 )
 def test_plan_refuses_what_does_not_fit(sim: dict[str, Any], message: str) -> None:
