@@ -162,3 +162,22 @@ def test_command_line_refuses_an_unknown_or_unfitting_experiment(
     ok = CliRunner().invoke(cli.app, [*args, "--days", "30", "--experiment", NAME])
     assert ok.exit_code == 0, ok.output
     assert f"experiment {NAME}" in ok.output and "planted" in ok.output
+
+
+def test_the_report_command_recovers_the_shipped_experiment(
+    generated: tuple[Settings, generate.GenerateResult],
+) -> None:
+    settings, _ = generated
+    truth = json.loads((Path(settings.data) / "truth" / "experiments.json").read_text())[NAME]
+    args = ["report", "experiment", NAME, "--data", settings.data, "--json"]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    (c,) = [
+        c
+        for c in doc["comparisons"]
+        if (c["arm"], c["baseline"], c["metric"]) == (truth["arm"], truth["baseline"], "conversion")
+    ]
+    assert c["cuped"] is True
+    assert c["relative"]["ci_low"] <= truth["relative_effect"] <= c["relative"]["ci_high"]
+    assert doc["srm_p_value"] > 0.001
