@@ -9,6 +9,11 @@ What it offers (every name below is also importable from ``strata.synth`` itself
   warehouse bucket into :class:`BucketData` (events, users, and ground truth of
   :func:`truth_schema`), the window helpers :func:`window_start` and :data:`MAX_DAYS`, and the
   transaction-log view :func:`orders_only` with its :data:`ORDER_LOG_COLUMNS`;
+* :mod:`strata.synth.experiment` — a simulated experiment with a known effect
+  (``strata generate --experiment``): :func:`plan_experiment` builds the
+  :class:`ExperimentPlan` that :func:`generate_bucket` takes, whose bucket yields exposures and
+  a mergeable :class:`ExperimentTruth` (the effect planted); the true effects live in
+  generator.yaml as :class:`SimulatedExperimentConfig`;
 * :mod:`strata.synth.users` — :func:`raw_user_ids` (from :data:`FIRST_RAW_ID`) and
   :func:`users_by_bucket`, the synthetic users grouped by warehouse bucket.
 
@@ -16,7 +21,13 @@ What it offers (every name below is also importable from ``strata.synth`` itself
 callers that bound the window next to :func:`window_start`.
 """
 
-from strata.synth.config import GeneratorConfig, PersonaConfig, load_generator_config
+from strata.synth.config import (
+    GeneratorConfig,
+    PersonaConfig,
+    SimulatedExperimentConfig,
+    load_generator_config,
+)
+from strata.synth.experiment import ExperimentPlan, ExperimentTruth, plan_experiment
 from strata.synth.simulate import (
     MAX_DAYS,
     ORDER_LOG_COLUMNS,
@@ -34,12 +45,16 @@ __all__ = [
     "MAX_DAYS",
     "ORDER_LOG_COLUMNS",
     "BucketData",
+    "ExperimentPlan",
+    "ExperimentTruth",
     "GeneratorConfig",
     "PersonaConfig",
+    "SimulatedExperimentConfig",
     "generate_bucket",
     "load_generator_config",
     "local_midnight_ms",
     "orders_only",
+    "plan_experiment",
     "raw_user_ids",
     "truth_schema",
     "users_by_bucket",
