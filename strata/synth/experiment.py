@@ -24,8 +24,9 @@ relative_effect`` times an untreated one's, given the simulated sessions. Summed
 the equality holds for the whole population too, so the relative effect in expectation is
 exactly the configured one; when no ``k`` reaches it (users already nearly certain to convert)
 ``k`` is the largest useful one and :class:`ExperimentTruth` holds the smaller effect really
-planted. (A session starting minutes before the window ends whose order falls after it is
-counted as inside: a negligible edge.)
+planted. (Edges left out, each minutes wide against a 14-day window: a session starting just
+before the window ends whose order falls after it, or just before the send whose order falls
+after it.)
 """
 
 from __future__ import annotations
