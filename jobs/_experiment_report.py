@@ -65,6 +65,21 @@ def _bucket(
     return arm_statistics(outcomes, arm_names, metrics, cuped=cuped), len(outcomes), unknown
 
 
+def guardrail_breaches(exp: Experiment, analysis: ExperimentAnalysis) -> list[str]:
+    """A warning per arm whose mean breaks one of the experiment's guardrails."""
+    out = []
+    for arm in analysis.arms:
+        for g in exp.guardrails:
+            m = arm.metrics.get(g.metric)
+            if m is None:
+                continue
+            if g.max is not None and m.mean > g.max:
+                out.append(f"guardrail: {arm.arm} has {g.metric} {m.mean:.4g} > max {g.max:g}")
+            if g.min is not None and m.mean < g.min:
+                out.append(f"guardrail: {arm.arm} has {g.metric} {m.mean:.4g} < min {g.min:g}")
+    return out
+
+
 def warehouse_report(
     data: str,
     exp: Experiment,
@@ -153,6 +168,7 @@ def warehouse_report(
             correction=correction,
         )
         main = dataclasses.replace(main, comparisons=[*main.comparisons, *vs_holdout.comparisons])
+    main.warnings.extend(guardrail_breaches(exp, main))
     if unknown:
         main.warnings.append(
             f"{unknown} exposed users are in arms the experiment no longer defines; left out"

@@ -159,3 +159,26 @@ def test_unknown_experiment_and_empty_warehouse_are_user_errors(tmp_path: Path) 
     assert bad.exit_code == 2 and "no experiment 'nope'" in bad.output
     empty = CliRunner().invoke(app, ["report", "experiment", EXPERIMENT, "--data", root])
     assert empty.exit_code == 2 and "no exposed user" in empty.output
+
+
+def test_a_broken_guardrail_is_flagged(planted: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
+    import shutil
+
+    from strata.config import CONFIG_DIR
+
+    root, _ = planted
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, configs)
+    path = configs / "experiments.yaml"
+    text = path.read_text()
+    assert "{metric: coupon_cost_per_user, max: 15.0}" in text
+    path.write_text(text.replace("{metric: coupon_cost_per_user, max: 15.0}",
+                                 "{metric: coupon_cost_per_user, max: 5.0}", 1))  # fmt: skip
+    args = ["report", "experiment", EXPERIMENT, "--data", root, "--until", UNTIL, "--json"]
+    out = CliRunner().invoke(app, args, env={"STRATA_CONFIG_DIR": str(configs)})
+    assert out.exit_code == 0, out.output
+    # coupon_20 converts ~36% of users with a 20 CNY discount: ~7.2 CNY per user > 5
+    assert "guardrail: coupon_20 has coupon_cost_per_user" in out.stderr
+    assert "guardrail: control" not in out.stderr  # ~30% x 10 CNY = 3 < 5
+    shipped = CliRunner().invoke(app, args)
+    assert "guardrail" not in shipped.stderr
