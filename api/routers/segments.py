@@ -8,6 +8,7 @@ snapshot's record (they explain its tier rules)."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
@@ -137,13 +138,23 @@ async def _lookup_one(state: ApiState, user_id: str) -> tuple[str, dict[str, Any
     return version, record
 
 
-@router.get(
-    "/users/{user_id}/segment",
-    response_model=SegmentPublic,
-    responses={**_NOT_FOUND, **AUTH_RESPONSES},
-    summary="One user's tier, lifecycle stage, tags and scores",
-)
-async def get_segment(user_id: UserIdPath, state: State, _key: SegmentsReader) -> Response:
+@dataclass(frozen=True)
+class LiveLookup:
+    """One user's segment as the lookups answer it: the snapshot record with the live overlay
+    merged in (when it is based on the version read) and the unexpired dynamic tags."""
+
+    uid: int
+    version: str
+    record: dict[str, Any]
+    source: str
+    last_event_at: str | None
+    tags: list[str]
+    now_ms: int
+
+
+async def lookup_live(state: ApiState, user_id: str) -> LiveLookup:
+    """Read one user's record, overlay and tags (404 when neither snapshot nor overlay has
+    the user, 503 when nothing is published)."""
     reader, live = reader_of(state), live_of(state)
     uid = pseudonymise(user_id, state.pseudonym_key)
 
@@ -161,17 +172,30 @@ async def get_segment(user_id: UserIdPath, state: State, _key: SegmentsReader) -
         state.metrics.lookup_users.labels("not_found").inc()
         raise HTTPException(404, "the current snapshot has no segment for this user")
     state.metrics.lookup_users.labels("found").inc()
-    info = await _version_info(state, version)  # cached after the first call per version
-    tags = live_tags(states[0].tags, _now_ms())
+    now = _now_ms()
+    return LiveLookup(
+        uid, version, merged, source, last_event_at, live_tags(states[0].tags, now), now
+    )
+
+
+@router.get(
+    "/users/{user_id}/segment",
+    response_model=SegmentPublic,
+    responses={**_NOT_FOUND, **AUTH_RESPONSES},
+    summary="One user's tier, lifecycle stage, tags and scores",
+)
+async def get_segment(user_id: UserIdPath, state: State, _key: SegmentsReader) -> Response:
+    found = await lookup_live(state, user_id)
+    info = await _version_info(state, found.version)  # cached after the first call per version
     return json_response(
         segment_payload(
             user_id,
-            version,
+            found.version,
             info.as_of,
-            merged,
-            dynamic_tags=tags,
-            source=source,
-            last_event_at=last_event_at,
+            found.record,
+            dynamic_tags=found.tags,
+            source=found.source,
+            last_event_at=found.last_event_at,
         )
     )
 

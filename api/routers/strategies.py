@@ -14,26 +14,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from fastapi.responses import Response
 
-from api.deps import ApiState, SegmentsReader, State, live_of, reader_of
+from api.deps import ApiState, SegmentsReader, State
 from api.models import UserStrategiesPublic
-from api.routers.segments import (
-    _NOT_FOUND,
-    AUTH_RESPONSES,
-    UserIdPath,
-    _nothing_published,
-    _now_ms,
-    json_response,
-)
-from strata.ids import pseudonymise
+from api.routers.segments import _NOT_FOUND, AUTH_RESPONSES, UserIdPath, json_response, lookup_live
 from strata.io.exposure_log import Exposure
-from strata.io.realtime_reader import LiveState
 from strata.io.segment_reader import READ_ERRORS
-from strata.realtime.live_view import live_tags, merge_live, parse_overlay
 from strata.strategies.resolve import (
     ExperimentMatch,
     rearm,
@@ -81,25 +70,9 @@ async def _log_exposures(
     summary="The strategies and experiment arms that apply to a user now, and why",
 )
 async def get_strategies(user_id: UserIdPath, state: State, _key: SegmentsReader) -> Response:
-    reader, live = reader_of(state), live_of(state)
-    uid = pseudonymise(user_id, state.pseudonym_key)
-
-    async def read() -> tuple[str | None, dict[str, Any] | None, list[LiveState]]:
-        version, record = await reader.lookup(uid)
-        return version, record, (await live.live_many([uid]) if version is not None else [])
-
-    version, record, states = await state.redis(read)
-    if version is None:
-        raise _nothing_published()
-    state.metrics.saw_version(version)
-    merged, source, _ = merge_live(record, parse_overlay(states[0].overlay), version)
-    if merged is None:
-        state.metrics.lookup_users.labels("not_found").inc()
-        raise HTTPException(404, "the current snapshot has no segment for this user")
-    state.metrics.lookup_users.labels("found").inc()
-    now_ms = _now_ms()
-    tags = live_tags(states[0].tags, now_ms)
-    strategies = resolve_strategies(merged, tags, uid, state.strategies)
+    found = await lookup_live(state, user_id)
+    uid, version, merged, now_ms = found.uid, found.version, found.record, found.now_ms
+    strategies = resolve_strategies(merged, found.tags, uid, state.strategies)
     experiments = resolve_experiments(merged, uid, state.experiments, local_today(now_ms))
     experiments = await _log_exposures(state, uid, experiments, now_ms)
     return json_response(
@@ -108,8 +81,8 @@ async def get_strategies(user_id: UserIdPath, state: State, _key: SegmentsReader
             "version": version,
             "tier": merged["tier"],
             "lifecycle_stage": merged.get("lifecycle_stage"),
-            "dynamic_tags": tags,
-            "source": source,
+            "dynamic_tags": found.tags,
+            "source": found.source,
             "strategies": [
                 {
                     "name": m.strategy.name,
