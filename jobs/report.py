@@ -98,6 +98,22 @@ def comparisons_table(result: ExperimentAnalysis) -> Table:
     return table
 
 
+def show_analysis(result: ExperimentAnalysis, as_json: bool, units: str, tail: str = "") -> None:
+    """Print an analysis: its JSON (warnings on stderr), or the arm and comparison tables, a
+    summary line (``units``; SRM p-value; ``tail``) and the warnings."""
+    if as_json:
+        print(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+        for w in result.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        return
+    console.print(arms_table(result))
+    console.print(comparisons_table(result))
+    flag = "  [bold red]MISMATCH[/]" if result.srm_mismatch else ""
+    console.print(f"{units}; SRM p-value {result.srm_p_value:.4g}{flag}{tail}")
+    for w in result.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
 @app.command("experiment")
 def experiment(
     name: str | None = typer.Argument(
@@ -200,20 +216,7 @@ def experiment(
         sequential_tuning=sequential_tuning if sequential else None,
         correction=corr,
     )
-    if as_json:
-        print(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
-        for w in result.warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        return
-    console.print(arms_table(result))
-    console.print(comparisons_table(result))
-    flag = "  [bold red]MISMATCH[/]" if result.srm_mismatch else ""
-    console.print(
-        f"{table.rows:,} units in {len(table.arm_names)} arms; SRM p-value "
-        f"{result.srm_p_value:.4g}{flag}"
-    )
-    for w in result.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+    show_analysis(result, as_json, f"{table.rows:,} units in {len(table.arm_names)} arms")
 
 
 def _warehouse(
@@ -252,22 +255,14 @@ def _warehouse(
         show_progress=not as_json,
     )
     result = report.analysis
-    if as_json:
-        print(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
-        for w in result.warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        return
-    console.print(arms_table(result))
-    console.print(comparisons_table(result))
-    flag = "  [bold red]MISMATCH[/]" if result.srm_mismatch else ""
-    console.print(
+    show_analysis(
+        result,
+        as_json,
         f"{report.exposed:,} exposed users in {len(result.arms)} arms over {report.buckets} "
-        f"buckets; SRM p-value {result.srm_p_value:.4g}{flag}; outcomes in the "
-        f"{exp.analysis_window_days} days after each first exposure"
-        + (f", CUPED on the spend of the {exp.pre_window_days} days before" if cuped else "")
+        f"buckets",
+        f"; outcomes in the {exp.analysis_window_days} days after each first exposure"
+        + (f", CUPED on the spend of the {exp.pre_window_days} days before" if cuped else ""),
     )
-    for w in result.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
 
 
 @app.command("strategies")
