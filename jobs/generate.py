@@ -18,17 +18,12 @@ planted goes to ``<data>/truth/experiments.json`` as ``{NAME: {"arm", "baseline"
 from __future__ import annotations
 
 import datetime as dt
-import json
-import posixpath
 import resource
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import typer
 
 from actors.generator_shard import (
@@ -44,21 +39,22 @@ from strata.config import ConfigError, load_calendar
 from strata.experiments.config import load_experiments
 from strata.io.keys import load_pseudonym_key
 from strata.io.paths import is_remote
-from strata.io.warehouse import PARQUET_OPTIONS, TABLES, Warehouse, WriteResult, resolve
+from strata.io.truth import TruthFiles
+from strata.io.warehouse import TABLES, Warehouse, WriteResult, resolve
 from strata.schema import EVENT_TYPES
 from strata.settings import Settings
 from strata.synth import (
-    GeneratorConfig,
     load_generator_config,
     truth_schema,
     users_by_bucket,
     window_start,
 )
-from strata.synth.experiment import ExperimentPlan, ExperimentTruth, plan_experiment
-
-TRUTH_DIR = "truth"
-TRUTH_FILE = "users.parquet"
-EXPERIMENTS_TRUTH_FILE = "experiments.json"
+from strata.synth.experiment import (
+    ExperimentTruth,
+    merge_outcomes,
+    plan_from_config,
+    truth_document,
+)
 
 
 class GenerateError(RuntimeError):
@@ -116,52 +112,6 @@ def _prepare_warehouse(
     return wh, replace
 
 
-def _merge_truth(fs: pafs.FileSystem, staging: str, buckets: Sequence[int], target: str) -> None:
-    """Concatenate the truth parts (bucket order) into one file, one part in memory at a time."""
-    with pq.ParquetWriter(
-        target, truth_schema(HORIZON_DAYS), filesystem=fs, **PARQUET_OPTIONS
-    ) as writer:
-        for b in buckets:
-            writer.write_table(pq.read_table(truth_part(staging, b), filesystem=fs))
-
-
-def _plan(name: str, cfg: GeneratorConfig, days: int, config_dir: str | None) -> ExperimentPlan:
-    """The experiment ``name`` of experiments.yaml with its true effect (generator.yaml)."""
-    experiment = load_experiments(config_dir).get(name)
-    if experiment is None:
-        known = ", ".join(e.name for e in load_experiments(config_dir).experiments) or "(none)"
-        raise GenerateError(f"--experiment {name}: not in experiments.yaml; experiments: {known}")
-    try:
-        return plan_experiment(
-            name, experiment.salt, experiment.weights, experiment.holdout, cfg, days,
-            experiment.analysis_window_days,
-        )  # fmt: skip
-    except ValueError as exc:
-        raise GenerateError(f"--experiment {name}: {exc}") from None
-
-
-def experiments_truth(plan: ExperimentPlan, truth: ExperimentTruth) -> dict[str, Any]:
-    """The ``truth/experiments.json`` document of one simulated experiment."""
-    return {
-        plan.name: {
-            "arm": plan.arm,
-            "baseline": plan.baseline,
-            "metric": plan.metric,
-            "relative_effect": truth.relative_effect,
-        }
-    }
-
-
-def _write_json(fs: pafs.FileSystem, path: str, doc: dict[str, Any]) -> None:
-    with fs.open_output_stream(path) as f:
-        f.write(json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
-
-
-def _delete_dir(fs: pafs.FileSystem, path: str) -> None:
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
-        fs.delete_dir(path)
-
-
 def run(
     settings: Settings,
     users: int,
@@ -211,8 +161,12 @@ def run(
     cfg = load_generator_config(config_dir)
     calendar = load_calendar(config_dir)
     try:
-        plan = None if experiment is None else _plan(experiment, cfg, days, config_dir)
-    except ConfigError as exc:
+        plan = (
+            None
+            if experiment is None
+            else plan_from_config(experiment, load_experiments(config_dir), cfg, days)
+        )
+    except (ConfigError, ValueError) as exc:
         raise GenerateError(f"--experiment {experiment}: {exc}") from None
     wh, replace = _prepare_warehouse(settings, overwrite)
     n_buckets = wh.n_buckets
@@ -222,9 +176,8 @@ def run(
     fs, root = resolve(settings.data)
     # workers may run in another working directory: hand them an absolute local path
     data_root = settings.data if is_remote(settings.data) else root
-    truth_dir = posixpath.join(root, TRUTH_DIR)
-    fs.create_dir(truth_dir, recursive=True)
-    staging = posixpath.join(truth_dir, f"_staging-{write_id}")
+    truth = TruthFiles(fs, root, write_id)
+    staging = truth.staging
     t_prepared = time.perf_counter()
 
     shards: list[ShardResult] = []
@@ -248,14 +201,14 @@ def run(
                 show_progress,
             )  # fmt: skip
         except BucketTaskError as exc:
-            _delete_dir(fs, staging)
+            truth.cleanup()
             raise GenerateError(
                 f"generation of bucket {exc.bucket} failed: {type(exc.cause).__name__}: "
                 f"{exc.cause}; nothing was committed (orphan part files are removed by "
                 "`strata vacuum`)"
             ) from exc
         except BaseException:
-            _delete_dir(fs, staging)
+            truth.cleanup()
             raise
     t_generated = time.perf_counter()
 
@@ -266,17 +219,11 @@ def run(
         for k, v in s.event_counts.items():
             counts[k] += v
     events = sum(s.events for s in shards)
-    exp_truth = ExperimentTruth()
-    exposed: dict[str, int] = {}
-    for s in shards:
-        exp_truth = exp_truth.merge(s.experiment_truth or ExperimentTruth())
-        for arm, count in s.exposed_by_arm.items():
-            exposed[arm] = exposed.get(arm, 0) + count
-    truth_path = posixpath.join(truth_dir, TRUTH_FILE)
-    truth_tmp = posixpath.join(truth_dir, f".{TRUTH_FILE}.{write_id}.tmp")
-    exp_path = posixpath.join(truth_dir, EXPERIMENTS_TRUTH_FILE)
+    exp_truth, exposed = merge_outcomes(
+        [(s.experiment_truth or ExperimentTruth(), s.exposed_by_arm) for s in shards]
+    )
     try:
-        _merge_truth(fs, staging, [s.bucket for s in shards], truth_tmp)
+        truth.merge_parts(truth_part, [s.bucket for s in shards], truth_schema(HORIZON_DAYS))
         wh.commit(
             result,
             "generate",
@@ -300,17 +247,9 @@ def run(
                 ),
             },
         )
-        fs.move(truth_tmp, truth_path)
-        if plan is not None:
-            exp_tmp = posixpath.join(truth_dir, f".{EXPERIMENTS_TRUTH_FILE}.{write_id}.tmp")
-            _write_json(fs, exp_tmp, experiments_truth(plan, exp_truth))
-            fs.move(exp_tmp, exp_path)
-        elif fs.get_file_info(exp_path).type == pafs.FileType.File:
-            fs.delete_file(exp_path)  # its exposures were just replaced
+        truth.publish(None if plan is None else truth_document(plan, exp_truth))
     finally:
-        _delete_dir(fs, staging)
-        if fs.get_file_info(truth_tmp).type == pafs.FileType.File:
-            fs.delete_file(truth_tmp)
+        truth.cleanup()
     t_end = time.perf_counter()
     seconds = t_end - t_start
     return GenerateResult(
@@ -327,7 +266,7 @@ def run(
         events_per_s=events / seconds if seconds > 0 else 0.0,
         peak_worker_rss_mb=max((s.peak_rss_mb for s in shards), default=0.0),
         driver_rss_mb=_rss_mb(),
-        truth_path=truth_path,
+        truth_path=truth.users_path,
         write_id=write_id,
         timings={
             "prepare_s": t_prepared - t_start,

@@ -31,13 +31,15 @@ after it.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from strata.experiments.assignment import assign_many
+from strata.experiments.config import ExperimentsConfig
 from strata.schema import EXPOSURES_SCHEMA, TIMESTAMP
 from strata.synth.config import GeneratorConfig
 from strata.timeutil import DAY_MS, HOUR_MS
@@ -211,6 +213,55 @@ class ExperimentTruth:
         if self.expected_control <= 0:
             return 0.0
         return self.expected_treated / self.expected_control - 1.0
+
+
+def merge_outcomes(
+    parts: Sequence[tuple[ExperimentTruth, Mapping[str, int]]],
+) -> tuple[ExperimentTruth, dict[str, int]]:
+    """The truth and the exposed users per arm of all buckets, from each bucket's."""
+    truth = ExperimentTruth()
+    exposed: dict[str, int] = {}
+    for part, by_arm in parts:
+        truth = truth.merge(part)
+        for arm, count in by_arm.items():
+            exposed[arm] = exposed.get(arm, 0) + count
+    return truth, exposed
+
+
+def plan_from_config(
+    name: str, experiments: ExperimentsConfig, cfg: GeneratorConfig, days: int
+) -> ExperimentPlan:
+    """The plan of experiment ``name`` of experiments.yaml with its true effect
+    (generator.yaml).
+
+    Raises:
+        ValueError: an unknown experiment, or one that does not fit the window.
+    """
+    experiment = experiments.get(name)
+    if experiment is None:
+        known = ", ".join(e.name for e in experiments.experiments) or "(none)"
+        raise ValueError(f"not in experiments.yaml; experiments: {known}")
+    return plan_experiment(
+        name,
+        experiment.salt,
+        experiment.weights,
+        experiment.holdout,
+        cfg,
+        days,
+        experiment.analysis_window_days,
+    )
+
+
+def truth_document(plan: ExperimentPlan, truth: ExperimentTruth) -> dict[str, Any]:
+    """The ``truth/experiments.json`` document of one simulated experiment."""
+    return {
+        plan.name: {
+            "arm": plan.arm,
+            "baseline": plan.baseline,
+            "metric": plan.metric,
+            "relative_effect": truth.relative_effect,
+        }
+    }
 
 
 @dataclass(frozen=True)
