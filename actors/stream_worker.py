@@ -34,6 +34,7 @@ from strata.realtime.batch import BatchProcessor, EffectBatch, Entry, RoundWork
 from strata.realtime.engine import TriggerEngine
 from strata.realtime.keys import WORKER_GROUP
 from strata.realtime.live import LiveScorer
+from strata.realtime.live_view import merge_live, parse_overlay
 from strata.realtime.model import Firing, Segment
 from strata.realtime.stream_config import StreamConfig
 from strata.realtime.triggers import TriggerConfig, load_triggers
@@ -47,7 +48,6 @@ log = logging.getLogger("strata.stream")
 _VERSION_CHECK_S = 1.0
 _RULES_CHECK_S = 2.0
 _HEARTBEAT_S = 2.0
-_TAG_FIELDS = ("price_sensitivity", "active_slot", "channel")
 
 
 def _now_ms() -> int:
@@ -360,20 +360,11 @@ class StreamWorker:
             chunk = users[start : start + self.snapshot.max_batch]
             version, records = self.snapshot.get_many(chunk)
             for i, (u, rec) in enumerate(zip(chunk, records, strict=True)):
-                live = overlays[start + i]
-                over = orjson.loads(live) if live is not None else None
-                if over is not None and over.get("version") != version:
-                    over = None
-                if rec is None and over is None:
+                if version is None:
                     out[u] = None
                     continue
-                rec = rec or {}
-                out[u] = Segment(
-                    tier=(over or rec).get("tier"),
-                    lifecycle_stage=(over or rec).get("lifecycle_stage"),
-                    top_category=rec.get("top_category"),
-                    tags={k: rec.get(k) for k in _TAG_FIELDS if rec.get(k) is not None},
-                )
+                merged, _, _ = merge_live(rec, parse_overlay(overlays[start + i]), version)
+                out[u] = Segment.of(merged)
         return out
 
     def _overlays(

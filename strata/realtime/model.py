@@ -9,6 +9,7 @@ Suppression reasons (the ``suppressed`` keys of the rule statistics) are exactly
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,8 @@ ACTION_KINDS: tuple[str, ...] = ("coupon", "service_task", "gift_pack", "push")
 #: ``holdout``: the user is in the standing holdout of every strategy enabling the rule, or in
 #: an experiment's holdout (strata.strategies.delivery)
 SUPPRESSION_REASONS: tuple[str, ...] = ("cooldown", "cap", "budget", "exclusion", "holdout")
+#: the segment record's static tags a rule may condition on (``tag.NAME``)
+SEGMENT_TAGS: tuple[str, ...] = ("price_sensitivity", "active_slot", "channel")
 #: the tier of a user unknown to the snapshot (in statistics' by_tier)
 UNKNOWN_TIER = "unknown"
 
@@ -51,6 +54,18 @@ class Segment:
     lifecycle_stage: str | None = None
     top_category: str | None = None
     tags: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any] | None) -> Segment | None:
+        """The segment of a (live-merged) segment record, None for no record."""
+        if record is None:
+            return None
+        return cls(
+            tier=record.get("tier"),
+            lifecycle_stage=record.get("lifecycle_stage"),
+            top_category=record.get("top_category"),
+            tags={k: record[k] for k in SEGMENT_TAGS if record.get(k) is not None},
+        )
 
 
 @dataclass(frozen=True)
