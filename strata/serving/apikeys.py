@@ -36,6 +36,7 @@ class Scope(StrEnum):
 
     SEGMENTS_READ = "segments:read"
     EVENTS_WRITE = "events:write"
+    REPORTS_READ = "reports:read"
     ADMIN = "admin"
 
 
@@ -169,9 +170,12 @@ def new_key(name: str, scopes: Iterable[Scope | str]) -> tuple[str, KeyRecord]:
 
 def demo_record() -> KeyRecord:
     """The record of :data:`DEMO_KEY`: name ``demo``, scopes ``segments:read`` and
-    ``events:write`` (the demo posts live events), never ``admin``."""
+    ``events:write`` (the demo posts live events) and ``reports:read`` (the dashboard), never
+    ``admin``."""
     return KeyRecord(
-        name="demo", scopes=(Scope.SEGMENTS_READ, Scope.EVENTS_WRITE), sha256=hash_key(DEMO_KEY)
+        name="demo",
+        scopes=(Scope.SEGMENTS_READ, Scope.EVENTS_WRITE, Scope.REPORTS_READ),
+        sha256=hash_key(DEMO_KEY),
     )
 
 

@@ -22,7 +22,7 @@ from strata.serving.apikeys import (
     parse_records,
 )
 
-ALLOWED = "segments:read, events:write, admin"
+ALLOWED = "segments:read, events:write, reports:read, admin"
 
 
 def _entry(**overrides: object) -> dict[str, object]:
@@ -156,7 +156,7 @@ def test_keyring_rejects_duplicate_names_and_hashes() -> None:
 def test_demo_record() -> None:
     record = demo_record()
     assert record.name == "demo"
-    assert record.scopes == (Scope.SEGMENTS_READ, Scope.EVENTS_WRITE)
+    assert record.scopes == (Scope.SEGMENTS_READ, Scope.EVENTS_WRITE, Scope.REPORTS_READ)
     assert record.sha256 == hash_key(DEMO_KEY)
     assert KeyRing([record]).authenticate(DEMO_KEY) == record
     assert not record.allows(Scope.ADMIN)
