@@ -59,6 +59,7 @@ from strata.tiering.tiers import (
 )
 
 __all__ = [
+    "ELIGIBILITY_COLUMNS",
     "WEIGHT_NAMES",
     "AdjustableKey",
     "StrategyCost",
@@ -66,8 +67,11 @@ __all__ = [
     "WhatIfInputs",
     "WhatIfResult",
     "adjustable_keys",
+    "apply_overrides",
+    "hash_units",
     "parse_overrides",
     "simulate",
+    "tiers_after",
 ]
 
 PREFIX = "tiers."
@@ -137,7 +141,7 @@ class WhatIfResult(BaseModel):
     tier_order: list[str]
 
 
-@dataclass
+@dataclass(repr=False)
 class WhatIfInputs:
     """What a simulation reads of one snapshot (aligned arrays, one row per user).
 
@@ -175,6 +179,9 @@ class WhatIfInputs:
     columns: dict[str, pa.Array] = field(default_factory=dict)
     config_matches_snapshot: bool | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        return f"WhatIfInputs(version={self.version!r}, users={self.users})"
 
     @property
     def users(self) -> int:
@@ -541,6 +548,25 @@ def _tier_mask(codes: np.ndarray, tiers: Iterable[str], names: Sequence[str]) ->
     return np.isin(codes, np.asarray(wanted, dtype=np.int64))
 
 
+def _final(inputs: WhatIfInputs, rules: TierRules, score: np.ndarray, changed: bool) -> np.ndarray:
+    """What-if tier codes (into ``inputs.names``); users the change does not affect keep their
+    stored tier (decided at recompute with exact scores; the snapshot stores them rounded)."""
+    stored, base = inputs.stored_codes(), inputs.base_codes()
+    after = inputs.codes(score, rules) if changed else base
+    return np.where(after == base, stored, after)
+
+
+def tiers_after(inputs: WhatIfInputs, overrides: Mapping[str, Any]) -> pa.Array:
+    """Each user's what-if tier (aligned with ``inputs.user_id``), as :func:`simulate` counts.
+
+    Raises:
+        WhatIfError: a refused key or value.
+    """
+    rules, applied = apply_overrides(inputs.rules, overrides)
+    final = _final(inputs, rules, _score(inputs, rules), bool(applied))
+    return pa.array(np.asarray(inputs.names, dtype=object)[final], pa.string())
+
+
 def _churn_by(inputs: WhatIfInputs, rules: TierRules) -> str | None:
     """What decides the churn warning: ``churn_p`` (a model), ``lifecycle_stage`` or None."""
     cw = rules.churn_warning
@@ -572,9 +598,7 @@ def simulate(inputs: WhatIfInputs, overrides: Mapping[str, Any]) -> WhatIfResult
     stored = inputs.stored_codes()
     base = inputs.base_codes()
     score = _score(inputs, rules)
-    after = inputs.codes(score, rules) if applied else base
-    # unaffected users keep their stored tier (exact at recompute; scores stored rounded)
-    final = np.where(after == base, stored, after)
+    final = _final(inputs, rules, score, bool(applied))
     k = len(names)
     matrix = np.bincount(stored * k + final, minlength=k * k).reshape(k, k)
     moves = {a: {b: int(matrix[i, j]) for j, b in enumerate(names)} for i, a in enumerate(names)}

@@ -16,6 +16,7 @@ from strata.reports.whatif import (
     hash_units,
     parse_overrides,
     simulate,
+    tiers_after,
 )
 from strata.strategies.config import load_strategies
 from strata.tiering.lifecycle import STAGES
@@ -241,3 +242,38 @@ def test_a_million_users_in_seconds() -> None:
     again = time.perf_counter() - t0
     print(f"1M users: first simulation {first:.2f} s, next {again:.2f} s")
     assert res.users == 1_000_000 and first < 20 and again < 10
+
+
+def test_users_the_change_does_not_affect_keep_their_stored_tier() -> None:
+    """A stored tier the unchanged settings do not reproduce (other settings at recompute, or
+    a score on a threshold after rounding) is counted and kept unless the change moves it."""
+    tiers = INPUTS.tier.to_pylist()
+    score = INPUTS.rfm_score
+    i = next(k for k, t in enumerate(tiers) if t == "ordinary" and 0.41 < score[k] < 0.45)
+    tiers[i] = "potential"  # as if recompute had decided otherwise
+    odd = _inputs()
+    odd.tier = pa.array(tiers, pa.string())
+    same = simulate(odd, {})
+    assert same.unreproduced_users == 1 and same.moved_users == 0
+    assert tiers_after(odd, {}).to_pylist() == tiers
+    # the change leaves the user's re-applied tier as it was: the stored one stays
+    assert tiers_after(odd, {"tiers.bands.high_value.min_score": "0.85"})[i].as_py() == "potential"
+    # the change does move them: they take the what-if tier
+    moved = {
+        "tiers.bands.high_value.min_score": "0.4",
+        "tiers.bands.potential.min_score": "0.3",
+        "tiers.hysteresis_margin": "0",
+    }
+    assert tiers_after(odd, moved)[i].as_py() == "high_value"
+    assert tiers_after(INPUTS, moved)[i].as_py() == "high_value"
+
+
+def test_tiers_after_is_what_simulate_counts() -> None:
+    overrides = {"tiers.weights.monetary": "0.6", "tiers.churn_warning.min_ltv_cny": "300"}
+    res = simulate(INPUTS, overrides)
+    after = tiers_after(INPUTS, overrides).to_pylist()
+    assert res.after == {t: after.count(t) for t in res.tier_order}
+    pairs = list(zip(INPUTS.tier.to_pylist(), after, strict=True))
+    assert res.moves == {
+        a: {b: pairs.count((a, b)) for b in res.tier_order} for a in res.tier_order
+    }
