@@ -14,7 +14,17 @@ from fastapi import Depends, FastAPI
 from api.deps import ApiState, require
 from api.metrics import ApiMetrics
 from api.middleware import RequestMiddleware
-from api.routers import actions, events, experiments, health, segments, strategies, tiers
+from api.routers import (
+    actions,
+    events,
+    experiments,
+    health,
+    history,
+    segments,
+    strategies,
+    tiers,
+    whatif,
+)
 from strata.config import config_path
 from strata.experiments.config import ExperimentsConfig, load_experiments
 from strata.io.event_log import AsyncEventAppender
@@ -181,6 +191,8 @@ def create_app(
     app.include_router(strategies.router)
     app.include_router(experiments.router)
     app.include_router(health.router)
+    app.include_router(whatif.router)  # issue 14, part C
+    app.include_router(history.router)  # issue 14, part C
     metrics_auth = [Depends(require(Scope.ADMIN))] if config.metrics_require_key else []
     app.include_router(health.metrics_router, dependencies=metrics_auth)
     app.add_middleware(
