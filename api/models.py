@@ -320,6 +320,13 @@ class WhatIfRequest(BaseModel):
     )
 
 
+class WhatIfRefusedPublic(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="The refused key and what is allowed (a list: the body is not an object "
+        "of the documented shape)."
+    )
+
+
 class WhatIfStrategyPublic(BaseModel):
     tiers: list[str]
     cost_per_action_cny: float

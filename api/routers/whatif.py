@@ -17,7 +17,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ApiState, State, require
-from api.models import ErrorPublic, WhatIfKeysPublic, WhatIfPublic, WhatIfRequest
+from api.models import (
+    ErrorPublic,
+    WhatIfKeysPublic,
+    WhatIfPublic,
+    WhatIfRefusedPublic,
+    WhatIfRequest,
+)
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import WarehouseError
 from strata.io.whatif_inputs import latest_snapshot, load_whatif_inputs
@@ -93,7 +99,7 @@ Cache = Annotated[InputsCache, Depends(inputs_cache)]
     "/whatif",
     response_model=WhatIfPublic,
     responses={
-        422: {"model": ErrorPublic, "description": "A refused key or value (named)."},
+        422: {"model": WhatIfRefusedPublic, "description": "A refused key or value (named)."},
         **_RESPONSES,
     },
     summary="Tier sizes, moves and strategy cost under changed tier settings",

@@ -57,8 +57,8 @@ def history_entries(
     """
     entries = [_entry("snapshot", v, at, row) for v, at, row in snapshots]
     older: list[str | None] = [e["tier"] for e in entries[1:]]
-    oldest_prev = snapshots[-1][2].get("previous_tier") if snapshots else None
-    older.append(oldest_prev)
+    if snapshots:
+        older.append(snapshots[-1][2].get("previous_tier"))
     if live is not None:
         at = live.get("last_event_at")
         entries.insert(
