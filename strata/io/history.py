@@ -2,9 +2,9 @@
 
 A snapshot holds one Parquet file per warehouse bucket, rows sorted by user_id
 (:class:`strata.io.snapshots.SnapshotStore`), so a user's row in a snapshot is found by reading
-only the file of their bucket (:func:`strata.ids.bucket_of`) with a row filter on ``user_id``
-(row groups whose statistics exclude the id are skipped). Snapshot manifests and file schemas
-do not change once written and are cached.
+only the file of their bucket (:func:`strata.ids.bucket_of`), filtered to the user's row: row
+groups whose ``user_id`` statistics exclude the id are skipped and the id column of the others
+is binary-searched. Snapshot manifests do not change once written and are cached.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from strata.ids import bucket_of
@@ -64,7 +65,6 @@ class UserHistoryReader:
         self.data_root = data_root
         self.store = SnapshotStore(data_root)
         self._infos: dict[str, SnapshotInfo] = {}
-        self._columns: dict[str, list[str]] = {}
         self._default_buckets: int | None = None
 
     def _info(self, version: str) -> SnapshotInfo:
@@ -92,22 +92,10 @@ class UserHistoryReader:
         bucket = int(bucket_of(user_id, info.n_buckets))
         path = self.store.bucket_path(info.version, bucket, info.n_buckets)
         try:
-            columns = self._columns.get(path)
-            if columns is None:
-                names = set(pq.read_schema(path, filesystem=self.store.fs).names)
-                columns = [c for c in HISTORY_COLUMNS if c in names]
-                self._columns[path] = columns
-            table = pq.read_table(
-                path,
-                filesystem=self.store.fs,
-                columns=columns,
-                filters=[("user_id", "=", int(user_id))],
-            )
+            with self.store.fs.open_input_file(path) as fh:
+                return _find(pq.ParquetFile(fh), int(user_id))
         except FileNotFoundError:
             return None  # no user of this bucket then (or the snapshot was just deleted)
-        if table.num_rows == 0:
-            return None
-        return {name: table.column(name)[0].as_py() for name in table.column_names}
 
     def rows(self, user_id: int) -> list[SnapshotRow]:
         """The user's row in each snapshot that holds them, newest first.
@@ -126,3 +114,23 @@ class UserHistoryReader:
         """The newest complete snapshot, or None."""
         found = self.snapshots()
         return found[0] if found else None
+
+
+def _find(f: pq.ParquetFile, user_id: int) -> dict[str, Any] | None:
+    """The row of ``user_id`` in a file sorted by user_id: row groups whose statistics exclude
+    the id are skipped; in the others the id column is binary-searched, and only the found row
+    of the :data:`HISTORY_COLUMNS` is kept (cheaper than a dataset filter: ~1.5 ms a file)."""
+    schema = f.schema_arrow
+    columns = [c for c in HISTORY_COLUMNS if schema.get_field_index(c) >= 0]
+    at = schema.get_field_index("user_id")
+    meta = f.metadata
+    for rg in range(meta.num_row_groups):
+        stats = meta.row_group(rg).column(at).statistics
+        if stats is not None and stats.has_min_max and not stats.min <= user_id <= stats.max:
+            continue
+        ids = np.asarray(f.read_row_group(rg, columns=["user_id"]).column(0).to_numpy())
+        i = int(np.searchsorted(ids, user_id))
+        if i < len(ids) and int(ids[i]) == user_id:
+            row: dict[str, Any] = f.read_row_group(rg, columns=columns).slice(i, 1).to_pylist()[0]
+            return row
+    return None
