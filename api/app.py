@@ -19,10 +19,12 @@ from api.routers import (
     events,
     experiments,
     health,
+    history,
     reports,
     segments,
     strategies,
     tiers,
+    whatif,
 )
 from strata.config import config_path
 from strata.experiments.config import ExperimentsConfig, load_experiments
@@ -191,6 +193,8 @@ def create_app(
     app.include_router(experiments.router)
     app.include_router(reports.router)
     app.include_router(health.router)
+    app.include_router(whatif.router)
+    app.include_router(history.router)
     metrics_auth = [Depends(require(Scope.ADMIN))] if config.metrics_require_key else []
     app.include_router(health.metrics_router, dependencies=metrics_auth)
     app.add_middleware(
