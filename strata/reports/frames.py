@@ -59,12 +59,11 @@ def pandas_api(engine: Engine) -> ModuleType:
 
 def from_arrow(table: pa.Table, engine: Engine) -> Any:
     """A data frame of ``engine`` holding ``table`` (dictionary columns become categoricals)."""
+    local = table.to_pandas(split_blocks=True)
     if engine == "modin":
-        _modin()
-        from modin.pandas.io import from_arrow as modin_from_arrow
-
-        return modin_from_arrow(table)
-    return table.to_pandas(split_blocks=True, self_destruct=False)
+        # modin's own from_arrow refuses dictionary columns: partition the pandas frame
+        return _modin().DataFrame(local)
+    return local
 
 
 def collect(frame: Any) -> Any:
