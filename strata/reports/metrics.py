@@ -98,12 +98,6 @@ def period_bounds(as_of_ms: int, period_days: int) -> tuple[int, int]:
     return as_of_ms - period_days * DAY_MS, as_of_ms
 
 
-def _counts(series: Any) -> dict[str, int]:
-    """{value: rows} of a column (any engine), nulls left out."""
-    vc = collect(series.value_counts(dropna=True))
-    return {str(k): int(v) for k, v in vc.items() if int(v) > 0}
-
-
 def _ordered(counts: dict[str, int], order: Iterable[str]) -> dict[str, int]:
     """Counts in a fixed order with zeros for absent names; unknown names follow, sorted."""
     out = {name: int(counts.get(name, 0)) for name in order}
@@ -116,12 +110,13 @@ def _ratio(num: float, den: float) -> float | None:
     return float(num) / den if den > 0 else None
 
 
-def band_counts(snapshot: Any) -> dict[str, dict[str, int]]:
-    """Users per RFM base band label, for the band columns the snapshot has ({} if none)."""
+def band_counts(counts: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Users per RFM base band label (from :func:`snapshot_counts`), for the band columns
+    the snapshot has ({} if none)."""
     return {
-        col: _ordered(_counts(snapshot[col]), BAND_LABELS[col])
+        col: _ordered({k: int(v) for k, v in _sums(counts, col).items()}, BAND_LABELS[col])
         for col in BAND_COLUMNS
-        if col in snapshot.columns
+        if col in counts.columns
     }
 
 
@@ -146,14 +141,27 @@ def revenue_by_tier(snapshot: Any, orders_in_period: Any) -> pd.DataFrame:
     return out
 
 
-def ltv_by_tier(snapshot: Any) -> pd.DataFrame:
-    """Per tier: ``users``, ``ltv_sum``, ``ltv_n`` (non-null LTVs), plain pandas by tier."""
-    agg = snapshot.groupby("tier", observed=True).agg(
+def snapshot_counts(snapshot: Any) -> pd.DataFrame:
+    """One group-by over the snapshot: per (tier, lifecycle_stage, bands...) ``users``,
+    ``ltv_sum`` and ``ltv_n`` (non-null LTVs), plain pandas (a few hundred rows at most).
+
+    Tier sizes, LTV per tier, lifecycle and band counts are all sums over it, so the big
+    frame is scanned once.
+    """
+    keys = ["tier", "lifecycle_stage", *(c for c in BAND_COLUMNS if c in snapshot.columns)]
+    agg = snapshot.groupby(keys, observed=True, dropna=False).agg(
         users=("user_id", "size"), ltv_sum=("ltv_cny", "sum"), ltv_n=("ltv_cny", "count")
     )
-    out: pd.DataFrame = collect(agg)
-    out.index = out.index.astype(str)
+    out: pd.DataFrame = collect(agg).reset_index()
+    out = out[out["users"] > 0]
+    for key in keys:
+        out[key] = out[key].astype(object).where(out[key].notna(), None)
     return out
+
+
+def _sums(counts: pd.DataFrame, key: str, value: str = "users") -> dict[str, Any]:
+    sums = counts.dropna(subset=[key]).groupby(key)[value].sum()
+    return {str(k): v for k, v in sums.items()}
 
 
 def compare(previous: Any, snapshot: Any, churned_stage: str = CHURNED_STAGE) -> Comparison:
@@ -256,14 +264,15 @@ def snapshot_report(
     users = len(snapshot)
     in_period = period_orders(orders, info.as_of_ms, spec.period_days)
     rev = revenue_by_tier(snapshot, in_period)
-    ltv = ltv_by_tier(snapshot)
-    counts = _ordered({t: int(n) for t, n in ltv["users"].items()}, spec.tier_order)
+    groups = snapshot_counts(snapshot)
+    ltv_sum, ltv_count = _sums(groups, "tier", "ltv_sum"), _sums(groups, "tier", "ltv_n")
+    sizes = _ordered({t: int(n) for t, n in _sums(groups, "tier").items()}, spec.tier_order)
     tiers: dict[str, TierMetrics] = {}
-    for tier, n in counts.items():
+    for tier, n in sizes.items():
         revenue = float(rev["revenue_cny"].get(tier, 0.0)) if n else 0.0
         n_orders = int(rev["orders"].get(tier, 0)) if n else 0
         coupon = float(rev["coupon_cost_cny"].get(tier, 0.0)) if n else 0.0
-        ltv_n = int(ltv["ltv_n"].get(tier, 0))
+        ltv_n = int(ltv_count.get(tier, 0))
         new = lost = returning = None
         if comparison is not None:
             m = comparison.moves
@@ -276,7 +285,7 @@ def snapshot_report(
             share=n / users if users else 0.0,
             arpu_cny=_ratio(revenue, n),
             orders_per_user=_ratio(n_orders, n),
-            ltv_cny=_ratio(float(ltv["ltv_sum"].get(tier, 0.0)), ltv_n),
+            ltv_cny=_ratio(float(ltv_sum.get(tier, 0.0)), ltv_n),
             coupon_cost_cny=coupon if not math.isnan(coupon) else 0.0,
             new_users=new,
             lost_users=lost,
@@ -288,8 +297,10 @@ def snapshot_report(
         users=users,
         period_days=spec.period_days,
         tiers=tiers,
-        lifecycle=_ordered(_counts(snapshot["lifecycle_stage"]), spec.stage_order),
-        bands=band_counts(snapshot),
+        lifecycle=_ordered(
+            {k: int(v) for k, v in _sums(groups, "lifecycle_stage").items()}, spec.stage_order
+        ),
+        bands=band_counts(groups),
         strategies=strategy_metrics(snapshot, in_period, exposures, info.as_of_ms, spec),
     )
 

@@ -15,6 +15,7 @@ from strata.reports.metrics import (
     SnapshotInfo,
     band_counts,
     period_bounds,
+    snapshot_counts,
     tiers_report,
 )
 from strata.reports.model import TiersReport
@@ -136,9 +137,9 @@ def test_lifecycle_and_band_counts() -> None:
     }  # fmt: skip
     assert bands["frequency_band"] == {"weekly": 1, "monthly": 2, "quarterly": 0, "rarer": 2}
     assert bands["spend_level"] == {"high": 1, "mid": 1, "low": 3}
-    assert band_counts(CUR[["user_id", "spend_level"]]) == {
-        "spend_level": {"high": 1, "mid": 1, "low": 3}
-    }
+    counts = snapshot_counts(CUR.drop(columns=["recency_band", "frequency_band"]))
+    assert band_counts(counts) == {"spend_level": {"high": 1, "mid": 1, "low": 3}}
+    assert counts["users"].sum() == len(CUR)
 
 
 def test_transition_matrix_rates_and_rules() -> None:
