@@ -324,11 +324,10 @@ def transition(
     }
     by_rule: dict[str, dict[str, dict[str, int]]] = {}
     rules = m.groupby(["from_tier", "to_tier", "rule"])["users"].sum()
-    for f in names:
-        for t in names:
-            for (rf, rt, rule), n in rules.items():
-                if rf == f and rt == t and n > 0:
-                    by_rule.setdefault(f, {}).setdefault(t, {})[str(rule)] = int(n)
+    rank = {name: i for i, name in enumerate(names)}
+    for (f, t, rule), n in sorted(rules.items(), key=lambda r: (rank[r[0][0]], rank[r[0][1]])):
+        if n > 0:
+            by_rule.setdefault(f, {}).setdefault(t, {})[str(rule)] = int(n)
     return Transition(
         from_version=previous.version,
         to_version=current.version,
