@@ -7,10 +7,10 @@
    *synthesised*: snapshot-shaped Parquet datasets (the recompute's bucket layout and the
    columns the report reads plus a few it does not: rfm_score, recency_days) a week apart,
    with users arriving every week, scores that drift (tiers churn between snapshots: a few
-   percent move each week), lifecycle stages, the churn-warning tier, hold / band rules, and the
-   RFM base bands on the newer half only (as when the bands were added). The warehouse holds
-   their order events (Poisson per user, lognormal amounts, coupons on a third) over the
-   snapshots' periods and strategy exposures (holdout arm included).
+   percent move each week), lifecycle stages, the churn-warning tier, the recompute's three
+   tier rules, and the RFM base bands on the newer half only (as when the bands were added).
+   The warehouse holds their order events (Poisson per user, lognormal amounts, coupons on a
+   third) over the snapshots' periods and strategy exposures (holdout arm included).
 2. DuckDB (2 threads, in this process before Ray starts): the strongest SQL for the same
    metrics: each snapshot read once into a temporary table with only its columns, the orders
    once (filtered, projected), then per snapshot one aggregate per output (tiers, lifecycle,
@@ -58,6 +58,7 @@ from strata.io.warehouse import Warehouse
 from strata.reports.metrics import CHURNED_STAGE, HOLDOUT_ARM, period_bounds
 from strata.reports.model import TiersReport
 from strata.schema import TIMESTAMP
+from strata.tiering.tiers import RULE_BAND, RULE_CHURN, RULE_HOLD
 from strata.timeutil import DAY_MS, LOCAL_TZ
 
 console = Console()
@@ -120,13 +121,13 @@ def synthesise(data: str, users: int, snapshots: int, seed: int = 5) -> None:
         )  # fmt: skip
         churn = np.isin(stage, ["declining", "churned"]) & (ltv[:n] >= 100)
         tier_idx = np.where(churn, 3, band)
-        rule = np.where(churn, "churn_warning", "band").astype(object)
+        rule = np.where(churn, RULE_CHURN, RULE_BAND).astype(object)
         if prev_tier is not None:
             m = len(prev_tier)
             hold = (~churn[:m]) & (prev_tier < 3) & (prev_tier != band[:m])
             hold &= rng.random(m) < 0.3  # near a threshold: hysteresis keeps the old band
             tier_idx[:m] = np.where(hold, prev_tier, tier_idx[:m])
-            rule[:m] = np.where(hold, "hold", rule[:m])
+            rule[:m] = np.where(hold, RULE_HOLD, rule[:m])
         prev_tier = tier_idx.copy()
         cols: dict[str, Any] = {
             "user_id": ids[:n],

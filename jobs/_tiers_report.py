@@ -119,6 +119,7 @@ def run(
     """Compute and write the report (Modin runs on the job's Ray, started here if needed)."""
     t0 = time.perf_counter()
     if engine == "modin":
+        frames.quiet_workers()
         with ray_session(settings):
             report, orders = compute(settings.data, engine, first, last, period_days, show_progress)
     else:

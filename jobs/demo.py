@@ -19,6 +19,7 @@ from strata.io.keys import load_pseudonym_key
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
+from strata.reports import frames
 from strata.settings import Settings
 from strata.tiering.scoring import RecomputeConfig
 from strata.timeutil import LOCAL_TZ, to_epoch_ms
@@ -83,6 +84,7 @@ def command(
     t0 = time.perf_counter()
     wh = Warehouse(settings.data)
     today = dt.datetime.now(LOCAL_TZ).date()
+    frames.quiet_workers()  # the tier report runs Modin on this Ray
     with ray_session(settings):
         if fresh or not wh.exists() or wh.summary()["events"]["rows"] == 0:
             console.rule("[bold]1. generate synthetic grocery behaviour")

@@ -11,6 +11,7 @@ this module never starts or stops Ray itself.
 
 from __future__ import annotations
 
+import os
 import warnings
 from types import ModuleType
 from typing import Any, Literal
@@ -22,6 +23,17 @@ Engine = Literal["modin", "pandas"]
 ENGINES: tuple[str, ...] = ("modin", "pandas")
 
 _configured = False
+#: Modin 0.37 passes ``axis=`` to pandas' groupby, which pandas 2.2 deprecates: without this,
+#: every group-by task prints the same FutureWarning from its Ray worker
+_WORKER_WARNING = "ignore:The 'axis' keyword in DataFrame.groupby is deprecated:FutureWarning"
+
+
+def quiet_workers() -> None:
+    """Keep Modin's known pandas deprecation warning out of the output of Ray workers that
+    start after this call (a local Ray inherits the environment; call before ``ray.init``)."""
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if _WORKER_WARNING not in current:
+        os.environ["PYTHONWARNINGS"] = ",".join(w for w in (current, _WORKER_WARNING) if w)
 
 
 def _modin() -> ModuleType:

@@ -47,6 +47,8 @@ ORDER_COLUMNS: tuple[str, ...] = ("user_id", "ts_ms", "amount_cny", "discount_cn
 EXPOSURE_COLUMNS: tuple[str, ...] = ("user_id", "ts_ms", "experiment", "arm")
 HOLDOUT_ARM = "holdout"
 CHURNED_STAGE = "churned"
+#: the tier or rule of a user whose snapshot row has none
+UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -177,12 +179,15 @@ def compare(previous: Any, snapshot: Any, churned_stage: str = CHURNED_STAGE) ->
         is_churned=both["lifecycle_stage"] == churned_stage,
     )
     grouped = both.groupby(
-        ["from_tier", "tier", "tier_rule", "was_churned", "is_churned"], observed=True
+        ["from_tier", "tier", "tier_rule", "was_churned", "is_churned"],
+        observed=True,
+        dropna=False,  # a user without a rule still moved: counted under "unknown"
     ).size()
     moves: pd.DataFrame = collect(grouped).reset_index(name="users")
     moves = moves[moves["users"] > 0]
     for col in ("from_tier", "tier", "tier_rule"):
-        moves[col] = moves[col].astype(str)
+        known = moves[col].notna()
+        moves[col] = moves[col].astype(object).where(known, UNKNOWN).astype(str)
     moves = moves.rename(columns={"tier": "to_tier", "tier_rule": "rule"})
     by_tier = moves.groupby("to_tier")["users"].sum()
     return Comparison(moves=moves, both_by_tier={str(k): int(v) for k, v in by_tier.items()})

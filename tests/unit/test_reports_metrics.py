@@ -220,3 +220,12 @@ def test_check_engine_names_the_allowed_engines() -> None:
     assert frames.check_engine("pandas") == "pandas"
     with pytest.raises(ValueError, match="modin, pandas"):
         frames.check_engine("spark")
+
+
+def test_a_move_without_a_rule_is_counted_under_unknown() -> None:
+    cur = CUR.assign(tier_rule=[None, "churn_warning", "band", "band", "band"])
+    t = tiers_report(
+        [V1, V2], lambda i: PREV if i.version == "v1" else cur, ORDERS, SPEC
+    ).transitions[0]
+    assert t.by_rule["high_value"] == {"high_value": {"unknown": 1}}
+    assert sum(sum(row.values()) for row in t.matrix.values()) == 4
