@@ -193,6 +193,14 @@ def compare(previous: Any, snapshot: Any, churned_stage: str = CHURNED_STAGE) ->
     return Comparison(moves=moves, both_by_tier={str(k): int(v) for k, v in by_tier.items()})
 
 
+def strategy_exposures(exposures: Any, spec: ReportSpec) -> Any:
+    """The exposures that count as a strategy's reach: an experiment named like one of
+    ``spec.strategies``, arm not the standing holdout (the same for every snapshot, so
+    :func:`tiers_report` applies it once)."""
+    keep = (exposures["arm"] != HOLDOUT_ARM) & exposures["experiment"].isin(list(spec.strategies))
+    return exposures[keep]
+
+
 def strategy_metrics(
     snapshot: Any,
     orders_in_period: Any,
@@ -204,19 +212,13 @@ def strategy_metrics(
 
     Reach: users (in the tier of the snapshot) with a non-holdout exposure to the strategy in
     the period; converted: those with an order in the period after their first exposure to it
-    in the period.
+    in the period. ``exposures`` are those of :func:`strategy_exposures`.
     """
     if exposures is None or len(exposures) == 0 or not spec.strategies:
         return {}
     lo, hi = period_bounds(as_of_ms, spec.period_days)
     ts = exposures["ts_ms"]
-    keep = (
-        (ts >= lo)
-        & (ts < hi)
-        & (exposures["arm"] != HOLDOUT_ARM)
-        & exposures["experiment"].isin(list(spec.strategies))
-    )
-    exposed = exposures[keep]
+    exposed = exposures[(ts >= lo) & (ts < hi)]
     if len(exposed) == 0:
         return {}
     first = exposed.groupby(["user_id", "experiment"], observed=True)["ts_ms"].min().reset_index()
@@ -264,7 +266,7 @@ def snapshot_report(
         spec: tiers, stages, period, strategies.
         comparison: :func:`compare` against the previous snapshot (None for the first one:
             new, lost and returning users stay None).
-        exposures: the strategies' exposures, or None.
+        exposures: the strategies' exposures (:func:`strategy_exposures`), or None.
     """
     users = len(snapshot)
     in_period = period_orders(orders, info.as_of_ms, spec.period_days)
@@ -361,6 +363,8 @@ def tiers_report(
         exposures: strategy exposures, or None.
         on_snapshot: called after each snapshot (progress).
     """
+    if exposures is not None and len(exposures) and spec.strategies:
+        exposures = strategy_exposures(exposures, spec)
     reports: list[SnapshotReport] = []
     transitions: list[Transition] = []
     prev_info: SnapshotInfo | None = None
