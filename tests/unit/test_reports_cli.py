@@ -54,7 +54,20 @@ def _orders(data: str, rows: list[tuple[int, int, float, float]]) -> None:
             "discount_cny": [r[3] for r in rows],
         }
     )
-    wh.commit(wh.write_partitioned("events", table, "t1"), "test")
+    result = wh.write_partitioned("events", table, "t1")
+    # user 2 got a strategy of configs/strategies.yaml 5 days before v2's as-of and ordered
+    # after it; user 1 is in that strategy's holdout; user 3 was exposed to something else
+    exposures = pa.table(
+        {
+            "user_id": pa.array([2, 1, 3], pa.int64()),
+            "ts": pa.array([AS_OF_MS - 5 * DAY_MS] * 3, pa.int64()).cast(TIMESTAMP),
+            "experiment": ["potential_targeted_coupon", "potential_targeted_coupon", "other"],
+            "arm": ["treatment", "holdout", "treatment"],
+            "source": ["action"] * 3,
+        }
+    )
+    result.extend(wh.write_partitioned("exposures", exposures, "t1"))
+    wh.commit(result, "test")
 
 
 @pytest.fixture
@@ -122,6 +135,10 @@ def test_json_document_and_written_files(data: str) -> None:
     assert v2["tiers"]["ordinary"]["returning_users"] == 1
     assert v2["bands"]["spend_level"] == {"high": 2, "mid": 0, "low": 2}
     assert v2["lifecycle"]["mature"] == 2
+    assert v2["strategies"] == {
+        "high_value": {"potential_targeted_coupon": {"reach": 1, "converted": 1, "conversion": 1.0}}
+    }
+    assert v1["strategies"] == {}  # the exposure is after v1's as-of
     (t,) = doc["transitions"]
     assert t["matrix"]["potential"]["high_value"] == 1
     assert t["by_rule"]["ordinary"]["ordinary"] == {"hold": 1}
