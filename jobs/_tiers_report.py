@@ -52,6 +52,7 @@ class TiersRun:
     seconds: float
     engine: str
     orders: int
+    data: str
 
 
 def default_spec(period_days: int) -> ReportSpec:
@@ -125,67 +126,97 @@ def run(
     else:
         report, orders = compute(settings.data, engine, first, last, period_days, show_progress)
     written = ReportStore(settings.data).write(report, report_tables(report))
-    return TiersRun(written, time.perf_counter() - t0, engine, orders)
+    return TiersRun(written, time.perf_counter() - t0, engine, orders, settings.data)
 
 
 def _money(x: float | None) -> str:
-    return "-" if x is None else f"{x:,.2f}"
+    return "-" if x is None else f"{x:,.1f}"
 
 
 def _int(x: int | None) -> str:
     return "-" if x is None else f"{x:,}"
 
 
+def _tier_column(table: Table, title: str = "tier") -> None:
+    table.add_column(title, no_wrap=True, min_width=len("churn_warning"))
+
+
+def shares_table(report: TiersReport) -> Table:
+    """Tier shares per snapshot, oldest first."""
+    table = Table(title="tier shares over time", title_justify="left")
+    table.add_column("as of", no_wrap=True)
+    table.add_column("users", justify="right")
+    for tier in report.tier_order:
+        table.add_column(tier, justify="right")
+    for s in report.snapshots:
+        table.add_row(
+            s.as_of[:10],
+            f"{s.users:,}",
+            *(f"{s.tiers[t].share:.1%}" if t in s.tiers else "-" for t in report.tier_order),
+        )
+    return table
+
+
+def newest_tables(report: TiersReport) -> list[Table]:
+    """The newest snapshot's per-tier value and movement, and its transition matrix."""
+    s = report.snapshots[-1]
+    value = Table(
+        title=f"per tier, as of {s.as_of} ({s.version}; revenue over the {s.period_days} days "
+        "before)",
+        title_justify="left",
+    )
+    _tier_column(value)
+    for col in ("users", "ARPU CNY", "orders/user", "LTV CNY", "coupon CNY"):
+        value.add_column(col, justify="right")
+    moves = Table(title="new, lost and returning users per tier", title_justify="left")
+    _tier_column(moves)
+    for col in ("new", "lost", "returning"):
+        moves.add_column(col, justify="right")
+    for tier, m in s.tiers.items():
+        value.add_row(
+            tier,
+            f"{m.users:,}",
+            _money(m.arpu_cny),
+            "-" if m.orders_per_user is None else f"{m.orders_per_user:.2f}",
+            _money(m.ltv_cny),
+            _money(m.coupon_cost_cny),
+        )
+        moves.add_row(tier, _int(m.new_users), _int(m.lost_users), _int(m.returning_users))
+    tables = [value, moves]
+    if report.transitions:
+        t = report.transitions[-1]
+        matrix = Table(
+            title=f"transitions {t.from_version} -> {t.to_version} (users in both)",
+            title_justify="left",
+        )
+        _tier_column(matrix, "from \\ to")
+        names = list(t.matrix)
+        for name in names:
+            matrix.add_column(name, justify="right")
+        for f, row in t.matrix.items():
+            matrix.add_row(f, *(f"{row.get(n, 0):,}" for n in names))
+        tables.append(matrix)
+    return tables
+
+
 def print_run(result: TiersRun, as_json: bool) -> None:
-    """The JSON document alone (``--json``), or the tables and a summary."""
+    """The JSON document alone (``--json``), or the tables and a summary (the whole report
+    is in its files and in ``--json``)."""
     report = result.report
     if as_json:
         print(orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
         return
-    for s in report.snapshots:
-        table = Table(
-            title=f"snapshot {s.version} (as of {s.as_of}; {s.users:,} users; "
-            f"period {s.period_days} days)",
-            title_justify="left",
-        )
-        for col in ("tier", "users", "share", "ARPU CNY", "orders/user", "LTV CNY",
-                    "coupon cost CNY", "new", "lost", "returning"):  # fmt: skip
-            if col == "tier":
-                table.add_column(col, no_wrap=True, min_width=len("churn_warning"))
-            else:
-                table.add_column(col, justify="right")
-        for tier, m in s.tiers.items():
-            table.add_row(
-                tier,
-                f"{m.users:,}",
-                f"{m.share:.1%}",
-                _money(m.arpu_cny),
-                "-" if m.orders_per_user is None else f"{m.orders_per_user:.2f}",
-                _money(m.ltv_cny),
-                _money(m.coupon_cost_cny),
-                _int(m.new_users),
-                _int(m.lost_users),
-                _int(m.returning_users),
-            )
-        console.print(table)
-    for t in report.transitions:
-        table = Table(
-            title=f"transitions {t.from_version} -> {t.to_version} (users in both; rows: from)",
-            title_justify="left",
-        )
-        table.add_column("from \\ to", no_wrap=True, min_width=len("churn_warning"))
-        names = list(t.matrix)
-        for name in names:
-            table.add_column(name, justify="right")
-        for f, row in t.matrix.items():
-            table.add_row(f, *(f"{row.get(n, 0):,}" for n in names))
+    console.print(shares_table(report))
+    for table in newest_tables(report):
         console.print(table)
     last = report.snapshots[-1]
+    store = ReportStore(result.data)
     console.print(
         summary_table(
             "strata report tiers",
             [
                 ("report version", report.report_version),
+                ("written to", store.path(report.report_version)),
                 ("snapshots", len(report.snapshots)),
                 ("from", report.snapshots[0].version),
                 ("to", last.version),
