@@ -136,8 +136,9 @@ class SegmentPublic(BaseModel):
     )
     source: Literal["snapshot", "live"] = Field(
         default="snapshot",
-        description="`live`: tier, lifecycle stage and scores come from the live overlay the "
-        "stream workers keep from orders since the snapshot (based on this same version); "
+        description="`live`: tier, lifecycle stage, scores, RFM bands, LTV and ARPU 30d come "
+        "from the live overlay the stream workers keep from orders since the snapshot (based "
+        "on this same version); "
         "`snapshot`: from the snapshot alone.",
     )
     last_event_at: str | None = Field(
