@@ -201,3 +201,36 @@ def test_explanation_shows_the_band_and_its_thresholds() -> None:
     # a version published before the bands: labels are null, thresholds still listed
     old = explain({"tier": "ordinary", "rfm_score": 0.3}, rules).bands
     assert [b.label for b in old] == [None, None, None] and old[0].thresholds
+
+
+def test_spend_levels_keep_their_meaning_on_a_sparse_log() -> None:
+    """CDNOW (82 % without an order in 90 days): rfm_m puts every buyer above 0.8, the spend
+    level still splits buyers 20 / 40 / 40 and leaves the lapsed users low."""
+    lifetimes = pytest.importorskip("lifetimes")
+    raw = np.loadtxt(Path(lifetimes.__file__).parent / "datasets" / "CDNOW_master.txt", skiprows=1)
+    ymd = raw[:, 1].astype(np.int64)
+    day = np.array(
+        [(dt.date(d // 10_000, d // 100 % 100, d % 100) - dt.date(1970, 1, 1)).days for d in ymd]
+    )
+    events = pa.table(
+        {
+            "user_id": raw[:, 0].astype(np.int64),
+            "ts": pa.array(day * DAY + 4 * 3_600_000).cast(TS),
+            "event_type": pa.array(["order"] * len(raw)),
+            "amount_cny": raw[:, 3],
+        }
+    )
+    as_of = int(dt.datetime(1997, 10, 1, tzinfo=LOCAL).timestamp() * 1000)
+    config = RecomputeConfig.load()
+    feats = compute_features(events, None, as_of, config.features)
+    scored = score_features(feats, rfm_partials(feats, config.tiers.measures), None, as_of, config)
+    spend = scored.column("monetary_90d").to_numpy(zero_copy_only=False)
+    level = np.asarray(scored.column("spend_level").to_pylist())
+    buyers = spend > 0
+    assert buyers.mean() < 0.2
+    assert scored.column("rfm_m").to_numpy()[buyers].min() > 0.8
+    shares = [float(np.mean(level[buyers] == x)) for x in SPEND_LEVELS]
+    assert shares == pytest.approx([0.2, 0.4, 0.4], abs=0.03)
+    assert set(level[~buyers]) == {"low"}
+    bands = scored.column("recency_band").to_pylist()
+    assert set(bands) <= set(RECENCY_BANDS) and "no_order" not in bands
