@@ -10,7 +10,8 @@ values, while the online ``rfm_score`` is rounded to 1/200. Conditions that the 
 implies are therefore reported as met, and a ``precision_note`` says when the rounded score is
 close enough to a threshold that it may look as if the tier were wrong.
 
-Pure: pydantic and the stdlib only (plus :mod:`strata.tiering.tiers` for the rules).
+Pure: pydantic and the stdlib only (plus :mod:`strata.tiering.tiers` for the rules and
+:mod:`strata.tiering.bands` for the band thresholds).
 """
 
 from __future__ import annotations
