@@ -244,7 +244,10 @@ def band_conditions(bands: RfmBands, monetary_window: str = "90d") -> dict[str, 
     d = bands.recency_days
     fb = bands.frequency
     w, m, q = fb.rates()
-    per = f"orders per 30 days over the last {fb.window} (at least {fb.min_days} days)"
+    per = (
+        f"orders per 30 days over the last {fb.window_days} days (or since the first order "
+        f"if later, at least {fb.min_days} days)"
+    )
     sl = bands.spend_level
     spend = f"percentile among buyers of {spend_column(monetary_window)}"
     return {
