@@ -78,7 +78,9 @@ class BehaviourTagsPublic(BaseModel):
     )
     active_slot: str | None = Field(description="Time of day with most activity (UTC+8).")
     active_daytype: str | None = Field(description="weekday / weekend: when the user is active.")
-    channel: str | None = Field(description="Acquisition channel.")
+    channel: str | None = Field(
+        description="Acquisition channel: organic / ads / social_share / offline_referral / other."
+    )
 
 
 class ValueTagsPublic(BaseModel):

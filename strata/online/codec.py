@@ -682,6 +682,10 @@ def user_fields(user_ids: np.ndarray) -> bytes:
 # ------------------------------------------------------------------------------ default layout
 
 
+def _with_other(labels: Sequence[str]) -> tuple[str, ...]:
+    return tuple(labels) if "other" in labels else (*labels, "other")
+
+
 def snapshot_layout(
     tiers: Sequence[str] = TIERS,
     *,
@@ -698,9 +702,9 @@ def snapshot_layout(
     needs (the exact values stay in the Parquet snapshot): percentile scores, probabilities and
     discount sensitivity in 1/200 steps (``unit8``), money in whole CNY (``cny16``: clipped at
     65,534 CNY, far above a grocery user's 90-day or lifetime spend), orders in 90 days as a
-    ``uint8`` (clipped at 254). Region, device, age band and gender come from imported user
-    attributes: a value outside the fixed labels encodes as ``other`` (``unknown`` for age band
-    and gender), null stays null.
+    ``uint8`` (clipped at 254). Region, device, channel, age band and gender come from
+    imported user attributes: a value outside the fixed labels encodes as ``other``
+    (``unknown`` for age band and gender), null stays null.
 
     Field names are the snapshot's column names, so ``encode(snapshot_table, layout)`` works.
 
@@ -725,7 +729,7 @@ def snapshot_layout(
             enum("top_category", categories),
             enum("price_sensitivity", PRICE_SENSITIVITIES),
             enum("active_slot", ACTIVE_SLOTS),
-            enum("channel", channels),
+            enum("channel", _with_other(channels), other="other"),
             enum("tier_rule", TIER_RULES),
             # RFM base bands (strata.tiering.bands)
             enum("recency_band", RECENCY_BANDS),
@@ -736,7 +740,7 @@ def snapshot_layout(
             enum("age_band", AGE_BANDS, other="unknown"),
             enum("gender", GENDERS, other="unknown"),
             enum("region", regions, other=regions[-1]),
-            enum("device", DEVICE_LABELS, other="other"),
+            enum("device", _with_other(DEVICES), other="other"),
             # percentile-rank scores: 1/200 steps are finer than any tier cut uses
             of("rfm_r", FieldKind.UNIT8),
             of("rfm_f", FieldKind.UNIT8),

@@ -128,12 +128,14 @@ def test_values_outside_fixed_labels_encode_as_other() -> None:
         "device": ["ios", "harmony_os", None, "web"],
         "age_band": ["18-24", "60-69", None, "unknown"],
         "gender": ["male", "nonbinary", None, "female"],
+        "channel": ["ads", "wechat_ads", None, "organic"],
     }
     got = decode_many(encode(cols, LAYOUT, allow_missing=True), LAYOUT)
     assert [r["region"] for r in got] == ["east", "other", None, "other"]
     assert [r["device"] for r in got] == ["ios", "other", None, "web"]
     assert [r["age_band"] for r in got] == ["18-24", "unknown", None, "unknown"]
     assert [r["gender"] for r in got] == ["male", "unknown", None, "female"]
+    assert [r["channel"] for r in got] == ["ads", "other", None, "organic"]
     # the generator's regions are all labels of their own
     assert LAYOUT.field("region").labels[:-1] == (
         "north", "northeast", "east", "central", "south", "southwest", "northwest",
