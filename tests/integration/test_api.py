@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from api.app import ApiSetupError, create_app
 from strata.io.keyfile import KeyFile
 from strata.io.redis_server import EmbeddedRedis
+from strata.online.codec import RecordLayout
 from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
 from tests.conftest import TEST_KEY
@@ -106,9 +107,8 @@ def test_lookup_returns_the_four_tag_groups(client: TestClient) -> None:
 
 
 def test_a_version_without_the_tag_fields_answers_nulls(tmp_path: Path, redis_url: str) -> None:
-    publish_raw_users(redis_url, "old", RAW[:5], TEST_KEY, layout=BASE.model_copy(
-        update={"fields": tuple(f for f in BASE.fields if f.name not in _NEW_FIELDS)}
-    ))  # fmt: skip
+    old = RecordLayout(fields=tuple(f for f in BASE.fields if f.name not in _NEW_FIELDS))
+    publish_raw_users(redis_url, "old", RAW[:5], TEST_KEY, layout=old)
     with TestClient(create_app(_settings(tmp_path, redis_url))) as c:
         body = c.get(f"/v1/users/{RAW[0]}/segment", headers=_auth()).json()
     assert body["version"] == "old" and body["tier"]
