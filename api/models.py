@@ -38,6 +38,81 @@ class PredictionsPublic(BaseModel):
     predicted_spend_cny: float | None = Field(description="Expected spend in 30 days, CNY.")
 
 
+# --- tag groups (issue 14, part D): the four groups of the source design's tag system
+
+
+class BasicTagsPublic(BaseModel):
+    """Basic attributes (null for logs without user attributes, e.g. orders-only imports)."""
+
+    age_band: str | None = Field(description="18-24 / 25-34 / 35-44 / 45-54 / 55+ / unknown.")
+    gender: str | None = Field(description="female / male / unknown.")
+    region: str | None = Field(
+        description="north / northeast / east / central / south / southwest / northwest; "
+        "`other` for any region outside that fixed list."
+    )
+    device: str | None = Field(description="ios / android / mini_program / web / other.")
+
+
+class BehaviourTagsPublic(BaseModel):
+    """RFM scores and base bands, and behaviour tags."""
+
+    rfm_r: float | None = Field(description="Recency score, percentile rank in [0, 1].")
+    rfm_f: float | None = Field(description="Frequency score, percentile rank in [0, 1].")
+    rfm_m: float | None = Field(description="Monetary score, percentile rank in [0, 1].")
+    rfm_score: float | None = Field(description="Weighted RFM score in [0, 1] (tiers.yaml).")
+    recency_band: str | None = Field(
+        description="within_30d / lapsed_30d / lapsed_90d / lapsed_180d / no_order "
+        "(tiers.yaml rfm_bands.recency_days)."
+    )
+    frequency_band: str | None = Field(
+        description="weekly / monthly / quarterly / rarer: orders per 30 days "
+        "(tiers.yaml rfm_bands.frequency)."
+    )
+    spend_level: str | None = Field(
+        description="high / mid / low: percentile among buyers of the spend rfm_m ranks "
+        "(tiers.yaml rfm_bands.spend_level)."
+    )
+    top_category: str | None = Field(description="Category with the most spend.")
+    price_sensitivity: str | None = Field(
+        description="coupon_sensitive / quality_sensitive / price_insensitive / unknown."
+    )
+    active_slot: str | None = Field(description="Time of day with most activity (UTC+8).")
+    active_daytype: str | None = Field(description="weekday / weekend: when the user is active.")
+    channel: str | None = Field(
+        description="Acquisition channel: organic / ads / social_share / offline_referral / other."
+    )
+
+
+class ValueTagsPublic(BaseModel):
+    """What the user is worth (whole CNY online; exact values in the snapshot)."""
+
+    ltv_cny: float | None = Field(description="Spend to date, CNY (clipped at 65,534).")
+    arpu_30d_cny: float | None = Field(description="Spend in the last 30 days, CNY.")
+    discount_sensitivity: float | None = Field(
+        description="0-1: coupon order share and discount depth (features.yaml)."
+    )
+
+
+class PredictiveTagsPublic(BaseModel):
+    """Model outputs; all null when the snapshot was published without a model."""
+
+    churn_p: float | None = Field(description="P(no order in the label horizon), 1/200 steps.")
+    repurchase_p: float | None = Field(description="P(an order within 7 days), 1/200 steps.")
+    predicted_spend_cny: float | None = Field(description="Expected spend in 30 days, CNY.")
+
+
+class TagGroupsPublic(BaseModel):
+    """The whole tag system, grouped as operators group it."""
+
+    basic: BasicTagsPublic
+    behaviour: BehaviourTagsPublic
+    value: ValueTagsPublic
+    predictive: PredictiveTagsPublic
+
+
+# --- end of the tag groups
+
+
 class SegmentPublic(BaseModel):
     """One user's segment, from exactly one snapshot version."""
 
@@ -52,6 +127,10 @@ class SegmentPublic(BaseModel):
     predictions: PredictionsPublic | None = Field(
         description="Model predictions; null when the snapshot was published without a model."
     )
+    tag_groups: TagGroupsPublic = Field(
+        description="All four tag groups (basic, behaviour, value, predictive); the keys "
+        "above stay for existing clients."
+    )
     dynamic_tags: list[str] = Field(
         default_factory=list,
         description="Unexpired tags set by live behaviour (trigger rules, e.g. "
@@ -59,8 +138,9 @@ class SegmentPublic(BaseModel):
     )
     source: Literal["snapshot", "live"] = Field(
         default="snapshot",
-        description="`live`: tier, lifecycle stage and scores come from the live overlay the "
-        "stream workers keep from orders since the snapshot (based on this same version); "
+        description="`live`: tier, lifecycle stage, scores, RFM bands, LTV and ARPU 30d come "
+        "from the live overlay the stream workers keep from orders since the snapshot (based "
+        "on this same version); "
         "`snapshot`: from the snapshot alone.",
     )
     last_event_at: str | None = Field(

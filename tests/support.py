@@ -12,7 +12,9 @@ from strata.ids import pseudonymise_many
 from strata.io.segment_store import SegmentStore
 from strata.online.codec import (
     ACTIVE_SLOTS,
+    DAYTYPES,
     LIFECYCLE_STAGES,
+    REGIONS,
     TIER_RULES,
     TIERS,
     RecordLayout,
@@ -20,6 +22,7 @@ from strata.online.codec import (
     n_groups_for,
     snapshot_layout,
 )
+from strata.tiering.bands import FREQUENCY_BANDS, RECENCY_BANDS, SPEND_LEVELS
 
 FULL = snapshot_layout(predictions=True)
 BASE = snapshot_layout()
@@ -49,6 +52,17 @@ def segment_columns(ids: np.ndarray, marker: int, layout: RecordLayout = FULL) -
         "repurchase_p": ((ids + 1) % 9_999) / 10_000,
         "predicted_spend": (ids % 3_000) / 10,
         "tier_rule": pa.array(np.array(TIER_RULES)[ids % len(TIER_RULES)]),
+        "recency_band": pa.array(np.array(RECENCY_BANDS)[ids % len(RECENCY_BANDS)]),
+        "frequency_band": pa.array(np.array(FREQUENCY_BANDS)[ids % len(FREQUENCY_BANDS)]),
+        "spend_level": pa.array(np.array(SPEND_LEVELS)[ids % len(SPEND_LEVELS)]),
+        "active_daytype": pa.array(np.array(DAYTYPES)[ids % len(DAYTYPES)]),
+        "age_band": pa.array(["25-34"] * len(ids)),
+        "gender": pa.array(["female" if i % 2 else "male" for i in ids.tolist()]),
+        "region": pa.array(np.array(REGIONS)[ids % len(REGIONS)]),
+        "device": pa.array(["ios"] * len(ids)),
+        "ltv_cny": (ids % 20_000).astype(np.float64),
+        "arpu_30d_cny": (ids % 500).astype(np.float64),
+        "discount_sensitivity": (ids % 200) / 200,
     }
     return {k: v for k, v in cols.items() if k in layout.names}
 

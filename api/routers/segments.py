@@ -102,9 +102,43 @@ def segment_payload(
             "monetary_90d_cny": get("monetary_90d"),
         },
         "predictions": predictions,
+        "tag_groups": tag_groups(record),
         "dynamic_tags": dynamic_tags or [],
         "source": source,
         "last_event_at": last_event_at,
+    }
+
+
+#: record fields of each tag group (:class:`~api.models.TagGroupsPublic`); the response key
+#: differs from the record's only for ``predicted_spend`` (shown as ``predicted_spend_cny``)
+TAG_GROUPS: dict[str, tuple[str, ...]] = {
+    "basic": ("age_band", "gender", "region", "device"),
+    "behaviour": (
+        "rfm_r",
+        "rfm_f",
+        "rfm_m",
+        "rfm_score",
+        "recency_band",
+        "frequency_band",
+        "spend_level",
+        "top_category",
+        "price_sensitivity",
+        "active_slot",
+        "active_daytype",
+        "channel",
+    ),
+    "value": ("ltv_cny", "arpu_30d_cny", "discount_sensitivity"),
+    "predictive": ("churn_p", "repurchase_p", "predicted_spend"),
+}
+_RENAMED = {"predicted_spend": "predicted_spend_cny"}
+
+
+def tag_groups(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The four tag groups of one record (null for a field the record's version lacks)."""
+    get = record.get
+    return {
+        group: {_RENAMED.get(name, name): get(name) for name in names}
+        for group, names in TAG_GROUPS.items()
     }
 
 
@@ -182,7 +216,7 @@ async def lookup_live(state: ApiState, user_id: str) -> LiveLookup:
     "/users/{user_id}/segment",
     response_model=SegmentPublic,
     responses={**_NOT_FOUND, **AUTH_RESPONSES},
-    summary="One user's tier, lifecycle stage, tags and scores",
+    summary="One user's tier, lifecycle stage, scores and all four tag groups",
 )
 async def get_segment(user_id: UserIdPath, state: State, _key: SegmentsReader) -> Response:
     found = await lookup_live(state, user_id)

@@ -14,8 +14,9 @@ namespace, ``strata`` by default; a version id has no ``:``)::
 
 Users are spread over ``n_groups`` small hashes (``group_of(user_id, n_groups)``, about 50-100
 users each) so every hash stays in Redis's compact listpack (ziplist before Redis 7) encoding:
-~39 bytes per user for the 21-byte segment record on Redis 7 (jemalloc), ~35 on the embedded
-6.2 build, against ~440 for one hash per user with the same fields as text.
+~38 bytes per user for the 24-byte segment record with predictions on the embedded 6.2 build
+(bench/redis_memory.py, 1M users; ~13.8 of them fixed per user: field key, entry headers, hash),
+about 4 more on Redis 7 (jemalloc), against ~440 for one hash per user with the fields as text.
 
 Lifecycle of a version: :meth:`SegmentStore.begin_version` (status ``writing``, invisible to
 readers) → :meth:`~SegmentStore.write_users` from any number of processes in parallel →

@@ -1,9 +1,9 @@
 """Fixed-size binary records for the online segment store, and the user → group mapping.
 
 A :class:`RecordLayout` is an ordered list of typed fields. Every user's record is encoded into
-the same small number of bytes (21 for :func:`snapshot_layout` with predictions, 14 without), so
+the same small number of bytes (24 for :func:`snapshot_layout` with predictions, 20 without), so
 that 50-100 users packed into one Redis hash stay in Redis's compact listpack/ziplist encoding
-(~38 bytes of Redis memory per user instead of ~440 for one hash per user with text fields).
+(~32 bytes of Redis memory per user instead of ~440 for one hash per user with text fields).
 
 Field kinds (all little-endian; "null" is a reserved code, so every field is nullable):
 
@@ -18,17 +18,21 @@ uint16     uint16 count                      2       65535; clipped to [0, 65534
 uint32     uint32 count                      4       2**32-1; clipped to [0, 2**32-2]
 float32    IEEE float32                      4       NaN
 cny        uint24 fen: ``round(x * 100)``    3       2**24-1; clipped to [0, 167772.14] CNY
+cny16      uint16 whole CNY: ``round(x)``    2       65535; clipped to [0, 65534] CNY
 ========== ================================ ======= =========================================
 
 Enum fields take ``bits = len(labels).bit_length()`` bits each (4 labels → 3 bits, 8 → 4) and
 are packed together into the first ``ceil(sum(bits) / 8)`` bytes of the record, in declared
 order from the least significant bit; the other fields follow in declared order, unaligned.
+A value outside an enum's labels is an error, unless the field names an ``other`` label that
+such values encode as (a new region is ``other``).
 
 Every byte of a record costs ~1.1 bytes of Redis memory per user (jemalloc rounds each hash's
 listpack up to a size class), on top of ~17 bytes of fixed cost (8-byte field, entry headers,
-per-hash overhead). The 40-bytes-per-user budget therefore leaves ~21 bytes for the record,
-which is why seven enums share 3 bytes, money is exact cents in 3 bytes (``cny``) and the RFM
-percentile scores use 1/200 steps (``unit8``).
+per-hash overhead). The 32-bytes-per-user budget (bench/redis_memory.py) therefore leaves ~24
+bytes for the record with predictions, which is why fifteen enums share 6 bytes, money is whole
+CNY in 2 bytes (``cny16``) and percentile scores and probabilities use 1/200 steps (``unit8``).
+Older layouts (exact cents in ``cny``, probabilities in 1/10000 ``unit``) still decode.
 
 A layout is stored (as JSON) with each published version, so a reader always decodes with the
 layout the version was written with, and a layout may gain fields (for example predictions)
@@ -57,13 +61,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from strata.schema import CATEGORIES, CHANNELS
+from strata.features.compute import DAYTYPE_LABELS
+from strata.schema import AGE_BANDS, CATEGORIES, CHANNELS, DEVICES, GENDERS
+from strata.tiering.bands import FREQUENCY_BANDS, RECENCY_BANDS, SPEND_LEVELS
 from strata.tiering.tiers import RULE_BAND, RULE_CHURN, RULE_HOLD
 
 __all__ = [
     "ACTIVE_SLOTS",
+    "DAYTYPES",
+    "DEVICE_LABELS",
     "LIFECYCLE_STAGES",
     "PRICE_SENSITIVITIES",
+    "REGIONS",
     "TIERS",
     "TIER_RULES",
     "FieldKind",
@@ -92,6 +101,22 @@ PRICE_SENSITIVITIES: tuple[str, ...] = (
 ACTIVE_SLOTS: tuple[str, ...] = ("morning", "noon", "afternoon", "evening", "night")
 #: The rule that gave a user its tier (the snapshot's ``tier_rule`` column).
 TIER_RULES: tuple[str, ...] = (RULE_BAND, RULE_HOLD, RULE_CHURN)
+#: Regions of the platform (configs/generator.yaml ``cities``), fixed in the layout so that
+#: codes mean the same in every version; any other region (a new city, an import's own
+#: naming) is stored as the last label, ``other``.
+REGIONS: tuple[str, ...] = (
+    "north",
+    "northeast",
+    "east",
+    "central",
+    "south",
+    "southwest",
+    "northwest",
+    "other",
+)
+#: Devices, with ``other`` for any device an import names that the platform's list lacks.
+DEVICE_LABELS: tuple[str, ...] = (*DEVICES, "other")
+DAYTYPES: tuple[str, ...] = DAYTYPE_LABELS
 
 _UNIT_SCALE = 10_000
 _UNIT8_SCALE = 200
@@ -117,6 +142,7 @@ class FieldKind(StrEnum):
     UINT32 = "uint32"
     FLOAT32 = "float32"
     CNY = "cny"
+    CNY16 = "cny16"
 
 
 #: numpy dtype, struct code and null code of each byte-aligned kind.
@@ -128,6 +154,7 @@ _SCALAR: dict[FieldKind, tuple[str, str, int | None]] = {
     FieldKind.UINT32: ("<u4", "I", 0xFFFF_FFFF),
     FieldKind.FLOAT32: ("<f4", "f", None),
     FieldKind.CNY: ("3u1", "3s", 0xFF_FFFF),  # a little-endian uint24
+    FieldKind.CNY16: ("<u2", "H", 0xFFFF),  # whole CNY
 }
 _SCALE: dict[FieldKind, int] = {FieldKind.UNIT: _UNIT_SCALE, FieldKind.UNIT8: _UNIT8_SCALE}
 _CENTS = 100
@@ -140,6 +167,8 @@ class FieldSpec(BaseModel):
         name: the record key (lower snake case), e.g. ``rfm_score``.
         kind: how it is stored.
         labels: the allowed values of an ``enum`` field, in code order (``enum`` only).
+        other: ``enum`` only: the label that values outside ``labels`` encode as (e.g. a new
+            region is ``other``); None: such a value is an error.
         decimals: ``float32`` only: round decoded values to this many decimals (2 for CNY).
     """
 
@@ -148,6 +177,7 @@ class FieldSpec(BaseModel):
     name: str = Field(pattern=_FIELD_NAME)
     kind: FieldKind
     labels: tuple[str, ...] = ()
+    other: str | None = None
     decimals: int | None = Field(default=None, ge=0, le=6)
 
     @model_validator(mode="after")
@@ -161,6 +191,8 @@ class FieldSpec(BaseModel):
                 raise ValueError(f"enum field {self.name!r}: labels must be unique and non-empty")
         elif self.labels:
             raise ValueError(f"field {self.name!r}: labels are only for enum fields")
+        if self.other is not None and self.other not in self.labels:
+            raise ValueError(f"field {self.name!r}: other {self.other!r} is not one of its labels")
         if self.decimals is not None and self.kind is not FieldKind.FLOAT32:
             raise ValueError(f"field {self.name!r}: decimals are only for float32 fields")
         return self
@@ -302,6 +334,13 @@ def _scalar_decoder(f: FieldSpec, shift: int, pos: int) -> Callable[[tuple[Any, 
 
         return dec_enum
     _, _, null = _SCALAR[f.kind]
+    if f.kind is FieldKind.CNY16:
+
+        def dec_cny16(raw: tuple[Any, ...], word: int) -> float | None:
+            code = raw[pos]
+            return None if code == null else float(code)
+
+        return dec_cny16
     if f.kind is FieldKind.CNY:
 
         def dec_cny(raw: tuple[Any, ...], word: int) -> float | None:
@@ -421,7 +460,9 @@ def _enum_codes(arr: pa.Array | None, f: FieldSpec, n: int) -> np.ndarray:
         raise ValueError(f"enum column {f.name!r} must hold strings, got {arr.type}")
     idx = pc.index_in(arr, value_set=pa.array(f.labels, type=arr.type))
     unknown = pc.and_(pc.is_valid(arr), pc.is_null(idx))
-    if pc.any(unknown).as_py():
+    if f.other is not None:
+        idx = pc.if_else(unknown, pa.scalar(f.labels.index(f.other), idx.type), idx)
+    elif pc.any(unknown).as_py():
         bad = pc.unique(arr.filter(unknown)).to_pylist()[:10]
         raise ValueError(f"enum column {f.name!r}: unknown labels {bad}; allowed: {list(f.labels)}")
     return pc.fill_null(idx, int(null)).to_numpy(zero_copy_only=False).astype(np.uint64)
@@ -530,6 +571,9 @@ def _decode_column(recs: np.ndarray, f: FieldSpec, plan: _Plan) -> list[Any]:
         codes = padded.view("<u4").ravel()
         missing = codes == null
         vals = (codes / _CENTS).astype(object)
+    elif f.kind is FieldKind.CNY16:
+        missing = col == null
+        vals = col.astype(np.float64).astype(object)
     elif f.kind is FieldKind.FLOAT32:
         x = col.astype(np.float64)
         missing = np.isnan(x)
@@ -638,16 +682,29 @@ def user_fields(user_ids: np.ndarray) -> bytes:
 # ------------------------------------------------------------------------------ default layout
 
 
+def _with_other(labels: Sequence[str]) -> tuple[str, ...]:
+    return tuple(labels) if "other" in labels else (*labels, "other")
+
+
 def snapshot_layout(
     tiers: Sequence[str] = TIERS,
     *,
     categories: Sequence[str] = CATEGORIES,
     channels: Sequence[str] = CHANNELS,
+    regions: Sequence[str] = REGIONS,
     predictions: bool = False,
 ) -> RecordLayout:
-    """The record of a snapshot that is served online: tier, lifecycle stage, tags, RFM scores,
-    key features, the rule that gave the tier and (optionally) predictions. 14 bytes, 21 with
-    predictions (the seven enums take 21 bits of the first 3 bytes).
+    """The record of a snapshot that is served online: the four tag groups of the segment
+    lookup (basic, behaviour, value and, optionally, predictive), the tier, lifecycle stage,
+    the rule that gave the tier and the key RFM inputs. 20 bytes, 24 with predictions.
+
+    The fifteen enums take 43 bits of the first 6 bytes. Values are quantised to what a lookup
+    needs (the exact values stay in the Parquet snapshot): percentile scores, probabilities and
+    discount sensitivity in 1/200 steps (``unit8``), money in whole CNY (``cny16``: clipped at
+    65,534 CNY, far above a grocery user's 90-day or lifetime spend), orders in 90 days as a
+    ``uint8`` (clipped at 254). Region, device, channel, age band and gender come from
+    imported user attributes: a value outside the fixed labels encodes as ``other``
+    (``unknown`` for age band and gender), null stays null.
 
     Field names are the snapshot's column names, so ``encode(snapshot_table, layout)`` works.
 
@@ -655,11 +712,12 @@ def snapshot_layout(
         tiers: tier labels (from the tier configuration).
         categories: top-category labels.
         channels: acquisition channel labels.
+        regions: region labels; the last is where values outside them go.
         predictions: add ``churn_p``, ``repurchase_p`` and ``predicted_spend`` (CNY).
     """
 
-    def enum(name: str, labels: Sequence[str]) -> FieldSpec:
-        return FieldSpec(name=name, kind=FieldKind.ENUM, labels=tuple(labels))
+    def enum(name: str, labels: Sequence[str], other: str | None = None) -> FieldSpec:
+        return FieldSpec(name=name, kind=FieldKind.ENUM, labels=tuple(labels), other=other)
 
     def of(name: str, kind: FieldKind) -> FieldSpec:
         return FieldSpec(name=name, kind=kind)
@@ -671,25 +729,36 @@ def snapshot_layout(
             enum("top_category", categories),
             enum("price_sensitivity", PRICE_SENSITIVITIES),
             enum("active_slot", ACTIVE_SLOTS),
-            enum("channel", channels),
-            # percentile-rank scores: 1/200 steps are finer than any tier cut uses (the
-            # exact values stay in the Parquet snapshot)
+            enum("channel", _with_other(channels), other="other"),
+            enum("tier_rule", TIER_RULES),
+            # RFM base bands (strata.tiering.bands)
+            enum("recency_band", RECENCY_BANDS),
+            enum("frequency_band", FREQUENCY_BANDS),
+            enum("spend_level", SPEND_LEVELS),
+            enum("active_daytype", DAYTYPES),
+            # basic attributes (null for logs without user attributes)
+            enum("age_band", AGE_BANDS, other="unknown"),
+            enum("gender", GENDERS, other="unknown"),
+            enum("region", regions, other=regions[-1]),
+            enum("device", _with_other(DEVICES), other="other"),
+            # percentile-rank scores: 1/200 steps are finer than any tier cut uses
             of("rfm_r", FieldKind.UNIT8),
             of("rfm_f", FieldKind.UNIT8),
             of("rfm_m", FieldKind.UNIT8),
             of("rfm_score", FieldKind.UNIT8),
             of("recency_days", FieldKind.UINT16),
-            of("frequency_90d", FieldKind.UINT16),
-            of("monetary_90d", FieldKind.CNY),
-            # last, so the other fields keep their order and bit positions; 2 bits, which still
-            # fit in the 3 enum bytes
-            enum("tier_rule", TIER_RULES),
+            of("frequency_90d", FieldKind.UINT8),
+            of("monetary_90d", FieldKind.CNY16),
+            # value tags
+            of("ltv_cny", FieldKind.CNY16),
+            of("arpu_30d_cny", FieldKind.CNY16),
+            of("discount_sensitivity", FieldKind.UNIT8),
         )
     )
     if predictions:
         layout = layout.extend(
-            of("churn_p", FieldKind.UNIT),
-            of("repurchase_p", FieldKind.UNIT),
-            of("predicted_spend", FieldKind.CNY),
+            of("churn_p", FieldKind.UNIT8),
+            of("repurchase_p", FieldKind.UNIT8),
+            of("predicted_spend", FieldKind.CNY16),
         )
     return layout

@@ -47,6 +47,7 @@ from strata.features import RfmPartials, rfm_scores
 from strata.features.compute import MONTH_DAYS
 from strata.realtime.model import UserState
 from strata.schema import TIMESTAMP
+from strata.tiering.bands import assign_bands
 from strata.tiering.lifecycle import assign_lifecycle
 from strata.tiering.scoring import RecomputeConfig
 from strata.tiering.tiers import assign_tiers
@@ -54,6 +55,7 @@ from strata.timeutil import DAY_MS, LOCAL_OFFSET_MS, local_day, local_iso
 
 __all__ = [
     "LIVE_FEATURE_COLUMNS",
+    "LIVE_TAG_KEYS",
     "OVERLAY_KEYS",
     "LiveScorer",
     "SnapshotInputs",
@@ -87,6 +89,14 @@ LIVE_FEATURE_COLUMNS: tuple[str, ...] = (
     "churn_p",
     "top_category",
 )
+#: overlay keys of the tags a live order changes (the lookups show them with ``source: live``)
+LIVE_TAG_KEYS: tuple[str, ...] = (
+    "recency_band",
+    "frequency_band",
+    "spend_level",
+    "ltv_cny",
+    "arpu_30d_cny",
+)
 #: keys of an overlay (``{ns}:rt:live:{user}``); the first 13 are the shared contract
 OVERLAY_KEYS: tuple[str, ...] = (
     "version",
@@ -110,6 +120,8 @@ OVERLAY_KEYS: tuple[str, ...] = (
     "orders_total",
     "last_order_ms",
     "scored_ms",
+    # the tags a live order changes: RFM base bands and value
+    *LIVE_TAG_KEYS,
 )
 
 _WINDOWS: tuple[int, ...] = (30, 90, 180, 365)
@@ -422,7 +434,8 @@ class LiveScorer:
         Returns:
             {"rfm_r", "rfm_f", "rfm_m", "rfm_score" (float arrays, rounded like the
             snapshot), "lifecycle_stage", "lifecycle_rule", "tier", "tier_rule",
-            "tier_explanation" (string lists)}.
+            "tier_explanation", "recency_band", "frequency_band", "spend_level" (string
+            lists)}.
         """
         tiers = self.config.tiers
         r, f, m, score = rfm_scores(features, self.partials, self._weights, tiers.measures)
@@ -442,7 +455,11 @@ class LiveScorer:
         tier, tier_rule, why = assign_tiers(
             score, stage, ltv, pa.array(list(previous_tier), pa.string()), tiers, churn_p=churn
         )
+        bands = assign_bands(
+            features, self.partials, at_ms, tiers.rfm_bands, tiers.measures.monetary.window
+        )
         return {
+            **{name: col.to_pylist() for name, col in bands.items()},
             "rfm_r": np.round(r, 6),
             "rfm_f": np.round(f, 6),
             "rfm_m": np.round(m, 6),
@@ -490,6 +507,8 @@ class LiveScorer:
         f90 = features.column("frequency_90d").to_pylist()
         m90 = features.column("monetary_90d").to_pylist()
         total = features.column("orders_total").to_pylist()
+        ltv_cny = features.column("ltv_cny").to_pylist()
+        arpu_30d = features.column("monetary_30d").to_pylist()
         last_order = features.column("last_order_ts").cast(pa.int64()).to_pylist()
         r, f, m, s = (scored[k].tolist() for k in ("rfm_r", "rfm_f", "rfm_m", "rfm_score"))
         out = []
@@ -517,6 +536,11 @@ class LiveScorer:
                     "orders_total": total[i],
                     "last_order_ms": last_order[i],
                     "scored_ms": at_ms,
+                    "recency_band": scored["recency_band"][i],
+                    "frequency_band": scored["frequency_band"][i],
+                    "spend_level": scored["spend_level"][i],
+                    "ltv_cny": ltv_cny[i],
+                    "arpu_30d_cny": arpu_30d[i],
                 }
             )
         return out

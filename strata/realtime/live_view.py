@@ -3,7 +3,8 @@ the unexpired dynamic tags.
 
 The stream workers keep ``{ns}:rt:live:{user}`` (JSON: ``version``, the snapshot version it is
 based on, and the live ``tier``, ``lifecycle_stage``, RFM scores and inputs, ``last_event_ms``,
-``last_event_at``) and ``{ns}:rt:tags:{user}`` (tag -> expiry epoch ms). An overlay applies only
+``last_event_at``, the RFM base bands and value tags a live order changes) and
+``{ns}:rt:tags:{user}`` (tag -> expiry epoch ms). An overlay applies only
 when it is based on the very version the lookup read: after a newer recompute is published it
 is stale (the recompute covers the events it was built from) and the snapshot answers alone.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from strata.realtime.live import OVERLAY_KEYS
+from strata.realtime.live import LIVE_TAG_KEYS, OVERLAY_KEYS
 
 __all__ = [
     "LIVE_FIELDS",
@@ -26,8 +27,10 @@ __all__ = [
     "parse_overlay",
 ]
 
-#: overlay fields that replace the snapshot record's
-LIVE_FIELDS: tuple[str, ...] = OVERLAY_KEYS[2:11]
+#: overlay fields that replace the snapshot record's: tier, lifecycle stage, RFM scores and
+#: inputs, and the tags a live order changes (RFM base bands, LTV, ARPU 30d). An overlay
+#: written before those tags existed lacks them: the snapshot's stay.
+LIVE_FIELDS: tuple[str, ...] = (*OVERLAY_KEYS[2:11], *LIVE_TAG_KEYS)
 SOURCE_LIVE = "live"
 SOURCE_SNAPSHOT = "snapshot"
 

@@ -10,7 +10,8 @@ values, while the online ``rfm_score`` is rounded to 1/200. Conditions that the 
 implies are therefore reported as met, and a ``precision_note`` says when the rounded score is
 close enough to a threshold that it may look as if the tier were wrong.
 
-Pure: pydantic and the stdlib only (plus :mod:`strata.tiering.tiers` for the rules).
+Pure: pydantic and the stdlib only (plus :mod:`strata.tiering.tiers` for the rules and
+:mod:`strata.tiering.bands` for the band thresholds).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from strata.tiering.bands import BAND_COLUMNS, band_conditions, spend_column
 from strata.tiering.tiers import RULE_BAND, RULE_CHURN, RULE_HOLD, ChurnWarning, TierRules
 
 __all__ = [
+    "BandExplanation",
     "Condition",
     "Explanation",
     "TierThreshold",
@@ -67,6 +70,25 @@ class Condition(BaseModel):
     met: bool
 
 
+class BandExplanation(BaseModel):
+    """One RFM base band of the user, with the thresholds that put them there.
+
+    Attributes:
+        band: the band column: ``recency_band``, ``frequency_band`` or ``spend_level``.
+        label: the user's band (None where the record's version has no bands).
+        condition: the condition of that band, e.g. ``30 < recency_days <= 90``.
+        inputs: the record's values the band is computed from (None where the online record
+            does not hold one; the band was decided at recompute with exact values).
+        thresholds: every band's condition, in order (tiers.yaml ``rfm_bands``).
+    """
+
+    band: str
+    label: str | None
+    condition: str | None
+    inputs: dict[str, float | int | None]
+    thresholds: dict[str, str]
+
+
 class TierThreshold(BaseModel):
     """How a user gets one tier.
 
@@ -102,6 +124,7 @@ class Explanation(BaseModel):
             next tier or a score.
         tier_without_override: for churn-warning users, the band their score gives.
         precision_note: set when the rounded online score is within 0.005 of a threshold.
+        bands: the user's RFM base bands (recency, frequency, spend) and their thresholds.
     """
 
     tier: str
@@ -115,6 +138,7 @@ class Explanation(BaseModel):
     distance_to_next_tier: float | None
     tier_without_override: str | None
     precision_note: str | None
+    bands: list[BandExplanation] = []
 
 
 def rules_from_meta(meta: Mapping[str, Any]) -> TierRules | None:
@@ -244,7 +268,48 @@ def explain(record: Mapping[str, Any], rules: TierRules) -> Explanation:
         distance_to_next_tier=distance,
         tier_without_override=without,
         precision_note=_precision_note(score, rules),
+        bands=explain_bands(record, rules),
     )
+
+
+def explain_bands(record: Mapping[str, Any], rules: TierRules) -> list[BandExplanation]:
+    """The user's RFM base bands with the thresholds (``rules.rfm_bands``) behind them.
+
+    Args:
+        record: a decoded segment record (live-merged or not).
+        rules: the tier rules of the record's version.
+    """
+    window = rules.measures.monetary.window
+    texts = band_conditions(rules.rfm_bands, window)
+    freq = f"frequency_{rules.rfm_bands.frequency.window}"
+    inputs: dict[str, tuple[str, ...]] = {
+        "recency_band": ("recency_days",),
+        "frequency_band": (freq,),
+        "spend_level": (spend_column(window), "rfm_m"),
+    }
+    out = []
+    for band in BAND_COLUMNS:
+        label = record.get(band)
+        shown = texts[band]
+        out.append(
+            BandExplanation(
+                band=band,
+                label=label,
+                condition=shown.get(label) if isinstance(label, str) else None,
+                inputs={name: _input(record.get(name)) for name in inputs[band]},
+                thresholds=shown,
+            )
+        )
+    return out
+
+
+def _input(value: Any) -> float | int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    x = float(value)
+    return None if x != x else x
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from strata.config import StrictModel, config_path, load_yaml
 from strata.features import FeatureConfig, RfmPartials, load_feature_config, rfm_scores
 from strata.schema import MODEL_PREDICTION_COLUMNS
+from strata.tiering.bands import assign_bands
 from strata.tiering.lifecycle import LifecycleRules, assign_lifecycle, load_lifecycle_rules
 from strata.tiering.tiers import TierRules, assign_tiers, load_tier_rules
 
@@ -84,7 +85,8 @@ def score_features(
     config: RecomputeConfig,
     predictions: dict[str, np.ndarray] | None = None,
 ) -> pa.Table:
-    """Add rfm_r/f/m, rfm_score, predictions, lifecycle and tier columns to one shard's features.
+    """Add rfm_r/f/m, rfm_score, predictions, lifecycle, tier and RFM band columns
+    (recency_band, frequency_band, spend_level) to one shard's features.
 
     Args:
         features: per-user features of one bucket, sorted by user_id.
@@ -99,7 +101,8 @@ def score_features(
     Returns:
         ``features`` with the scoring columns appended.
     """
-    w = config.tiers.weights
+    rules = config.tiers
+    w = rules.weights
     r, f, m, score = rfm_scores(
         features, partials, (w.recency, w.frequency, w.monetary), config.tiers.measures
     )
@@ -133,6 +136,9 @@ def score_features(
         "tier_rule": tier_rule,
         "tier_explanation": explanation,
         "previous_tier": prev,
+        **assign_bands(
+            features, partials, as_of_ms, rules.rfm_bands, rules.measures.monetary.window
+        ),
     }
     out = features
     for name, col in columns.items():

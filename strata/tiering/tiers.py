@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 
 from strata.config import StrictModel, config_path, load_yaml
 from strata.features import RfmMeasures
+from strata.tiering.bands import RfmBands
 from strata.tiering.lifecycle import STAGES
 
 RULE_BAND = "score_band"
@@ -74,6 +75,8 @@ class TierRules(StrictModel):
     hysteresis_margin: float = Field(0.0, ge=0, lt=0.5)
     #: a score band holding less than this share of the scored users is a recompute warning
     min_band_share: float = Field(0.01, ge=0, lt=1)
+    #: thresholds of the RFM base bands (recency_band, frequency_band, spend_level)
+    rfm_bands: RfmBands = Field(default_factory=RfmBands)
 
     @model_validator(mode="after")
     def _bands_in_order(self) -> TierRules:

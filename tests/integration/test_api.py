@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from api.app import ApiSetupError, create_app
 from strata.io.keyfile import KeyFile
 from strata.io.redis_server import EmbeddedRedis
+from strata.online.codec import RecordLayout
 from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
 from tests.conftest import TEST_KEY
@@ -63,6 +64,65 @@ def test_single_lookup_answers_the_public_shape(client: TestClient) -> None:
     assert body["scores"]["frequency_90d"] == 1
     assert set(body["predictions"]) == {"churn_p", "repurchase_p", "predicted_spend_cny"}
     assert body["dynamic_tags"] == []
+
+
+TAG_GROUPS = {
+    "basic": {"age_band", "gender", "region", "device"},
+    "behaviour": {
+        "rfm_r", "rfm_f", "rfm_m", "rfm_score", "recency_band", "frequency_band", "spend_level",
+        "top_category", "price_sensitivity", "active_slot", "active_daytype", "channel",
+    },
+    "value": {"ltv_cny", "arpu_30d_cny", "discount_sensitivity"},
+    "predictive": {"churn_p", "repurchase_p", "predicted_spend_cny"},
+}  # fmt: skip
+
+
+def test_lookup_returns_the_four_tag_groups(client: TestClient) -> None:
+    body = client.get("/v1/users/10000003/segment", headers=_auth()).json()
+    groups = body["tag_groups"]
+    assert {g: set(v) for g, v in groups.items()} == TAG_GROUPS
+    behaviour, basic = groups["behaviour"], groups["basic"]
+    assert behaviour["rfm_score"] == body["scores"]["rfm_score"]
+    assert behaviour["top_category"] == body["tags"]["top_category"]
+    assert behaviour["recency_band"] in {
+        "within_30d", "lapsed_30d", "lapsed_90d", "lapsed_180d", "no_order",
+    }  # fmt: skip
+    assert behaviour["frequency_band"] in {"weekly", "monthly", "quarterly", "rarer"}
+    assert behaviour["spend_level"] in {"high", "mid", "low"}
+    assert basic["age_band"] == "25-34" and basic["device"] == "ios"
+    assert basic["gender"] in {"female", "male"} and basic["region"]
+    assert groups["value"]["ltv_cny"] is not None and groups["value"]["arpu_30d_cny"] is not None
+    assert groups["predictive"]["churn_p"] == body["predictions"]["churn_p"]
+    assert groups["predictive"]["predicted_spend_cny"] == body["predictions"]["predicted_spend_cny"]
+    batch = client.post("/v1/segments/lookup", headers=_auth(), json={"user_ids": ["10000003"]})
+    assert batch.json()["results"][0]["tag_groups"] == groups
+    why = client.get("/v1/users/10000003/explain", headers=_auth()).json()
+    bands = {b["band"]: b for b in why["bands"]}
+    assert bands["recency_band"]["label"] == behaviour["recency_band"]
+    assert bands["recency_band"]["thresholds"]["within_30d"] == "recency_days <= 30"
+    assert (
+        bands["spend_level"]["condition"]
+        == bands["spend_level"]["thresholds"][behaviour["spend_level"]]
+    )
+
+
+def test_a_version_without_the_tag_fields_answers_nulls(tmp_path: Path, redis_url: str) -> None:
+    old = RecordLayout(fields=tuple(f for f in BASE.fields if f.name not in _NEW_FIELDS))
+    publish_raw_users(redis_url, "old", RAW[:5], TEST_KEY, layout=old)
+    with TestClient(create_app(_settings(tmp_path, redis_url))) as c:
+        body = c.get(f"/v1/users/{RAW[0]}/segment", headers=_auth()).json()
+    assert body["version"] == "old" and body["tier"]
+    groups = body["tag_groups"]
+    assert set(groups["basic"].values()) == {None}
+    assert set(groups["predictive"].values()) == {None} and body["predictions"] is None
+    assert groups["behaviour"]["recency_band"] is None
+    assert groups["behaviour"]["top_category"] == body["tags"]["top_category"]
+
+
+_NEW_FIELDS = {
+    "recency_band", "frequency_band", "spend_level", "active_daytype", "age_band", "gender",
+    "region", "device", "ltv_cny", "arpu_30d_cny", "discount_sensitivity",
+}  # fmt: skip
 
 
 def test_batch_answers_in_input_order_with_not_found(client: TestClient) -> None:

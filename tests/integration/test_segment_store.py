@@ -248,11 +248,11 @@ def test_state_errors(store: SegmentStore) -> None:
     store.begin_version("v1", FULL, 4)
     with pytest.raises(VersionStateError, match="already exists"):
         store.begin_version("v1", FULL, 4)
-    with pytest.raises(ValueError, match="needs 21"):
+    with pytest.raises(ValueError, match=f"needs {FULL.size}"):
         store.write_users("v1", ids, encode(segment_columns(ids, 1, BASE), BASE))
     with pytest.raises(ValueError, match="same length"):
         store.write_users("v1", ids[:5], encoded)
-    other = RecordLayout(fields=(*FULL.fields[:-1], FieldSpec(name="spend", kind=FieldKind.CNY)))
+    other = RecordLayout(fields=(*FULL.fields[:-1], FieldSpec(name="spend", kind=FieldKind.CNY16)))
     with pytest.raises(ValueError, match="another layout"):
         store.write_users(
             "v1", ids, encode(segment_columns(ids, 1) | {"spend": np.ones(100)}, other)

@@ -28,6 +28,7 @@ from strata.ids import pseudonymise
 from strata.io.event_log import EventAppender
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
+from strata.online.codec import snapshot_layout
 from strata.realtime.keys import RealtimeKeys
 from strata.realtime.stream_config import load_stream_config
 from strata.serving.apikeys import dump_records, new_key
@@ -136,6 +137,11 @@ def snapshot_table(settings: Settings) -> Any:
     return store.read(store.versions()[-1])
 
 
+def _region(region: str | None) -> str | None:
+    labels = snapshot_layout().field("region").labels
+    return None if region is None else region if region in labels else "other"
+
+
 def test_a_live_order_retiers_its_user_in_the_api_and_lands_in_the_warehouse(
     world: Settings, pool: Any
 ) -> None:
@@ -171,6 +177,14 @@ def test_a_live_order_retiers_its_user_in_the_api_and_lands_in_the_warehouse(
     )
     assert got["scores"]["recency_days"] == 0
     assert got["scores"]["rfm_score"] >= before["rfm_score"]
+    # the tags a live order changes follow it: recency band, LTV, ARPU 30d
+    behaviour, value = got["tag_groups"]["behaviour"], got["tag_groups"]["value"]
+    assert behaviour["recency_band"] == "within_30d"
+    assert behaviour["rfm_score"] == got["scores"]["rfm_score"]
+    assert behaviour["spend_level"] == "high"  # 5,000 CNY tops every buyer's 90-day spend
+    assert value["ltv_cny"] == pytest.approx((before["ltv_cny"] or 0) + 5000.0, abs=0.01)
+    assert value["arpu_30d_cny"] == pytest.approx((before["arpu_30d_cny"] or 0) + 5000.0, abs=0.01)
+    assert got["tag_groups"]["basic"]["region"] == _region(before["region"])
     assert got["lifecycle_stage"] not in ("declining", "churned")
     # the sink commits the order into the warehouse within its interval
     wait_for(

@@ -149,16 +149,23 @@ def test_live_equals_the_batch_recompute_with_the_orders_replayed(
         states.append(_state(u, mine))
     got = snap.scorer.overlays(states, [snap.rows.get(u) for u in users], at_ms)
     want = snap.replay(live, at_ms)
-    tiers_moved = 0
+    tiers_moved = bands_moved = 0
     for u, o in zip(users, got, strict=True):
         w = want[u]
-        for key in ("tier", "lifecycle_stage", "recency_days", "frequency_90d", "orders_total"):
+        for key in (
+            "tier", "lifecycle_stage", "recency_days", "frequency_90d", "orders_total",
+            "recency_band", "frequency_band", "spend_level",
+        ):  # fmt: skip
             assert o[key] == w[key], (u, key, o[key], w[key])
+        assert o["ltv_cny"] == pytest.approx(w["ltv_cny"], abs=1e-6)
+        assert o["arpu_30d_cny"] == pytest.approx(w["arpu_30d_cny"], abs=1e-6)
         for key in ("rfm_r", "rfm_f", "rfm_m", "rfm_score", "monetary_90d"):
             assert o[key] == pytest.approx(w[key], abs=1e-6), (u, key)
         assert o["tier_rule"] == w["tier_rule"] and o["lifecycle_rule"] == w["lifecycle_rule"]
         tiers_moved += u in snap.rows and o["tier"] != snap.rows[u]["tier"]
+        bands_moved += u in snap.rows and o["recency_band"] != snap.rows[u]["recency_band"]
     assert tiers_moved > 0  # the live orders changed something the test can see
+    assert bands_moved > 0  # lapsed users who ordered again are within_30d
 
 
 def test_overlay_has_the_contract_keys_and_the_snapshot_identity(snap: Snapshot) -> None:
@@ -170,6 +177,7 @@ def test_overlay_has_the_contract_keys_and_the_snapshot_identity(snap: Snapshot)
     assert o["version"] == "v1" and o["as_of"] == "2026-09-30T16:00:00+00:00"
     assert o["last_event_ms"] == ts + 60_000 and o["last_event_at"] == local_iso(ts + 60_000)
     assert o["last_order_ms"] == ts and o["recency_days"] == 0
+    assert o["recency_band"] == "within_30d"
     assert o["previous_tier"] == snap.rows[5]["tier"]
     with pytest.raises(ValueError, match="state of user"):
         snap.scorer.overlay(6, state, snap.rows[5], ts)

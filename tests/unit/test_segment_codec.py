@@ -44,21 +44,119 @@ def _rows() -> dict[str, list[object]]:
         "rfm_score": [0.125, None, 1.0],
         "recency_days": [3, None, 400],
         "frequency_90d": [0, 5, 17],
-        "monetary_90d": [123.45, None, 9999.99],
+        "monetary_90d": [123.0, None, 10000.0],
         "tier_rule": ["score_band", "hysteresis_hold", "churn_warning"],
-        "churn_p": [0.1234, 0.9999, None],
+        "recency_band": ["within_30d", "no_order", "lapsed_180d"],
+        "frequency_band": ["weekly", None, "rarer"],
+        "spend_level": ["high", "low", None],
+        "active_daytype": ["weekend", None, "weekday"],
+        "age_band": ["25-34", None, "unknown"],
+        "gender": ["female", "unknown", None],
+        "region": ["east", "other", None],
+        "device": [None, "mini_program", "other"],
+        "ltv_cny": [1500.0, 0.0, None],
+        "arpu_30d_cny": [None, 12.0, 400.0],
+        "discount_sensitivity": [0.25, None, 1.0],
+        "churn_p": [0.12, 0.995, None],
         "repurchase_p": [None, 0.5, 0.0],
-        "predicted_spend": [1.5, None, 0.0],
+        "predicted_spend": [2.0, None, 0.0],
     }
 
 
+#: the layout published before the tag groups (21 bytes): versions written with it still
+#: decode with the layout stored with them
+LEGACY_LAYOUT_JSON = (
+    '{"format":1,"fields":['
+    '{"name":"tier","kind":"enum","labels":["high_value","potential","ordinary",'
+    '"churn_warning"],"decimals":null},'
+    '{"name":"lifecycle_stage","kind":"enum","labels":["new","growing","mature","declining",'
+    '"churned"],"decimals":null},'
+    '{"name":"top_category","kind":"enum","labels":["vegetables","fruit","meat_poultry",'
+    '"seafood","dairy_eggs","grain_oil","snacks_drinks","daily_goods"],"decimals":null},'
+    '{"name":"price_sensitivity","kind":"enum","labels":["coupon_sensitive",'
+    '"quality_sensitive","price_insensitive","unknown"],"decimals":null},'
+    '{"name":"active_slot","kind":"enum","labels":["morning","noon","afternoon","evening",'
+    '"night"],"decimals":null},'
+    '{"name":"channel","kind":"enum","labels":["organic","ads","social_share",'
+    '"offline_referral"],"decimals":null},'
+    '{"name":"rfm_r","kind":"unit8","labels":[],"decimals":null},'
+    '{"name":"rfm_f","kind":"unit8","labels":[],"decimals":null},'
+    '{"name":"rfm_m","kind":"unit8","labels":[],"decimals":null},'
+    '{"name":"rfm_score","kind":"unit8","labels":[],"decimals":null},'
+    '{"name":"recency_days","kind":"uint16","labels":[],"decimals":null},'
+    '{"name":"frequency_90d","kind":"uint16","labels":[],"decimals":null},'
+    '{"name":"monetary_90d","kind":"cny","labels":[],"decimals":null},'
+    '{"name":"tier_rule","kind":"enum","labels":["score_band","hysteresis_hold",'
+    '"churn_warning"],"decimals":null},'
+    '{"name":"churn_p","kind":"unit","labels":[],"decimals":null},'
+    '{"name":"repurchase_p","kind":"unit","labels":[],"decimals":null},'
+    '{"name":"predicted_spend","kind":"cny","labels":[],"decimals":null}]}'
+)
+
+
+#: bytes of the served record with predictions: bench/redis_memory.py measures ~1 byte of
+#: Redis memory per record byte on top of ~13.8 bytes of fixed cost per user
+MAX_RECORD_BYTES = 24
+
+
 def test_snapshot_layout_sizes() -> None:
-    assert LAYOUT.size == 21
-    assert snapshot_layout().size == 14
-    assert LAYOUT.dtype.itemsize == 21
-    # seven enums of 3, 3, 4, 3, 3, 3, 2 bits share the first 3 bytes
-    assert [f.bits for f in LAYOUT.fields if f.kind is FieldKind.ENUM] == [3, 3, 4, 3, 3, 3, 2]
+    assert LAYOUT.size <= MAX_RECORD_BYTES
+    assert LAYOUT.size == 24
+    assert snapshot_layout().size == 20
+    assert LAYOUT.dtype.itemsize == 24
+    # fifteen enums (43 bits) share the first 6 bytes
+    bits = [f.bits for f in LAYOUT.fields if f.kind is FieldKind.ENUM]
+    assert bits == [3, 3, 4, 3, 3, 3, 2, 3, 3, 2, 2, 3, 2, 4, 3]
     assert LAYOUT.field("tier_rule").labels == ("score_band", "hysteresis_hold", "churn_warning")
+
+
+def test_the_four_tag_groups_are_in_the_record() -> None:
+    names = set(LAYOUT.names)
+    basic = {"age_band", "gender", "region", "device"}
+    behaviour = {"rfm_r", "rfm_f", "rfm_m", "rfm_score", "recency_band", "frequency_band"}
+    behaviour |= {"spend_level", "top_category", "price_sensitivity", "active_slot"}
+    behaviour |= {"active_daytype", "channel"}
+    value = {"ltv_cny", "arpu_30d_cny", "discount_sensitivity"}
+    predictive = {"churn_p", "repurchase_p", "predicted_spend"}
+    assert basic | behaviour | value | predictive <= names
+    assert not predictive & set(snapshot_layout().names)
+
+
+def test_values_outside_fixed_labels_encode_as_other() -> None:
+    cols = {
+        "region": ["east", "overseas", None, "Shanghai"],
+        "device": ["ios", "harmony_os", None, "web"],
+        "age_band": ["18-24", "60-69", None, "unknown"],
+        "gender": ["male", "nonbinary", None, "female"],
+        "channel": ["ads", "wechat_ads", None, "organic"],
+    }
+    got = decode_many(encode(cols, LAYOUT, allow_missing=True), LAYOUT)
+    assert [r["region"] for r in got] == ["east", "other", None, "other"]
+    assert [r["device"] for r in got] == ["ios", "other", None, "web"]
+    assert [r["age_band"] for r in got] == ["18-24", "unknown", None, "unknown"]
+    assert [r["gender"] for r in got] == ["male", "unknown", None, "female"]
+    assert [r["channel"] for r in got] == ["ads", "other", None, "organic"]
+    # the generator's regions are all labels of their own
+    assert LAYOUT.field("region").labels[:-1] == (
+        "north", "northeast", "east", "central", "south", "southwest", "northwest",
+    )  # fmt: skip
+    with pytest.raises(ValidationError, match="other"):
+        FieldSpec(name="a", kind=FieldKind.ENUM, labels=("x", "y"), other="z")
+
+
+def test_legacy_layout_still_decodes() -> None:
+    legacy = RecordLayout.from_json(LEGACY_LAYOUT_JSON)
+    assert legacy.size == 21
+    rows = {
+        "tier": ["potential"],
+        "monetary_90d": [123.45],
+        "churn_p": [0.1234],
+        "predicted_spend": [99.99],
+    }
+    got = decode_many(encode(rows, legacy, allow_missing=True), legacy)[0]
+    assert got["tier"] == "potential" and got["monetary_90d"] == 123.45
+    assert got["churn_p"] == 0.1234 and got["predicted_spend"] == 99.99
+    assert "region" not in got
 
 
 def test_roundtrip_with_nulls() -> None:
@@ -88,22 +186,13 @@ def test_inputs_table_mapping_numpy_dictionary_chunked_give_same_bytes() -> None
     reference = encode(pa.table(rows), LAYOUT).tobytes()
     as_numpy = {
         k: np.array([np.nan if x is None else x for x in v], dtype=np.float64)
-        if k
-        not in (
-            "tier",
-            "lifecycle_stage",
-            "top_category",
-            "price_sensitivity",
-            "active_slot",
-            "channel",
-            "tier_rule",
-        )
+        if not any(isinstance(x, str) for x in v)
         else v
         for k, v in rows.items()
     }
     assert encode(as_numpy, LAYOUT).tobytes() == reference
     dict_cols = {
-        k: pa.array(v).dictionary_encode() if isinstance(v[0] or v[1], str) else pa.array(v)
+        k: pa.array(v).dictionary_encode() if any(isinstance(x, str) for x in v) else pa.array(v)
         for k, v in rows.items()
     }
     assert encode(dict_cols, LAYOUT).tobytes() == reference
@@ -123,6 +212,7 @@ def test_clipping_and_rounding() -> None:
             FieldSpec(name="cny", kind=FieldKind.FLOAT32, decimals=2),
             FieldSpec(name="raw", kind=FieldKind.FLOAT32),
             FieldSpec(name="fen", kind=FieldKind.CNY),
+            FieldSpec(name="yuan", kind=FieldKind.CNY16),
         )
     )
     cols = {
@@ -134,6 +224,7 @@ def test_clipping_and_rounding() -> None:
         "cny": [19.99, 1e6 + 0.25, -5.5, 0.0],
         "raw": [0.1, 1.0, 2.5, -0.0],
         "fen": [12345.67, 1e9, -5.5, 0.015],
+        "yuan": [12345.67, 1e9, -5.5, 0.5],
     }
     got = decode_many(encode(cols, layout), layout)
     assert [r["p"] for r in got] == [0.0, 1.0, 0.3333, 1.0]
@@ -145,6 +236,8 @@ def test_clipping_and_rounding() -> None:
     assert got[0]["raw"] == pytest.approx(0.1, rel=1e-7) and got[2]["raw"] == 2.5
     # exact cents, clipped to what 3 bytes hold; refunds (negative) clip to 0
     assert [r["fen"] for r in got] == [12345.67, 167_772.14, 0.0, 0.02]
+    # whole CNY in 2 bytes, clipped at 65,534 (65,535 is null); round half to even
+    assert [r["yuan"] for r in got] == [12346.0, 65_534.0, 0.0, 0.0]
 
 
 def test_unknown_enum_label_is_an_error() -> None:
@@ -160,7 +253,7 @@ def test_length_mismatch_and_wrong_record_size() -> None:
     with pytest.raises(ValueError, match="bytes"):
         decode(b"\x00" * 20, LAYOUT)
     with pytest.raises(ValueError, match="bytes"):
-        decode_many([b"\x00" * 21, b"\x00" * 22], LAYOUT)
+        decode_many([b"\x00" * 24, b"\x00" * 25], LAYOUT)
     assert decode_many([], LAYOUT) == []
 
 
@@ -172,9 +265,9 @@ def test_layout_json_roundtrip_and_extend() -> None:
     assert decode_many(encoded, back) == decode_many(encoded, LAYOUT)
     base = snapshot_layout()
     extended = base.extend(
-        FieldSpec(name="churn_p", kind=FieldKind.UNIT),
-        FieldSpec(name="repurchase_p", kind=FieldKind.UNIT),
-        FieldSpec(name="predicted_spend", kind=FieldKind.CNY),
+        FieldSpec(name="churn_p", kind=FieldKind.UNIT8),
+        FieldSpec(name="repurchase_p", kind=FieldKind.UNIT8),
+        FieldSpec(name="predicted_spend", kind=FieldKind.CNY16),
     )
     assert extended == LAYOUT
     assert base.names == LAYOUT.names[: len(base.names)]
@@ -240,7 +333,7 @@ def test_encode_is_vectorised_enough() -> None:
     assert len(encoded) == n
     sample = decode(encoded[12345].tobytes(), LAYOUT)
     assert sample["tier"] == cols["tier"][12345].as_py()
-    assert sample["churn_p"] == pytest.approx(cols["churn_p"][12345], abs=5e-5)
+    assert sample["churn_p"] == pytest.approx(cols["churn_p"][12345], abs=0.0025)  # 1/200 steps
     assert sample["rfm_score"] == pytest.approx(cols["rfm_score"][12345], abs=2.5e-3)
 
 
