@@ -15,7 +15,7 @@ from api.deps import ApiState, require
 from api.metrics import ApiMetrics
 from api.middleware import RequestMiddleware
 from api.offline_docs import install_offline_docs
-from api.routers import actions, events, experiments, health, segments, strategies, tiers
+from api.routers import actions, dashboard, events, experiments, health, segments, strategies, tiers
 from strata.config import config_path
 from strata.experiments.config import ExperimentsConfig, load_experiments
 from strata.io.event_log import AsyncEventAppender
@@ -184,6 +184,7 @@ def create_app(
     app.include_router(strategies.router)
     app.include_router(experiments.router)
     app.include_router(health.router)
+    app.include_router(dashboard.router)
     install_offline_docs(app)
     metrics_auth = [Depends(require(Scope.ADMIN))] if config.metrics_require_key else []
     app.include_router(health.metrics_router, dependencies=metrics_auth)
