@@ -15,7 +15,17 @@ from api.deps import ApiState, require
 from api.metrics import ApiMetrics
 from api.middleware import RequestMiddleware
 from api.offline_docs import install_offline_docs
-from api.routers import actions, dashboard, events, experiments, health, segments, strategies, tiers
+from api.routers import (
+    actions,
+    dashboard,
+    events,
+    experiments,
+    health,
+    reports,
+    segments,
+    strategies,
+    tiers,
+)
 from strata.config import config_path
 from strata.experiments.config import ExperimentsConfig, load_experiments
 from strata.io.event_log import AsyncEventAppender
@@ -183,6 +193,7 @@ def create_app(
     app.include_router(actions.router)
     app.include_router(strategies.router)
     app.include_router(experiments.router)
+    app.include_router(reports.router)
     app.include_router(health.router)
     app.include_router(dashboard.router)
     install_offline_docs(app)

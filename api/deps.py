@@ -151,6 +151,7 @@ def require(scope: Scope) -> Callable[..., Awaitable[KeyRecord]]:
 
 SegmentsReader = Annotated[KeyRecord, Depends(require(Scope.SEGMENTS_READ))]
 EventsWriter = Annotated[KeyRecord, Depends(require(Scope.EVENTS_WRITE))]
+ReportsReader = Annotated[KeyRecord, Depends(require(Scope.REPORTS_READ))]
 
 
 def reader_of(state: ApiState) -> SegmentReader:

@@ -1,11 +1,9 @@
-"""The warehouse side of `strata report experiment NAME`: every bucket's exposures joined to
-its orders (a user's exposures and orders share a bucket), per-arm sufficient statistics
-merged over buckets, then the gbstats-equal engine — against the control, and for the
-headline margin against the holdout."""
+"""The warehouse side of `strata report experiment NAME` (a progress bar around
+:func:`strata.io.experiment_reader.warehouse_report`) and of `strata report strategies`: every
+strategy against its standing holdout."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,71 +11,16 @@ from typing import Any
 
 from jobs._errors import CommandError
 from jobs._runtime import progress
-from strata.experiments import ExperimentAnalysis, analyse
+from strata.experiments import analyse
 from strata.experiments.analysis import Correction
 from strata.experiments.config import Experiment
-from strata.experiments.outcomes import (
-    OutcomeWindow,
-    arm_statistics,
-    merge_arm_statistics,
-    unit_outcomes,
-)
-from strata.experiments.stats import Statistic
+from strata.experiments.outcomes import OutcomeWindow
+from strata.io import experiment_reader
+from strata.io.experiment_reader import WarehouseReport
 from strata.io.warehouse import Warehouse
 from strata.timeutil import DAY_MS, local_iso
 
-HOLDOUT = "holdout"
-HEADLINE = "margin_per_user"
-_EVENT_COLUMNS = ["user_id", "ts", "event_type", "amount_cny", "discount_cny"]
-_EXPOSURE_COLUMNS = ["user_id", "ts", "experiment", "arm"]
-
-
-@dataclass
-class WarehouseReport:
-    """The analysis and what it read."""
-
-    analysis: ExperimentAnalysis
-    buckets: int
-    exposed: int
-    unknown_arms: int
-
-
-def _bucket(
-    wh: Warehouse,
-    bucket: int,
-    exp: Experiment,
-    window: OutcomeWindow,
-    arm_names: list[str],
-    metrics: list[str],
-    cuped: bool,
-) -> tuple[dict[str, dict[str, Statistic]], int, int]:
-    exposures = wh.read_bucket("exposures", bucket, columns=_EXPOSURE_COLUMNS)
-    if exposures.num_rows == 0:
-        return {}, 0, 0
-    events = wh.read_bucket(
-        "events", bucket, columns=_EVENT_COLUMNS, read_dictionary=["event_type"]
-    )
-    outcomes = unit_outcomes(exposures, events, exp.name, window)
-    if len(outcomes) == 0:
-        return {}, 0, 0
-    known = set(arm_names)
-    unknown = sum(1 for a in outcomes.arms.tolist() if a not in known)
-    return arm_statistics(outcomes, arm_names, metrics, cuped=cuped), len(outcomes), unknown
-
-
-def guardrail_breaches(exp: Experiment, analysis: ExperimentAnalysis) -> list[str]:
-    """A warning per arm whose mean breaks one of the experiment's guardrails."""
-    out = []
-    for arm in analysis.arms:
-        for g in exp.guardrails:
-            m = arm.metrics.get(g.metric)
-            if m is None:
-                continue
-            if g.max is not None and m.mean > g.max:
-                out.append(f"guardrail: {arm.arm} has {g.metric} {m.mean:.4g} > max {g.max:g}")
-            if g.min is not None and m.mean < g.min:
-                out.append(f"guardrail: {arm.arm} has {g.metric} {m.mean:.4g} < min {g.min:g}")
-    return out
+_EVENT_COLUMNS = experiment_reader.EVENT_COLUMNS
 
 
 def warehouse_report(
@@ -88,92 +31,35 @@ def warehouse_report(
     cuped: bool = True,
     correction: Correction = "none",
     sequential_tuning: float | None = None,
-    threads: int | None = None,
     show_progress: bool = True,
 ) -> WarehouseReport:
-    """Analyse ``exp`` from the warehouse at ``data``.
+    """:func:`strata.io.experiment_reader.warehouse_report` with a progress bar over buckets."""
+    bar: Any = progress() if show_progress else None
+    task: list[Any] = []
 
-    Raises:
-        CommandError: nobody is exposed to the experiment, or only one arm is.
-    """
-    wh = Warehouse(data)
-    buckets = wh.buckets("exposures")
-    metrics = list(dict.fromkeys([exp.primary_metric, *exp.secondary_metrics,
-                                  *(g.metric for g in exp.guardrails)]))  # fmt: skip
-    arm_names = [a.name for a in exp.arms] + ([HOLDOUT] if exp.holdout > 0 else [])
-    window = OutcomeWindow(
-        window_ms=exp.analysis_window_days * DAY_MS,
-        pre_window_ms=exp.pre_window_days * DAY_MS,
-        margin_rate=exp.margin_rate,
-        until_ms=until_ms,
-    )
-    parts: list[dict[str, dict[str, Statistic]]] = []
-    exposed = unknown = 0
-    workers = threads or min(8, os.cpu_count() or 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [
-            pool.submit(_bucket, wh, b, exp, window, arm_names, metrics, cuped) for b in buckets
-        ]
-        bar: Any = progress() if show_progress else None
-        task = bar.add_task(f"{exp.name}: buckets", total=len(futures)) if bar else None
-        if bar:
+    def start(total: int) -> None:
+        if bar is not None:
+            task.append(bar.add_task(f"{exp.name}: buckets", total=total))
             bar.start()
-        try:
-            for f in futures:
-                stats, n, u = f.result()
-                if stats:
-                    parts.append(stats)
-                exposed += n
-                unknown += u
-                if bar and task is not None:
-                    bar.advance(task)
-        finally:
-            if bar:
-                bar.stop()
-    merged = merge_arm_statistics(parts)
-    present = [a for a in arm_names if a in merged and any(s.n for s in merged[a].values())]
-    if exp.control not in present:
-        raise CommandError(
-            f"experiment {exp.name!r}: no exposed user in its control arm {exp.control!r} in "
-            f"the warehouse at {data} ({exposed} exposed in all)"
-        )
-    if len(present) < 2:
-        raise CommandError(
-            f"experiment {exp.name!r}: only the control arm has exposed users; nothing to compare"
-        )
-    stats_by_arm = {a: merged[a] for a in present}
-    total = sum(a.weight for a in exp.arms)
-    shares = {a.name: a.weight / total * (1 - exp.holdout) for a in exp.arms}
-    shares[HOLDOUT] = exp.holdout
-    weights = {a: shares[a] for a in present}
-    users = {a: max(s.n for s in stats_by_arm[a].values()) for a in present}
-    main = analyse(
-        stats_by_arm,
-        exp.control,
-        experiment=exp.name,
-        users=users,
-        weights=weights,
-        sequential_tuning=sequential_tuning,
-        correction=correction,
-    )
-    if HOLDOUT in present and HEADLINE in metrics:
-        # the headline: each arm's margin per user against the standing holdout
-        vs_holdout = analyse(
-            {a: {HEADLINE: stats_by_arm[a][HEADLINE]} for a in present},
-            HOLDOUT,
-            experiment=exp.name,
-            users=users,
-            weights=weights,
-            sequential_tuning=sequential_tuning,
+
+    def advance() -> None:
+        if bar is not None and task:
+            bar.advance(task[0])
+
+    try:
+        return experiment_reader.warehouse_report(
+            data,
+            exp,
+            until_ms=until_ms,
+            cuped=cuped,
             correction=correction,
+            sequential_tuning=sequential_tuning,
+            on_start=start,
+            on_bucket=advance,
         )
-        main = dataclasses.replace(main, comparisons=[*main.comparisons, *vs_holdout.comparisons])
-    main.warnings.extend(guardrail_breaches(exp, main))
-    if unknown:
-        main.warnings.append(
-            f"{unknown} exposed users are in arms the experiment no longer defines; left out"
-        )
-    return WarehouseReport(main, len(buckets), exposed, unknown)
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 @dataclass

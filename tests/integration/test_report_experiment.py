@@ -182,3 +182,43 @@ def test_a_broken_guardrail_is_flagged(planted: tuple[str, dict[str, Any]], tmp_
     assert "guardrail: control" not in out.stderr  # ~30% x 10 CNY = 3 < 5
     shipped = CliRunner().invoke(app, args)
     assert "guardrail" not in shipped.stderr
+
+
+def test_the_dashboard_endpoints_equal_the_commands(
+    planted: tuple[str, dict[str, Any]], redis_url: str
+) -> None:
+    """GET /v1/reports/experiments holds the same analysis as `strata report experiment
+    --json`; /v1/reports/rules the same as /v1/rules; both need reports:read."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from strata.serving.apikeys import dump_records, new_key
+    from strata.settings import Settings
+
+    root, _ = planted
+    reports_key, reports_rec = new_key("dash", ["reports:read"])
+    read_key, read_rec = new_key("reader", ["segments:read"])
+    settings = Settings(
+        data=root, redis_url=redis_url, api_keys=dump_records([reports_rec, read_rec])
+    )
+    cli = report(root)
+    with TestClient(create_app(settings)) as client:
+        auth = {"Authorization": f"Bearer {reports_key}"}
+        denied = client.get(
+            "/v1/reports/experiments", headers={"Authorization": f"Bearer {read_key}"}
+        )
+        assert denied.status_code == 403 and "reports:read" in denied.json()["detail"]
+        resp = client.get("/v1/reports/experiments", headers=auth)
+        assert resp.status_code == 200, resp.text
+        doc = resp.json()["experiments"][EXPERIMENT]
+        assert doc["arms"] == cli["arms"]
+        assert doc["comparisons"] == cli["comparisons"]
+        assert doc["srm_p_value"] == cli["srm_p_value"] and doc["exposed"] == N_USERS
+        others = [v for k, v in resp.json()["experiments"].items() if k != EXPERIMENT]
+        assert all("error" in v for v in others)  # nobody exposed to them: said, not hidden
+        # cached until the warehouse changes: the second answer is the same document
+        assert client.get("/v1/reports/experiments", headers=auth).json() == resp.json()
+        rules = client.get("/v1/reports/rules", headers=auth)
+        assert rules.status_code == 200, rules.text
+        plain = client.get("/v1/rules", headers={"Authorization": f"Bearer {read_key}"})
+        assert rules.json() == plain.json() and "rules" in rules.json()
