@@ -387,8 +387,8 @@ async def realtime_page(request: Request, state: State) -> Response:
     rules = suppress_rules(rules_doc, k) if rules_status == 200 else None
     experiments = (
         [
-            suppress_experiment(doc, k, SRM_P_THRESHOLD)
-            for _, doc in sorted((exp_doc.get("experiments") or {}).items())
+            suppress_experiment({"experiment": name, **doc}, k, SRM_P_THRESHOLD)
+            for name, doc in sorted((exp_doc.get("experiments") or {}).items())
         ]
         if exp_status == 200 and isinstance(exp_doc, dict)
         else None
@@ -438,7 +438,7 @@ async def _whatif(request: Request, state: ApiState, submitted: dict[str, str] |
                 error = f"{item['key']}: {raw!r} is not a number"
                 break
             item["chosen"] = value
-            if value != float(item["value"]):
+            if item.get("value") is None or value != float(item["value"]):
                 changes[item["key"]] = value
         if error is None:
             status, answer = await _api(request, "POST", "/v1/whatif", key, {"set": changes})

@@ -225,7 +225,7 @@ def suppress_rules(doc: Mapping[str, Any], k: int) -> list[dict[str, Any]]:
         out.append(
             {
                 "name": str(rule.get("name", "")),
-                "kind": str(rule.get("kind", "")),
+                "kind": str(rule.get("kind") or ""),
                 "active": bool(rule.get("active", True)),
                 "fired": fired,
                 "suppressed": {str(r): _count(int(n), k) for r, n in suppressed.items()},
@@ -244,9 +244,21 @@ def _result(res: Mapping[str, Any]) -> dict[str, float | None]:
 
 
 def suppress_experiment(doc: Mapping[str, Any], k: int, srm_p_threshold: float) -> dict[str, Any]:
-    """One experiment's analysis (``strata report experiment NAME --json``) for display: arms
-    under ``k`` users lose their users and means, comparisons that involve them their effects;
-    ``srm_status`` is ``mismatch`` when the SRM p-value is under ``srm_p_threshold``."""
+    """One experiment's analysis (``strata report experiment NAME --json``, or ``{"error"}``
+    when the warehouse holds too little of it) for display: arms under ``k`` users lose their
+    users and means, comparisons that involve them their effects; ``srm_status`` is
+    ``mismatch`` when the SRM p-value is under ``srm_p_threshold``."""
+    if doc.get("error"):
+        return {
+            "experiment": str(doc.get("experiment", "")),
+            "error": str(doc["error"]),
+            "srm_p_value": None,
+            "srm_status": "unknown",
+            "exposed": None,
+            "warnings": [],
+            "arms": [],
+            "comparisons": [],
+        }
     arms = []
     small: set[str] = set()
     for arm in doc.get("arms") or []:
@@ -283,8 +295,12 @@ def suppress_experiment(doc: Mapping[str, Any], k: int, srm_p_threshold: float) 
         )
     srm = doc.get("srm_p_value")
     status = "unknown" if srm is None else ("mismatch" if srm < srm_p_threshold else "ok")
+    exposed = doc.get("exposed")
     return {
         "experiment": str(doc.get("experiment", "")),
+        "error": None,
+        "exposed": None if exposed is None else _count(int(exposed), k),
+        "warnings": [str(w) for w in doc.get("warnings") or []],
         "srm_p_value": round_half_up(srm, DECIMALS["p"]),
         "srm_status": status,
         "arms": arms,

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 import api.routers.dashboard as dashboard
@@ -197,33 +196,35 @@ def test_a_broken_report_is_a_clear_page(tmp_path: Path) -> None:
     assert r.status_code == 500 and "bad report document" in r.text
 
 
-def _with_fixtures(app: FastAPI, whatif_status: int = 200) -> list[Any]:
-    posted: list[Any] = []
+def _fake_api(
+    monkeypatch: pytest.MonkeyPatch, answers: dict[tuple[str, str], tuple[int, Any]]
+) -> list[Any]:
+    """The dashboard's in-process API calls answered from ``answers`` ((method, path) ->
+    (status, JSON)); 404 for anything else. Returns the bodies it was sent."""
+    sent: list[Any] = []
 
-    async def rules() -> Any:
-        return RULES
+    async def api(request: Any, method: str, path: str, key: str, body: Any = None) -> Any:
+        assert key == VIEW_KEY  # the viewer's own key
+        if body is not None:
+            sent.append(body)
+        return answers.get((method, path), (404, {"detail": "Not Found"}))
 
-    async def experiments() -> Any:
-        return EXPERIMENTS
-
-    async def keys() -> Any:
-        return WHATIF_KEYS
-
-    async def whatif(request: Request) -> Any:
-        body = await request.json()
-        posted.append(body)
-        if whatif_status != 200:
-            return JSONResponse({"detail": "tiers.bands.nope: unknown key"}, whatif_status)
-        return WHATIF_RESULT
-
-    app.add_api_route("/v1/reports/rules", rules)
-    app.add_api_route("/v1/reports/experiments", experiments)
-    app.add_api_route("/v1/whatif/keys", keys)
-    app.add_api_route("/v1/whatif", whatif, methods=["POST"])
-    return posted
+    monkeypatch.setattr(dashboard, "_api", api)
+    return sent
 
 
-def test_pages_fed_by_other_endpoints_say_when_those_are_missing(data: Path) -> None:
+FIXTURES: dict[tuple[str, str], tuple[int, Any]] = {
+    ("GET", "/v1/reports/rules"): (200, RULES),
+    ("GET", "/v1/reports/experiments"): (200, EXPERIMENTS),
+    ("GET", "/v1/whatif/keys"): (200, WHATIF_KEYS),
+    ("POST", "/v1/whatif"): (200, WHATIF_RESULT),
+}
+
+
+def test_pages_fed_by_other_endpoints_say_when_those_are_missing(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_api(monkeypatch, {})
     c = _client(_app(data))
     realtime = c.get("/dashboard/realtime").text
     assert 'id="rules-unavailable"' in realtime and 'id="experiments-unavailable"' in realtime
@@ -231,21 +232,39 @@ def test_pages_fed_by_other_endpoints_say_when_those_are_missing(data: Path) -> 
     assert 'id="whatif-unavailable"' in whatif
 
 
-def test_realtime_page_suppresses_rules_and_shows_srm(data: Path) -> None:
-    app = _app(data)
-    _with_fixtures(app)
-    html = _client(app).get("/dashboard/realtime").text
+def test_the_real_report_endpoints_are_called_with_the_viewers_key(data: Path) -> None:
+    # no lifespan here, so the rules endpoint answers 503 (no live reader) and the page
+    # says so; the experiments endpoint answers (no experiment in the shipped configs, or
+    # an error per experiment: the warehouse is empty)
+    html = _client(_app(data)).get("/dashboard/realtime").text
+    assert 'id="rules-unavailable"' in html and "503: the API is starting" in html
+    assert 'id="no-experiments"' in html or "experiment-error" in html
+
+
+def test_realtime_page_suppresses_rules_and_shows_srm(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing = {"error": "experiment 'menu_test': no exposed user in its control arm"}
+    answers = {
+        **FIXTURES,
+        ("GET", "/v1/reports/experiments"): (
+            200,
+            {"experiments": {**EXPERIMENTS["experiments"], "menu_test": failing}},
+        ),
+    }
+    _fake_api(monkeypatch, answers)
+    html = _client(_app(data)).get("/dashboard/realtime").text
     assert 'id="table-rules"' in html and "4,321.01" in html
     assert "cap: &lt;10" in html  # 4 suppressions
     assert "SRM: ok" in html and "[0.123, 1.186]" in html
+    assert "no exposed user in its control arm" in html
     doc = _data(html)
     assert doc["rules"][1]["fired"] == "<10"
 
 
-def test_whatif_form_posts_the_changed_values(data: Path) -> None:
-    app = _app(data)
-    posted = _with_fixtures(app)
-    c = _client(app)
+def test_whatif_form_posts_the_changed_values(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = _fake_api(monkeypatch, FIXTURES)
+    c = _client(_app(data))
     form = c.get("/dashboard/whatif").text
     assert form.count('type="range"') == 2 and 'name="tiers.weights.recency"' in form
     r = c.post(
@@ -253,19 +272,45 @@ def test_whatif_form_posts_the_changed_values(data: Path) -> None:
         data={"tiers.bands.high_value.min_score": "0.75", "tiers.weights.recency": "0.3"},
     )
     assert r.status_code == 200
-    assert posted == [{"set": {"tiers.bands.high_value.min_score": 0.75}}]
+    assert sent == [{"set": {"tiers.bands.high_value.min_score": 0.75}}]
     doc = _data(r.text)["whatif"]
     assert doc["after"]["high_value"] == 95 and doc["moves"]["potential"]["ordinary"] == "<10"
     assert 'value="0.75"' in r.text and "-123.46" in r.text
     bad = c.post("/dashboard/whatif", data={"tiers.weights.recency": "lots"})
     assert "tiers.weights.recency: &#39;lots&#39; is not a number" in bad.text
+    assert len(sent) == 1  # refused before the endpoint
 
 
-def test_whatif_errors_show_the_endpoints_detail(data: Path) -> None:
-    app = _app(data)
-    _with_fixtures(app, whatif_status=422)
-    r = _client(app).post("/dashboard/whatif", data={"tiers.weights.recency": "0.5"})
+def test_whatif_errors_show_the_endpoints_detail(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = (422, {"detail": "tiers.bands.nope: unknown key"})
+    _fake_api(monkeypatch, {**FIXTURES, ("POST", "/v1/whatif"): refused})
+    r = _client(_app(data)).post("/dashboard/whatif", data={"tiers.weights.recency": "0.5"})
     assert r.status_code == 200 and "tiers.bands.nope: unknown key" in r.text
+
+
+def test_the_in_process_call_reaches_the_apps_own_endpoint(data: Path) -> None:
+    # _api itself (not faked): a request through the app, with the key as a bearer header
+    app = _app(data)
+    seen: list[str] = []
+
+    async def probe(request: Request) -> Any:
+        seen.append(request.headers["authorization"])
+        return {"ok": await request.json()}
+
+    app.add_api_route("/v1/probe", probe, methods=["POST"])
+
+    async def call() -> Any:
+        from starlette.requests import Request as StarletteRequest
+
+        req = StarletteRequest({"type": "http", "app": app, "headers": []})
+        return await dashboard._api(req, "POST", "/v1/probe", VIEW_KEY, {"set": {"a": 1}})
+
+    import asyncio
+
+    assert asyncio.run(call()) == (200, {"ok": {"set": {"a": 1}}})
+    assert seen == [f"Bearer {VIEW_KEY}"]
 
 
 def test_static_files_and_the_vendored_chart_library(data: Path) -> None:
