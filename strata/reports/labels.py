@@ -111,6 +111,10 @@ _LABELS: dict[str, dict[str, tuple[str, str]]] = {
         "no_strategies": ("No strategy exposures in this period.", "本期没有策略曝光。"),
         "rules": ("Real-time rules", "实时触发规则"),
         "experiments": ("Experiments", "实验"),
+        "no_rules": (
+            "No trigger rule is active and none has fired yet.",
+            "暂无启用或已触发的规则。",
+        ),
         "no_experiments": ("No experiment is configured.", "未配置实验。"),
         "not_available": ("Not available yet on this server.", "此服务器暂不可用。"),
         "rule": ("Rule", "规则"),

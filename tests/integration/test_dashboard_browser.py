@@ -219,6 +219,7 @@ def test_dashboard_pages_in_a_browser(browser: Browser, served: Any) -> None:
         assert series[f"tier:{tier}"] == _shares(report, tier), tier
     assert series["tier:churn_warning"][0] is None  # 7 users
     assert series["tier:high_value"][0] is None  # else 7 = total - the others
+    assert series["hidden"][0] == 12.7  # the hidden tiers pooled: (120 + 7) / 1000
     row = page.locator(f"#table-tiers tr[data-version='{report.snapshots[0].version}']")
     assert row.locator("td[data-tier=churn_warning]").inner_text().startswith("<10")
     assert row.locator("td[data-tier=ordinary]").inner_text() == "533 (53.3%)"

@@ -258,6 +258,9 @@ def test_realtime_page_suppresses_rules_and_shows_srm(
     assert "cap: &lt;10" in html  # 4 suppressions
     assert "SRM: ok" in html and "[0.123, 1.186]" in html
     assert "no exposed user in its control arm" in html
+    empty = {**answers, ("GET", "/v1/reports/rules"): (200, {"rules": []})}
+    _fake_api(monkeypatch, empty)
+    assert 'id="no-rules"' in _client(_app(data)).get("/dashboard/realtime").text
     doc = _data(html)
     assert doc["rules"][1]["fired"] == "<10"
 

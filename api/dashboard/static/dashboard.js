@@ -127,7 +127,7 @@
   }
 
   function realtimePage() {
-    if (data.rules) {
+    if (data.rules && data.rules.length) {
       chart("chart-rules", {
         tooltip: { trigger: "axis" }, legend: legend, grid: grid,
         xAxis: { type: "category", data: data.rules.map(function (r) { return r.name; }), axisLabel: { interval: 0, rotate: 20 } },
