@@ -9,9 +9,10 @@ cost, conversion, rate), so the page never shows a group small enough to single 
 A count of 0 describes nobody and is shown as 0.
 
 Where a group's total is shown beside its cells (a snapshot's users beside its tiers,
-stages and bands; a what-if's before/after), one suppressed cell could be recovered by
-subtraction: :func:`suppress_group` then also suppresses the next smallest cell
-(secondary suppression).
+stages and bands; a what-if's before/after and each row of its moves, which adds up to the
+tier's users before; the rules that split a shown transition cell), one suppressed cell
+could be recovered by subtraction: :func:`suppress_group` then also suppresses the next
+smallest cell (secondary suppression).
 
 Rounding (:func:`round_half_up`): half away from zero on the decimal value, the same for
 every figure: shares and rates in percent to 1 decimal, CNY and per-user ratios to 2
@@ -176,11 +177,9 @@ def suppress_tiers_report(report: Mapping[str, Any], k: int) -> dict[str, Any]:
                     }
                     for f, row in matrix.items()
                 },
+                # the rules split a shown cell: a group (one hidden part would follow)
                 "by_rule": {
-                    f: {
-                        t: {rule: _count(n, k) for rule, n in rules.items()}
-                        for t, rules in row.items()
-                    }
+                    f: {t: _group(rules, k) for t, rules in row.items()}
                     for f, row in (tr.get("by_rule") or {}).items()
                 },
             }
@@ -314,8 +313,9 @@ def suppress_whatif(doc: Mapping[str, Any], k: int) -> dict[str, Any]:
     return {
         "before": _group({t: int(n) for t, n in (doc.get("before") or {}).items()}, k),
         "after": _group({t: int(n) for t, n in (doc.get("after") or {}).items()}, k),
+        # a row adds up to the tier's users before, shown above: each row is a group
         "moves": {
-            f: {t: _count(int(n), k) for t, n in row.items()}
+            f: _group({t: int(n) for t, n in row.items()}, k)
             for f, row in (doc.get("moves") or {}).items()
         },
         "cost_change_cny": round_half_up(doc.get("cost_change_cny"), DECIMALS["cny"]),

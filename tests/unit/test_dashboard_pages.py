@@ -278,6 +278,7 @@ def test_whatif_form_posts_the_changed_values(data: Path, monkeypatch: pytest.Mo
     assert sent == [{"set": {"tiers.bands.high_value.min_score": 0.75}}]
     doc = _data(r.text)["whatif"]
     assert doc["after"]["high_value"] == 95 and doc["moves"]["potential"]["ordinary"] == "<10"
+    assert doc["moves"]["potential"]["potential"] == "<10"  # its row adds up to a shown 365
     assert 'value="0.75"' in r.text and "-123.46" in r.text
     bad = c.post("/dashboard/whatif", data={"tiers.weights.recency": "lots"})
     assert "tiers.weights.recency: &#39;lots&#39; is not a number" in bad.text

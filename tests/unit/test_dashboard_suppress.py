@@ -103,6 +103,14 @@ def test_the_report_view_hides_small_cells_and_what_derives_from_them() -> None:
     assert tr["matrix"]["high_value"]["churn_warning"] == 0
     assert tr["by_rule"]["high_value"]["potential"]["score_band"] == "<10"
     assert tr["by_rule"]["ordinary"]["potential"] == {"score_band": 30, "hysteresis_hold": 14}
+    # a rule's share of a shown cell under k would follow from the cell: its sibling goes too
+    report = build_report()
+    report.transitions[0].by_rule["ordinary"]["potential"] = {
+        "score_band": 40,
+        "hysteresis_hold": 4,
+    }
+    split = suppress_tiers_report(report.model_dump(), 10)["transitions"][0]["by_rule"]
+    assert split["ordinary"]["potential"] == {"score_band": "<10", "hysteresis_hold": "<10"}
 
 
 def test_k_comes_from_the_caller() -> None:
@@ -137,5 +145,7 @@ def test_rules_experiments_and_whatif_are_suppressed_too() -> None:
     assert exp["comparisons"][0]["hidden"] and exp["comparisons"][0]["absolute"] is None
     whatif = suppress_whatif(WHATIF_RESULT, 10)
     assert whatif["before"]["high_value"] == 140
-    assert whatif["moves"]["potential"] == {"potential": 361, "ordinary": "<10"}
+    # potential's row adds up to its 365 users before: 4 hides 361 with it
+    assert whatif["moves"]["potential"] == {"potential": "<10", "ordinary": "<10"}
+    assert whatif["moves"]["high_value"] == {"high_value": 95, "potential": 45}
     assert whatif["cost_change_cny"] == -123.46
