@@ -238,6 +238,8 @@ def test_dashboard_pages_in_a_browser(browser: Browser, served: Any) -> None:
     for f, row_ in tr.matrix.items():
         for t, n in row_.items():
             assert got[(f, t)] == (None if 0 < n < K else n), (f, t)
+    hidden_cells = browser.series("chart-transitions")["hidden"]
+    assert [order.index("potential"), order.index("high_value")] in hidden_cells  # 8 users
     x, y = order.index("potential"), order.index("ordinary")
     px = page.evaluate(
         "([x, y]) => echarts.getInstanceByDom(document.getElementById('chart-transitions'))"

@@ -25,7 +25,7 @@
     return c;
   }
   function dates(view) { return view.snapshots.map(function (s) { return s.as_of.slice(0, 10); }); }
-  var grid = { left: 56, right: 16, top: 48, bottom: 32, containLabel: true };
+  var grid = { left: 16, right: 40, top: 48, bottom: 16, containLabel: true };
   var legend = { type: "scroll", top: 0 };
 
   function sharesChart(id, view, names, kind, pick, hiddenKey) {
@@ -58,13 +58,14 @@
     if (data.chosen === null) return;
     var tr = view.transitions[data.chosen];
     var tiers = view.tier_order;
-    var cells = [], max = 0;
+    var cells = [], hiddenCells = [], max = 0;
     tiers.forEach(function (f, y) {
       tiers.forEach(function (t, x) {
         var v = tr.matrix[f] ? tr.matrix[f][t] : undefined;
         if (v === undefined) v = 0;
         if (typeof v === "number" && v > max) max = v;
         cells.push({ value: [x, y, num(v)], from: f, to: t, shown: fmt(v) });
+        if (typeof v === "string") hiddenCells.push([x, y]);
       });
     });
     var c = chart("chart-transitions", {
@@ -72,9 +73,12 @@
       grid: { left: 16, right: 16, top: 24, bottom: 72, containLabel: true },
       xAxis: { type: "category", data: tiers.map(function (t) { return lab("tier", t); }), name: L.ui.to_tier, nameLocation: "middle", nameGap: 28, splitArea: { show: true } },
       yAxis: { type: "category", data: tiers.map(function (t) { return lab("tier", t); }), name: L.ui.from_tier, inverse: true, splitArea: { show: true } },
-      visualMap: { min: 0, max: Math.max(max, 1), calculable: false, orient: "horizontal", left: "center", bottom: 0, itemHeight: 120 },
+      visualMap: { seriesIndex: 0, min: 0, max: Math.max(max, 1), calculable: false, orient: "horizontal", left: "center", bottom: 0, itemHeight: 120 },
       series: [{ id: "matrix", type: "heatmap", data: cells, label: { show: true, formatter: function (p) { return p.data.shown; } },
-                 emphasis: { itemStyle: { borderColor: "#1d2433", borderWidth: 1 } } }]
+                 emphasis: { itemStyle: { borderColor: "#1d2433", borderWidth: 1 } } },
+               // suppressed cells: no colour (no number), only their "<k" label
+               { id: "hidden", type: "scatter", symbolSize: 0, silent: true, data: hiddenCells,
+                 label: { show: true, color: "#5b6478", formatter: "<" + data.k } }]
     });
     function show(f, t) {
       var panel = document.getElementById("rules-panel");
