@@ -21,10 +21,12 @@ from api.routers import (
     events,
     experiments,
     health,
+    history,
     reports,
     segments,
     strategies,
     tiers,
+    whatif,
 )
 from strata.config import config_path
 from strata.experiments.config import ExperimentsConfig, load_experiments
@@ -195,6 +197,8 @@ def create_app(
     app.include_router(experiments.router)
     app.include_router(reports.router)
     app.include_router(health.router)
+    app.include_router(whatif.router)
+    app.include_router(history.router)
     app.include_router(dashboard.router)
     install_offline_docs(app)
     metrics_auth = [Depends(require(Scope.ADMIN))] if config.metrics_require_key else []

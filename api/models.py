@@ -305,3 +305,97 @@ class ExperimentPublic(BaseModel):
 
 class ExperimentsPublic(BaseModel):
     experiments: list[ExperimentPublic]
+
+
+# --------------------------------------------------------------------------- what-if, history
+# (issue 14, part C: api/routers/whatif.py, api/routers/history.py)
+class WhatIfRequest(BaseModel):
+    """Tier settings to try: dotted keys of configs/tiers.yaml prefixed ``tiers.``."""
+
+    set: dict[str, float | str | list[str] | None] = Field(
+        default_factory=dict,
+        description="key -> value, e.g. {'tiers.bands.high_value.min_score': 0.75, "
+        "'tiers.weights.recency': 0.5}; unset weights are scaled so the three sum to 1.",
+        examples=[{"tiers.bands.high_value.min_score": 0.75, "tiers.weights.recency": 0.5}],
+    )
+
+
+class WhatIfRefusedPublic(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="The refused key and what is allowed (a list: the body is not an object "
+        "of the documented shape)."
+    )
+
+
+class WhatIfStrategyPublic(BaseModel):
+    tiers: list[str]
+    cost_per_action_cny: float
+    users_before: int
+    users_after: int
+    cost_before_cny: float
+    cost_after_cny: float
+    cost_change_cny: float
+
+
+class WhatIfPublic(BaseModel):
+    before: dict[str, int] = Field(description="Users per tier in the snapshot.")
+    after: dict[str, int] = Field(description="Users per tier under the changed settings.")
+    moves: dict[str, dict[str, int]] = Field(
+        description="Snapshot tier -> what-if tier -> users (every cell; the diagonal stays)."
+    )
+    cost_change_cny: float = Field(description="cost_after_cny - cost_before_cny.")
+    cost_before_cny: float = Field(
+        description="One action of every tier-following strategy to each user it reaches."
+    )
+    cost_after_cny: float
+    moved_users: int
+    users: int
+    version: str = Field(description="The snapshot simulated (the latest on disk).")
+    as_of: str | None
+    overrides: dict[str, str] = Field(description="The settings applied, as text.")
+    weights: dict[str, float] = Field(description="The RFM weights used.")
+    strategies: dict[str, WhatIfStrategyPublic]
+    warnings: list[str] = Field(description="Score bands under min_band_share after the change.")
+    unreproduced_users: int = Field(
+        description="Users whose stored tier the unchanged settings do not reproduce."
+    )
+    config_matches_snapshot: bool | None
+    churn_warning_by: str | None = Field(description="churn_p (a model) or lifecycle_stage.")
+    tier_order: list[str]
+
+
+class WhatIfKeyPublic(BaseModel):
+    key: str
+    value: float | None = Field(description="The current setting.")
+    min: float
+    max: float
+    step: float
+
+
+class WhatIfKeysPublic(BaseModel):
+    keys: list[WhatIfKeyPublic]
+    version: str = Field(description="The snapshot the what-if runs on.")
+
+
+class HistoryEntryPublic(BaseModel):
+    source: Literal["snapshot", "live"]
+    version: str = Field(description="The snapshot (for a live entry: the one it is based on).")
+    as_of: str | None = Field(description="The snapshot's as-of, or the last live event's time.")
+    tier: str | None
+    tier_rule: str | None
+    tier_explanation: str | None
+    lifecycle_stage: str | None
+    rfm_score: float | None
+    recency_band: str | None = None
+    frequency_band: str | None = None
+    spend_level: str | None = None
+    from_tier: str | None = Field(description="The tier of the older entry (None: unknown).")
+    changed: bool | None = Field(description="Whether the tier changed from the older entry.")
+    changed_by: str | None = Field(description="The rule that gave the new tier, if changed.")
+
+
+class HistoryPublic(BaseModel):
+    user_id: str
+    snapshots: int = Field(description="Retained snapshots on disk.")
+    live_available: bool = Field(description="False when Redis (the live overlay) is down.")
+    entries: list[HistoryEntryPublic] = Field(description="Newest first.")

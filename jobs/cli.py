@@ -23,6 +23,7 @@ from jobs import (
     stream,
     train,
     warehouse_cmds,
+    whatif,
 )
 from jobs._errors import DEBUG_ENV, UserErrorsGroup
 
@@ -67,6 +68,8 @@ app.command("stream", help=stream.command.__doc__)(stream.command)
 app.add_typer(campaigns.app, name="campaigns", help="Calendar campaigns (festival rules).")
 app.add_typer(rules_cmds.app, name="rules", help="Trigger rules: what each did.")
 app.add_typer(report.app, name="report", help="Reports: experiments (effects as gbstats).")
+# what-if (issue 14, part C)
+app.command("whatif", help=whatif.command.__doc__)(whatif.command)
 
 
 def main() -> None:

@@ -327,3 +327,39 @@ def strategies(
             else f"{margin['effect']:+.2f} [{margin['ci_low']:+.2f}, {margin['ci_high']:+.2f}]",
         )
     console.print(table)
+
+
+@app.command("tiers")
+def tiers(
+    data: str = typer.Option("./data", "--data", help="Data root (snapshots and warehouse)."),
+    first: str | None = typer.Option(
+        None, "--from", help="Oldest snapshot version to cover (default: the oldest retained)."
+    ),
+    last: str | None = typer.Option(
+        None, "--to", help="Newest snapshot version to cover (default: the newest)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report document as JSON."),
+    period_days: int = typer.Option(
+        30,
+        "--period-days",
+        min=1,
+        help="Days before each as-of the ARPU, orders and coupon "
+        "cost count (the period [as_of - N days, as_of)).",
+    ),
+    engine: str = typer.Option(
+        "modin", "--engine", help="modin (on Ray) | pandas: the same metric code on either."
+    ),
+) -> None:
+    """Tier and lifecycle shares, transitions (with their rules), ARPU, orders, LTV, coupon cost,
+    strategy reach and new / lost / returning users per tier over the retained snapshots;
+    written as a versioned report (JSON + Parquet) under <data>/reports/tiers/."""
+    from jobs._tiers_report import print_run, run
+    from strata.reports.frames import check_engine
+    from strata.settings import Settings
+
+    try:
+        chosen = check_engine(engine)
+    except ValueError as exc:
+        raise CommandError(f"--engine: {exc}") from None
+    result = run(Settings(data=data), chosen, first, last, period_days, show_progress=not as_json)
+    print_run(result, as_json)

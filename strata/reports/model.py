@@ -78,8 +78,9 @@ class Transition(_Doc):
     )
     by_rule: dict[str, dict[str, dict[str, int]]] = Field(
         default_factory=dict,
-        description="{from_tier: {to_tier: {tier_rule: users}}}: the rule (band, hold, "
-        "churn_warning) that gave the users their new tier",
+        description="{from_tier: {to_tier: {tier_rule: users}}}: the rule (score_band, "
+        "hysteresis_hold, churn_warning; unknown when the snapshot has none) that gave the "
+        "users their new tier",
     )
 
 

@@ -133,9 +133,37 @@ def assign_tiers(
     Returns:
         (tier, tier_rule, tier_explanation) string arrays.
     """
+    tier_idx, rule, raw = tier_codes(score, lifecycle_stage, ltv_cny, previous_tier, rules, churn_p)
+    cw = rules.churn_warning
+    by_model = cw is not None and cw.churn_p_min is not None and churn_p is not None
+    tier = pa.DictionaryArray.from_arrays(pa.array(tier_idx), pa.array(rules.tier_names)).cast(
+        pa.string()
+    )
+    rule_arr = pa.DictionaryArray.from_arrays(
+        pa.array(rule), pa.array([RULE_BAND, RULE_HOLD, RULE_CHURN])
+    ).cast(pa.string())
+    explanation = _explain(
+        score, raw, tier_idx, rule, lifecycle_stage, ltv_cny, rules, churn_p if by_model else None
+    )
+    return tier, rule_arr, explanation
+
+
+def tier_codes(
+    score: np.ndarray,
+    lifecycle_stage: pa.Array | pa.ChunkedArray,
+    ltv_cny: np.ndarray,
+    previous_tier: pa.Array | pa.ChunkedArray | None,
+    rules: TierRules,
+    churn_p: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`assign_tiers` as codes, without the explanation texts (what-if simulations).
+
+    Returns:
+        (tier index into ``rules.tier_names`` (int16), rule code (int8: 0 score band,
+        1 hysteresis hold, 2 churn warning), raw score band index (int16)) per user.
+    """
     n = len(score)
     bands = rules.bands
-    names = rules.tier_names
     raw = band_index(score, rules)
     chosen = raw.copy()
     rule = np.zeros(n, dtype=np.int8)  # 0 band, 1 hold, 2 churn
@@ -172,14 +200,7 @@ def assign_tiers(
         warn = flagged & worth
         tier_idx = np.where(warn, len(bands), tier_idx).astype(np.int16)
         rule[warn] = 2
-    tier = pa.DictionaryArray.from_arrays(pa.array(tier_idx), pa.array(names)).cast(pa.string())
-    rule_arr = pa.DictionaryArray.from_arrays(
-        pa.array(rule), pa.array([RULE_BAND, RULE_HOLD, RULE_CHURN])
-    ).cast(pa.string())
-    explanation = _explain(
-        score, raw, tier_idx, rule, lifecycle_stage, ltv_cny, rules, churn_p if by_model else None
-    )
-    return tier, rule_arr, explanation
+    return tier_idx, rule, raw
 
 
 def _explain(

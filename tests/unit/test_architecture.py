@@ -72,3 +72,20 @@ def test_the_rule_catches_a_forbidden_import(tmp_path: Path) -> None:
     assert names == ["os", "ray", "redis.asyncio"]
     assert _rule_for(Path("strata/io/warehouse.py")) == "strata/io"
     assert _rule_for(Path("strata/tiering/tiers.py")) == "strata"
+
+
+#: Modin is in maintenance mode upstream (DESIGN.md): one module holds it, so a move to Ray
+#: Data is a one-module change
+MODIN_HOME = Path("strata/reports/frames.py")
+
+
+def test_modin_is_imported_only_by_the_frames_module() -> None:
+    bad = [
+        f"{path.relative_to(REPO)}:{line} imports {name}"
+        for path in _modules()
+        if path.relative_to(REPO) != MODIN_HOME
+        for line, name in _imports(path)
+        if name.split(".")[0] == "modin"
+    ]
+    assert not bad, "; ".join(bad)
+    assert any(name.startswith("modin") for _, name in _imports(REPO / MODIN_HOME))
