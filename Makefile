@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PIP_FLAGS := --disable-pip-version-check -q
 
-.PHONY: install demo test unit integration lint typecheck format bench bench-generate bench-recompute clean
+.PHONY: install demo test unit integration lint typecheck format bench bench-generate bench-recompute clean browser
 
 # strata runs on Python 3.11 and 3.12 (pyproject.toml's requires-python). The pinned pip and
 # setuptools go in first; the package then builds with that setuptools (no build isolation).
@@ -33,13 +33,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/strata demo --data ./data
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) lint typecheck browser
 	$(VENV)/bin/pytest -q tests/unit tests/integration
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) browser
 	$(VENV)/bin/pytest -q tests/integration
 
 lint: $(STAMP)
@@ -60,6 +60,15 @@ bench-generate: $(STAMP)
 
 bench-recompute: $(STAMP)
 	$(PY) bench/recompute.py --data /tmp/strata-bench-1m --users 1000000 --days 90 --actors 1,2
+
+# The dashboard's browser test (tests/integration/test_dashboard_browser.py) drives Debian's
+# chromium through Playwright's executable_path: no Playwright browser download. Installed
+# (with a CJK font for the zh pages' screenshots) only when no chromium is on PATH.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser test (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium fonts-wqy-microhei >/dev/null; }
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

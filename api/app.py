@@ -14,8 +14,10 @@ from fastapi import Depends, FastAPI
 from api.deps import ApiState, require
 from api.metrics import ApiMetrics
 from api.middleware import RequestMiddleware
+from api.offline_docs import install_offline_docs
 from api.routers import (
     actions,
+    dashboard,
     events,
     experiments,
     health,
@@ -180,6 +182,8 @@ def create_app(
         "events in, the actions and rule statistics of the real-time loop, and the "
         "strategies and experiment arms that apply to a user.",
         lifespan=lifespan,
+        docs_url=None,  # offline /docs and /redoc: install_offline_docs below
+        redoc_url=None,
         telemetry=None
         if config.opentelemetry
         else {"tracing": False, "metrics": False, "logs": False},
@@ -195,6 +199,8 @@ def create_app(
     app.include_router(health.router)
     app.include_router(whatif.router)
     app.include_router(history.router)
+    app.include_router(dashboard.router)
+    install_offline_docs(app)
     metrics_auth = [Depends(require(Scope.ADMIN))] if config.metrics_require_key else []
     app.include_router(health.metrics_router, dependencies=metrics_auth)
     app.add_middleware(

@@ -146,6 +146,7 @@ def run_server(
                         soft_wrap=True,
                         markup=False,
                     )
+                console.print(f"dashboard: {base_url}/dashboard", soft_wrap=True, markup=False)
                 console.print("Ctrl-C stops the server.")
                 # short waits: the signal handler runs in this thread between them
                 ticks = 0

@@ -23,6 +23,15 @@ class RedisLimits(StrictModel):
     breaker_reset_s: float = Field(default=2.0, gt=0, le=300)
 
 
+class DashboardConfig(StrictModel):
+    """The browser dashboard (GET /dashboard)."""
+
+    #: counts under this many users are shown as "<k" (and figures derived from them)
+    min_cell_users: int = Field(default=10, ge=1, le=1000)
+    #: how long the dashboard login cookie lives
+    session_hours: int = Field(default=12, ge=1, le=24 * 30)
+
+
 class ApiConfig(StrictModel):
     """configs/api.yaml."""
 
@@ -37,6 +46,7 @@ class ApiConfig(StrictModel):
     #: providers, when one is configured). Off, FastAPI skips even the per-request check for
     #: a provider (2-5% of a lookup's CPU)
     opentelemetry: bool = False
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
 
     @model_validator(mode="after")
     def _body_fits_batch(self) -> ApiConfig:
