@@ -137,3 +137,59 @@ def test_report_on_modin_equals_a_direct_computation(data: str) -> None:
     assert pc.sum(first.column("users")).as_py() == sum(
         sum(r.values()) for r in doc["transitions"][0]["matrix"].values()
     )
+
+
+def test_the_dashboard_shows_the_reports_numbers_and_the_whatif_moves_users(
+    data: str, redis_url: str
+) -> None:
+    """The real path a new user takes: `strata report tiers --json` over real recomputes, then
+    the dashboard page over the same data root. Its embedded numbers are the report's (shares
+    and ARPU rounded by the one documented rule, counts under k suppressed), and the what-if
+    endpoint the dashboard's form posts to moves users when a threshold rises."""
+    import html
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from strata.reports.suppress import DECIMALS, pct, round_half_up
+    from strata.serving.apikeys import dump_records, new_key
+
+    doc = _report(data)
+    key, rec = new_key("dash", ["reports:read"])
+    settings = Settings(data=data, redis_url=redis_url, api_keys=dump_records([rec]))
+    auth = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(settings)) as client:
+        page = client.get("/dashboard", headers=auth)
+        assert page.status_code == 200, page.text
+        found = re.search(r'<script type="application/json" id="dash-data">(.*?)</script>',
+                          page.text, re.S)  # fmt: skip
+        assert found is not None
+        view = orjson.loads(html.unescape(found.group(1)))["view"]
+        assert [s["version"] for s in view["snapshots"]] == [s["version"] for s in doc["snapshots"]]
+        shown = 0
+        for snap, rep in zip(view["snapshots"], doc["snapshots"], strict=True):
+            for tier, m in rep["tiers"].items():
+                cell = snap["tiers"][tier]
+                if m["users"] < 10:
+                    assert cell["users"] == "<10" or m["users"] == 0
+                    continue
+                shown += 1
+                assert cell["users"] == m["users"]
+                assert cell["share_pct"] == pct(m["share"])
+                assert cell["arpu_cny"] == round_half_up(m["arpu_cny"], DECIMALS["cny"])
+        assert shown >= 6
+        last = view["transitions"][-1]["matrix"]
+        for frm, row in doc["transitions"][-1]["matrix"].items():
+            for to, n in row.items():
+                assert last[frm][to] == (n if n == 0 or n >= 10 else "<10")
+
+        keys = client.get("/v1/whatif/keys", headers=auth).json()["keys"]
+        band = next(k for k in keys if k["key"] == "tiers.bands.high_value.min_score")
+        raised = round(min(band["max"], band["value"] + 0.1), 4)
+        resp = client.post("/v1/whatif", headers=auth, json={"set": {band["key"]: raised}})
+        assert resp.status_code == 200, resp.text
+        result = resp.json()
+        assert result["after"]["high_value"] < result["before"]["high_value"]
+        assert sum(result["after"].values()) == sum(result["before"].values())
+        assert sum(result["moves"]["high_value"].values()) == result["before"]["high_value"]
