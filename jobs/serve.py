@@ -146,7 +146,12 @@ def run_server(
                         soft_wrap=True,
                         markup=False,
                     )
-                console.print(f"dashboard: {base_url}/dashboard", soft_wrap=True, markup=False)
+                who = f"the demo key {key}" if demo else "a key of scope reports:read"
+                console.print(
+                    f"dashboard: {base_url}/dashboard (log in with {who})",
+                    soft_wrap=True,
+                    markup=False,
+                )
                 console.print("Ctrl-C stops the server.")
                 # short waits: the signal handler runs in this thread between them
                 ticks = 0
