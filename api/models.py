@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints
 
 from strata.realtime.wire import EVENT_ID_PATTERN
+from strata.reports.whatif import WhatIfResult
 from strata.schema import CATEGORIES, EVENT_TYPES
 from strata.serving.config import RAW_ID_PATTERN
 from strata.tiering.explain import Explanation, TierThreshold
@@ -407,41 +408,8 @@ class WhatIfRefusedPublic(BaseModel):
     )
 
 
-class WhatIfStrategyPublic(BaseModel):
-    tiers: list[str]
-    cost_per_action_cny: float
-    users_before: int
-    users_after: int
-    cost_before_cny: float
-    cost_after_cny: float
-    cost_change_cny: float
-
-
-class WhatIfPublic(BaseModel):
-    before: dict[str, int] = Field(description="Users per tier in the snapshot.")
-    after: dict[str, int] = Field(description="Users per tier under the changed settings.")
-    moves: dict[str, dict[str, int]] = Field(
-        description="Snapshot tier -> what-if tier -> users (every cell; the diagonal stays)."
-    )
-    cost_change_cny: float = Field(description="cost_after_cny - cost_before_cny.")
-    cost_before_cny: float = Field(
-        description="One action of every tier-following strategy to each user it reaches."
-    )
-    cost_after_cny: float
-    moved_users: int
-    users: int
-    version: str = Field(description="The snapshot simulated (the latest on disk).")
-    as_of: str | None
-    overrides: dict[str, str] = Field(description="The settings applied, as text.")
-    weights: dict[str, float] = Field(description="The RFM weights used.")
-    strategies: dict[str, WhatIfStrategyPublic]
-    warnings: list[str] = Field(description="Score bands under min_band_share after the change.")
-    unreproduced_users: int = Field(
-        description="Users whose stored tier the unchanged settings do not reproduce."
-    )
-    config_matches_snapshot: bool | None
-    churn_warning_by: str | None = Field(description="churn_p (a model) or lifecycle_stage.")
-    tier_order: list[str]
+class WhatIfPublic(WhatIfResult):
+    """The outcome of a what-if simulation: the same document as ``strata whatif --json``."""
 
 
 class WhatIfKeyPublic(BaseModel):

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from api.deps import SegmentsReader, State, live_of
+from api.deps import ApiState, SegmentsReader, State, live_of
 from api.models import ActionsPublic, RulesPublic
 from api.routers.segments import AUTH_RESPONSES, UserIdPath, json_response
 from strata.ids import pseudonymise
@@ -51,6 +51,11 @@ async def get_actions(
     summary="Trigger rules with fired, suppressed, converted, revenue and coupon cost",
 )
 async def list_rules(state: State, _key: SegmentsReader) -> Response:
+    return await rules_response(state)
+
+
+async def rules_response(state: ApiState) -> Response:
+    """The rule statistics document (``GET /v1/rules`` and ``GET /v1/reports/rules``)."""
     live = live_of(state)
     rules, stats = await state.redis(live.rules_and_stats)
     return json_response(rule_stats(rules, stats))

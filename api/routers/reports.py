@@ -22,12 +22,12 @@ import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from api.deps import ReportsReader, State, live_of
+from api.deps import ReportsReader, State
+from api.routers.actions import rules_response
 from api.routers.segments import AUTH_RESPONSES, json_response
 from strata.experiments.config import ExperimentsConfig
 from strata.io.experiment_reader import warehouse_report
 from strata.io.warehouse import Warehouse, WarehouseError
-from strata.realtime.stats import rule_stats
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"])
 
@@ -72,9 +72,7 @@ def experiments_document(data: str, config: ExperimentsConfig, until_ms: int) ->
     summary="Trigger rules: fired, suppressed by reason, converted, revenue, coupon cost",
 )
 async def rules_report(state: State, _key: ReportsReader) -> Response:
-    live = live_of(state)
-    rules, stats = await state.redis(live.rules_and_stats)
-    return json_response(rule_stats(rules, stats))
+    return await rules_response(state)
 
 
 @router.get(

@@ -7,8 +7,11 @@ URI (``s3://bucket/strata``, ``gs://...``, ``hdfs://...``), which is remote.
 from __future__ import annotations
 
 import os
+import posixpath
 
-__all__ = ["bucket_dir_name", "bucket_part_file", "is_remote", "local_path"]
+import pyarrow.fs as pafs
+
+__all__ = ["bucket_dir_name", "bucket_part_file", "complete_folders", "is_remote", "local_path"]
 
 
 def is_remote(uri: str) -> bool:
@@ -40,3 +43,18 @@ def bucket_part_file(folder: str, bucket: int) -> str:
     """The one part file of one bucket in a job's scratch folder (training example shards,
     the generator's ground-truth staging): ``<folder>/part-00007.parquet``."""
     return f"{folder.rstrip('/')}/part-{bucket:05d}.parquet"
+
+
+def complete_folders(fs: pafs.FileSystem, root: str, marker: str) -> list[str]:
+    """Names of the folders directly under ``root`` that hold the file ``marker`` (written
+    last by a writer, so a folder without it is incomplete), sorted; [] when ``root`` is
+    missing."""
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    out = []
+    for info in fs.get_file_info(pafs.FileSelector(root)):
+        if info.type != pafs.FileType.Directory:
+            continue
+        if fs.get_file_info(posixpath.join(info.path, marker)).type == pafs.FileType.File:
+            out.append(posixpath.basename(info.path))
+    return sorted(out)

@@ -15,10 +15,10 @@ import posixpath
 import uuid
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from strata.io.paths import complete_folders
 from strata.io.warehouse import PARQUET_OPTIONS, WarehouseError, resolve
 from strata.reports.model import TiersReport
 
@@ -66,16 +66,7 @@ class ReportStore:
 
     def versions(self) -> list[str]:
         """Complete report versions, oldest first."""
-        if self.fs.get_file_info(self.root).type != pafs.FileType.Directory:
-            return []
-        out = []
-        for info in self.fs.get_file_info(pafs.FileSelector(self.root)):
-            if info.type != pafs.FileType.Directory:
-                continue
-            marker = self.fs.get_file_info(posixpath.join(info.path, REPORT))
-            if marker.type == pafs.FileType.File:
-                out.append(posixpath.basename(info.path))
-        return sorted(out)
+        return complete_folders(self.fs, self.root, REPORT)
 
     def read(self, version: str) -> TiersReport:
         """One report.

@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from strata.features.rfm import RfmPartials
-from strata.io.paths import bucket_dir_name
+from strata.io.paths import bucket_dir_name, complete_folders
 from strata.io.warehouse import PARQUET_OPTIONS, WarehouseError, resolve
 
 MANIFEST = "manifest.json"
@@ -96,17 +96,7 @@ class SnapshotStore:
 
     def versions(self) -> list[str]:
         """Complete snapshot versions, oldest first (version names sort by creation time)."""
-        if self.fs.get_file_info(self.root).type != pafs.FileType.Directory:
-            return []
-        out = []
-        for info in self.fs.get_file_info(pafs.FileSelector(self.root)):
-            if info.type != pafs.FileType.Directory:
-                continue
-            name = posixpath.basename(info.path)
-            marker = self.fs.get_file_info(posixpath.join(info.path, MANIFEST))
-            if marker.type == pafs.FileType.File:
-                out.append(name)
-        return sorted(out)
+        return complete_folders(self.fs, self.root, MANIFEST)
 
     def latest_before(self, as_of_ms: int) -> str | None:
         """The newest complete snapshot whose as-of is strictly earlier than ``as_of_ms``.

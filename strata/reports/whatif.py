@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from strata.strategies.config import StrategiesConfig, Strategy
 from strata.tiering.lifecycle import STAGES
@@ -121,23 +121,29 @@ class WhatIfResult(BaseModel):
     tier on both sides (the diagonal: users who stay), so its cells sum to ``users``.
     """
 
-    before: dict[str, int]
-    after: dict[str, int]
-    moves: dict[str, dict[str, int]]
-    cost_change_cny: float
-    cost_before_cny: float
+    before: dict[str, int] = Field(description="Users per tier in the snapshot.")
+    after: dict[str, int] = Field(description="Users per tier under the changed settings.")
+    moves: dict[str, dict[str, int]] = Field(
+        description="Snapshot tier -> what-if tier -> users (every cell; the diagonal stays)."
+    )
+    cost_change_cny: float = Field(description="cost_after_cny - cost_before_cny.")
+    cost_before_cny: float = Field(
+        description="One action of every tier-following strategy to each user it reaches."
+    )
     cost_after_cny: float
     moved_users: int
     users: int
-    version: str
+    version: str = Field(description="The snapshot simulated (the latest on disk).")
     as_of: str | None
-    overrides: dict[str, str]
-    weights: dict[str, float]
+    overrides: dict[str, str] = Field(description="The settings applied, as text.")
+    weights: dict[str, float] = Field(description="The RFM weights used.")
     strategies: dict[str, StrategyCost]
-    warnings: list[str]
-    unreproduced_users: int
+    warnings: list[str] = Field(description="Score bands under min_band_share after the change.")
+    unreproduced_users: int = Field(
+        description="Users whose stored tier the unchanged settings do not reproduce."
+    )
     config_matches_snapshot: bool | None
-    churn_warning_by: str | None
+    churn_warning_by: str | None = Field(description="churn_p (a model) or lifecycle_stage.")
     tier_order: list[str]
 
 
