@@ -49,6 +49,7 @@ from typing import Any, Literal
 import numpy as np
 import redis
 
+from strata.ids import bucket_of
 from strata.online.codec import (
     RecordLayout,
     decode,
@@ -56,6 +57,8 @@ from strata.online.codec import (
     expected_max_group_size,
     group_of,
     n_groups_for,
+    packed_buckets_for,
+    packed_chunk_users,
     user_fields,
 )
 from strata.online.keys import KeyLayout
@@ -64,6 +67,7 @@ __all__ = [
     "CompactLimits",
     "IncompleteVersionError",
     "LooseEncodingError",
+    "PackingError",
     "SegmentStore",
     "SegmentStoreError",
     "VersionInfo",
@@ -76,6 +80,9 @@ WRITING = "writing"
 READY = "ready"
 PUBLISHED = "published"
 DELETING = "deleting"
+Storage = Literal["packed", "hash"]
+PACKED: Storage = "packed"
+HASH: Storage = "hash"
 
 _COMPACT_ENCODINGS = frozenset({b"listpack", b"ziplist"})
 _FIELD_BYTES = 8
@@ -85,28 +92,92 @@ _META_CACHE = 16
 _VERIFY_BATCH = 2048
 _UNLINK_BATCH = 1000
 _SEND_BYTES = 4 << 20
+_INDEX_HEAD = 4  # a packed index starts with the bucket's user count (uint32, big-endian)
+_MIX = 0x9E3779B97F4A7C15  # strata.ids.bucket_of's multiplier (scalar fast path)
+_MASK_64 = (1 << 64) - 1
 
-# KEYS: pointer. ARGV: assumed version, "{ns}:v:", group numbers (space-separated), the
-# users' 8-byte fields back to back. Returns {} when nothing is published, {version} when the
-# pointer is not the assumed version (nothing read), else {version, found mask ('1'/'0' per
-# user), the found records back to back}: three bulk strings, cheap to send and parse.
+# KEYS: pointer. ARGV: assumed version, "{ns}:v:", the users' buckets (packed) or groups
+# (hash) space-separated, the users' 8-byte ids back to back, the assumed version's storage
+# ("p" packed, "h" hash), its entry width (packed: 8 + record size). Returns {} when nothing is
+# published, {version} when the pointer is not the assumed version (nothing read), else
+# {version, found mask ('1'/'0' per user), the found records back to back}: three bulk
+# strings, cheap to send and parse. Packed: a binary search over the bucket's index (first id
+# of each group) then over the group's fixed-width entries, comparing ids as two big-endian
+# uint32 (exact in Lua's doubles; string '<' would use the server's collation).
 READ_LUA = """
 local v = redis.call('GET', KEYS[1])
 if not v then return {} end
 if v ~= ARGV[1] then return {v} end
-local prefix = ARGV[2] .. v .. ':g:'
-local fields = ARGV[4]
+local ids = ARGV[4]
 local found = {}
 local records = {}
 local i = 0
-for g in string.gmatch(ARGV[3], '%d+') do
-  local rec = redis.call('HGET', prefix .. g, string.sub(fields, i * 8 + 1, i * 8 + 8))
-  i = i + 1
-  if rec then
-    records[#records + 1] = rec
-    found[i] = '1'
-  else
-    found[i] = '0'
+if ARGV[5] == 'p' then
+  local w = tonumber(ARGV[6])
+  local gpre = ARGV[2] .. v .. ':g:'
+  local ipre = ARGV[2] .. v .. ':i:'
+  local unpack = struct.unpack
+  local floor = math.floor
+  local indexes = {}
+  for b in string.gmatch(ARGV[3], '%d+') do
+    local hi, lo = unpack('>I4I4', ids, i * 8 + 1)
+    i = i + 1
+    local rec = nil
+    local idx = indexes[b]
+    if idx == nil then
+      idx = redis.call('GET', ipre .. b)
+      indexes[b] = idx
+    end
+    if idx then
+      local l, h, c = 0, (#idx - 4) / 8 - 1, -1
+      while l <= h do
+        local m = floor((l + h) / 2)
+        local a, z = unpack('>I4I4', idx, 5 + m * 8)
+        if a < hi or (a == hi and z <= lo) then
+          c = m
+          l = m + 1
+        else
+          h = m - 1
+        end
+      end
+      if c >= 0 then
+        local s = redis.call('GET', gpre .. b .. '.' .. c)
+        if s then
+          l, h = 0, floor(#s / w) - 1
+          while l <= h do
+            local m = floor((l + h) / 2)
+            local p = m * w
+            local a, z = unpack('>I4I4', s, p + 1)
+            if a == hi and z == lo then
+              rec = string.sub(s, p + 9, p + w)
+              break
+            elseif a < hi or (a == hi and z < lo) then
+              l = m + 1
+            else
+              h = m - 1
+            end
+          end
+        end
+      end
+    end
+    if rec then
+      records[#records + 1] = rec
+      found[i] = '1'
+    else
+      found[i] = '0'
+    end
+  end
+else
+  local prefix = ARGV[2] .. v .. ':g:'
+  for g in string.gmatch(ARGV[3], '%d+') do
+    local rec = redis.call('HGET', prefix .. g, string.sub(ids, i * 8 + 1, i * 8 + 8))
+    i = i + 1
+    if rec then
+      records[#records + 1] = rec
+      found[i] = '1'
+    else
+      found[i] = '0'
+    end
   end
 end
 return {v, table.concat(found), table.concat(records)}
@@ -156,6 +227,10 @@ class LooseEncodingError(SegmentStoreError):
     """Groups would not (or did not) stay in Redis's compact hash encoding."""
 
 
+class PackingError(SegmentStoreError):
+    """A packed version's group strings are inconsistent (``publish`` verification)."""
+
+
 @dataclass(frozen=True)
 class CompactLimits:
     """The server's limits for the compact (listpack/ziplist) encoding of a hash.
@@ -187,14 +262,23 @@ class VersionInfo:
     n_users: int | None = None
     expected_users: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    storage: str = HASH
+    chunk_users: int = 0
 
 
 @dataclass(frozen=True)
 class ReadMeta:
-    """What a reader needs to know of a version: its group count and record layout."""
+    """What a reader needs to know of a version: its group (hash) or bucket (packed) count,
+    record layout and storage format."""
 
     n_groups: int
     layout: RecordLayout
+    storage: str = HASH
+
+    @classmethod
+    def of(cls, info: VersionInfo) -> ReadMeta:
+        """The read facts of a version's info."""
+        return cls(info.n_groups, info.layout, info.storage)
 
 
 class SegmentStore:
@@ -210,7 +294,10 @@ class SegmentStore:
         write_chunk_users: users framed at a time by ``write_users`` (bounds the writer's
             extra memory to ~130 bytes per user of a chunk; chunks hold whole groups).
         max_batch: most users one ``get_many`` may read (one Lua script blocks Redis briefly).
-        on_loose_encoding: ``"raise"`` or ``"warn"`` when groups would not stay compact.
+        on_loose_encoding: ``"raise"`` or ``"warn"`` when groups would not stay compact
+            (hash versions).
+        chunk_bytes: allocation size of a packed group string (users per group =
+            ``(chunk_bytes - 6) // (8 + record size)``; a power of two fits jemalloc exactly).
     """
 
     def __init__(
@@ -223,6 +310,7 @@ class SegmentStore:
         write_chunk_users: int = 250_000,
         max_batch: int = 1000,
         on_loose_encoding: Literal["raise", "warn"] = "raise",
+        chunk_bytes: int = 8192,
     ) -> None:
         self.keys = KeyLayout(namespace)
         if isinstance(client, str):
@@ -242,6 +330,7 @@ class SegmentStore:
         self.write_chunk_users = write_chunk_users
         self.max_batch = max_batch
         self.on_loose_encoding = on_loose_encoding
+        self.chunk_bytes = chunk_bytes
         self._read_script = self._redis.register_script(READ_LUA)
         self._flip_script = self._redis.register_script(_FLIP_LUA)
         self._mark_deleting_script = self._redis.register_script(_MARK_DELETING_LUA)
@@ -303,9 +392,28 @@ class SegmentStore:
                 )
         return self._limits
 
-    def plan_n_groups(self, n_users: int, per_group: int = 100) -> int:
-        """Number of groups for ``n_users`` that keeps every group compact on this server."""
-        return n_groups_for(n_users, per_group, self.compact_limits().max_entries)
+    def plan_n_groups(
+        self,
+        n_users: int,
+        per_group: int = 100,
+        *,
+        n_buckets: int | None = None,
+        layout: RecordLayout | None = None,
+        storage: Storage = PACKED,
+    ) -> int:
+        """The ``n_groups`` argument of :meth:`begin_version` for ``n_users``.
+
+        Packed: the number of buckets, ``n_buckets`` (the warehouse's: a writer that writes
+        one warehouse bucket per :meth:`write_users` call writes whole store buckets) times
+        the power of two that keeps a bucket's index small. Hash: groups that stay compact on
+        this server (``per_group`` users each on average).
+        """
+        if storage == HASH:
+            return n_groups_for(n_users, per_group, self.compact_limits().max_entries)
+        size = layout.size if layout is not None else 24
+        return packed_buckets_for(
+            n_users, n_buckets or 1, packed_chunk_users(size, self.chunk_bytes)
+        )
 
     def begin_version(
         self,
@@ -316,17 +424,22 @@ class SegmentStore:
         *,
         as_of: datetime | str | None = None,
         expected_users: int | None = None,
+        storage: Storage = PACKED,
     ) -> VersionInfo:
         """Create ``version`` (status ``writing``; readers do not see it).
 
         Args:
             version: a new version id (letters, digits, ``._-``; e.g. ``20250601T0200Z``).
             layout: the record layout every writer encodes with.
-            n_groups: number of groups (see :meth:`plan_n_groups`).
+            n_groups: packed: number of buckets (``strata.ids.bucket_of``); every bucket must
+                be written by ONE :meth:`write_users` call (a later call for the same bucket
+                replaces it). Hash: number of hash groups. See :meth:`plan_n_groups`.
             meta: extra JSON-serialisable facts to keep with the version (job id, config hash).
             as_of: the as-of time of the snapshot (default: ``meta["as_of"]`` if present).
             expected_users: users the version will hold; enables the compact-encoding check
-                now, and is the default expectation of :meth:`publish`.
+                now (hash), and is the default expectation of :meth:`publish`.
+            storage: ``packed`` (group strings; the default) or ``hash`` (the layout before
+                issue 14, kept to test upgrades).
 
         Raises:
             VersionStateError: the version already exists.
@@ -335,7 +448,10 @@ class SegmentStore:
         """
         if n_groups <= 0:
             raise ValueError("n_groups must be positive")
-        self._check_compact_plan(layout, n_groups, expected_users)
+        if storage not in (PACKED, HASH):
+            raise ValueError(f"storage must be {PACKED!r} or {HASH!r}, got {storage!r}")
+        if storage == HASH:
+            self._check_compact_plan(layout, n_groups, expected_users)
         key = self.meta_key(version)
         if not self._redis.hsetnx(key, "status", WRITING):
             raise VersionStateError(f"version {version!r} already exists; discard it first")
@@ -346,7 +462,10 @@ class SegmentStore:
             "created_at": _now(),
             "users_written": 0,
             "meta": json.dumps(dict(meta or {}), sort_keys=True, default=str),
+            "storage": storage,
         }
+        if storage == PACKED:
+            fields["chunk_users"] = packed_chunk_users(layout.size, self.chunk_bytes)
         if as_of is None and meta is not None:
             as_of = meta.get("as_of")
         if as_of is not None:
@@ -361,9 +480,17 @@ class SegmentStore:
     def write_users(self, version: str, user_ids: np.ndarray, encoded: np.ndarray) -> int:
         """Write records of ``version`` (status ``writing``); safe from many processes at once.
 
-        Users are sorted by group and sent as one HSET per group with all its users, framed in
-        bulk with numpy and pipelined; ``write_chunk_users`` users at a time. Writing a user
-        twice overwrites it (a retried chunk is harmless).
+        Packed versions: users are sorted by (bucket, id); each bucket's entries are cut into
+        group strings of ``chunk_users`` and SET whole, then the bucket's index (user count,
+        first id of each group) with SET ... GET, so a rewritten bucket is counted once. A
+        call REPLACES the buckets it touches: pass all users of a bucket in one call (the
+        recompute's shards write one warehouse bucket per call); publish's count check catches
+        a bucket split over two calls. Retrying a call rewrites identical bytes.
+
+        Hash versions: users are sorted by group and sent as one HSET per group, framed in
+        bulk with numpy and pipelined; writing a user twice overwrites it.
+
+        Both: framed ``write_chunk_users`` users at a time (whole buckets / groups).
 
         Args:
             version: a version begun with :meth:`begin_version`.
@@ -376,10 +503,11 @@ class SegmentStore:
 
         Raises:
             VersionStateError: the version does not exist or is no longer being written.
-            ValueError: shapes or record size do not match the version.
+            ValueError: shapes or record size do not match the version, or (packed) an id
+                appears twice.
         """
-        status, n_groups_raw, layout_json = self._redis.hmget(
-            self.meta_key(version), ["status", "n_groups", "layout"]
+        status, n_groups_raw, layout_json, storage, chunk_raw = self._redis.hmget(
+            self.meta_key(version), ["status", "n_groups", "layout", "storage", "chunk_users"]
         )
         if status is None or layout_json is None:
             raise VersionStateError(f"version {version!r} does not exist")
@@ -399,6 +527,8 @@ class SegmentStore:
         if records.dtype.names is not None and records.dtype != layout.dtype:
             raise ValueError(f"records were encoded with another layout than {version!r}'s")
         rec_bytes = records.view(np.uint8).reshape(len(records), size)
+        if storage == PACKED.encode():
+            return self._write_packed(version, n_groups, int(_text(chunk_raw)), ids, rec_bytes)
         # sort once by group, then cut into chunks of whole groups: each group gets one HSET
         # per call however the chunks fall, and only one chunk is framed at a time
         groups = group_of(ids, n_groups)
@@ -422,8 +552,11 @@ class SegmentStore:
     ) -> VersionInfo:
         """Verify ``version``, make it current with one atomic flip, then apply retention.
 
-        Verification counts the users actually stored (HLEN over every group) and checks that
-        every group kept the compact encoding. The flip (one Lua script) sets the pointer,
+        Verification counts the users actually stored. Packed: it reads every bucket's index
+        and group strings back and checks that each group has the index's share of whole
+        entries, that ids are sorted, unique and in their bucket, and that each group starts
+        with the id its index names. Hash: HLEN over every group, and every group must have
+        kept the compact encoding. The flip (one Lua script) sets the pointer,
         marks the version published, adds it to the versions index and records the flip in
         the history. Then published versions older than the last ``keep`` are deleted; the
         new current and the one it replaced are never deleted.
@@ -440,8 +573,9 @@ class SegmentStore:
         Raises:
             IncompleteVersionError: the count differs from ``expected_users``, or is zero.
             VersionStateError: the version is missing, already published or being deleted.
-            LooseEncodingError: over 1% of the groups are not compact (with
+            LooseEncodingError: over 1% of the groups are not compact (hash; with
                 ``on_loose_encoding="raise"``; fewer only log a warning).
+            PackingError: a packed group string is inconsistent (see above).
         """
         if keep < 1:
             raise ValueError("keep must be at least 1")
@@ -449,7 +583,10 @@ class SegmentStore:
         if info.status not in (WRITING, READY):
             hint = " (use rollback to make it current again)" if info.status == PUBLISHED else ""
             raise VersionStateError(f"version {version!r} is {info.status}{hint}")
-        n_users, loose = self._verify_groups(version, info.n_groups)
+        if info.storage == PACKED:
+            n_users, loose = self._verify_packed(version, info), 0
+        else:
+            n_users, loose = self._verify_groups(version, info.n_groups)
         expected = expected_users if expected_users is not None else info.expected_users
         if n_users == 0 or (expected is not None and n_users != expected):
             raise IncompleteVersionError(
@@ -587,7 +724,7 @@ class SegmentStore:
 
     def _read(self, ids: np.ndarray) -> tuple[str | None, np.ndarray, bytes]:
         """One consistent read: (version read, found mask, found records back to back)."""
-        fields = check_read_ids(ids)
+        check_read_ids(ids)
         prefix = self.keys.versions_prefix
         for _ in range(_READ_ATTEMPTS):
             assumed = self._assumed_version
@@ -596,7 +733,7 @@ class SegmentStore:
             except VersionStateError:  # evicted from the cache and deleted since
                 assumed, meta = "", None
             reply = self._read_script(
-                keys=[self.pointer_key()], args=[assumed, prefix, read_groups(ids, meta), fields]
+                keys=[self.pointer_key()], args=read_args(ids, assumed, prefix, meta)
             )
             result = parse_read_reply(reply, assumed, meta, len(ids))
             if result is not None:
@@ -610,15 +747,120 @@ class SegmentStore:
         cached = self._read_meta_cache.get(version)
         if cached is not None:
             return cached
-        n_groups, layout = self._redis.hmget(self.meta_key(version), ["n_groups", "layout"])
+        n_groups, layout, storage = self._redis.hmget(
+            self.meta_key(version), ["n_groups", "layout", "storage"]
+        )
         if n_groups is None or layout is None:
             raise VersionStateError(f"version {version!r} has no meta")
-        meta = ReadMeta(int(n_groups), RecordLayout.from_json(layout))
+        meta = ReadMeta(int(n_groups), RecordLayout.from_json(layout), _text(storage or HASH))
         with self._lock:
             while len(self._read_meta_cache) >= _META_CACHE:
                 self._read_meta_cache.pop(next(iter(self._read_meta_cache)))
             self._read_meta_cache[version] = meta
         return meta
+
+    def _write_packed(
+        self, version: str, n_buckets: int, chunk_users: int, ids: np.ndarray, recs: np.ndarray
+    ) -> int:
+        """Sort by (bucket, id), then SET each bucket's group strings and index, pipelined."""
+        if len(ids) and ids.min() < 0:
+            raise ValueError("user ids must be non-negative")
+        buckets = bucket_of(ids, n_buckets).astype(np.int64)
+        order = np.lexsort((ids, buckets))
+        ids = ids[order]
+        buckets = buckets[order]
+        if len(ids) > 1:
+            dupes = ids[1:] == ids[:-1]
+            if dupes.any():
+                raise ValueError(f"user id {int(ids[1:][dupes][0])} appears twice")
+        if len(ids):
+            starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
+        else:
+            starts = np.zeros(0, dtype=np.int64)
+        bounds = np.r_[starts, len(ids)].astype(np.int64)
+        added = 0
+        first = 0
+        while first < len(bounds) - 1:
+            # whole buckets, about write_chunk_users users at a time
+            limit = int(bounds[first]) + self.write_chunk_users
+            last = max(first + 1, int(np.searchsorted(bounds, limit, side="right")) - 1)
+            last = min(last, len(bounds) - 1)
+            lo, hi = int(bounds[first]), int(bounds[last])
+            chunk_added = self._send_packed(
+                version,
+                chunk_users,
+                ids[lo:hi],
+                recs[order[lo:hi]],
+                buckets[bounds[first:last]].tolist(),
+                (bounds[first : last + 1] - lo).tolist(),
+            )
+            self._redis.hincrby(self.meta_key(version), "users_written", chunk_added)
+            added += chunk_added
+            first = last
+        return added
+
+    def _send_packed(
+        self,
+        version: str,
+        chunk_users: int,
+        ids: np.ndarray,
+        recs: np.ndarray,
+        buckets: list[int],
+        bounds: list[int],
+    ) -> int:
+        """SET the group strings and index of whole buckets; returns users newly added."""
+        n, size = recs.shape
+        width = _FIELD_BYTES + size
+        entries = np.empty((n, width), dtype=np.uint8)
+        entries[:, :_FIELD_BYTES] = ids.astype(">i8").view(np.uint8).reshape(n, _FIELD_BYTES)
+        entries[:, _FIELD_BYTES:] = recs
+        body = entries.tobytes()
+        del entries
+        id_bytes = ids.astype(">i8").tobytes()
+        batch: list[bytes] = []
+        batch_bytes = 0
+        counts: list[int | None] = []  # per reply: None for a group SET, users for an index
+        with self._connection() as conn:
+            for bucket, s, e in zip(buckets, bounds[:-1], bounds[1:], strict=True):
+                for c, g in enumerate(range(s, e, chunk_users)):
+                    key = self.keys.chunk(version, bucket, c).encode()
+                    value = body[g * width : min(e, g + chunk_users) * width]
+                    batch.append(
+                        b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(key), key, len(value))
+                    )
+                    batch.append(value)
+                    batch.append(b"\r\n")
+                    batch_bytes += len(value)
+                    counts.append(None)
+                index = (e - s).to_bytes(_INDEX_HEAD, "big") + b"".join(
+                    id_bytes[g * _FIELD_BYTES : (g + 1) * _FIELD_BYTES]
+                    for g in range(s, e, chunk_users)
+                )
+                key = self.keys.index(version, bucket).encode()
+                batch.append(
+                    b"*4\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$3\r\nGET\r\n"
+                    % (len(key), key, len(index), index)
+                )
+                counts.append(e - s)
+                if batch_bytes >= _SEND_BYTES:
+                    conn.send_packed_command([b"".join(batch)])
+                    batch, batch_bytes = [], 0
+            if batch:
+                conn.send_packed_command([b"".join(batch)])
+            added = 0
+            errors: list[str] = []
+            for count in counts:
+                try:
+                    reply = conn.read_response()
+                except redis.exceptions.ResponseError as exc:  # read every reply first
+                    errors.append(str(exc))
+                    continue
+                if count is not None:  # the bucket's previous index (None: a new bucket)
+                    old = 0 if reply is None else int.from_bytes(reply[:_INDEX_HEAD], "big")
+                    added += count - old
+            if errors:
+                raise SegmentStoreError(f"writing {version!r} failed: {errors[0]}")
+            return added
 
     def _write_chunk(
         self, version: str, groups: np.ndarray, ids: np.ndarray, recs: np.ndarray
@@ -695,6 +937,59 @@ class SegmentStore:
             raise LooseEncodingError(message)
         log.warning(message)
 
+    def _verify_packed(self, version: str, info: VersionInfo) -> int:
+        """Users stored in a packed version, after checking every group string (pipelined)."""
+        k = info.chunk_users
+        width = _FIELD_BYTES + info.layout.size
+        n_users = 0
+        for start in range(0, info.n_groups, _VERIFY_BATCH // 8):
+            buckets = range(start, min(info.n_groups, start + _VERIFY_BATCH // 8))
+            pipe = self._redis.pipeline(transaction=False)
+            for b in buckets:
+                pipe.get(self.keys.index(version, b))
+            indexes = pipe.execute()
+            pipe = self._redis.pipeline(transaction=False)
+            plan: list[tuple[int, int, bytes]] = []
+            for b, index in zip(buckets, indexes, strict=True):
+                if index is None:
+                    continue
+                count = int.from_bytes(index[:_INDEX_HEAD], "big")
+                n_chunks = -(-count // k)
+                if count == 0 or len(index) != _INDEX_HEAD + n_chunks * _FIELD_BYTES:
+                    raise PackingError(
+                        f"version {version!r} bucket {b}: index of {len(index)} bytes does not "
+                        f"match its {count} users"
+                    )
+                for c in range(n_chunks):
+                    pipe.get(self.keys.chunk(version, b, c))
+                plan.append((b, count, index[_INDEX_HEAD:]))
+                n_users += count
+            chunks = iter(pipe.execute())
+            for b, count, firsts in plan:
+                parts = []
+                for c in range(len(firsts) // _FIELD_BYTES):
+                    part = next(chunks)
+                    users = min(k, count - c * k)
+                    if part is None or len(part) != users * width:
+                        raise PackingError(
+                            f"version {version!r} bucket {b} group {c}: "
+                            f"{0 if part is None else len(part)} bytes, expected {users} "
+                            f"entries of {width} (written by two calls or another layout?)"
+                        )
+                    parts.append(part)
+                entries = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(count, width)
+                ids = entries[:, :_FIELD_BYTES].copy().view(">i8").ravel().astype(np.int64)
+                if (
+                    (count > 1 and not bool(np.all(ids[1:] > ids[:-1])))
+                    or ids[::k].astype(">i8").tobytes() != firsts
+                    or not bool(np.all(bucket_of(ids, info.n_groups) == b))
+                ):
+                    raise PackingError(
+                        f"version {version!r} bucket {b}: ids are not sorted, unique and in "
+                        "their bucket, or do not match the index"
+                    )
+        return n_users
+
     def _verify_groups(self, version: str, n_groups: int) -> tuple[int, int]:
         """(users stored, groups not in a compact encoding), pipelined over every group."""
         n_users = 0
@@ -754,15 +1049,31 @@ class SegmentStore:
 
     def _delete_keys(self, version: str) -> int:
         """UNLINK the groups (known from meta), any strays (SCAN by prefix), then the meta."""
-        n_groups_raw = self._redis.hget(self.meta_key(version), "n_groups")
+        n_groups_raw, storage = self._redis.hmget(self.meta_key(version), ["n_groups", "storage"])
         deleted = 0
-        if n_groups_raw is not None:
+        if n_groups_raw is not None and storage == PACKED.encode():
+            deleted += self._unlink(self._packed_keys(version, int(_text(n_groups_raw))))
+        elif n_groups_raw is not None:
             keys = (self.group_key(version, g) for g in range(int(_text(n_groups_raw))))
             deleted += self._unlink(keys)
-        pattern = self.version_prefix(version) + "g:*"
-        deleted += self._unlink(self._redis.scan_iter(match=pattern, count=1000))
+        for kind in ("g", "i"):
+            pattern = self.version_prefix(version) + kind + ":*"
+            deleted += self._unlink(self._redis.scan_iter(match=pattern, count=1000))
         deleted += int(self._redis.unlink(self.meta_key(version)))
         return deleted
+
+    def _packed_keys(self, version: str, n_buckets: int) -> Iterator[str]:
+        """Every group string and index of a packed version (from the indexes)."""
+        for start in range(0, n_buckets, _VERIFY_BATCH):
+            buckets = range(start, min(n_buckets, start + _VERIFY_BATCH))
+            pipe = self._redis.pipeline(transaction=False)
+            for b in buckets:
+                pipe.strlen(self.keys.index(version, b))
+            for b, length in zip(buckets, pipe.execute(), strict=True):
+                if length:
+                    for c in range((int(length) - _INDEX_HEAD) // _FIELD_BYTES):
+                        yield self.keys.chunk(version, b, c)
+                    yield self.keys.index(version, b)
 
     def _unlink(self, keys: Iterator[str | bytes]) -> int:
         deleted = 0
@@ -794,6 +1105,8 @@ def version_info(version: str, raw: Mapping[Any, Any]) -> VersionInfo | None:
         n_users=int(m["n_users"]) if "n_users" in m else None,
         expected_users=int(m["expected_users"]) if "expected_users" in m else None,
         meta=json.loads(m.get("meta", "{}")),
+        storage=m.get("storage", HASH),  # absent: written before the packed layout existed
+        chunk_users=int(m.get("chunk_users", 0)),
     )
 
 
@@ -805,12 +1118,26 @@ def check_read_ids(ids: np.ndarray) -> bytes:
 
 
 def read_groups(ids: np.ndarray, meta: ReadMeta | None) -> str:
-    """The read script's group argument: the group of each id under ``meta`` ("" unknown)."""
+    """The read script's group argument: the bucket (packed) or group (hash) of each id under
+    ``meta`` ("" unknown)."""
     if meta is None:
         return ""
-    if len(ids) == 1:  # the scalar path is ~10x faster than numpy for one id
+    if meta.storage == PACKED:
+        if len(ids) == 1:  # the scalar path is ~10x faster than numpy for one id
+            return str((((int(ids[0]) * _MIX) & _MASK_64) >> 32) % meta.n_groups)
+        return " ".join(map(str, bucket_of(ids, meta.n_groups).tolist()))
+    if len(ids) == 1:
         return str(group_of(int(ids[0]), meta.n_groups))
     return " ".join(map(str, group_of(ids, meta.n_groups).tolist()))
+
+
+def read_args(ids: np.ndarray, assumed: str, prefix: str, meta: ReadMeta | None) -> list[Any]:
+    """The read script's ARGV for ``ids`` under the assumed version's ``meta``."""
+    if meta is not None and meta.storage == PACKED:
+        storage, width = "p", _FIELD_BYTES + meta.layout.size
+    else:
+        storage, width = "h", 0
+    return [assumed, prefix, read_groups(ids, meta), check_read_ids(ids), storage, width]
 
 
 def parse_read_reply(
