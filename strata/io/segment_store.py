@@ -92,18 +92,26 @@ _META_CACHE = 16
 _VERIFY_BATCH = 2048
 _UNLINK_BATCH = 1000
 _SEND_BYTES = 4 << 20
-_INDEX_HEAD = 4  # a packed index starts with the bucket's user count (uint32, big-endian)
+#: a packed index: the bucket's user count (uint32, big-endian), the first id of each group,
+#: the bucket's last id (8 bytes each)
+_INDEX_HEAD = 4
+_INDEX_TAIL = 8
 _MIX = 0x9E3779B97F4A7C15  # strata.ids.bucket_of's multiplier (scalar fast path)
 _MASK_64 = (1 << 64) - 1
 
 # KEYS: pointer. ARGV: assumed version, "{ns}:v:", the users' buckets (packed) or groups
 # (hash) space-separated, the users' 8-byte ids back to back, the assumed version's storage
-# ("p" packed, "h" hash), its entry width (packed: 8 + record size). Returns {} when nothing is
-# published, {version} when the pointer is not the assumed version (nothing read), else
-# {version, found mask ('1'/'0' per user), the found records back to back}: three bulk
-# strings, cheap to send and parse. Packed: a binary search over the bucket's index (first id
-# of each group) then over the group's fixed-width entries, comparing ids as two big-endian
-# uint32 (exact in Lua's doubles; string '<' would use the server's collation).
+# ("p" packed, "h" hash), its entry width (packed: 8 + record size), its users per group.
+# Returns {} when nothing is published, {version} when the pointer is not the assumed version
+# (nothing read), else {version, found mask ('1'/'0' per user), the found records back to
+# back}: three bulk strings, cheap to send and parse.
+#
+# Packed: the bucket's index (user count, first id of each group, last id; read once per
+# bucket and call) gives the group by binary search; in the group string the entry is found
+# by interpolation search (pseudonymous ids are uniform, so 1-2 probes), falling back to
+# bisection after 3 probes so that skewed ids stay O(log n). Ids compare exactly as two
+# big-endian uint32 (doubles only steer the interpolation; string '<' would use the server's
+# collation).
 READ_LUA = """
 local v = redis.call('GET', KEYS[1])
 if not v then return {} end
@@ -114,13 +122,49 @@ local records = {}
 local i = 0
 if ARGV[5] == 'p' then
   local w = tonumber(ARGV[6])
+  local k = tonumber(ARGV[7])
+  local window = tonumber(ARGV[8])
   local gpre = ARGV[2] .. v .. ':g:'
   local ipre = ARGV[2] .. v .. ':i:'
   local unpack = struct.unpack
   local floor = math.floor
+  local two32 = 4294967296
   local indexes = {}
+  -- the position of (hi, lo) among the entries of s, searching strictly between the known
+  -- smaller entry at l - 1 (id xl) and larger one at h + 1 (id xh); nil when absent
+  local function between(s, l, h, hi, lo, t, xl, xh)
+    local steps = 0
+    while l <= h do
+      local p
+      if steps < 2 and xh > xl then
+        p = l + floor((t - xl) / (xh - xl) * (h - l + 2)) - 1
+        if p < l then p = l elseif p > h then p = h end
+      else
+        p = floor((l + h) / 2)
+      end
+      steps = steps + 1
+      local a, z = unpack('>I4I4', s, p * w + 1)
+      if a == hi and z == lo then return p end
+      if a < hi or (a == hi and z < lo) then
+        l = p + 1
+        xl = a * two32 + z
+      else
+        h = p - 1
+        xh = a * two32 + z
+      end
+    end
+    return nil
+  end
+  -- -1: (hi, lo) is below entry p of s, 1: above, 0: equal
+  local function cmp(s, p, hi, lo)
+    local a, z = unpack('>I4I4', s, p)
+    if a == hi and z == lo then return 0, a * two32 + z end
+    if a > hi or (a == hi and z > lo) then return -1, a * two32 + z end
+    return 1, a * two32 + z
+  end
   for b in string.gmatch(ARGV[3], '%d+') do
     local hi, lo = unpack('>I4I4', ids, i * 8 + 1)
+    local t = hi * two32 + lo
     i = i + 1
     local rec = nil
     local idx = indexes[b]
@@ -128,35 +172,68 @@ if ARGV[5] == 'p' then
       idx = redis.call('GET', ipre .. b)
       indexes[b] = idx
     end
+    local c = -1
+    local nc = 0
+    local xf, xu = 0, 0
     if idx then
-      local l, h, c = 0, (#idx - 4) / 8 - 1, -1
-      while l <= h do
-        local m = floor((l + h) / 2)
-        local a, z = unpack('>I4I4', idx, 5 + m * 8)
-        if a < hi or (a == hi and z <= lo) then
-          c = m
-          l = m + 1
-        else
-          h = m - 1
+      -- the group: the last whose first id <= the id (interpolated, then stepped exactly)
+      nc = (#idx - 12) / 8
+      local r0, x0 = cmp(idx, 5, hi, lo)
+      local rl, xlast = cmp(idx, 5 + nc * 8, hi, lo)
+      if r0 >= 0 and rl <= 0 then
+        c = 0
+        if xlast > x0 then c = floor((t - x0) / (xlast - x0) * nc) end
+        if c > nc - 1 then c = nc - 1 end
+        local r
+        r, xf = cmp(idx, 5 + c * 8, hi, lo)
+        while r < 0 do
+          c = c - 1
+          r, xf = cmp(idx, 5 + c * 8, hi, lo)
+        end
+        r, xu = cmp(idx, 13 + c * 8, hi, lo)
+        while c < nc - 1 and r >= 0 do
+          c = c + 1
+          xf = xu
+          r, xu = cmp(idx, 13 + c * 8, hi, lo)
         end
       end
-      if c >= 0 then
-        local s = redis.call('GET', gpre .. b .. '.' .. c)
-        if s then
-          l, h = 0, floor(#s / w) - 1
-          while l <= h do
-            local m = floor((l + h) / 2)
-            local p = m * w
-            local a, z = unpack('>I4I4', s, p + 1)
-            if a == hi and z == lo then
-              rec = string.sub(s, p + 9, p + w)
-              break
-            elseif a < hi or (a == hi and z < lo) then
-              l = m + 1
-            else
-              h = m - 1
-            end
-          end
+    end
+    if c >= 0 then
+      local key = gpre .. b .. '.' .. c
+      local n = k
+      if c == nc - 1 then n = unpack('>I4', idx, 1) - k * (nc - 1) end
+      -- read a window around the interpolated position; when the id lies beyond it, narrow
+      -- the range to that side and interpolate again (the 4th try reads the whole range)
+      local l, h = 0, n - 1
+      for try = 1, 4 do
+        local p = l
+        if xu > xf then p = l + floor((t - xf) / (xu - xf) * (h - l + 1) + 0.5) end
+        local s0 = math.max(l, math.min(h, p - window))
+        local s1 = math.min(h, math.max(l, p + window))
+        if try == 4 then s0, s1 = l, h end
+        local s = redis.call('GETRANGE', key, s0 * w, (s1 + 1) * w - 1)
+        local m = floor(#s / w)
+        if m ~= s1 - s0 + 1 then break end
+        local r0, x0 = cmp(s, 1, hi, lo)
+        local r1, x1 = cmp(s, (m - 1) * w + 1, hi, lo)
+        local pos = nil
+        if r0 == 0 then
+          pos = 0
+        elseif r1 == 0 then
+          pos = m - 1
+        elseif r0 < 0 then
+          if s0 == l then break end
+          h, xu = s0 - 1, x0
+        elseif r1 > 0 then
+          if s1 == h then break end
+          l, xf = s1 + 1, x1
+        else
+          pos = between(s, 1, m - 2, hi, lo, t, x0, x1)
+          if not pos then break end
+        end
+        if pos then
+          rec = string.sub(s, pos * w + 9, pos * w + w)
+          break
         end
       end
     end
@@ -274,11 +351,12 @@ class ReadMeta:
     n_groups: int
     layout: RecordLayout
     storage: str = HASH
+    chunk_users: int = 0
 
     @classmethod
     def of(cls, info: VersionInfo) -> ReadMeta:
         """The read facts of a version's info."""
-        return cls(info.n_groups, info.layout, info.storage)
+        return cls(info.n_groups, info.layout, info.storage, info.chunk_users)
 
 
 class SegmentStore:
@@ -747,12 +825,17 @@ class SegmentStore:
         cached = self._read_meta_cache.get(version)
         if cached is not None:
             return cached
-        n_groups, layout, storage = self._redis.hmget(
-            self.meta_key(version), ["n_groups", "layout", "storage"]
+        n_groups, layout, storage, chunk_users = self._redis.hmget(
+            self.meta_key(version), ["n_groups", "layout", "storage", "chunk_users"]
         )
         if n_groups is None or layout is None:
             raise VersionStateError(f"version {version!r} has no meta")
-        meta = ReadMeta(int(n_groups), RecordLayout.from_json(layout), _text(storage or HASH))
+        meta = ReadMeta(
+            int(n_groups),
+            RecordLayout.from_json(layout),
+            _text(storage or HASH),
+            int(chunk_users or 0),
+        )
         with self._lock:
             while len(self._read_meta_cache) >= _META_CACHE:
                 self._read_meta_cache.pop(next(iter(self._read_meta_cache)))
@@ -832,9 +915,13 @@ class SegmentStore:
                     batch.append(b"\r\n")
                     batch_bytes += len(value)
                     counts.append(None)
-                index = (e - s).to_bytes(_INDEX_HEAD, "big") + b"".join(
-                    id_bytes[g * _FIELD_BYTES : (g + 1) * _FIELD_BYTES]
-                    for g in range(s, e, chunk_users)
+                index = (
+                    (e - s).to_bytes(_INDEX_HEAD, "big")
+                    + b"".join(
+                        id_bytes[g * _FIELD_BYTES : (g + 1) * _FIELD_BYTES]
+                        for g in range(s, e, chunk_users)
+                    )
+                    + id_bytes[(e - 1) * _FIELD_BYTES : e * _FIELD_BYTES]
                 )
                 key = self.keys.index(version, bucket).encode()
                 batch.append(
@@ -955,19 +1042,19 @@ class SegmentStore:
                     continue
                 count = int.from_bytes(index[:_INDEX_HEAD], "big")
                 n_chunks = -(-count // k)
-                if count == 0 or len(index) != _INDEX_HEAD + n_chunks * _FIELD_BYTES:
+                if count == 0 or len(index) != _INDEX_HEAD + n_chunks * _FIELD_BYTES + _INDEX_TAIL:
                     raise PackingError(
                         f"version {version!r} bucket {b}: index of {len(index)} bytes does not "
                         f"match its {count} users"
                     )
                 for c in range(n_chunks):
                     pipe.get(self.keys.chunk(version, b, c))
-                plan.append((b, count, index[_INDEX_HEAD:]))
+                plan.append((b, count, index[_INDEX_HEAD:]))  # firsts, then the last id
                 n_users += count
             chunks = iter(pipe.execute())
             for b, count, firsts in plan:
                 parts = []
-                for c in range(len(firsts) // _FIELD_BYTES):
+                for c in range(len(firsts) // _FIELD_BYTES - 1):
                     part = next(chunks)
                     users = min(k, count - c * k)
                     if part is None or len(part) != users * width:
@@ -981,7 +1068,7 @@ class SegmentStore:
                 ids = entries[:, :_FIELD_BYTES].copy().view(">i8").ravel().astype(np.int64)
                 if (
                     (count > 1 and not bool(np.all(ids[1:] > ids[:-1])))
-                    or ids[::k].astype(">i8").tobytes() != firsts
+                    or np.r_[ids[::k], ids[-1:]].astype(">i8").tobytes() != firsts
                     or not bool(np.all(bucket_of(ids, info.n_groups) == b))
                 ):
                     raise PackingError(
@@ -1071,7 +1158,7 @@ class SegmentStore:
                 pipe.strlen(self.keys.index(version, b))
             for b, length in zip(buckets, pipe.execute(), strict=True):
                 if length:
-                    for c in range((int(length) - _INDEX_HEAD) // _FIELD_BYTES):
+                    for c in range((int(length) - _INDEX_HEAD - _INDEX_TAIL) // _FIELD_BYTES):
                         yield self.keys.chunk(version, b, c)
                     yield self.keys.index(version, b)
 
@@ -1131,13 +1218,25 @@ def read_groups(ids: np.ndarray, meta: ReadMeta | None) -> str:
     return " ".join(map(str, group_of(ids, meta.n_groups).tolist()))
 
 
-def read_args(ids: np.ndarray, assumed: str, prefix: str, meta: ReadMeta | None) -> list[Any]:
-    """The read script's ARGV for ``ids`` under the assumed version's ``meta``."""
+def read_args(
+    ids: np.ndarray, assumed: str, prefix: str, meta: ReadMeta | None, window: int = 8
+) -> list[Any]:
+    """The read script's ARGV for ``ids`` under the assumed version's ``meta`` (``window``:
+    entries read on each side of a packed entry's interpolated position)."""
     if meta is not None and meta.storage == PACKED:
-        storage, width = "p", _FIELD_BYTES + meta.layout.size
+        storage, width, chunk_users = "p", _FIELD_BYTES + meta.layout.size, meta.chunk_users
     else:
-        storage, width = "h", 0
-    return [assumed, prefix, read_groups(ids, meta), check_read_ids(ids), storage, width]
+        storage, width, chunk_users = "h", 0, 0
+    return [
+        assumed,
+        prefix,
+        read_groups(ids, meta),
+        check_read_ids(ids),
+        storage,
+        width,
+        chunk_users,
+        window,
+    ]
 
 
 def parse_read_reply(

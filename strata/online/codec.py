@@ -174,8 +174,9 @@ _CENTS = 100
 _DAYS8_EXACT = 200
 _DAYS8_STEP = 15
 _DAYS8_MAX_CODE = 254
-#: a weighted field's inputs must reproduce the column within this (else it is not derived)
-_WEIGHTED_TOLERANCE = 1e-9
+#: a weighted field's inputs must reproduce the column within this (else it is not derived):
+#: the snapshot rounds the ranks and the score to 6 decimals each
+_WEIGHTED_TOLERANCE = 2e-6
 
 
 class FieldSpec(BaseModel):
@@ -686,18 +687,17 @@ def decode_many(
 
 
 def _weighted_column(f: FieldSpec, decoded: Mapping[str, list[Any]]) -> list[Any]:
+    """A weighted field's values from its decoded inputs (the same float operations, in the
+    same order, as :func:`decode`'s, so both give identical numbers)."""
     decimals = _weighted_decimals(f)
-    inputs = [decoded[name] for name in f.inputs]
-    out: list[Any] = []
-    for row in zip(*inputs, strict=True):
-        total = 0.0
-        for w, x in zip(f.weights, row, strict=True):
-            if x is None:
-                total = math.nan
-                break
-            total = total + w * x
-        out.append(None if total != total else round(total, decimals))
-    return out
+    total = np.zeros(len(decoded[f.inputs[0]]))
+    missing = np.zeros(len(total), dtype=bool)
+    for name, w in zip(f.inputs, f.weights, strict=True):
+        x = np.array(decoded[name], dtype=np.float64)  # None -> NaN
+        missing |= np.isnan(x)
+        total = total + w * x
+    pairs = zip(total.tolist(), missing.tolist(), strict=True)
+    return [None if m else round(v, decimals) for v, m in pairs]
 
 
 def _decode_column(recs: np.ndarray, f: FieldSpec, plan: _Plan) -> list[Any]:
