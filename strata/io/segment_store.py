@@ -7,32 +7,53 @@ namespace, ``strata`` by default; a version id has no ``:``)::
     {ns}:versions                 zset    published, retained versions, scored by publish order
     {ns}:history                  list    pointer flips, newest first (JSON; last 200 kept)
     {ns}:seq                      string  publish counter (the zset's scores)
-    {ns}:v:{version}:meta         hash    layout (JSON), record_size, n_groups, as_of,
-                                          created_at, status, users_written, n_users, meta...
+    {ns}:v:{version}:meta         hash    layout (JSON), record_size, storage, n_groups,
+                                          chunk_users, as_of, created_at, status,
+                                          users_written, n_users, meta...
+
+A ``packed`` version (``storage: packed``; the default) splits its users into ``n_groups``
+BUCKETS (``strata.ids.bucket_of(id, n_groups)``: the warehouse's buckets, or a multiple of
+them, so each recompute shard writes whole buckets) and stores each bucket as::
+
+    {ns}:v:{version}:g:{bucket}.{k}   string  group k: entries sorted by user id, each the id
+                                              (8 bytes, big-endian) + the record, fixed width
+    {ns}:v:{version}:i:{bucket}       string  the bucket's user count (4 bytes), the first id
+                                              of each group, the bucket's last id (8 each)
+
+Every group holds ``chunk_users`` entries (its last one fewer): as many as fill an 8 KiB
+allocation (272 for the 22-byte record with predictions), an exact jemalloc size class, so the
+per-user cost is the 8-byte id + the record + ~0.5 byte of key overhead. At 1M users
+(bench/redis_memory.py, embedded Redis 6.2) that is ~30.6 bytes per user for the 22-byte
+record against ~36.4 for the same record in the hash layout, and ~31.3 estimated under jemalloc
+(Redis 7). A read finds the group by the index (one small GET per bucket and script call) and
+the entry by interpolation search (pseudonymous ids are uniform) over a GETRANGE window of the
+group, falling back to bisection, so skewed ids stay exact and O(log n).
+
+A ``hash`` version (``storage`` absent or ``hash``: the layout before issue 14, still read so
+that retained versions survive an upgrade and can be rolled back to until they age out)::
+
     {ns}:v:{version}:g:{group}    hash    field = user id (8 bytes, big-endian),
                                           value = the record (``layout.size`` bytes)
 
-Users are spread over ``n_groups`` small hashes (``group_of(user_id, n_groups)``, about 50-100
-users each) so every hash stays in Redis's compact listpack (ziplist before Redis 7) encoding:
-~38 bytes per user for the 24-byte segment record with predictions on the embedded 6.2 build
-(bench/redis_memory.py, 1M users; ~13.8 of them fixed per user: field key, entry headers, hash),
-about 4 more on Redis 7 (jemalloc), against ~440 for one hash per user with the fields as text.
+with users spread over ``n_groups`` small hashes (``group_of``) kept in the compact listpack
+encoding (~13.8 bytes of fixed cost per user: field key, entry headers, hash).
 
 Lifecycle of a version: :meth:`SegmentStore.begin_version` (status ``writing``, invisible to
-readers) → :meth:`~SegmentStore.write_users` from any number of processes in parallel →
-:meth:`~SegmentStore.publish` (verifies the user count and encodings, status ``ready``, then
-one Lua script flips ``{ns}:current`` and records the flip) → older versions beyond ``keep``
-are deleted. :meth:`~SegmentStore.rollback` flips back to a retained version;
-:meth:`~SegmentStore.discard` drops a version that failed.
+readers) → :meth:`~SegmentStore.write_users` from any number of processes in parallel (packed:
+each bucket by one call) → :meth:`~SegmentStore.publish` (verifies the user count and the
+groups: packed, every group string is read back and checked; hash, the compact encoding;
+status ``ready``, then one Lua script flips ``{ns}:current`` and records the flip) → older
+versions beyond ``keep`` are deleted. :meth:`~SegmentStore.rollback` flips back to a retained
+version; :meth:`~SegmentStore.discard` drops a version that failed.
 
 Readers (:meth:`~SegmentStore.get`, :meth:`~SegmentStore.get_many`) run one Lua script per
 request that reads the pointer and then the records of *that* version, so an answer never mixes
-two versions, in one round trip. The client computes group numbers with the ``n_groups`` of the
-version it last saw; the script returns the version it actually read and the client retries
+two versions, in one round trip. The client computes bucket (group) numbers with the meta of
+the version it last saw; the script returns the version it actually read and the client retries
 when the pointer has moved to a version it does not know yet.
 
 The scripts compute key names from the pointer, so this targets a standalone (or replicated /
-Sentinel) Redis, not Redis Cluster.
+Sentinel) Redis, not Redis Cluster. Writing a packed version needs Redis 6.2+ (SET ... GET).
 """
 
 from __future__ import annotations
