@@ -175,15 +175,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def bench_segment_store(
-    url: str, n: int, reads: int, batches: int, storage: Storage, progress: Progress
-) -> dict[str, Any]:
-    """Write, publish and read ``n`` users in one storage format; the measurements."""
+def write_version(
+    url: str, storage: Storage, ids: np.ndarray, encoded: np.ndarray, progress: Progress
+) -> tuple[SegmentStore, dict[str, Any]]:
+    """Write and publish ``ids`` in one storage format, in its own namespace; memory, write
+    and publish measurements, and the store to read it with."""
     client = redis.Redis.from_url(url)
-    client.flushall()
-    store = SegmentStore(url)
-    task = progress.add_task(f"{storage}: write, publish, read", total=4)
-    ids, cols = realistic_records(n)
+    store = SegmentStore(url, namespace=f"bench-{storage}")
+    n = len(ids)
+    task = progress.add_task(f"{storage}: write and publish", total=None)
     # warm up: the store's connection (~50 kB) and the server's first scripts (~0.4 MB: Lua
     # VM, script cache) are one-time costs, not per user
     w_ids, w_cols = realistic_records(100, seed=3)
@@ -192,12 +192,6 @@ def bench_segment_store(
     store.publish("warmup")
     store.get_many(w_ids)
     before = used_memory(client)
-
-    t0 = time.perf_counter()
-    encoded = encode(cols, LAYOUT)
-    encode_s = time.perf_counter() - t0
-    progress.advance(task)
-
     if storage == PACKED:  # buckets as the warehouse's, one call writing all of them
         n_groups = store.plan_n_groups(n, n_buckets=DEFAULT_N_BUCKETS, layout=LAYOUT)
     else:
@@ -212,16 +206,14 @@ def bench_segment_store(
     store.publish("bench")
     publish_s = time.perf_counter() - t0
     after = used_memory(client)
-    progress.advance(task)
-    memory = client.info("memory")
-    allocator = str(memory.get("mem_allocator", "?"))
+    allocator = str(client.info("memory").get("mem_allocator", "?"))
     if storage == PACKED:
         info = store.info("bench")
         assert info is not None
-        groups = int(client.dbsize()) - info.n_groups - 2 * 2  # minus indexes, metas, pointers
+        groups = len(list(client.scan_iter(match="bench-packed:v:bench:g:*", count=1000)))
         per_group = info.chunk_users
         extra = 0 if allocator.startswith("jemalloc") else jemalloc_extra(client, store, "bench")
-        encodings = {"string"}
+        encodings = {"raw"}
     else:
         groups, per_group, extra = n_groups, round(n / n_groups), 0
         encodings = {
@@ -229,32 +221,14 @@ def bench_segment_store(
             for e in (client.object("encoding", store.group_key("bench", g)) for g in range(64))
             if e
         }
-
-    rng = np.random.default_rng(1)
-    # correctness spot check before timing
-    sample = rng.choice(n, 1000, replace=False)
+    # correctness spot check
+    sample = np.random.default_rng(1).choice(n, 1000, replace=False)
     version, got = store.get_many(ids[sample])
     assert version == "bench" and got == decode_many(encoded[sample], LAYOUT)
-    assert store.get(int(ids.max()) + 1) is None or int(ids.max()) + 1 in set(ids.tolist())
-
-    single: list[float] = []
-    for i in rng.choice(n, reads).tolist():
-        t = time.perf_counter()
-        store.get(int(ids[i]))
-        single.append(time.perf_counter() - t)
-    progress.advance(task)
-    many: list[float] = []
-    for _ in range(batches):
-        batch = ids[rng.choice(n, 1000, replace=False)]
-        t = time.perf_counter()
-        store.get_many(batch)
-        many.append(time.perf_counter() - t)
-    progress.advance(task)
     server = client.info("server")
-    store.close()
-    client.flushall()
     client.close()
-    return {
+    progress.remove_task(task)
+    return store, {
         "storage": storage,
         "users": n,
         "record_bytes": LAYOUT.size,
@@ -265,17 +239,70 @@ def bench_segment_store(
         "allocator": allocator,
         "bytes_per_user": round((after - before) / n, 2),
         "bytes_per_user_jemalloc": round((after - before + extra) / n, 2),
-        "encode_users_per_s": round(n / encode_s),
         "write_users_per_s": round(n / write_s),
         "write_s": round(write_s, 3),
         "publish_s": round(publish_s, 3),
-        "get_p50_us": round(percentile(single, 0.5) * 1e6, 1),
-        "get_p99_us": round(percentile(single, 0.99) * 1e6, 1),
-        "get_many_1000_p50_ms": round(percentile(many, 0.5) * 1e3, 2),
-        "get_many_1000_p99_ms": round(percentile(many, 0.99) * 1e3, 2),
-        "get_many_1000_mean_ms": round(statistics.fmean(many) * 1e3, 2),
         "redis_version": server["redis_version"],
     }
+
+
+def time_reads(
+    stores: dict[str, SegmentStore], ids: np.ndarray, reads: int, batches: int, progress: Progress
+) -> dict[str, dict[str, float]]:
+    """Read latency of each store, timed in alternating rounds (so that a change in the
+    machine's load hits every layout alike)."""
+    rng = np.random.default_rng(1)
+    n = len(ids)
+    single: dict[str, list[float]] = {k: [] for k in stores}
+    many: dict[str, list[float]] = {k: [] for k in stores}
+    rounds = 10
+    task = progress.add_task("reads, alternating layouts", total=rounds)
+    for r in range(rounds):
+        picks = rng.choice(n, max(1, reads // rounds)).tolist()
+        groups = [ids[rng.choice(n, 1000, replace=False)] for _ in range(max(1, batches // rounds))]
+        order = list(stores.items()) if r % 2 == 0 else list(stores.items())[::-1]
+        for name, store in order:
+            for i in picks:
+                t = time.perf_counter()
+                store.get(int(ids[i]))
+                single[name].append(time.perf_counter() - t)
+            for batch in groups:
+                t = time.perf_counter()
+                store.get_many(batch)
+                many[name].append(time.perf_counter() - t)
+        progress.advance(task)
+    progress.remove_task(task)
+    return {
+        name: {
+            "get_p50_us": round(percentile(single[name], 0.5) * 1e6, 1),
+            "get_p99_us": round(percentile(single[name], 0.99) * 1e6, 1),
+            "get_many_1000_p50_ms": round(percentile(many[name], 0.5) * 1e3, 2),
+            "get_many_1000_p99_ms": round(percentile(many[name], 0.99) * 1e3, 2),
+            "get_many_1000_mean_ms": round(statistics.fmean(many[name]) * 1e3, 2),
+        }
+        for name in stores
+    }
+
+
+def bench_segment_store(
+    url: str, n: int, reads: int, batches: int, progress: Progress
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The packed and the hash layout side by side (two namespaces of one server)."""
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    client.close()
+    ids, cols = realistic_records(n)
+    t0 = time.perf_counter()
+    encoded = encode(cols, LAYOUT)
+    encode_s = time.perf_counter() - t0
+    packed_store, packed = write_version(url, PACKED, ids, encoded, progress)
+    hash_store, hashed = write_version(url, HASH, ids, encoded, progress)
+    timings = time_reads({PACKED: packed_store, HASH: hash_store}, ids, reads, batches, progress)
+    packed_store.close()
+    hash_store.close()
+    packed.update(timings[PACKED], encode_users_per_s=round(n / encode_s))
+    hashed.update(timings[HASH], encode_users_per_s=round(n / encode_s))
+    return packed, hashed
 
 
 def bench_hash_per_user(url: str, n: int) -> dict[str, Any]:
@@ -313,10 +340,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     console = Console()
     with EmbeddedRedis() as server, Progress(console=console, transient=True) as progress:
-        seg = bench_segment_store(
-            server.url, args.users, args.reads, args.batches, PACKED, progress
-        )
-        old = bench_segment_store(server.url, args.users, args.reads, args.batches, HASH, progress)
+        seg, old = bench_segment_store(server.url, args.users, args.reads, args.batches, progress)
         progress.add_task("baseline: hash per user", total=None)
         base = bench_hash_per_user(server.url, args.baseline_users)
 

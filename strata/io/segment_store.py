@@ -149,33 +149,9 @@ if ARGV[5] == 'p' then
   local ipre = ARGV[2] .. v .. ':i:'
   local unpack = struct.unpack
   local floor = math.floor
+  local find = string.find
   local two32 = 4294967296
   local indexes = {}
-  -- the position of (hi, lo) among the entries of s, searching strictly between the known
-  -- smaller entry at l - 1 (id xl) and larger one at h + 1 (id xh); nil when absent
-  local function between(s, l, h, hi, lo, t, xl, xh)
-    local steps = 0
-    while l <= h do
-      local p
-      if steps < 2 and xh > xl then
-        p = l + floor((t - xl) / (xh - xl) * (h - l + 2)) - 1
-        if p < l then p = l elseif p > h then p = h end
-      else
-        p = floor((l + h) / 2)
-      end
-      steps = steps + 1
-      local a, z = unpack('>I4I4', s, p * w + 1)
-      if a == hi and z == lo then return p end
-      if a < hi or (a == hi and z < lo) then
-        l = p + 1
-        xl = a * two32 + z
-      else
-        h = p - 1
-        xh = a * two32 + z
-      end
-    end
-    return nil
-  end
   -- -1: (hi, lo) is below entry p of s, 1: above, 0: equal
   local function cmp(s, p, hi, lo)
     local a, z = unpack('>I4I4', s, p)
@@ -223,8 +199,10 @@ if ARGV[5] == 'p' then
       local key = gpre .. b .. '.' .. c
       local n = k
       if c == nc - 1 then n = unpack('>I4', idx, 1) - k * (nc - 1) end
-      -- read a window around the interpolated position; when the id lies beyond it, narrow
-      -- the range to that side and interpolate again (the 4th try reads the whole range)
+      -- read a window around the interpolated position and look for the id's 8 bytes at an
+      -- entry boundary; when the id lies beyond the window, narrow the range to that side
+      -- and interpolate again (the 4th try reads the whole range)
+      local target = string.sub(ids, i * 8 - 7, i * 8)
       local l, h = 0, n - 1
       for try = 1, 4 do
         local p = l
@@ -235,26 +213,29 @@ if ARGV[5] == 'p' then
         local s = redis.call('GETRANGE', key, s0 * w, (s1 + 1) * w - 1)
         local m = floor(#s / w)
         if m ~= s1 - s0 + 1 then break end
-        local r0, x0 = cmp(s, 1, hi, lo)
-        local r1, x1 = cmp(s, (m - 1) * w + 1, hi, lo)
+        local at = 1
         local pos = nil
-        if r0 == 0 then
-          pos = 0
-        elseif r1 == 0 then
-          pos = m - 1
-        elseif r0 < 0 then
-          if s0 == l then break end
-          h, xu = s0 - 1, x0
-        elseif r1 > 0 then
-          if s1 == h then break end
-          l, xf = s1 + 1, x1
-        else
-          pos = between(s, 1, m - 2, hi, lo, t, x0, x1)
-          if not pos then break end
+        while true do
+          local f = find(s, target, at, true)
+          if not f then break end
+          if (f - 1) % w == 0 then
+            pos = (f - 1) / w
+            break
+          end
+          at = f + 1
         end
         if pos then
           rec = string.sub(s, pos * w + 9, pos * w + w)
           break
+        end
+        local r0, x0 = cmp(s, 1, hi, lo)
+        if r0 < 0 then
+          if s0 == l then break end
+          h, xu = s0 - 1, x0
+        else
+          local r1, x1 = cmp(s, (m - 1) * w + 1, hi, lo)
+          if r1 < 0 or s1 == h then break end
+          l, xf = s1 + 1, x1
         end
       end
     end
