@@ -23,9 +23,10 @@ them, so each recompute shard writes whole buckets) and stores each bucket as::
 Every group holds ``chunk_users`` entries (its last one fewer): as many as fill an 8 KiB
 allocation (272 for the 22-byte record with predictions), an exact jemalloc size class, so the
 per-user cost is the 8-byte id + the record + ~0.5 byte of key overhead. At 1M users
-(bench/redis_memory.py, embedded Redis 6.2) that is ~30.6 bytes per user for the 22-byte
-record against ~36.4 for the same record in the hash layout, and ~31.3 estimated under jemalloc
-(Redis 7). A read finds the group by the index (one small GET per bucket and script call) and
+(bench/redis_memory.py, embedded Redis 6.2, libc malloc) that is 30.5 bytes per user for the
+22-byte record against 36.0 for the same record in the hash layout, and 30.6 estimated under
+jemalloc (Redis 7: the group strings' and indexes' size classes; a full group string fills
+its 8 KiB class, only each bucket's last, partial one rounds up). A read finds the group by the index (one small GET per bucket and script call) and
 the entry by interpolation search (pseudonymous ids are uniform) over a GETRANGE window of the
 group, falling back to bisection, so skewed ids stay exact and O(log n).
 
