@@ -265,8 +265,11 @@ class RecomputeJob:
         self, ray: Any, shards: list[Any], version: str, users: int, manifest: dict[str, Any]
     ) -> None:
         model_version = manifest["predictions"]["model_version"]
+        w = self.config.tiers.weights
         layout = snapshot_layout(
-            self.config.tiers.tier_names, predictions=model_version is not None
+            self.config.tiers.tier_names,
+            predictions=model_version is not None,
+            rfm_weights=(w.recency, w.frequency, w.monetary),  # rfm_score derived, not stored
         )
         # what the online API needs to explain a record and list the tiers, from Redis alone
         meta: dict[str, Any] = {
@@ -281,7 +284,10 @@ class RecomputeJob:
         }
         with redis_session(self.settings) as url:
             store = SegmentStore(url, namespace=self.settings.redis_namespace)
-            store.begin_version(version, layout, store.plan_n_groups(users), meta)
+            # packed buckets are whole warehouse buckets: each shard writes one per call
+            n_buckets = int(manifest["inputs"]["n_buckets"])
+            n_groups = store.plan_n_groups(users, n_buckets=n_buckets, layout=layout)
+            store.begin_version(version, layout, n_groups, meta)
             try:
                 layout_json = layout.model_dump_json()
                 self._gather(

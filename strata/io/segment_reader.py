@@ -26,7 +26,7 @@ from strata.io.segment_store import (
     check_read_ids,
     decode_found,
     parse_read_reply,
-    read_groups,
+    read_args,
     version_info,
 )
 from strata.online.codec import decode
@@ -180,16 +180,16 @@ class AsyncSegmentReader:
         await self._redis.aclose()
 
     async def _read(self, ids: np.ndarray) -> tuple[str | None, np.ndarray, bytes]:
-        fields = check_read_ids(ids)
+        check_read_ids(ids)
         prefix = self.keys.versions_prefix
         for _ in range(_READ_ATTEMPTS):
             assumed = self._assumed
             info = await self.info(assumed) if assumed else None
             if info is None:
                 assumed = ""
-            meta = None if info is None else ReadMeta(info.n_groups, info.layout)
+            meta = None if info is None else ReadMeta.of(info)
             reply = await self._script(
-                keys=[self.pointer_key], args=[assumed, prefix, read_groups(ids, meta), fields]
+                keys=[self.pointer_key], args=read_args(ids, assumed, prefix, meta)
             )
             result = parse_read_reply(reply, assumed, meta, len(ids))
             if result is not None:

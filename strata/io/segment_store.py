@@ -7,32 +7,54 @@ namespace, ``strata`` by default; a version id has no ``:``)::
     {ns}:versions                 zset    published, retained versions, scored by publish order
     {ns}:history                  list    pointer flips, newest first (JSON; last 200 kept)
     {ns}:seq                      string  publish counter (the zset's scores)
-    {ns}:v:{version}:meta         hash    layout (JSON), record_size, n_groups, as_of,
-                                          created_at, status, users_written, n_users, meta...
+    {ns}:v:{version}:meta         hash    layout (JSON), record_size, storage, n_groups,
+                                          chunk_users, as_of, created_at, status,
+                                          users_written, n_users, meta...
+
+A ``packed`` version (``storage: packed``; the default) splits its users into ``n_groups``
+BUCKETS (``strata.ids.bucket_of(id, n_groups)``: the warehouse's buckets, or a multiple of
+them, so each recompute shard writes whole buckets) and stores each bucket as::
+
+    {ns}:v:{version}:g:{bucket}.{k}   string  group k: entries sorted by user id, each the id
+                                              (8 bytes, big-endian) + the record, fixed width
+    {ns}:v:{version}:i:{bucket}       string  the bucket's user count (4 bytes), the first id
+                                              of each group, the bucket's last id (8 each)
+
+Every group holds ``chunk_users`` entries (its last one fewer): as many as fill an 8 KiB
+allocation (272 for the 22-byte record with predictions), an exact jemalloc size class, so the
+per-user cost is the 8-byte id + the record + ~0.5 byte of key overhead. At 1M users
+(bench/redis_memory.py, embedded Redis 6.2, libc malloc) that is 30.5 bytes per user for the
+22-byte record against 36.0 for the same record in the hash layout, and 30.6 estimated under
+jemalloc (Redis 7: the group strings' and indexes' size classes; a full group string fills
+its 8 KiB class, only each bucket's last, partial one rounds up). A read finds the group by the index (one small GET per bucket and script call) and
+the entry by interpolation search (pseudonymous ids are uniform) over a GETRANGE window of the
+group, falling back to bisection, so skewed ids stay exact and O(log n).
+
+A ``hash`` version (``storage`` absent or ``hash``: the layout before issue 14, still read so
+that retained versions survive an upgrade and can be rolled back to until they age out)::
+
     {ns}:v:{version}:g:{group}    hash    field = user id (8 bytes, big-endian),
                                           value = the record (``layout.size`` bytes)
 
-Users are spread over ``n_groups`` small hashes (``group_of(user_id, n_groups)``, about 50-100
-users each) so every hash stays in Redis's compact listpack (ziplist before Redis 7) encoding:
-~38 bytes per user for the 24-byte segment record with predictions on the embedded 6.2 build
-(bench/redis_memory.py, 1M users; ~13.8 of them fixed per user: field key, entry headers, hash),
-about 4 more on Redis 7 (jemalloc), against ~440 for one hash per user with the fields as text.
+with users spread over ``n_groups`` small hashes (``group_of``) kept in the compact listpack
+encoding (~13.8 bytes of fixed cost per user: field key, entry headers, hash).
 
 Lifecycle of a version: :meth:`SegmentStore.begin_version` (status ``writing``, invisible to
-readers) → :meth:`~SegmentStore.write_users` from any number of processes in parallel →
-:meth:`~SegmentStore.publish` (verifies the user count and encodings, status ``ready``, then
-one Lua script flips ``{ns}:current`` and records the flip) → older versions beyond ``keep``
-are deleted. :meth:`~SegmentStore.rollback` flips back to a retained version;
-:meth:`~SegmentStore.discard` drops a version that failed.
+readers) → :meth:`~SegmentStore.write_users` from any number of processes in parallel (packed:
+each bucket by one call) → :meth:`~SegmentStore.publish` (verifies the user count and the
+groups: packed, every group string is read back and checked; hash, the compact encoding;
+status ``ready``, then one Lua script flips ``{ns}:current`` and records the flip) → older
+versions beyond ``keep`` are deleted. :meth:`~SegmentStore.rollback` flips back to a retained
+version; :meth:`~SegmentStore.discard` drops a version that failed.
 
 Readers (:meth:`~SegmentStore.get`, :meth:`~SegmentStore.get_many`) run one Lua script per
 request that reads the pointer and then the records of *that* version, so an answer never mixes
-two versions, in one round trip. The client computes group numbers with the ``n_groups`` of the
-version it last saw; the script returns the version it actually read and the client retries
+two versions, in one round trip. The client computes bucket (group) numbers with the meta of
+the version it last saw; the script returns the version it actually read and the client retries
 when the pointer has moved to a version it does not know yet.
 
 The scripts compute key names from the pointer, so this targets a standalone (or replicated /
-Sentinel) Redis, not Redis Cluster.
+Sentinel) Redis, not Redis Cluster. Writing a packed version needs Redis 6.2+ (SET ... GET).
 """
 
 from __future__ import annotations
@@ -49,6 +71,7 @@ from typing import Any, Literal
 import numpy as np
 import redis
 
+from strata.ids import bucket_of
 from strata.online.codec import (
     RecordLayout,
     decode,
@@ -56,6 +79,8 @@ from strata.online.codec import (
     expected_max_group_size,
     group_of,
     n_groups_for,
+    packed_buckets_for,
+    packed_chunk_users,
     user_fields,
 )
 from strata.online.keys import KeyLayout
@@ -64,6 +89,7 @@ __all__ = [
     "CompactLimits",
     "IncompleteVersionError",
     "LooseEncodingError",
+    "PackingError",
     "SegmentStore",
     "SegmentStoreError",
     "VersionInfo",
@@ -76,6 +102,9 @@ WRITING = "writing"
 READY = "ready"
 PUBLISHED = "published"
 DELETING = "deleting"
+Storage = Literal["packed", "hash"]
+PACKED: Storage = "packed"
+HASH: Storage = "hash"
 
 _COMPACT_ENCODINGS = frozenset({b"listpack", b"ziplist"})
 _FIELD_BYTES = 8
@@ -85,28 +114,150 @@ _META_CACHE = 16
 _VERIFY_BATCH = 2048
 _UNLINK_BATCH = 1000
 _SEND_BYTES = 4 << 20
+#: a packed index: the bucket's user count (uint32, big-endian), the first id of each group,
+#: the bucket's last id (8 bytes each)
+_INDEX_HEAD = 4
+_INDEX_TAIL = 8
+_MIX = 0x9E3779B97F4A7C15  # strata.ids.bucket_of's multiplier (scalar fast path)
+_MASK_64 = (1 << 64) - 1
 
-# KEYS: pointer. ARGV: assumed version, "{ns}:v:", group numbers (space-separated), the
-# users' 8-byte fields back to back. Returns {} when nothing is published, {version} when the
-# pointer is not the assumed version (nothing read), else {version, found mask ('1'/'0' per
-# user), the found records back to back}: three bulk strings, cheap to send and parse.
+# KEYS: pointer. ARGV: assumed version, "{ns}:v:", the users' buckets (packed) or groups
+# (hash) space-separated, the users' 8-byte ids back to back, the assumed version's storage
+# ("p" packed, "h" hash), its entry width (packed: 8 + record size), its users per group.
+# Returns {} when nothing is published, {version} when the pointer is not the assumed version
+# (nothing read), else {version, found mask ('1'/'0' per user), the found records back to
+# back}: three bulk strings, cheap to send and parse.
+#
+# Packed: the bucket's index (user count, first id of each group, last id; read once per
+# bucket and call) gives the group by binary search; in the group string the entry is found
+# by interpolation search (pseudonymous ids are uniform, so 1-2 probes), falling back to
+# bisection after 3 probes so that skewed ids stay O(log n). Ids compare exactly as two
+# big-endian uint32 (doubles only steer the interpolation; string '<' would use the server's
+# collation).
 READ_LUA = """
 local v = redis.call('GET', KEYS[1])
 if not v then return {} end
 if v ~= ARGV[1] then return {v} end
-local prefix = ARGV[2] .. v .. ':g:'
-local fields = ARGV[4]
+local ids = ARGV[4]
 local found = {}
 local records = {}
 local i = 0
-for g in string.gmatch(ARGV[3], '%d+') do
-  local rec = redis.call('HGET', prefix .. g, string.sub(fields, i * 8 + 1, i * 8 + 8))
-  i = i + 1
-  if rec then
-    records[#records + 1] = rec
-    found[i] = '1'
-  else
-    found[i] = '0'
+if ARGV[5] == 'p' then
+  local w = tonumber(ARGV[6])
+  local k = tonumber(ARGV[7])
+  local window = tonumber(ARGV[8])
+  local gpre = ARGV[2] .. v .. ':g:'
+  local ipre = ARGV[2] .. v .. ':i:'
+  local unpack = struct.unpack
+  local floor = math.floor
+  local find = string.find
+  local two32 = 4294967296
+  local indexes = {}
+  -- -1: (hi, lo) is below entry p of s, 1: above, 0: equal
+  local function cmp(s, p, hi, lo)
+    local a, z = unpack('>I4I4', s, p)
+    if a == hi and z == lo then return 0, a * two32 + z end
+    if a > hi or (a == hi and z > lo) then return -1, a * two32 + z end
+    return 1, a * two32 + z
+  end
+  for b in string.gmatch(ARGV[3], '%d+') do
+    local hi, lo = unpack('>I4I4', ids, i * 8 + 1)
+    local t = hi * two32 + lo
+    i = i + 1
+    local rec = nil
+    local idx = indexes[b]
+    if idx == nil then
+      idx = redis.call('GET', ipre .. b)
+      indexes[b] = idx
+    end
+    local c = -1
+    local nc = 0
+    local xf, xu = 0, 0
+    if idx then
+      -- the group: the last whose first id <= the id (interpolated, then stepped exactly)
+      nc = (#idx - 12) / 8
+      local r0, x0 = cmp(idx, 5, hi, lo)
+      local rl, xlast = cmp(idx, 5 + nc * 8, hi, lo)
+      if r0 >= 0 and rl <= 0 then
+        c = 0
+        if xlast > x0 then c = floor((t - x0) / (xlast - x0) * nc) end
+        if c > nc - 1 then c = nc - 1 end
+        local r
+        r, xf = cmp(idx, 5 + c * 8, hi, lo)
+        while r < 0 do
+          c = c - 1
+          r, xf = cmp(idx, 5 + c * 8, hi, lo)
+        end
+        r, xu = cmp(idx, 13 + c * 8, hi, lo)
+        while c < nc - 1 and r >= 0 do
+          c = c + 1
+          xf = xu
+          r, xu = cmp(idx, 13 + c * 8, hi, lo)
+        end
+      end
+    end
+    if c >= 0 then
+      local key = gpre .. b .. '.' .. c
+      local n = k
+      if c == nc - 1 then n = unpack('>I4', idx, 1) - k * (nc - 1) end
+      -- read a window around the interpolated position and look for the id's 8 bytes at an
+      -- entry boundary; when the id lies beyond the window, narrow the range to that side
+      -- and interpolate again (the 4th try reads the whole range)
+      local target = string.sub(ids, i * 8 - 7, i * 8)
+      local l, h = 0, n - 1
+      for try = 1, 4 do
+        local p = l
+        if xu > xf then p = l + floor((t - xf) / (xu - xf) * (h - l + 1) + 0.5) end
+        local s0 = math.max(l, math.min(h, p - window))
+        local s1 = math.min(h, math.max(l, p + window))
+        if try == 4 then s0, s1 = l, h end
+        local s = redis.call('GETRANGE', key, s0 * w, (s1 + 1) * w - 1)
+        local m = floor(#s / w)
+        if m ~= s1 - s0 + 1 then break end
+        local at = 1
+        local pos = nil
+        while true do
+          local f = find(s, target, at, true)
+          if not f then break end
+          if (f - 1) % w == 0 then
+            pos = (f - 1) / w
+            break
+          end
+          at = f + 1
+        end
+        if pos then
+          rec = string.sub(s, pos * w + 9, pos * w + w)
+          break
+        end
+        local r0, x0 = cmp(s, 1, hi, lo)
+        if r0 < 0 then
+          if s0 == l then break end
+          h, xu = s0 - 1, x0
+        else
+          local r1, x1 = cmp(s, (m - 1) * w + 1, hi, lo)
+          if r1 < 0 or s1 == h then break end
+          l, xf = s1 + 1, x1
+        end
+      end
+    end
+    if rec then
+      records[#records + 1] = rec
+      found[i] = '1'
+    else
+      found[i] = '0'
+    end
+  end
+else
+  local prefix = ARGV[2] .. v .. ':g:'
+  for g in string.gmatch(ARGV[3], '%d+') do
+    local rec = redis.call('HGET', prefix .. g, string.sub(ids, i * 8 + 1, i * 8 + 8))
+    i = i + 1
+    if rec then
+      records[#records + 1] = rec
+      found[i] = '1'
+    else
+      found[i] = '0'
+    end
   end
 end
 return {v, table.concat(found), table.concat(records)}
@@ -156,6 +307,10 @@ class LooseEncodingError(SegmentStoreError):
     """Groups would not (or did not) stay in Redis's compact hash encoding."""
 
 
+class PackingError(SegmentStoreError):
+    """A packed version's group strings are inconsistent (``publish`` verification)."""
+
+
 @dataclass(frozen=True)
 class CompactLimits:
     """The server's limits for the compact (listpack/ziplist) encoding of a hash.
@@ -187,14 +342,24 @@ class VersionInfo:
     n_users: int | None = None
     expected_users: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    storage: str = HASH
+    chunk_users: int = 0
 
 
 @dataclass(frozen=True)
 class ReadMeta:
-    """What a reader needs to know of a version: its group count and record layout."""
+    """What a reader needs to know of a version: its group (hash) or bucket (packed) count,
+    record layout and storage format."""
 
     n_groups: int
     layout: RecordLayout
+    storage: str = HASH
+    chunk_users: int = 0
+
+    @classmethod
+    def of(cls, info: VersionInfo) -> ReadMeta:
+        """The read facts of a version's info."""
+        return cls(info.n_groups, info.layout, info.storage, info.chunk_users)
 
 
 class SegmentStore:
@@ -210,7 +375,10 @@ class SegmentStore:
         write_chunk_users: users framed at a time by ``write_users`` (bounds the writer's
             extra memory to ~130 bytes per user of a chunk; chunks hold whole groups).
         max_batch: most users one ``get_many`` may read (one Lua script blocks Redis briefly).
-        on_loose_encoding: ``"raise"`` or ``"warn"`` when groups would not stay compact.
+        on_loose_encoding: ``"raise"`` or ``"warn"`` when groups would not stay compact
+            (hash versions).
+        chunk_bytes: allocation size of a packed group string (users per group =
+            ``(chunk_bytes - 6) // (8 + record size)``; a power of two fits jemalloc exactly).
     """
 
     def __init__(
@@ -223,6 +391,7 @@ class SegmentStore:
         write_chunk_users: int = 250_000,
         max_batch: int = 1000,
         on_loose_encoding: Literal["raise", "warn"] = "raise",
+        chunk_bytes: int = 8192,
     ) -> None:
         self.keys = KeyLayout(namespace)
         if isinstance(client, str):
@@ -242,6 +411,7 @@ class SegmentStore:
         self.write_chunk_users = write_chunk_users
         self.max_batch = max_batch
         self.on_loose_encoding = on_loose_encoding
+        self.chunk_bytes = chunk_bytes
         self._read_script = self._redis.register_script(READ_LUA)
         self._flip_script = self._redis.register_script(_FLIP_LUA)
         self._mark_deleting_script = self._redis.register_script(_MARK_DELETING_LUA)
@@ -303,9 +473,28 @@ class SegmentStore:
                 )
         return self._limits
 
-    def plan_n_groups(self, n_users: int, per_group: int = 100) -> int:
-        """Number of groups for ``n_users`` that keeps every group compact on this server."""
-        return n_groups_for(n_users, per_group, self.compact_limits().max_entries)
+    def plan_n_groups(
+        self,
+        n_users: int,
+        per_group: int = 100,
+        *,
+        n_buckets: int | None = None,
+        layout: RecordLayout | None = None,
+        storage: Storage = PACKED,
+    ) -> int:
+        """The ``n_groups`` argument of :meth:`begin_version` for ``n_users``.
+
+        Packed: the number of buckets, ``n_buckets`` (the warehouse's: a writer that writes
+        one warehouse bucket per :meth:`write_users` call writes whole store buckets) times
+        the power of two that keeps a bucket's index small. Hash: groups that stay compact on
+        this server (``per_group`` users each on average).
+        """
+        if storage == HASH:
+            return n_groups_for(n_users, per_group, self.compact_limits().max_entries)
+        size = layout.size if layout is not None else 24
+        return packed_buckets_for(
+            n_users, n_buckets or 1, packed_chunk_users(size, self.chunk_bytes)
+        )
 
     def begin_version(
         self,
@@ -316,17 +505,22 @@ class SegmentStore:
         *,
         as_of: datetime | str | None = None,
         expected_users: int | None = None,
+        storage: Storage = PACKED,
     ) -> VersionInfo:
         """Create ``version`` (status ``writing``; readers do not see it).
 
         Args:
             version: a new version id (letters, digits, ``._-``; e.g. ``20250601T0200Z``).
             layout: the record layout every writer encodes with.
-            n_groups: number of groups (see :meth:`plan_n_groups`).
+            n_groups: packed: number of buckets (``strata.ids.bucket_of``); every bucket must
+                be written by ONE :meth:`write_users` call (a later call for the same bucket
+                replaces it). Hash: number of hash groups. See :meth:`plan_n_groups`.
             meta: extra JSON-serialisable facts to keep with the version (job id, config hash).
             as_of: the as-of time of the snapshot (default: ``meta["as_of"]`` if present).
             expected_users: users the version will hold; enables the compact-encoding check
-                now, and is the default expectation of :meth:`publish`.
+                now (hash), and is the default expectation of :meth:`publish`.
+            storage: ``packed`` (group strings; the default) or ``hash`` (the layout before
+                issue 14, kept to test upgrades).
 
         Raises:
             VersionStateError: the version already exists.
@@ -335,7 +529,10 @@ class SegmentStore:
         """
         if n_groups <= 0:
             raise ValueError("n_groups must be positive")
-        self._check_compact_plan(layout, n_groups, expected_users)
+        if storage not in (PACKED, HASH):
+            raise ValueError(f"storage must be {PACKED!r} or {HASH!r}, got {storage!r}")
+        if storage == HASH:
+            self._check_compact_plan(layout, n_groups, expected_users)
         key = self.meta_key(version)
         if not self._redis.hsetnx(key, "status", WRITING):
             raise VersionStateError(f"version {version!r} already exists; discard it first")
@@ -346,7 +543,10 @@ class SegmentStore:
             "created_at": _now(),
             "users_written": 0,
             "meta": json.dumps(dict(meta or {}), sort_keys=True, default=str),
+            "storage": storage,
         }
+        if storage == PACKED:
+            fields["chunk_users"] = packed_chunk_users(layout.size, self.chunk_bytes)
         if as_of is None and meta is not None:
             as_of = meta.get("as_of")
         if as_of is not None:
@@ -361,9 +561,17 @@ class SegmentStore:
     def write_users(self, version: str, user_ids: np.ndarray, encoded: np.ndarray) -> int:
         """Write records of ``version`` (status ``writing``); safe from many processes at once.
 
-        Users are sorted by group and sent as one HSET per group with all its users, framed in
-        bulk with numpy and pipelined; ``write_chunk_users`` users at a time. Writing a user
-        twice overwrites it (a retried chunk is harmless).
+        Packed versions: users are sorted by (bucket, id); each bucket's entries are cut into
+        group strings of ``chunk_users`` and SET whole, then the bucket's index (user count,
+        first id of each group) with SET ... GET, so a rewritten bucket is counted once. A
+        call REPLACES the buckets it touches: pass all users of a bucket in one call (the
+        recompute's shards write one warehouse bucket per call); publish's count check catches
+        a bucket split over two calls. Retrying a call rewrites identical bytes.
+
+        Hash versions: users are sorted by group and sent as one HSET per group, framed in
+        bulk with numpy and pipelined; writing a user twice overwrites it.
+
+        Both: framed ``write_chunk_users`` users at a time (whole buckets / groups).
 
         Args:
             version: a version begun with :meth:`begin_version`.
@@ -376,10 +584,11 @@ class SegmentStore:
 
         Raises:
             VersionStateError: the version does not exist or is no longer being written.
-            ValueError: shapes or record size do not match the version.
+            ValueError: shapes or record size do not match the version, or (packed) an id
+                appears twice.
         """
-        status, n_groups_raw, layout_json = self._redis.hmget(
-            self.meta_key(version), ["status", "n_groups", "layout"]
+        status, n_groups_raw, layout_json, storage, chunk_raw = self._redis.hmget(
+            self.meta_key(version), ["status", "n_groups", "layout", "storage", "chunk_users"]
         )
         if status is None or layout_json is None:
             raise VersionStateError(f"version {version!r} does not exist")
@@ -399,6 +608,8 @@ class SegmentStore:
         if records.dtype.names is not None and records.dtype != layout.dtype:
             raise ValueError(f"records were encoded with another layout than {version!r}'s")
         rec_bytes = records.view(np.uint8).reshape(len(records), size)
+        if storage == PACKED.encode():
+            return self._write_packed(version, n_groups, int(_text(chunk_raw)), ids, rec_bytes)
         # sort once by group, then cut into chunks of whole groups: each group gets one HSET
         # per call however the chunks fall, and only one chunk is framed at a time
         groups = group_of(ids, n_groups)
@@ -422,8 +633,11 @@ class SegmentStore:
     ) -> VersionInfo:
         """Verify ``version``, make it current with one atomic flip, then apply retention.
 
-        Verification counts the users actually stored (HLEN over every group) and checks that
-        every group kept the compact encoding. The flip (one Lua script) sets the pointer,
+        Verification counts the users actually stored. Packed: it reads every bucket's index
+        and group strings back and checks that each group has the index's share of whole
+        entries, that ids are sorted, unique and in their bucket, and that each group starts
+        with the id its index names. Hash: HLEN over every group, and every group must have
+        kept the compact encoding. The flip (one Lua script) sets the pointer,
         marks the version published, adds it to the versions index and records the flip in
         the history. Then published versions older than the last ``keep`` are deleted; the
         new current and the one it replaced are never deleted.
@@ -440,8 +654,9 @@ class SegmentStore:
         Raises:
             IncompleteVersionError: the count differs from ``expected_users``, or is zero.
             VersionStateError: the version is missing, already published or being deleted.
-            LooseEncodingError: over 1% of the groups are not compact (with
+            LooseEncodingError: over 1% of the groups are not compact (hash; with
                 ``on_loose_encoding="raise"``; fewer only log a warning).
+            PackingError: a packed group string is inconsistent (see above).
         """
         if keep < 1:
             raise ValueError("keep must be at least 1")
@@ -449,7 +664,10 @@ class SegmentStore:
         if info.status not in (WRITING, READY):
             hint = " (use rollback to make it current again)" if info.status == PUBLISHED else ""
             raise VersionStateError(f"version {version!r} is {info.status}{hint}")
-        n_users, loose = self._verify_groups(version, info.n_groups)
+        if info.storage == PACKED:
+            n_users, loose = self._verify_packed(version, info), 0
+        else:
+            n_users, loose = self._verify_groups(version, info.n_groups)
         expected = expected_users if expected_users is not None else info.expected_users
         if n_users == 0 or (expected is not None and n_users != expected):
             raise IncompleteVersionError(
@@ -587,7 +805,7 @@ class SegmentStore:
 
     def _read(self, ids: np.ndarray) -> tuple[str | None, np.ndarray, bytes]:
         """One consistent read: (version read, found mask, found records back to back)."""
-        fields = check_read_ids(ids)
+        check_read_ids(ids)
         prefix = self.keys.versions_prefix
         for _ in range(_READ_ATTEMPTS):
             assumed = self._assumed_version
@@ -596,7 +814,7 @@ class SegmentStore:
             except VersionStateError:  # evicted from the cache and deleted since
                 assumed, meta = "", None
             reply = self._read_script(
-                keys=[self.pointer_key()], args=[assumed, prefix, read_groups(ids, meta), fields]
+                keys=[self.pointer_key()], args=read_args(ids, assumed, prefix, meta)
             )
             result = parse_read_reply(reply, assumed, meta, len(ids))
             if result is not None:
@@ -610,15 +828,129 @@ class SegmentStore:
         cached = self._read_meta_cache.get(version)
         if cached is not None:
             return cached
-        n_groups, layout = self._redis.hmget(self.meta_key(version), ["n_groups", "layout"])
+        n_groups, layout, storage, chunk_users = self._redis.hmget(
+            self.meta_key(version), ["n_groups", "layout", "storage", "chunk_users"]
+        )
         if n_groups is None or layout is None:
             raise VersionStateError(f"version {version!r} has no meta")
-        meta = ReadMeta(int(n_groups), RecordLayout.from_json(layout))
+        meta = ReadMeta(
+            int(n_groups),
+            RecordLayout.from_json(layout),
+            _text(storage or HASH),
+            int(chunk_users or 0),
+        )
         with self._lock:
             while len(self._read_meta_cache) >= _META_CACHE:
                 self._read_meta_cache.pop(next(iter(self._read_meta_cache)))
             self._read_meta_cache[version] = meta
         return meta
+
+    def _write_packed(
+        self, version: str, n_buckets: int, chunk_users: int, ids: np.ndarray, recs: np.ndarray
+    ) -> int:
+        """Sort by (bucket, id), then SET each bucket's group strings and index, pipelined."""
+        if len(ids) and ids.min() < 0:
+            raise ValueError("user ids must be non-negative")
+        buckets = bucket_of(ids, n_buckets).astype(np.int64)
+        order = np.lexsort((ids, buckets))
+        ids = ids[order]
+        buckets = buckets[order]
+        if len(ids) > 1:
+            dupes = ids[1:] == ids[:-1]
+            if dupes.any():
+                raise ValueError(f"user id {int(ids[1:][dupes][0])} appears twice")
+        if len(ids):
+            starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
+        else:
+            starts = np.zeros(0, dtype=np.int64)
+        bounds = np.r_[starts, len(ids)].astype(np.int64)
+        added = 0
+        first = 0
+        while first < len(bounds) - 1:
+            # whole buckets, about write_chunk_users users at a time
+            limit = int(bounds[first]) + self.write_chunk_users
+            last = max(first + 1, int(np.searchsorted(bounds, limit, side="right")) - 1)
+            last = min(last, len(bounds) - 1)
+            lo, hi = int(bounds[first]), int(bounds[last])
+            chunk_added = self._send_packed(
+                version,
+                chunk_users,
+                ids[lo:hi],
+                recs[order[lo:hi]],
+                buckets[bounds[first:last]].tolist(),
+                (bounds[first : last + 1] - lo).tolist(),
+            )
+            self._redis.hincrby(self.meta_key(version), "users_written", chunk_added)
+            added += chunk_added
+            first = last
+        return added
+
+    def _send_packed(
+        self,
+        version: str,
+        chunk_users: int,
+        ids: np.ndarray,
+        recs: np.ndarray,
+        buckets: list[int],
+        bounds: list[int],
+    ) -> int:
+        """SET the group strings and index of whole buckets; returns users newly added."""
+        n, size = recs.shape
+        width = _FIELD_BYTES + size
+        entries = np.empty((n, width), dtype=np.uint8)
+        entries[:, :_FIELD_BYTES] = ids.astype(">i8").view(np.uint8).reshape(n, _FIELD_BYTES)
+        entries[:, _FIELD_BYTES:] = recs
+        body = entries.tobytes()
+        del entries
+        id_bytes = ids.astype(">i8").tobytes()
+        batch: list[bytes] = []
+        batch_bytes = 0
+        counts: list[int | None] = []  # per reply: None for a group SET, users for an index
+        with self._connection() as conn:
+            for bucket, s, e in zip(buckets, bounds[:-1], bounds[1:], strict=True):
+                for c, g in enumerate(range(s, e, chunk_users)):
+                    key = self.keys.chunk(version, bucket, c).encode()
+                    value = body[g * width : min(e, g + chunk_users) * width]
+                    batch.append(
+                        b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(key), key, len(value))
+                    )
+                    batch.append(value)
+                    batch.append(b"\r\n")
+                    batch_bytes += len(value)
+                    counts.append(None)
+                index = (
+                    (e - s).to_bytes(_INDEX_HEAD, "big")
+                    + b"".join(
+                        id_bytes[g * _FIELD_BYTES : (g + 1) * _FIELD_BYTES]
+                        for g in range(s, e, chunk_users)
+                    )
+                    + id_bytes[(e - 1) * _FIELD_BYTES : e * _FIELD_BYTES]
+                )
+                key = self.keys.index(version, bucket).encode()
+                batch.append(
+                    b"*4\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$3\r\nGET\r\n"
+                    % (len(key), key, len(index), index)
+                )
+                counts.append(e - s)
+                if batch_bytes >= _SEND_BYTES:
+                    conn.send_packed_command([b"".join(batch)])
+                    batch, batch_bytes = [], 0
+            if batch:
+                conn.send_packed_command([b"".join(batch)])
+            added = 0
+            errors: list[str] = []
+            for count in counts:
+                try:
+                    reply = conn.read_response()
+                except redis.exceptions.ResponseError as exc:  # read every reply first
+                    errors.append(str(exc))
+                    continue
+                if count is not None:  # the bucket's previous index (None: a new bucket)
+                    old = 0 if reply is None else int.from_bytes(reply[:_INDEX_HEAD], "big")
+                    added += count - old
+            if errors:
+                raise SegmentStoreError(f"writing {version!r} failed: {errors[0]}")
+            return added
 
     def _write_chunk(
         self, version: str, groups: np.ndarray, ids: np.ndarray, recs: np.ndarray
@@ -695,6 +1027,59 @@ class SegmentStore:
             raise LooseEncodingError(message)
         log.warning(message)
 
+    def _verify_packed(self, version: str, info: VersionInfo) -> int:
+        """Users stored in a packed version, after checking every group string (pipelined)."""
+        k = info.chunk_users
+        width = _FIELD_BYTES + info.layout.size
+        n_users = 0
+        for start in range(0, info.n_groups, _VERIFY_BATCH // 8):
+            buckets = range(start, min(info.n_groups, start + _VERIFY_BATCH // 8))
+            pipe = self._redis.pipeline(transaction=False)
+            for b in buckets:
+                pipe.get(self.keys.index(version, b))
+            indexes = pipe.execute()
+            pipe = self._redis.pipeline(transaction=False)
+            plan: list[tuple[int, int, bytes]] = []
+            for b, index in zip(buckets, indexes, strict=True):
+                if index is None:
+                    continue
+                count = int.from_bytes(index[:_INDEX_HEAD], "big")
+                n_chunks = -(-count // k)
+                if count == 0 or len(index) != _INDEX_HEAD + n_chunks * _FIELD_BYTES + _INDEX_TAIL:
+                    raise PackingError(
+                        f"version {version!r} bucket {b}: index of {len(index)} bytes does not "
+                        f"match its {count} users"
+                    )
+                for c in range(n_chunks):
+                    pipe.get(self.keys.chunk(version, b, c))
+                plan.append((b, count, index[_INDEX_HEAD:]))  # firsts, then the last id
+                n_users += count
+            chunks = iter(pipe.execute())
+            for b, count, firsts in plan:
+                parts = []
+                for c in range(len(firsts) // _FIELD_BYTES - 1):
+                    part = next(chunks)
+                    users = min(k, count - c * k)
+                    if part is None or len(part) != users * width:
+                        raise PackingError(
+                            f"version {version!r} bucket {b} group {c}: "
+                            f"{0 if part is None else len(part)} bytes, expected {users} "
+                            f"entries of {width} (written by two calls or another layout?)"
+                        )
+                    parts.append(part)
+                entries = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(count, width)
+                ids = entries[:, :_FIELD_BYTES].copy().view(">i8").ravel().astype(np.int64)
+                if (
+                    (count > 1 and not bool(np.all(ids[1:] > ids[:-1])))
+                    or np.r_[ids[::k], ids[-1:]].astype(">i8").tobytes() != firsts
+                    or not bool(np.all(bucket_of(ids, info.n_groups) == b))
+                ):
+                    raise PackingError(
+                        f"version {version!r} bucket {b}: ids are not sorted, unique and in "
+                        "their bucket, or do not match the index"
+                    )
+        return n_users
+
     def _verify_groups(self, version: str, n_groups: int) -> tuple[int, int]:
         """(users stored, groups not in a compact encoding), pipelined over every group."""
         n_users = 0
@@ -754,15 +1139,31 @@ class SegmentStore:
 
     def _delete_keys(self, version: str) -> int:
         """UNLINK the groups (known from meta), any strays (SCAN by prefix), then the meta."""
-        n_groups_raw = self._redis.hget(self.meta_key(version), "n_groups")
+        n_groups_raw, storage = self._redis.hmget(self.meta_key(version), ["n_groups", "storage"])
         deleted = 0
-        if n_groups_raw is not None:
+        if n_groups_raw is not None and storage == PACKED.encode():
+            deleted += self._unlink(self._packed_keys(version, int(_text(n_groups_raw))))
+        elif n_groups_raw is not None:
             keys = (self.group_key(version, g) for g in range(int(_text(n_groups_raw))))
             deleted += self._unlink(keys)
-        pattern = self.version_prefix(version) + "g:*"
-        deleted += self._unlink(self._redis.scan_iter(match=pattern, count=1000))
+        for kind in ("g", "i"):
+            pattern = self.version_prefix(version) + kind + ":*"
+            deleted += self._unlink(self._redis.scan_iter(match=pattern, count=1000))
         deleted += int(self._redis.unlink(self.meta_key(version)))
         return deleted
+
+    def _packed_keys(self, version: str, n_buckets: int) -> Iterator[str]:
+        """Every group string and index of a packed version (from the indexes)."""
+        for start in range(0, n_buckets, _VERIFY_BATCH):
+            buckets = range(start, min(n_buckets, start + _VERIFY_BATCH))
+            pipe = self._redis.pipeline(transaction=False)
+            for b in buckets:
+                pipe.strlen(self.keys.index(version, b))
+            for b, length in zip(buckets, pipe.execute(), strict=True):
+                if length:
+                    for c in range((int(length) - _INDEX_HEAD - _INDEX_TAIL) // _FIELD_BYTES):
+                        yield self.keys.chunk(version, b, c)
+                    yield self.keys.index(version, b)
 
     def _unlink(self, keys: Iterator[str | bytes]) -> int:
         deleted = 0
@@ -794,6 +1195,8 @@ def version_info(version: str, raw: Mapping[Any, Any]) -> VersionInfo | None:
         n_users=int(m["n_users"]) if "n_users" in m else None,
         expected_users=int(m["expected_users"]) if "expected_users" in m else None,
         meta=json.loads(m.get("meta", "{}")),
+        storage=m.get("storage", HASH),  # absent: written before the packed layout existed
+        chunk_users=int(m.get("chunk_users", 0)),
     )
 
 
@@ -805,12 +1208,38 @@ def check_read_ids(ids: np.ndarray) -> bytes:
 
 
 def read_groups(ids: np.ndarray, meta: ReadMeta | None) -> str:
-    """The read script's group argument: the group of each id under ``meta`` ("" unknown)."""
+    """The read script's group argument: the bucket (packed) or group (hash) of each id under
+    ``meta`` ("" unknown)."""
     if meta is None:
         return ""
-    if len(ids) == 1:  # the scalar path is ~10x faster than numpy for one id
+    if meta.storage == PACKED:
+        if len(ids) == 1:  # the scalar path is ~10x faster than numpy for one id
+            return str((((int(ids[0]) * _MIX) & _MASK_64) >> 32) % meta.n_groups)
+        return " ".join(map(str, bucket_of(ids, meta.n_groups).tolist()))
+    if len(ids) == 1:
         return str(group_of(int(ids[0]), meta.n_groups))
     return " ".join(map(str, group_of(ids, meta.n_groups).tolist()))
+
+
+def read_args(
+    ids: np.ndarray, assumed: str, prefix: str, meta: ReadMeta | None, window: int = 8
+) -> list[Any]:
+    """The read script's ARGV for ``ids`` under the assumed version's ``meta`` (``window``:
+    entries read on each side of a packed entry's interpolated position)."""
+    if meta is not None and meta.storage == PACKED:
+        storage, width, chunk_users = "p", _FIELD_BYTES + meta.layout.size, meta.chunk_users
+    else:
+        storage, width, chunk_users = "h", 0, 0
+    return [
+        assumed,
+        prefix,
+        read_groups(ids, meta),
+        check_read_ids(ids),
+        storage,
+        width,
+        chunk_users,
+        window,
+    ]
 
 
 def parse_read_reply(

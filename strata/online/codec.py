@@ -19,6 +19,10 @@ uint32     uint32 count                      4       2**32-1; clipped to [0, 2**
 float32    IEEE float32                      4       NaN
 cny        uint24 fen: ``round(x * 100)``    3       2**24-1; clipped to [0, 167772.14] CNY
 cny16      uint16 whole CNY: ``round(x)``    2       65535; clipped to [0, 65534] CNY
+days8      uint8 days: exact to 199, then   1       255; clipped to [0, 1010] days
+           15-day steps (rounded down)
+weighted   nothing: ``sum(w * input)`` of   0       null if an input is null
+           other fields, at decode
 ========== ================================ ======= =========================================
 
 Enum fields take ``bits = len(labels).bit_length()`` bits each (4 labels → 3 bits, 8 → 4) and
@@ -27,12 +31,15 @@ order from the least significant bit; the other fields follow in declared order,
 A value outside an enum's labels is an error, unless the field names an ``other`` label that
 such values encode as (a new region is ``other``).
 
-Every byte of a record costs ~1.1 bytes of Redis memory per user (jemalloc rounds each hash's
-listpack up to a size class), on top of ~17 bytes of fixed cost (8-byte field, entry headers,
-per-hash overhead). The 32-bytes-per-user budget (bench/redis_memory.py) therefore leaves ~24
-bytes for the record with predictions, which is why fifteen enums share 6 bytes, money is whole
-CNY in 2 bytes (``cny16``) and percentile scores and probabilities use 1/200 steps (``unit8``).
-Older layouts (exact cents in ``cny``, probabilities in 1/10000 ``unit``) still decode.
+In the packed store (:mod:`strata.io.segment_store`) every byte of a record costs one byte of
+Redis memory per user, on top of the 8-byte user id and <1 byte of per-key overhead. The
+32-bytes-per-user budget (bench/redis_memory.py) therefore leaves ~23 bytes for the record with
+predictions, which is why fifteen enums share 6 bytes, money is whole CNY in 2 bytes
+(``cny16``), percentile scores and probabilities use 1/200 steps (``unit8``), recency is one
+byte (``days8``, exact over every recency band) and ``rfm_score`` can be ``weighted``: computed
+from the stored ``rfm_r``/``rfm_f``/``rfm_m`` and the version's weights instead of stored.
+Older layouts (exact cents in ``cny``, probabilities in 1/10000 ``unit``, ``uint16`` recency, a
+stored ``rfm_score``) still decode.
 
 A layout is stored (as JSON) with each published version, so a reader always decodes with the
 layout the version was written with, and a layout may gain fields (for example predictions)
@@ -84,6 +91,8 @@ __all__ = [
     "expected_max_group_size",
     "group_of",
     "n_groups_for",
+    "packed_buckets_for",
+    "packed_chunk_users",
     "snapshot_layout",
     "user_field",
     "user_fields",
@@ -143,6 +152,8 @@ class FieldKind(StrEnum):
     FLOAT32 = "float32"
     CNY = "cny"
     CNY16 = "cny16"
+    DAYS8 = "days8"
+    WEIGHTED = "weighted"
 
 
 #: numpy dtype, struct code and null code of each byte-aligned kind.
@@ -155,9 +166,17 @@ _SCALAR: dict[FieldKind, tuple[str, str, int | None]] = {
     FieldKind.FLOAT32: ("<f4", "f", None),
     FieldKind.CNY: ("3u1", "3s", 0xFF_FFFF),  # a little-endian uint24
     FieldKind.CNY16: ("<u2", "H", 0xFFFF),  # whole CNY
+    FieldKind.DAYS8: ("u1", "B", 0xFF),
 }
 _SCALE: dict[FieldKind, int] = {FieldKind.UNIT: _UNIT_SCALE, FieldKind.UNIT8: _UNIT8_SCALE}
 _CENTS = 100
+#: days8: codes below _DAYS8_EXACT are days; code c above is _DAYS8_EXACT + (c - it) * step
+_DAYS8_EXACT = 200
+_DAYS8_STEP = 15
+_DAYS8_MAX_CODE = 254
+#: a weighted field's inputs must reproduce the column within this (else it is not derived):
+#: the snapshot rounds the ranks and the score to 6 decimals each
+_WEIGHTED_TOLERANCE = 2e-6
 
 
 class FieldSpec(BaseModel):
@@ -169,7 +188,10 @@ class FieldSpec(BaseModel):
         labels: the allowed values of an ``enum`` field, in code order (``enum`` only).
         other: ``enum`` only: the label that values outside ``labels`` encode as (e.g. a new
             region is ``other``); None: such a value is an error.
-        decimals: ``float32`` only: round decoded values to this many decimals (2 for CNY).
+        decimals: ``float32`` only: round decoded values to this many decimals (2 for CNY);
+            ``weighted``: decimals of the decoded sum (default 4).
+        inputs: ``weighted`` only: the (stored, numeric) fields the value is a sum of.
+        weights: ``weighted`` only: the weight of each input.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -179,9 +201,18 @@ class FieldSpec(BaseModel):
     labels: tuple[str, ...] = ()
     other: str | None = None
     decimals: int | None = Field(default=None, ge=0, le=6)
+    inputs: tuple[str, ...] = ()
+    weights: tuple[float, ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> FieldSpec:
+        if self.kind is FieldKind.WEIGHTED:
+            if not self.inputs or len(self.inputs) != len(self.weights):
+                raise ValueError(
+                    f"weighted field {self.name!r} needs inputs and one weight per input"
+                )
+        elif self.inputs or self.weights:
+            raise ValueError(f"field {self.name!r}: inputs and weights are only for weighted")
         if self.kind is FieldKind.ENUM:
             if not self.labels:
                 raise ValueError(f"enum field {self.name!r} needs labels")
@@ -193,8 +224,8 @@ class FieldSpec(BaseModel):
             raise ValueError(f"field {self.name!r}: labels are only for enum fields")
         if self.other is not None and self.other not in self.labels:
             raise ValueError(f"field {self.name!r}: other {self.other!r} is not one of its labels")
-        if self.decimals is not None and self.kind is not FieldKind.FLOAT32:
-            raise ValueError(f"field {self.name!r}: decimals are only for float32 fields")
+        if self.decimals is not None and self.kind not in (FieldKind.FLOAT32, FieldKind.WEIGHTED):
+            raise ValueError(f"field {self.name!r}: decimals are only for float32/weighted fields")
         return self
 
     @property
@@ -238,7 +269,21 @@ class RecordLayout(BaseModel):
         total_bits = sum(f.bits for f in self.fields)
         if total_bits > _MAX_ENUM_BITS:
             raise ValueError(f"enum fields need {total_bits} bits; at most {_MAX_ENUM_BITS}")
+        stored = {f.name for f in self.fields if f.kind in _SCALAR}
+        for f in self.fields:
+            bad = [name for name in f.inputs if name not in stored]
+            if bad:
+                raise ValueError(
+                    f"weighted field {f.name!r}: inputs {bad} are not stored numeric fields"
+                )
         return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Any:
+        """A copy (see pydantic); the copy compiles its own encoding plan (a copy with other
+        fields must not encode with the original's cached plan)."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("_plan", None)
+        return copy
 
     def to_json(self) -> str:
         """The layout as compact JSON (what is stored with a version)."""
@@ -304,14 +349,19 @@ def _compile(layout: RecordLayout) -> _Plan:
         if f.kind is FieldKind.ENUM:
             shifts[f.name] = shift
             shift += f.bits
-        else:
+        elif f.kind is not FieldKind.WEIGHTED:
             np_code, st_code, _ = _SCALAR[f.kind]
             dtype_fields.append((f.name, np_code))
             fmt += st_code
             positions[f.name] = index
             index += 1
+    stored = {
+        f.name: _scalar_decoder(f, shifts.get(f.name, 0), positions.get(f.name, 0))
+        for f in layout.fields
+        if f.kind is not FieldKind.WEIGHTED
+    }
     decoders = tuple(
-        _scalar_decoder(f, shifts.get(f.name, 0), positions.get(f.name, 0)) for f in layout.fields
+        stored[f.name] if f.name in stored else _weighted_decoder(f, stored) for f in layout.fields
     )
     return _Plan(
         dtype=np.dtype(dtype_fields),
@@ -320,6 +370,40 @@ def _compile(layout: RecordLayout) -> _Plan:
         struct=struct.Struct(fmt),
         decoders=decoders,
     )
+
+
+def _weighted_decoder(
+    f: FieldSpec, stored: Mapping[str, Callable[[tuple[Any, ...], int], Any]]
+) -> Callable[[tuple[Any, ...], int], Any]:
+    """A function (unpacked tuple, enum word) -> the weighted sum of the field's inputs."""
+    parts = tuple(zip(f.weights, (stored[name] for name in f.inputs), strict=True))
+    decimals = _weighted_decimals(f)
+
+    def dec_weighted(raw: tuple[Any, ...], word: int) -> float | None:
+        total = 0.0
+        for w, dec in parts:
+            x = dec(raw, word)
+            if x is None:
+                return None
+            total = total + w * x
+        return round(total, decimals)
+
+    return dec_weighted
+
+
+def _weighted_decimals(f: FieldSpec) -> int:
+    return 4 if f.decimals is None else f.decimals
+
+
+def _days8_codes(x: np.ndarray) -> np.ndarray:
+    """days8 codes of (non-null) day counts: exact below 200, then 15-day steps, rounded down."""
+    days = np.rint(np.clip(np.nan_to_num(x, posinf=1e9, neginf=0.0), 0.0, 1e9))
+    steps = np.floor((days - _DAYS8_EXACT) / _DAYS8_STEP)
+    return np.where(days < _DAYS8_EXACT, days, np.minimum(_DAYS8_EXACT + steps, _DAYS8_MAX_CODE))
+
+
+def _days8_value(code: int) -> int:
+    return code if code < _DAYS8_EXACT else _DAYS8_EXACT + (code - _DAYS8_EXACT) * _DAYS8_STEP
 
 
 def _scalar_decoder(f: FieldSpec, shift: int, pos: int) -> Callable[[tuple[Any, ...], int], Any]:
@@ -334,6 +418,13 @@ def _scalar_decoder(f: FieldSpec, shift: int, pos: int) -> Callable[[tuple[Any, 
 
         return dec_enum
     _, _, null = _SCALAR[f.kind]
+    if f.kind is FieldKind.DAYS8:
+
+        def dec_days8(raw: tuple[Any, ...], word: int) -> int | None:
+            code = raw[pos]
+            return None if code == null else _days8_value(code)
+
+        return dec_days8
     if f.kind is FieldKind.CNY16:
 
         def dec_cny16(raw: tuple[Any, ...], word: int) -> float | None:
@@ -428,6 +519,8 @@ def encode(columns: Columns, layout: RecordLayout, *, allow_missing: bool = Fals
         if f.kind is FieldKind.ENUM:
             codes = _enum_codes(arr, f, n)
             word |= codes << np.uint64(plan.shifts[f.name])
+        elif f.kind is FieldKind.WEIGHTED:
+            _check_weighted(arr, f, arrays, n)
         else:
             codes = _scalar_codes(arr, f, n)
             if f.kind is FieldKind.CNY:
@@ -436,6 +529,36 @@ def encode(columns: Columns, layout: RecordLayout, *, allow_missing: bool = Fals
     if plan.enum_bytes:
         out["_enums"] = word.astype("<u8").view(np.uint8).reshape(n, 8)[:, : plan.enum_bytes]
     return out
+
+
+def _check_weighted(
+    arr: pa.Array | None, f: FieldSpec, arrays: Mapping[str, pa.Array | None], n: int
+) -> None:
+    """A weighted field is not stored: its column (if given) must be exactly the weighted sum
+    of its inputs' columns (before rounding), else storing only the inputs would lose it."""
+    if arr is None:
+        return
+    given = _floats(arr, f, n)
+    total = np.zeros(n)
+    for name, w in zip(f.inputs, f.weights, strict=True):
+        total = total + w * _floats(arrays[name], f, n)
+    both = ~np.isnan(given) & ~np.isnan(total)
+    off = np.abs(given[both] - total[both]) > _WEIGHTED_TOLERANCE
+    if off.any() or (np.isnan(total) & ~np.isnan(given)).any():
+        terms = " + ".join(f"{w:g}*{name}" for name, w in zip(f.inputs, f.weights, strict=True))
+        raise ValueError(
+            f"column {f.name!r} is not {terms} for every row: store it (not weighted) instead"
+        )
+
+
+def _floats(arr: pa.Array | None, f: FieldSpec, n: int) -> np.ndarray:
+    if arr is None:
+        return np.full(n, np.nan)
+    if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
+        if pa.types.is_null(arr.type):
+            return np.full(n, np.nan)
+        raise ValueError(f"column {f.name!r} and its inputs must be numeric, got {arr.type}")
+    return np.asarray(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 def _as_arrow(values: Any) -> pa.Array:
@@ -494,6 +617,8 @@ def _scalar_codes(arr: pa.Array | None, f: FieldSpec, n: int) -> np.ndarray:
     if f.kind in _SCALE:
         scale = _SCALE[f.kind]
         codes = np.rint(np.clip(np.nan_to_num(x), 0.0, 1.0) * scale)
+    elif f.kind is FieldKind.DAYS8:
+        codes = _days8_codes(x)
     else:
         codes = np.rint(np.clip(np.nan_to_num(x, posinf=null, neginf=0.0), 0.0, null - 1))
     codes[missing] = null
@@ -548,9 +673,31 @@ def decode_many(
     recs = np.frombuffer(buf, dtype=plan.dtype)
     if len(recs) == 0:
         return []
-    columns = [_decode_column(recs, f, plan) for f in layout.fields]
+    decoded = {
+        f.name: _decode_column(recs, f, plan)
+        for f in layout.fields
+        if f.kind is not FieldKind.WEIGHTED
+    }
+    columns = [
+        decoded[f.name] if f.name in decoded else _weighted_column(f, decoded)
+        for f in layout.fields
+    ]
     names = layout.names
     return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+def _weighted_column(f: FieldSpec, decoded: Mapping[str, list[Any]]) -> list[Any]:
+    """A weighted field's values from its decoded inputs (the same float operations, in the
+    same order, as :func:`decode`'s, so both give identical numbers)."""
+    decimals = _weighted_decimals(f)
+    total = np.zeros(len(decoded[f.inputs[0]]))
+    missing = np.zeros(len(total), dtype=bool)
+    for name, w in zip(f.inputs, f.weights, strict=True):
+        x = np.array(decoded[name], dtype=np.float64)  # None -> NaN
+        missing |= np.isnan(x)
+        total = total + w * x
+    pairs = zip(total.tolist(), missing.tolist(), strict=True)
+    return [None if m else round(v, decimals) for v, m in pairs]
 
 
 def _decode_column(recs: np.ndarray, f: FieldSpec, plan: _Plan) -> list[Any]:
@@ -574,6 +721,12 @@ def _decode_column(recs: np.ndarray, f: FieldSpec, plan: _Plan) -> list[Any]:
     elif f.kind is FieldKind.CNY16:
         missing = col == null
         vals = col.astype(np.float64).astype(object)
+    elif f.kind is FieldKind.DAYS8:
+        missing = col == null
+        codes = col.astype(np.int64)
+        exact = codes < _DAYS8_EXACT
+        vals = np.where(exact, codes, _DAYS8_EXACT + (codes - _DAYS8_EXACT) * _DAYS8_STEP)
+        vals = vals.astype(object)
     elif f.kind is FieldKind.FLOAT32:
         x = col.astype(np.float64)
         missing = np.isnan(x)
@@ -669,6 +822,42 @@ def n_groups_for(n_users: int, per_group: int = 100, max_entries: int = 128) -> 
     return n_groups
 
 
+#: Bytes of a packed group string's header and terminator in Redis (an sds of up to 64 KiB).
+_SDS_OVERHEAD = 6
+_ID_BYTES = 8
+
+
+def packed_chunk_users(record_size: int, chunk_bytes: int = 8192) -> int:
+    """Users per packed group string: as many ``8 + record_size``-byte entries as fit in a
+    ``chunk_bytes`` allocation (a power of two: an exact jemalloc size class, so a full group
+    wastes nothing; the store fills every group of a bucket but its last).
+
+    >>> packed_chunk_users(22)
+    272
+    """
+    if record_size <= 0 or chunk_bytes <= _SDS_OVERHEAD + _ID_BYTES + record_size:
+        raise ValueError("chunk_bytes must hold at least one entry")
+    return (chunk_bytes - _SDS_OVERHEAD) // (_ID_BYTES + record_size)
+
+
+def packed_buckets_for(
+    n_users: int, n_buckets: int = 1, chunk_users: int = 272, max_groups: int = 32
+) -> int:
+    """Buckets of a packed version: ``n_buckets`` (the warehouse's, so a writer of one
+    warehouse bucket writes whole store buckets) times the power of two that keeps a bucket
+    under ``max_groups`` group strings on average (its index stays a few hundred bytes).
+
+    >>> packed_buckets_for(1_000_000, 256)
+    256
+    """
+    if n_buckets <= 0 or chunk_users <= 0 or max_groups <= 0:
+        raise ValueError("n_buckets, chunk_users and max_groups must be positive")
+    k = 1
+    while n_users / (n_buckets * k) > chunk_users * max_groups:
+        k *= 2
+    return n_buckets * k
+
+
 def user_field(user_id: int) -> bytes:
     """The field key of one user inside its group: the id as 8 big-endian bytes."""
     return int(user_id).to_bytes(8, "big")
@@ -693,18 +882,21 @@ def snapshot_layout(
     channels: Sequence[str] = CHANNELS,
     regions: Sequence[str] = REGIONS,
     predictions: bool = False,
+    rfm_weights: Sequence[float] | None = None,
 ) -> RecordLayout:
     """The record of a snapshot that is served online: the four tag groups of the segment
     lookup (basic, behaviour, value and, optionally, predictive), the tier, lifecycle stage,
-    the rule that gave the tier and the key RFM inputs. 20 bytes, 24 with predictions.
+    the rule that gave the tier and the key RFM inputs. 19 bytes, 23 with predictions; one
+    less with ``rfm_weights`` (``rfm_score`` computed from ``rfm_r``/``rfm_f``/``rfm_m``).
 
     The fifteen enums take 43 bits of the first 6 bytes. Values are quantised to what a lookup
     needs (the exact values stay in the Parquet snapshot): percentile scores, probabilities and
     discount sensitivity in 1/200 steps (``unit8``), money in whole CNY (``cny16``: clipped at
     65,534 CNY, far above a grocery user's 90-day or lifetime spend), orders in 90 days as a
-    ``uint8`` (clipped at 254). Region, device, channel, age band and gender come from
-    imported user attributes: a value outside the fixed labels encodes as ``other``
-    (``unknown`` for age band and gender), null stays null.
+    ``uint8`` (clipped at 254), days since the last order as ``days8`` (exact below 200 days,
+    beyond every recency band's threshold; 15-day steps after). Region, device, channel, age
+    band and gender come from imported user attributes: a value outside the fixed labels
+    encodes as ``other`` (``unknown`` for age band and gender), null stays null.
 
     Field names are the snapshot's column names, so ``encode(snapshot_table, layout)`` works.
 
@@ -714,6 +906,10 @@ def snapshot_layout(
         channels: acquisition channel labels.
         regions: region labels; the last is where values outside them go.
         predictions: add ``churn_p``, ``repurchase_p`` and ``predicted_spend`` (CNY).
+        rfm_weights: the tier rules' (recency, frequency, monetary) weights: ``rfm_score``
+            is then not stored but computed at decode as their weighted sum of the stored
+            (1/200-step) ranks, as precise as the stored score (``encode`` checks that the
+            snapshot's score is exactly that sum). None: store ``rfm_score`` (``unit8``).
     """
 
     def enum(name: str, labels: Sequence[str], other: str | None = None) -> FieldSpec:
@@ -722,6 +918,16 @@ def snapshot_layout(
     def of(name: str, kind: FieldKind) -> FieldSpec:
         return FieldSpec(name=name, kind=kind)
 
+    score = (
+        of("rfm_score", FieldKind.UNIT8)
+        if rfm_weights is None
+        else FieldSpec(
+            name="rfm_score",
+            kind=FieldKind.WEIGHTED,
+            inputs=("rfm_r", "rfm_f", "rfm_m"),
+            weights=tuple(float(w) for w in rfm_weights),
+        )
+    )
     layout = RecordLayout(
         fields=(
             enum("tier", tiers),
@@ -745,8 +951,8 @@ def snapshot_layout(
             of("rfm_r", FieldKind.UNIT8),
             of("rfm_f", FieldKind.UNIT8),
             of("rfm_m", FieldKind.UNIT8),
-            of("rfm_score", FieldKind.UNIT8),
-            of("recency_days", FieldKind.UINT16),
+            score,
+            of("recency_days", FieldKind.DAYS8),
             of("frequency_90d", FieldKind.UINT8),
             of("monetary_90d", FieldKind.CNY16),
             # value tags

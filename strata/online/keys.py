@@ -8,7 +8,16 @@ version lives. Layout (``ns`` is the namespace; a version id has no ``:``)::
     {ns}:versions                 zset    published, retained versions, by publish order
     {ns}:history                  list    pointer flips, newest first (JSON)
     {ns}:seq                      string  publish counter (the zset's scores)
-    {ns}:v:{version}:meta         hash    layout and status of a version
+    {ns}:v:{version}:meta         hash    layout, status and storage format of a version
+
+A ``packed`` version (the default since issue 14)::
+
+    {ns}:v:{version}:i:{bucket}          string  4-byte user count + first id of each group
+    {ns}:v:{version}:g:{bucket}.{group}  string  entries sorted by id: id (8 bytes, big-endian)
+                                                 + the record, fixed width
+
+A ``hash`` version (older; still read until it ages out)::
+
     {ns}:v:{version}:g:{group}    hash    field = user id (8 bytes), value = the record
 """
 
@@ -87,3 +96,15 @@ class KeyLayout:
         if group < 0:
             raise ValueError("group must be non-negative")
         return f"{self.version_prefix(version)}g:{group}"
+
+    def index(self, version: str, bucket: int) -> str:
+        """The group index of ``bucket`` of a packed ``version``."""
+        if bucket < 0:
+            raise ValueError("bucket must be non-negative")
+        return f"{self.version_prefix(version)}i:{bucket}"
+
+    def chunk(self, version: str, bucket: int, group: int) -> str:
+        """Group string ``group`` of ``bucket`` of a packed ``version``."""
+        if bucket < 0 or group < 0:
+            raise ValueError("bucket and group must be non-negative")
+        return f"{self.version_prefix(version)}g:{bucket}.{group}"

@@ -1,8 +1,10 @@
 """SegmentStore against a real embedded redis-server: publish, reads, rollback, retention,
-parallel writers, and readers racing a publish."""
+parallel writers, readers racing a publish, the packed layout's checks, and hash-layout
+versions (written before the packed layout) staying readable."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import random
@@ -16,9 +18,12 @@ import pyarrow as pa
 import pytest
 import redis
 
+from strata.ids import bucket_of
+from strata.io.segment_reader import AsyncSegmentReader
 from strata.io.segment_store import (
     IncompleteVersionError,
     LooseEncodingError,
+    PackingError,
     SegmentStore,
     SegmentStoreError,
     VersionStateError,
@@ -122,12 +127,14 @@ def test_batch_order_not_found_and_limits(store: SegmentStore) -> None:
 
 def test_two_writer_processes_in_parallel(redis_url: str, store: SegmentStore) -> None:
     ids = _ids(40_000, seed=1)
-    store.begin_version("v1", FULL, n_groups_for(len(ids)), expected_users=len(ids))
-    halves = [ids[::2], ids[1::2]]
+    store.begin_version("v1", FULL, 16, expected_users=len(ids))
+    # each writer owns whole buckets, as the recompute's shards own warehouse buckets
+    odd = bucket_of(ids, 16) % 2 == 1
+    halves = [ids[~odd], ids[odd]]
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as pool:
         added = pool.starmap(_write_half, [(redis_url, "v1", h, 1) for h in halves])
-    assert added == [20_000, 20_000]
+    assert added == [len(h) for h in halves] and sum(added) == 40_000
     assert store.info("v1").users_written == 40_000  # type: ignore[union-attr]
     assert store.publish("v1").n_users == 40_000  # expected_users from begin_version
     sample = np.random.default_rng(2).choice(len(ids), 1000, replace=False)
@@ -138,8 +145,8 @@ def test_two_writer_processes_in_parallel(redis_url: str, store: SegmentStore) -
 
 def test_parallel_thread_writers_and_retried_chunks(redis_url: str) -> None:
     ids = _ids(20_000, seed=3)
-    parts = np.array_split(ids, 4)
-    with SegmentStore(redis_url, write_chunk_users=7) as s:  # chunks smaller than a group
+    parts = [ids[bucket_of(ids, 256) % 4 == j] for j in range(4)]
+    with SegmentStore(redis_url, write_chunk_users=7) as s:  # chunks smaller than a bucket
         s.begin_version("v1", FULL, 256)
         threads = [
             threading.Thread(target=_write_half, args=(redis_url, "v1", p, 1)) for p in parts
@@ -188,7 +195,9 @@ def test_retention_keeps_k_and_deletes_old_keys(redis_url: str, store: SegmentSt
     for gone in ("v1", "v2", "v3"):
         assert _keys(redis_url, f"strata:v:{gone}:*") == []
         assert store.info(gone) is None
-    assert len(_keys(redis_url, "strata:v:v4:g:*")) == n_groups_for(2000)
+    # 32 buckets of ~62 users: one group string and one index each
+    assert len(_keys(redis_url, "strata:v:v4:g:*")) == n_groups_for(2000) == 32
+    assert len(_keys(redis_url, "strata:v:v4:i:*")) == 32
     # the version the pointer leaves is never deleted, even when it is the oldest
     assert store.rollback(to="v4") == "v4"
     _publish(store, "v6", ids, 6, keep=1)
@@ -205,7 +214,7 @@ def test_discard_unpublished_leaves_current(redis_url: str, store: SegmentStore)
     _publish(store, "v1", ids, 1)
     store.begin_version("v2", FULL, 16)
     store.write_users("v2", ids[:600], encode(segment_columns(ids[:600], 2), FULL))
-    assert store.discard("v2") == 17  # 16 groups + meta
+    assert store.discard("v2") == 33  # 16 buckets of one group string each, 16 indexes, meta
     assert _keys(redis_url, "strata:v:v2:*") == []
     assert store.current() == "v1" and store.versions() == ["v1"]
     assert store.get(int(ids[0])) == ("v1", _expected(ids[:1], 1)[0])
@@ -215,20 +224,23 @@ def test_discard_unpublished_leaves_current(redis_url: str, store: SegmentStore)
     # stray keys of a version whose meta is gone are swept by prefix
     client = redis.Redis.from_url(redis_url)
     client.hset("strata:v:v9:g:3", b"x", b"y")
+    client.set("strata:v:v9:i:3", b"z")
     client.close()
-    assert store.discard("v9") == 1
+    assert store.discard("v9") == 2
 
 
 def test_incomplete_publish_raises_and_keeps_current(store: SegmentStore) -> None:
     ids = _ids(1000)
     _publish(store, "v1", ids, 1)
     store.begin_version("v2", FULL, 16, expected_users=1000)
-    store.write_users("v2", ids[:990], encode(segment_columns(ids[:990], 2), FULL))
-    with pytest.raises(IncompleteVersionError, match="990 users, expected 1000"):
+    late = bucket_of(ids, 16) == 3  # one bucket's writer has not finished
+    early = ids[~late]
+    store.write_users("v2", early, encode(segment_columns(early, 2), FULL))
+    with pytest.raises(IncompleteVersionError, match=f"{len(early)} users, expected 1000"):
         store.publish("v2")
     assert store.current() == "v1" and store.info("v2").status == "writing"  # type: ignore[union-attr]
     assert store.get(int(ids[0]))[0] == "v1"  # type: ignore[index]
-    store.write_users("v2", ids[990:], encode(segment_columns(ids[990:], 2), FULL))
+    store.write_users("v2", ids[late], encode(segment_columns(ids[late], 2), FULL))
     with pytest.raises(IncompleteVersionError):
         store.publish("v2", expected_users=999)
     store.publish("v2")
@@ -391,16 +403,15 @@ def test_memory_per_user_within_budget(redis_url: str, store: SegmentStore) -> N
     # cache) are one-time costs of the server, not of the users
     _publish(store, "warmup", _ids(100, seed=10), 0)
     before = client.info("memory")["used_memory"]
-    # groups sized for Redis 7's default 128-entry listpacks: the tighter, production case
-    store.begin_version("v1", FULL, n_groups_for(n), expected_users=n)
+    # 16 buckets of 1250 users: 4 full 8 KiB group strings and a partial one each
+    store.begin_version("v1", FULL, 16, expected_users=n)
     store.write_users("v1", ids, encode(cols, FULL))
     store.publish("v1")
     after = client.info("memory")["used_memory"]
-    encodings = {client.object("encoding", store.group_key("v1", g)) for g in range(8)}
     client.close()
     per_user = (after - before) / n
-    assert encodings <= {b"listpack", b"ziplist"}
-    assert per_user <= 40, f"{per_user:.1f} bytes/user"
+    # 8-byte id + 23-byte record + per-key overhead (the hash layout took ~38)
+    assert 31 <= per_user <= 33, f"{per_user:.1f} bytes/user"
 
 
 def test_loose_encoding_is_caught(store: SegmentStore, redis_url: str, caplog: Any) -> None:
@@ -409,14 +420,15 @@ def test_loose_encoding_is_caught(store: SegmentStore, redis_url: str, caplog: A
     )
     assert wide.size == 68 > store.compact_limits().max_value_bytes
     with pytest.raises(LooseEncodingError, match="hash-max-listpack-value"):
-        store.begin_version("wide", wide, 4)
+        store.begin_version("wide", wide, 4, storage="hash")
     with pytest.raises(LooseEncodingError, match="n_groups="):
-        store.begin_version("crowded", FULL, 1, expected_users=100_000)
+        store.begin_version("crowded", FULL, 1, expected_users=100_000, storage="hash")
+    store.begin_version("packed-wide", wide, 4, expected_users=100_000)  # no such limit
     assert store.info("wide") is None and store.info("crowded") is None
     ids = _ids(50)
     with SegmentStore(redis_url, on_loose_encoding="warn") as lenient:
         with caplog.at_level(logging.WARNING, logger="strata.io.segment_store"):
-            lenient.begin_version("wide", wide, 4)
+            lenient.begin_version("wide", wide, 4, storage="hash")
             lenient.write_users(
                 "wide", ids, encode({f"x{i}": np.ones(50) for i in range(17)}, wide)
             )
@@ -433,13 +445,13 @@ def test_one_oversized_group_warns_many_raise(store: SegmentStore, caplog: Any) 
     crowd = [pool[groups == g][: limit + 1] for g in (0, 1)]
     rest = pool[groups >= 2][:3000]
     one = np.concatenate([crowd[0], rest])
-    store.begin_version("one", FULL, 128)
+    store.begin_version("one", FULL, 128, storage="hash")
     store.write_users("one", one, encode(segment_columns(one, 1), FULL))
     with caplog.at_level(logging.WARNING, logger="strata.io.segment_store"):
         store.publish("one")  # 1 of 128 groups: a warning, not a failure
     assert "1 of 128 groups are not in the compact encoding" in caplog.text
     two = np.concatenate([crowd[0], crowd[1], rest])
-    store.begin_version("two", FULL, 128)
+    store.begin_version("two", FULL, 128, storage="hash")
     store.write_users("two", two, encode(segment_columns(two, 2), FULL))
     with pytest.raises(LooseEncodingError, match="2 of 128 groups"):
         store.publish("two")
@@ -461,7 +473,7 @@ def test_compact_limits_fall_back_when_config_is_forbidden(redis_url: str) -> No
                 64,
                 "default",
             )
-            assert s.plan_n_groups(1_000_000) == 16384
+            assert s.plan_n_groups(1_000_000, storage="hash") == 16384
         with SegmentStore(redis_url) as s:
             assert s.compact_limits().source == "config"
     finally:
@@ -473,3 +485,139 @@ def test_decode_responses_client_is_refused(redis_url: str) -> None:
     with pytest.raises(ValueError, match="decode_responses"):
         SegmentStore(redis.Redis.from_url(redis_url, decode_responses=True))
     assert issubclass(IncompleteVersionError, SegmentStoreError)
+
+
+# ------------------------------------------------------------------------ the packed layout
+
+
+def test_packed_group_strings_are_sorted_fixed_width_entries(
+    redis_url: str, store: SegmentStore
+) -> None:
+    ids = _ids(3000, seed=11)
+    with SegmentStore(redis_url, chunk_bytes=1024) as small:  # 32 users per group string
+        small.begin_version("v1", FULL, 4, expected_users=len(ids))
+        encoded = encode(segment_columns(ids, 1), FULL)
+        assert small.write_users("v1", ids, encoded) == 3000
+        info = small.publish("v1")
+    assert (info.storage, info.n_groups, info.chunk_users) == ("packed", 4, 32)
+    width = 8 + FULL.size
+    client = redis.Redis.from_url(redis_url)
+    total = 0
+    for b in range(4):
+        index = client.get(store.keys.index("v1", b))
+        assert index is not None
+        count = int.from_bytes(index[:4], "big")
+        mine = np.sort(ids[bucket_of(ids, 4) == b])
+        assert count == len(mine) and len(index) == 4 + 8 * -(-count // 32) + 8
+        data = b"".join(
+            client.get(store.keys.chunk("v1", b, c)) or b"" for c in range(-(-count // 32))
+        )
+        entries = np.frombuffer(data, dtype=np.uint8).reshape(count, width)
+        assert np.array_equal(entries[:, :8].copy().view(">i8").ravel(), mine)
+        assert index[4:-8] == mine[::32].astype(">i8").tobytes()
+        assert index[-8:] == mine[-1:].astype(">i8").tobytes()
+        total += count
+    assert total == 3000
+    assert client.object("encoding", store.keys.chunk("v1", 0, 0)) == b"raw"
+    client.close()
+    # every user, and ids next to them that are absent, read exactly
+    version, records = store.get_many(ids[:1000])
+    assert version == "v1" and records == _expected(ids[:1000], 1)
+    near = np.setdiff1d(np.r_[ids[:300] - 1, ids[:300] + 1, 0, 2**63 - 1], ids)
+    assert store.get_many(near[:1000]) == ("v1", [None] * len(near[:1000]))
+
+
+@pytest.mark.parametrize("kind", ["sequential", "clustered", "extreme"])
+def test_packed_reads_are_exact_for_skewed_ids(redis_url: str, kind: str) -> None:
+    """Interpolation steers the search; ids far from uniform must still be found exactly."""
+    rng = np.random.default_rng(4)
+    if kind == "sequential":
+        ids = np.arange(1, 5001, dtype=np.int64)
+    elif kind == "clustered":  # dense runs far apart
+        ids = np.unique(np.concatenate([s + np.arange(700) for s in (10, 2**40, 2**62)]))
+    else:  # ids differing below a double's precision next to tiny ones
+        top = 2**63 - 1 - np.arange(0, 3000, 3, dtype=np.int64)
+        ids = np.unique(np.concatenate([top, np.arange(50, dtype=np.int64)]))
+    with SegmentStore(redis_url, chunk_bytes=2048) as s:  # 66 users per group string
+        _publish(s, "v1", ids, 1, n_groups=2)
+        expected = _expected(ids, 1)
+        for start in range(0, len(ids), 1000):
+            assert s.get_many(ids[start : start + 1000]) == ("v1", expected[start : start + 1000])
+        picks = rng.choice(len(ids), 50, replace=False).tolist()
+        assert all(s.get(int(ids[i])) == ("v1", expected[i]) for i in picks)
+        gaps = np.setdiff1d(np.r_[ids - 1, ids + 1], ids)
+        gaps = gaps[gaps >= 0][:1000]
+        assert s.get_many(gaps) == ("v1", [None] * len(gaps))
+
+
+def test_packed_publish_catches_inconsistent_groups(redis_url: str, store: SegmentStore) -> None:
+    ids = _ids(2000, seed=12)
+    encoded = encode(segment_columns(ids, 1), FULL)
+    with pytest.raises(ValueError, match="appears twice"):
+        store.begin_version("dup", FULL, 4)
+        store.write_users("dup", np.r_[ids[:5], ids[:1]], encoded[:6])
+    # a bucket split over two calls: the second call replaces the first's share of it
+    store.begin_version("split", FULL, 4, expected_users=2000)
+    in_zero = bucket_of(ids, 4) == 0
+    first = np.flatnonzero(in_zero)[::2]
+    rest = np.setdiff1d(np.arange(2000), first)
+    store.write_users("split", ids[first], encoded[first])
+    store.write_users("split", ids[rest], encoded[rest])
+    with pytest.raises(IncompleteVersionError, match="expected 2000"):
+        store.publish("split")
+    # a damaged group string (here: truncated) is refused, the current version unchanged
+    _publish(store, "good", ids, 1, n_groups=4)
+    store.begin_version("bad", FULL, 4, expected_users=2000)
+    store.write_users("bad", ids, encoded)
+    client = redis.Redis.from_url(redis_url)
+    key = store.keys.chunk("bad", 1, 0)
+    client.set(key, (client.get(key) or b"")[:-3])
+    with pytest.raises(PackingError, match="bucket 1 group 0"):
+        store.publish("bad")
+    client.set(key, b"")
+    client.close()
+    assert store.current() == "good"
+
+
+def test_hash_version_from_before_the_upgrade_stays_readable(
+    redis_url: str, store: SegmentStore
+) -> None:
+    """A retained hash-layout version (meta without ``storage``, as the code before the packed
+    layout wrote it) is read, rolled back to and aged out next to packed versions."""
+    ids = _ids(1500, seed=13)
+    store.begin_version("old", BASE, 32, {"job": "old"}, storage="hash")
+    client = redis.Redis.from_url(redis_url)
+    client.hdel(store.meta_key("old"), "storage")
+    store.write_users("old", ids, encode(segment_columns(ids, 1, BASE), BASE))
+    assert client.type(store.group_key("old", 0)) == b"hash"
+    store.publish("old", expected_users=1500)
+    assert store.info("old").storage == "hash"  # type: ignore[union-attr]
+    _publish(store, "new", ids, 2)
+    assert client.type(store.keys.index("new", 0)) == b"string"
+    client.close()
+    assert store.get_many(ids[:500]) == ("new", _expected(ids[:500], 2))
+    assert store.rollback() == "old"
+    assert store.get_many(ids[:500]) == ("old", _expected(ids[:500], 1, BASE))
+    assert store.get(int(ids[9])) == ("old", _expected(ids[9:10], 1, BASE)[0])
+
+    async def read_async() -> list[Any]:
+        reader = AsyncSegmentReader(redis_url)
+        try:
+            got = [await reader.get_many(ids[:200]), await reader.get(int(ids[3]))]
+            store.rollback(to="new")
+            got += [await reader.get_many(ids[:200]), await reader.lookup(int(ids[3]))]
+            got.append(await reader.lookup(int(ids.max()) + 1))
+            return got
+        finally:
+            await reader.aclose()
+
+    old_many, old_one, new_many, new_one, absent = asyncio.run(read_async())
+    assert old_many == ("old", _expected(ids[:200], 1, BASE))
+    assert old_one == ("old", _expected(ids[3:4], 1, BASE)[0])
+    assert new_many == ("new", _expected(ids[:200], 2))
+    assert new_one == ("new", _expected(ids[3:4], 2)[0])
+    assert absent == ("new", None)
+    # the old version ages out like any other, all of its hash groups with it
+    _publish(store, "newer", ids, 3, keep=1)
+    _publish(store, "newest", ids, 4, keep=1)
+    assert store.info("old") is None and _keys(redis_url, "strata:v:old:*") == []

@@ -21,6 +21,8 @@ from strata.online.codec import (
     expected_max_group_size,
     group_of,
     n_groups_for,
+    packed_buckets_for,
+    packed_chunk_users,
     snapshot_layout,
     user_field,
     user_fields,
@@ -42,7 +44,7 @@ def _rows() -> dict[str, list[object]]:
         "rfm_f": [0.0, 0.25, 0.735],
         "rfm_m": [1.0, 0.005, None],
         "rfm_score": [0.125, None, 1.0],
-        "recency_days": [3, None, 400],
+        "recency_days": [3, None, 185],
         "frequency_90d": [0, 5, 17],
         "monetary_90d": [123.0, None, 10000.0],
         "tier_rule": ["score_band", "hysteresis_hold", "churn_warning"],
@@ -94,16 +96,19 @@ LEGACY_LAYOUT_JSON = (
 )
 
 
-#: bytes of the served record with predictions: bench/redis_memory.py measures ~1 byte of
-#: Redis memory per record byte on top of ~13.8 bytes of fixed cost per user
-MAX_RECORD_BYTES = 24
+#: bytes of the served record with predictions: in the packed store bench/redis_memory.py
+#: measures 1 byte of Redis memory per record byte on top of the 8-byte id and <1 byte of
+#: per-key overhead (budget 32 per user)
+MAX_RECORD_BYTES = 23
 
 
 def test_snapshot_layout_sizes() -> None:
     assert LAYOUT.size <= MAX_RECORD_BYTES
-    assert LAYOUT.size == 24
-    assert snapshot_layout().size == 20
-    assert LAYOUT.dtype.itemsize == 24
+    assert LAYOUT.size == 23
+    assert snapshot_layout().size == 19
+    assert LAYOUT.dtype.itemsize == 23
+    # the recompute's layout derives rfm_score from the ranks: one byte less
+    assert snapshot_layout(predictions=True, rfm_weights=(0.4, 0.3, 0.3)).size == 22
     # fifteen enums (43 bits) share the first 6 bytes
     bits = [f.bits for f in LAYOUT.fields if f.kind is FieldKind.ENUM]
     assert bits == [3, 3, 4, 3, 3, 3, 2, 3, 3, 2, 2, 3, 2, 4, 3]
@@ -420,3 +425,89 @@ def test_key_builders_need_no_server() -> None:
         store.group_key("v1", -1)
     with pytest.raises(ValueError, match="namespace"):
         SegmentStore("redis://127.0.0.1:1/0", namespace="a*b")
+
+
+def test_days8_is_exact_below_200_days_then_15_day_steps() -> None:
+    layout = RecordLayout(fields=(FieldSpec(name="d", kind=FieldKind.DAYS8),))
+    assert layout.size == 1
+    days = [0, 30, 90, 180, 199, 199.4, 200, 214, 215, 400, 1010, 5000, None, float("nan")]
+    got = [r["d"] for r in decode_many(encode({"d": days}, layout), layout)]
+    assert got == [0, 30, 90, 180, 199, 199, 200, 200, 215, 395, 1010, 1010, None, None]
+    assert [decode(x.tobytes(), layout)["d"] for x in encode({"d": days}, layout)] == got
+    # rounded down: a user past a threshold (e.g. 200 days) never decodes below it
+    assert all(g is None or g <= round(d) for g, d in zip(got, days[:12], strict=False))
+
+
+def _weighted_layout() -> RecordLayout:
+    return snapshot_layout(predictions=True, rfm_weights=(0.4, 0.3, 0.3))
+
+
+def test_weighted_rfm_score_is_derived_from_the_stored_ranks() -> None:
+    layout = _weighted_layout()
+    spec = layout.field("rfm_score")
+    assert spec.kind is FieldKind.WEIGHTED and spec.inputs == ("rfm_r", "rfm_f", "rfm_m")
+    rows = _rows()
+    r, f, m = rows["rfm_r"], rows["rfm_f"], rows["rfm_m"]
+    rows["rfm_score"] = [
+        None if None in (a, b, c) else 0.4 * a + 0.3 * b + 0.3 * c  # type: ignore[operator]
+        for a, b, c in zip(r, f, m, strict=True)
+    ]
+    encoded = encode(pa.table(rows), layout)
+    got = decode_many(encoded, layout)
+    # 0.4*0.5 + 0.3*0 + 0.3*1; 0.4*1 + 0.3*0.25 + 0.3*0.005; rfm_r null
+    assert [g["rfm_score"] for g in got] == [0.5, 0.4765, None]
+    assert [decode(x.tobytes(), layout) for x in encoded] == got
+    assert list(got[0]) == list(layout.names)
+    # an exact-to-6-decimals snapshot score is accepted (the snapshot rounds each column)
+    rows["rfm_score"] = [0.500001, 0.4765, None]
+    encode(pa.table(rows), layout)
+    # a score that is not the weighted ranks cannot be derived: refuse rather than lose it
+    rows["rfm_score"] = [0.9, 0.4765, None]
+    with pytest.raises(ValueError, match=r"rfm_score.*0.4\*rfm_r"):
+        encode(pa.table(rows), layout)
+    rows["rfm_score"] = [0.5, 0.4765, 0.3]  # a score where an input is null
+    with pytest.raises(ValueError, match="rfm_score"):
+        encode(pa.table(rows), layout)
+    assert RecordLayout.from_json(layout.to_json()) == layout
+
+
+def test_weighted_field_validation() -> None:
+    with pytest.raises(ValidationError, match="one weight per input"):
+        FieldSpec(name="s", kind=FieldKind.WEIGHTED, inputs=("a",))
+    with pytest.raises(ValidationError, match="only for weighted"):
+        FieldSpec(name="s", kind=FieldKind.UINT8, inputs=("a",), weights=(1.0,))
+    with pytest.raises(ValidationError, match="not stored numeric"):
+        RecordLayout(
+            fields=(
+                FieldSpec(name="a", kind=FieldKind.ENUM, labels=("x",)),
+                FieldSpec(name="s", kind=FieldKind.WEIGHTED, inputs=("a",), weights=(1.0,)),
+            )
+        )
+
+
+def test_model_copy_compiles_its_own_plan() -> None:
+    assert LAYOUT.size == 23  # compiles and caches the original's plan
+    copy = LAYOUT.model_copy(update={"fields": LAYOUT.fields[:1]})
+    assert copy.size == 1 and copy.dtype != LAYOUT.dtype
+    assert decode_many(encode({"tier": ["potential"]}, copy), copy) == [{"tier": "potential"}]
+    assert LAYOUT.model_copy().size == 23
+
+
+def test_packed_group_sizes() -> None:
+    # 272 entries of 30 bytes + the string header fill an 8 KiB allocation exactly
+    assert packed_chunk_users(22) == 272 and 272 * 30 + 6 <= 8192 < 273 * 30 + 6
+    assert packed_chunk_users(23, 4096) == poor_fit(23, 4096)
+    with pytest.raises(ValueError):
+        packed_chunk_users(22, 16)
+    assert packed_buckets_for(1_000_000, 256) == 256
+    assert packed_buckets_for(100, 1) == 1
+    # 100M users on 256 warehouse buckets: store buckets split them (whole multiples)
+    many = packed_buckets_for(100_000_000, 256, 272)
+    assert many % 256 == 0 and 100_000_000 / many <= 272 * 32
+    # a store bucket lies in exactly one warehouse bucket (each shard writes whole buckets)
+    ids = np.random.default_rng(0).integers(0, 2**63 - 1, 10_000)
+    assert np.array_equal(bucket_of(ids, many) % 256, bucket_of(ids, 256))
+
+
+def poor_fit(record_size: int, chunk_bytes: int) -> int:
+    return (chunk_bytes - 6) // (8 + record_size)
