@@ -25,10 +25,11 @@ allocation (272 for the 22-byte record with predictions), an exact jemalloc size
 per-user cost is the 8-byte id + the record + ~0.5 byte of key overhead. At 1M users
 (bench/redis_memory.py, embedded Redis 6.2, libc malloc) that is 30.5 bytes per user for the
 22-byte record against 36.0 for the same record in the hash layout, and 30.6 estimated under
-jemalloc (Redis 7: the group strings' and indexes' size classes; a full group string fills
-its 8 KiB class, only each bucket's last, partial one rounds up). A read finds the group by the index (one small GET per bucket and script call) and
-the entry by interpolation search (pseudonymous ids are uniform) over a GETRANGE window of the
-group, falling back to bisection, so skewed ids stay exact and O(log n).
+jemalloc (Redis 7: the group strings' and indexes' size classes; a full group string fills its
+8 KiB class, only each bucket's last, partial one rounds up). A read finds the group by the
+index (one small GET per bucket and script call) and the entry by interpolation search
+(pseudonymous ids are uniform) over a GETRANGE window of the group, falling back to bisection,
+so skewed ids stay exact and O(log n).
 
 A ``hash`` version (``storage`` absent or ``hash``: the layout before issue 14, still read so
 that retained versions survive an upgrade and can be rolled back to until they age out)::
