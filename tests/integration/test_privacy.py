@@ -137,3 +137,23 @@ def test_export_of_an_unknown_data_root_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(cli.app, ["export", "--data", str(tmp_path / "nope"), "--user", "1"])
     assert result.exit_code == 2
     assert "no warehouse" in result.output
+
+
+def test_the_live_users_index_expires_with_the_overlays(redis_url: str) -> None:
+    import redis
+
+    from strata.io.realtime_store import RealtimeStore
+    from strata.realtime.batch import EffectBatch
+    from strata.realtime.stream_config import StreamConfig
+
+    store = RealtimeStore(redis_url, "strata", StreamConfig(live_ttl_days=7))
+    client = redis.Redis.from_url(redis_url)
+    client.set(store.keys.lease(0), "me")
+    t0 = 1_000 * DAY_MS
+    store.commit(0, "g", "me", EffectBatch(overlays={1: b"{}"}, overlay_order_ms={1: t0}))
+    later = t0 + 8 * DAY_MS  # user 1's overlay (7 days) is gone by then: so is its index entry
+    store.commit(0, "g", "me", EffectBatch(overlays={2: b"{}"}, overlay_order_ms={2: later}))
+    assert store.live_users_since(0, 0) == [2]
+    assert client.ttl(store.keys.live(2)) > 6 * 86_400
+    client.close()
+    store.close()
