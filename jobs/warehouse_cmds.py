@@ -7,7 +7,7 @@ import time
 import typer
 
 from jobs._runtime import console, progress, summary_table
-from strata.io.forget import drop_erased_truth, expire_snapshots
+from strata.io.forget import drop_erased_training_shards, drop_erased_truth, expire_snapshots
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import TABLES, Warehouse
 from strata.privacy.retention import RetentionConfig, event_cutoff_ms, load_retention_config
@@ -46,6 +46,9 @@ def forget_beyond_warehouse(wh: Warehouse, retention: RetentionConfig) -> dict[s
                 out["snapshot rows erased"] += store.drop_erased(version, erasure, wh.n_buckets)
                 bar.advance(task)
         out["truth rows erased"] = drop_erased_truth(wh.data_root, erasure, wh.n_buckets)
+        out["training shard rows erased"] = drop_erased_training_shards(
+            wh.data_root, erasure, wh.n_buckets
+        )
     return out
 
 

@@ -216,3 +216,26 @@ def test_compact_command_reports_and_applies_retention(tmp_path: Path) -> None:
     newest = after.newest_ms()
     assert newest is not None and ts.max() == newest
     assert ts.min() >= newest - 400 * DAY_MS and 0 < len(ts) < 400
+
+
+def test_kept_training_shards_and_truth_lose_erased_users(tmp_path: Path) -> None:
+    from strata.io.forget import drop_erased_training_shards, drop_erased_truth
+
+    root = str(tmp_path)
+    ids = _ids(30)
+    shard = tmp_path / "models" / "_work" / "v1" / "train" / "bucket=001"
+    shard.mkdir(parents=True)
+    pq.write_table(pa.table({"user_id": ids, "x": np.arange(30.0)}), shard / "part-0.parquet")
+    (tmp_path / "truth").mkdir()
+    raws = [str(i) for i in range(30)]
+    pq.write_table(
+        pa.table({"user_id": ids, "raw_user_id": raws}), tmp_path / "truth" / "users.parquet"
+    )
+    erasure = ErasureFilter(root, KEY)
+    assert drop_erased_training_shards(root, erasure, 4) == 0  # no tombstones: untouched
+    TombstoneStore(root).add(ids[:4], key=KEY, n_buckets=4, by="cli")
+    assert drop_erased_training_shards(root, erasure, 4) == 4
+    assert drop_erased_truth(root, erasure, 4) == 4
+    for path in (shard / "part-0.parquet", tmp_path / "truth" / "users.parquet"):
+        left = pq.read_table(path).column("user_id").to_numpy()
+        assert set(left.tolist()) == set(ids[4:].tolist())
