@@ -15,13 +15,17 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from actors.example_shard import bucket_examples
 from jobs import cli, generate
 from jobs.recompute import RecomputeJob
+from strata.features import load_feature_config
+from strata.ids import bucket_of
 from strata.io.snapshots import SnapshotStore
 from strata.io.tombstones import TombstoneStore
 from strata.io.warehouse import Warehouse
 from strata.settings import Settings
 from strata.timeutil import DAY_MS, parse_as_of
+from strata.training import cutoffs_for, load_train_config
 from tests.conftest import TEST_KEY
 
 pytestmark = pytest.mark.integration
@@ -89,6 +93,15 @@ def test_erase_compact_recompute_leaves_no_trace_and_export(
         np.array(sorted(erased)), key=TEST_KEY.encode(), n_buckets=8, by="cli"
     )
     assert _scan(root, erased, erased_raw)  # still in the files until compaction
+    # ... but training examples (a read of their bucket) no longer see them
+    cfg, fc = load_train_config(), load_feature_config()
+    cutoffs = cutoffs_for(int(AS_OF.timestamp() * 1000), cfg, 14)
+    bucket = int(bucket_of(next(iter(erased)), 8))
+    out = bucket_examples(str(root), str(tmp_path / "ex"), bucket, cutoffs, 14 * DAY_MS, fc, cfg)
+    assert out["files"]
+    for path in out["files"].values():
+        shard_ids = pq.read_table(path, columns=["user_id"]).column("user_id").to_numpy()
+        assert len(shard_ids) and not np.isin(shard_ids, list(erased)).any()
     compact = runner.invoke(cli.app, ["compact", "--data", str(root)])
     assert compact.exit_code == 0, compact.output
     second = RecomputeJob(settings, AS_OF, actors=2).run()
