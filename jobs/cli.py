@@ -13,6 +13,7 @@ import typer
 from jobs import (
     campaigns,
     demo,
+    export,
     generate,
     ingest,
     keys,
@@ -70,6 +71,7 @@ app.add_typer(rules_cmds.app, name="rules", help="Trigger rules: what each did."
 app.add_typer(report.app, name="report", help="Reports: experiments (effects as gbstats).")
 # what-if (issue 14, part C)
 app.command("whatif", help=whatif.command.__doc__)(whatif.command)
+app.command("export", help=export.command.__doc__)(export.command)
 
 
 def main() -> None:

@@ -230,6 +230,10 @@ class RealtimeStore:
                         keys.live_users(partition),
                         {str(u): ms for u, ms in batch.overlay_order_ms.items()},
                     )
+                    # the index lives no longer than the overlays it points to (live_ttl_days)
+                    newest_ms = max(batch.overlay_order_ms.values())
+                    stale = f"({newest_ms - live_ttl * 1000}"
+                    pipe.zremrangebyscore(keys.live_users(partition), "-inf", stale)
                 for entry_id, raw, reason in batch.dead:
                     pipe.xadd(
                         keys.dead,

@@ -1,6 +1,9 @@
 """What the tier report reads: the retained snapshots and the warehouse's orders and
 exposures, column-projected (only the columns the metrics use leave the Parquet files).
 
+Erased users (:mod:`strata.io.tombstones`) are left out of every input: the warehouse reads
+drop them, and so does :func:`read_snapshot` for snapshots not yet compacted.
+
 String columns are read dictionary-encoded, so they become categoricals in a data frame
 (smaller, faster to group). Timestamps become ``ts_ms`` (int64 epoch milliseconds UTC).
 """
@@ -16,6 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from strata.io.snapshots import SnapshotStore
+from strata.io.tombstones import ErasureFilter
 from strata.io.warehouse import Warehouse, WarehouseError
 from strata.schema import EventType
 
@@ -89,13 +93,20 @@ def read_snapshot(
     cols = list(columns) + [c for c in optional if c in names]
     schema = pq.read_schema(files[0], filesystem=store.fs)
     strings = [c for c in cols if pa.types.is_string(schema.field(c).type)]
+    erasure = ErasureFilter(data_root)
+    erased = bool(erasure.buckets()) and "user_id" in names
+    read_cols = cols if not erased or "user_id" in cols else ["user_id", *cols]
     tables = [
         pq.read_table(
-            f, filesystem=store.fs, columns=cols, read_dictionary=strings, partitioning=None
+            f, filesystem=store.fs, columns=read_cols, read_dictionary=strings, partitioning=None
         )
         for f in files
     ]
-    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    if erased:
+        n_buckets = store.n_buckets(version, Warehouse(data_root).n_buckets)
+        table = erasure.apply_any(table, n_buckets).select(cols)
+    return table
 
 
 def _ts_ms(table: pa.Table) -> pa.Table:

@@ -6,15 +6,24 @@ actors), ``partials.json`` (the merged RFM partials it was scored with: the cut 
 re-score ranks against) and ``manifest.json``. The manifest is written last and marks the
 snapshot complete: readers ignore folders without one, so a failed job leaves no half
 snapshot behind in view.
+
+Erasure (:meth:`SnapshotStore.drop_erased`, run by ``strata compact``) rewrites a retained
+snapshot's bucket files without the erased users and lowers the manifest's user, tier and
+lifecycle counts to match. Such a snapshot is no longer byte-identical to a fresh recompute
+over the data it was made from (its score histogram, transitions and RFM partials still count
+the erased users, as aggregates); the manifest's ``erasure`` entry says so.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
+import time
 import uuid
-from typing import Any
+from collections import Counter
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -22,6 +31,9 @@ import pyarrow.parquet as pq
 from strata.features.rfm import RfmPartials
 from strata.io.paths import bucket_dir_name, complete_folders
 from strata.io.warehouse import PARQUET_OPTIONS, WarehouseError, resolve
+
+if TYPE_CHECKING:
+    from strata.io.tombstones import ErasureFilter
 
 MANIFEST = "manifest.json"
 PARTIALS = "partials.json"
@@ -135,3 +147,62 @@ class SnapshotStore:
     def delete(self, version: str) -> None:
         if self.fs.get_file_info(self.path(version)).type == pafs.FileType.Directory:
             self.fs.delete_dir(self.path(version))
+
+    def n_buckets(self, version: str, default: int) -> int:
+        """The warehouse bucket count a snapshot was written with (``default`` if unrecorded)."""
+        stored = self.manifest(version).get("inputs", {}).get("n_buckets")
+        return int(stored) if stored else default
+
+    def drop_erased(self, version: str, erasure: ErasureFilter, n_buckets: int) -> int:
+        """Rewrite the tombstoned buckets of a snapshot without the erased users.
+
+        Each changed bucket file is written to a temporary name and moved over the old one;
+        the manifest's ``outputs`` counts (users, tiers, lifecycle stages) are lowered by the
+        rows removed and an ``erasure`` entry records it.
+
+        Returns:
+            the number of rows removed.
+        """
+        n_buckets = self.n_buckets(version, n_buckets)
+        removed = 0
+        tiers: Counter[str] = Counter()
+        stages: Counter[str] = Counter()
+        for b in sorted(erasure.buckets()):
+            path = self.bucket_path(version, b, n_buckets)
+            if self.fs.get_file_info(path).type != pafs.FileType.File:
+                continue
+            table = pq.read_table(path, filesystem=self.fs)
+            ids = np.asarray(table.column("user_id").to_numpy(), dtype=np.int64)
+            drop = erasure.mask(b, ids)
+            if not drop.any():
+                continue
+            gone = table.filter(pa.array(drop))
+            for name, counter in (("tier", tiers), ("lifecycle_stage", stages)):
+                if name in gone.column_names:
+                    counter.update(str(v) for v in gone.column(name).to_pylist())
+            tmp = posixpath.join(posixpath.dirname(path), f".part-0.{uuid.uuid4().hex}.tmp")
+            pq.write_table(
+                table.filter(pa.array(~drop)), tmp, filesystem=self.fs, **PARQUET_OPTIONS
+            )
+            self.fs.move(tmp, path)
+            removed += int(drop.sum())
+        if removed:
+            manifest = self.manifest(version)
+            outputs = manifest.get("outputs", {})
+            if isinstance(outputs.get("users"), int):
+                outputs["users"] -= removed
+            for key, counter in (("tiers", tiers), ("lifecycle_stages", stages)):
+                counts = outputs.get(key)
+                if isinstance(counts, dict):
+                    for name, n in counter.items():
+                        if name in counts:
+                            counts[name] = max(0, int(counts[name]) - n)
+            entry = manifest.setdefault("erasure", {"rows_removed": 0})
+            entry["rows_removed"] = int(entry.get("rows_removed", 0)) + removed
+            entry["rewritten_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            entry["note"] = (
+                "rewritten without erased users: not byte-identical to a fresh recompute; "
+                "score_histogram, transitions and partials still include them as aggregates"
+            )
+            self.write_manifest(version, manifest)
+        return removed

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 
 from strata.ids import bucket_of
 from strata.io.paths import bucket_dir_name, is_remote, local_path
+from strata.io.tombstones import ErasureFilter
 from strata.schema import SCHEMA_VERSION, TABLE_SCHEMAS, conform
 
 MANIFEST = "manifest.json"
@@ -141,13 +142,22 @@ class Warehouse:
 
     Args:
         data_root: local path or pyarrow filesystem URI of the data root.
+        pseudonym_key: the pseudonymisation key erased users are recognised with; None loads
+            it from the settings, and only when a bucket with a tombstone is read.
+        drop_erased: drop erased users' rows from every read (the default; False only to
+            inspect the raw files).
     """
 
-    def __init__(self, data_root: str) -> None:
+    def __init__(
+        self, data_root: str, pseudonym_key: bytes | None = None, drop_erased: bool = True
+    ) -> None:
         self.data_root = data_root
         self.fs, root = resolve(data_root)
         self.root = posixpath.join(root, "warehouse")
         self._manifest: dict[str, Any] | None = None
+        self.erasure: ErasureFilter | None = (
+            ErasureFilter(data_root, pseudonym_key) if drop_erased else None
+        )
 
     # ------------------------------------------------------------------ manifest
     @property
@@ -415,7 +425,8 @@ class Warehouse:
         columns: Sequence[str] | None = None,
         read_dictionary: Sequence[str] | None = None,
     ) -> pa.Table:
-        """All committed rows of one bucket (sorted by the table's keys if compacted).
+        """All committed rows of one bucket (sorted by the table's keys if compacted), without
+        the rows of erased users.
 
         Args:
             table_name: one of :data:`TABLES`.
@@ -427,9 +438,27 @@ class Warehouse:
         Raises:
             WarehouseError: a listed file is missing or unreadable (names the file).
         """
+        cols = list(columns) if columns is not None else TABLE_SCHEMAS[table_name].names
+        erasure = self.erasure
+        if erasure is None or bucket not in erasure.buckets():
+            return self._read_files(table_name, bucket, cols, read_dictionary)
+        # the user id decides erasure: read it even when the caller did not ask for it
+        read_cols = cols if "user_id" in cols else ["user_id", *cols]
+        table = erasure.apply(
+            bucket, self._read_files(table_name, bucket, read_cols, read_dictionary)
+        )
+        assert table is not None
+        return table.select(cols)
+
+    def _read_files(
+        self,
+        table_name: str,
+        bucket: int,
+        cols: list[str],
+        read_dictionary: Sequence[str] | None,
+    ) -> pa.Table:
         schema = TABLE_SCHEMAS[table_name]
         files = self.bucket_files(table_name, bucket)
-        cols = list(columns) if columns is not None else schema.names
         if not files:
             return schema.empty_table().select(cols)
         tables = []
@@ -476,23 +505,55 @@ class Warehouse:
         return pa.concat_tables(parts)
 
     # ------------------------------------------------------------------ maintenance
-    def compact_bucket(self, table_name: str, bucket: int) -> PartFile | None:
+    def needs_compaction(
+        self, table_name: str, bucket: int, events_before_ms: int | None = None
+    ) -> bool:
+        """True when compacting the bucket may change it: it is not one sorted file, it holds
+        a tombstone, or (events) its oldest event is before ``events_before_ms``."""
+        if not self.bucket_files(table_name, bucket):
+            return False
+        if not self.is_sorted(table_name, bucket):
+            return True
+        if self.erasure is not None and bucket in self.erasure.buckets():
+            return True
+        if table_name == "events" and events_before_ms is not None:
+            entry = self.manifest["tables"][table_name]["buckets"][str(bucket)]
+            los = [p["min_ts_ms"] for p in entry["parts"] if p["min_ts_ms"] is not None]
+            return bool(los) and min(los) < events_before_ms
+        return False
+
+    def compact_bucket(
+        self, table_name: str, bucket: int, events_before_ms: int | None = None
+    ) -> PartFile | None:
         """Rewrite a bucket as one file sorted by its keys and commit the swap.
 
-        Users are deduplicated by user_id, the last committed row winning.
-        Returns the new part, or None when the bucket was already compact.
+        Users are deduplicated by user_id, the last committed row winning. Erased users' rows
+        are left out (the read drops them), and so are events before ``events_before_ms``
+        (retention; None keeps all). Returns the new part, or None when the bucket was
+        already compact and nothing was dropped.
 
         Holds the commit lock from the read to the swap, so a concurrent commit into the
         bucket (the stream sink's) waits instead of being replaced unread.
         """
         with self._commit_lock():
-            return self._compact_bucket(table_name, bucket)
+            return self._compact_bucket(table_name, bucket, events_before_ms)
 
-    def _compact_bucket(self, table_name: str, bucket: int) -> PartFile | None:
+    def _compact_bucket(
+        self, table_name: str, bucket: int, events_before_ms: int | None = None
+    ) -> PartFile | None:
         self.reload()
-        if self.is_sorted(table_name, bucket) or not self.bucket_files(table_name, bucket):
+        if not self.needs_compaction(table_name, bucket, events_before_ms):
             return None
+        was_sorted = self.is_sorted(table_name, bucket)
+        before = sum(
+            p["rows"] for p in self.manifest["tables"][table_name]["buckets"][str(bucket)]["parts"]
+        )
         table = self.read_bucket(table_name, bucket)
+        if table_name == "events" and events_before_ms is not None and table.num_rows:
+            ts = table.column("ts").cast(pa.int64())
+            table = table.filter(pc.greater_equal(ts, pa.scalar(events_before_ms, pa.int64())))
+        if was_sorted and table.num_rows == before:
+            return None
         if table_name == "users":
             idx = np.arange(table.num_rows)
             ids = table.column("user_id").to_numpy()
@@ -530,6 +591,16 @@ class Warehouse:
         return removed
 
     # ------------------------------------------------------------------ summary
+    def newest_ms(self, table_name: str = "events") -> int | None:
+        """Time (epoch ms) of the newest committed row of a table, from the manifest."""
+        his = [
+            p["max_ts_ms"]
+            for e in self.manifest["tables"][table_name]["buckets"].values()
+            for p in e["parts"]
+            if p["max_ts_ms"] is not None
+        ]
+        return max(his) if his else None
+
     def summary(self) -> dict[str, Any]:
         """Row counts, files and time range per table, from the manifest alone."""
         out: dict[str, Any] = {

@@ -10,6 +10,7 @@ import pytest
 
 from strata.config import StrictModel
 from strata.features import FeatureConfig, load_feature_config
+from strata.privacy import RetentionConfig, load_retention_config
 from strata.realtime.stream_config import StreamConfig, load_stream_config
 from strata.serving.config import ApiConfig, load_api_config
 from strata.tiering.lifecycle import LifecycleRules, load_lifecycle_rules
@@ -23,6 +24,7 @@ CASES: list[tuple[type[StrictModel], Callable[[], Any]]] = [
     (FeatureConfig, load_feature_config),
     (TrainConfig, load_train_config),
     (StreamConfig, load_stream_config),
+    (RetentionConfig, load_retention_config),
 ]
 
 
