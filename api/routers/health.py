@@ -14,7 +14,8 @@ from strata.tiering.explain import rules_from_meta
 from strata.tiering.tiers import empty_bands
 
 router = APIRouter(tags=["health"])
-#: GET /metrics; the app factory adds the admin-key dependency when ``metrics_require_key``
+#: GET /metrics; the app factory adds the ``metrics:read`` key dependency when
+#: ``metrics_require_key`` (the default)
 metrics_router = APIRouter(tags=["health"])
 
 

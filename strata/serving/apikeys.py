@@ -37,6 +37,7 @@ class Scope(StrEnum):
     SEGMENTS_READ = "segments:read"
     EVENTS_WRITE = "events:write"
     REPORTS_READ = "reports:read"
+    METRICS_READ = "metrics:read"
     ADMIN = "admin"
 
 

@@ -40,8 +40,10 @@ class ApiConfig(StrictModel):
     #: body cap of POST /v1/events (a full batch of 1,000 events is ~150-300 kB)
     max_event_body_bytes: int = Field(default=1_048_576, ge=1024)
     redis: RedisLimits = Field(default_factory=RedisLimits)
-    #: whether GET /metrics needs a key (scope admin); Prometheus scrapers can send one
-    metrics_require_key: bool = False
+    #: whether GET /metrics needs a key of scope ``metrics:read`` (or ``admin``): a Prometheus
+    #: scraper sends one (``authorization.credentials_file``). Off, anyone who reaches the API
+    #: port reads the request counts, latencies and tier sizes
+    metrics_require_key: bool = True
     #: FastAPI's native OpenTelemetry (traces, metrics, logs to the process's global OTel
     #: providers, when one is configured). Off, FastAPI skips even the per-request check for
     #: a provider (2-5% of a lookup's CPU)

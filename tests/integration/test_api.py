@@ -20,6 +20,7 @@ from strata.io.keyfile import KeyFile
 from strata.io.redis_server import EmbeddedRedis
 from strata.online.codec import RecordLayout
 from strata.serving.apikeys import dump_records, new_key
+from strata.serving.config import load_api_config
 from strata.settings import Settings
 from tests.conftest import TEST_KEY
 from tests.support import BASE, publish_raw_users
@@ -30,6 +31,7 @@ RAW = [str(10_000_001 + i) for i in range(300)]
 READ_KEY, READ_REC = new_key("reader", ["segments:read"])
 EVENTS_KEY, EVENTS_REC = new_key("events", ["events:write"])
 ADMIN_KEY, ADMIN_REC = new_key("ops", ["admin"])
+METRICS_KEY, METRICS_REC = new_key("prometheus", ["metrics:read"])
 
 
 def _auth(key: str = READ_KEY) -> dict[str, str]:
@@ -40,7 +42,7 @@ def _settings(tmp_path: Path, url: str) -> Settings:
     return Settings(
         data=str(tmp_path / "data"),
         redis_url=url,
-        api_keys=dump_records([READ_REC, EVENTS_REC, ADMIN_REC]),
+        api_keys=dump_records([READ_REC, EVENTS_REC, ADMIN_REC, METRICS_REC]),
     )
 
 
@@ -158,8 +160,8 @@ def _metrics(c: TestClient) -> list[tuple[str, dict[str, str], float]]:
     """The samples of GET /metrics: ``(name, labels, value)``."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    r = c.get("/metrics")
-    assert r.status_code == 200
+    r = c.get("/metrics", headers=_auth(METRICS_KEY))
+    assert r.status_code == 200, r.text
     return [
         (s.name, s.labels, s.value)
         for family in text_string_to_metric_families(r.text)
@@ -210,6 +212,24 @@ def test_keys_and_scopes(client: TestClient) -> None:
     wrong_scope = client.get(path, headers=_auth(EVENTS_KEY))
     assert wrong_scope.status_code == 403 and "segments:read" in wrong_scope.json()["detail"]
     assert client.get(path, headers=_auth(ADMIN_KEY)).status_code == 200
+
+
+def test_metrics_need_a_metrics_key_by_default(
+    client: TestClient, tmp_path: Path, redis_url: str
+) -> None:
+    """configs/api.yaml's default: GET /metrics answers a ``metrics:read`` (or admin) key
+    only; ``metrics_require_key: false`` opens it to anyone who reaches the API port."""
+    missing = client.get("/metrics")
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    wrong_scope = client.get("/metrics", headers=_auth(READ_KEY))
+    assert wrong_scope.status_code == 403 and "metrics:read" in wrong_scope.json()["detail"]
+    assert "strata_api" not in missing.text + wrong_scope.text
+    for key in (METRICS_KEY, ADMIN_KEY):
+        r = client.get("/metrics", headers=_auth(key))
+        assert r.status_code == 200 and "strata_api_requests_total" in r.text
+    open_config = load_api_config().model_copy(update={"metrics_require_key": False})
+    with TestClient(create_app(_settings(tmp_path, redis_url), config=open_config)) as c:
+        assert c.get("/metrics").status_code == 200
 
 
 def test_revoked_key_in_the_key_file_stops_working(tmp_path: Path, redis_url: str) -> None:

@@ -27,7 +27,7 @@ from tests.support import publish_raw_users
 
 pytestmark = pytest.mark.integration
 
-KEY, RECORD = new_key("schema", ["segments:read"])
+KEY, RECORD = new_key("schema", ["segments:read", "metrics:read"])
 OTHER_SCOPE_KEY, OTHER_SCOPE_RECORD = new_key("schema-events", ["events:write"])
 #: generated requests per operation and mode (hypothesis shrinks any failure it finds)
 EXAMPLES = 100

@@ -31,6 +31,8 @@ pytestmark = pytest.mark.integration
 
 END = dt.date(2026, 10, 1)
 AS_OF = parse_as_of("2026-10-01")
+METRICS_KEY, METRICS_RECORD = new_key("prometheus", ["metrics:read"])
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def _copy(root: str, tmp_path: Path, redis_url: str | None = None) -> Settings:
         data=str(target),
         pseudonym_key=TEST_KEY,
         redis_url=redis_url,
-        api_keys=dump_records([new_key("reader", ["segments:read"])[1]]),
+        api_keys=dump_records([new_key("reader", ["segments:read"])[1], METRICS_RECORD]),
     )
 
 
@@ -103,7 +105,7 @@ def test_recompute_on_orders_only_records_histogram_and_sets_gauges(
     assert snap is not None and snap.column("channel").null_count == snap.num_rows
 
     with TestClient(create_app(settings)) as client:
-        text = client.get("/metrics").text
+        text = client.get("/metrics", headers=METRICS_AUTH).text
     assert _gauges(text, "strata_tier_users") == {
         k: float(v) for k, v in manifest["outputs"]["tiers"].items()
     }
@@ -132,7 +134,7 @@ def test_a_band_under_one_percent_is_a_warning_and_a_gauge(
     assert "warning:" in out and "'high_value'" in out
     assert manifest["outputs"]["score_histogram"]["bands"]["high_value"] < 0.01 * result.users
     with TestClient(create_app(settings)) as client:
-        text = client.get("/metrics").text
+        text = client.get("/metrics", headers=METRICS_AUTH).text
     assert _gauges(text, "strata_tier_empty") == {
         "high_value": 1.0,
         "potential": 0.0,

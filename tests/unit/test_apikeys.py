@@ -22,7 +22,7 @@ from strata.serving.apikeys import (
     parse_records,
 )
 
-ALLOWED = "segments:read, events:write, reports:read, admin"
+ALLOWED = "segments:read, events:write, reports:read, metrics:read, admin"
 
 
 def _entry(**overrides: object) -> dict[str, object]:
