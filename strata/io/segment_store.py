@@ -292,6 +292,26 @@ return 1
 """
 
 
+# KEYS: meta of a hash version, then the group of each user. ARGV: each user's 8-byte field.
+# HDELs the users and lowers the meta's counts by the fields removed (one atomic call).
+_ERASE_HASH_LUA = """
+local n = 0
+for i = 2, #KEYS do n = n + redis.call('HDEL', KEYS[i], ARGV[i - 1]) end
+if n > 0 then
+  redis.call('HINCRBY', KEYS[1], 'users_written', -n)
+  if redis.call('HEXISTS', KEYS[1], 'n_users') == 1 then
+    redis.call('HINCRBY', KEYS[1], 'n_users', -n)
+  end
+  local st = redis.call('HGET', KEYS[1], 'status')
+  local expected = redis.call('HEXISTS', KEYS[1], 'expected_users') == 1
+  if (st == 'writing' or st == 'ready') and expected then
+    redis.call('HINCRBY', KEYS[1], 'expected_users', -n)
+  end
+end
+return n
+"""
+
+
 class SegmentStoreError(RuntimeError):
     """Base class of the segment store's errors."""
 
@@ -416,6 +436,7 @@ class SegmentStore:
         self._read_script = self._redis.register_script(READ_LUA)
         self._flip_script = self._redis.register_script(_FLIP_LUA)
         self._mark_deleting_script = self._redis.register_script(_MARK_DELETING_LUA)
+        self._erase_hash_script = self._redis.register_script(_ERASE_HASH_LUA)
         self._lock = threading.Lock()
         self._read_meta_cache: dict[str, ReadMeta] = {}
         self._assumed_version = ""
@@ -752,6 +773,122 @@ class SegmentStore:
     def history(self, limit: int = 20) -> list[dict[str, str]]:
         """The latest pointer flips, newest first: ``{action, version, previous, at}``."""
         return [json.loads(x) for x in self._redis.lrange(self.history_key(), 0, limit - 1)]
+
+    # ------------------------------------------------------------------------------ erasure
+
+    def erase(self, user_ids: np.ndarray) -> int:
+        """Remove users from EVERY version in the store (published, ready, writing).
+
+        Packed versions: each touched bucket is rewritten whole in one MULTI/EXEC (WATCHing
+        its index and group strings, retried when a writer or another erasure got there
+        first): the remaining entries are cut again into groups of ``chunk_users`` (only the
+        last one shorter, as the read script and :meth:`publish`'s verification expect), the
+        index gets the new count, first ids and last id, and group strings no longer needed
+        are deleted (an emptied bucket loses its index too). Hash versions: one Lua script per
+        version HDELs the users' fields. Either way a reader sees the version before or after
+        the erasure, never a torn group, and ``users_written``, ``n_users`` and (a version
+        still being written) ``expected_users`` in the meta are lowered by the users removed,
+        so a recompute that is writing a version with an erased user fails its publish count
+        check instead of serving it.
+
+        Args:
+            user_ids: int64 pseudonyms.
+
+        Returns:
+            entries removed, summed over versions (a user in three retained versions counts 3).
+        """
+        ids = np.unique(np.asarray(user_ids, dtype=np.int64).ravel())
+        if ids.size == 0:
+            return 0
+        removed = 0
+        for raw in self._redis.scan_iter(match=self.keys.versions_prefix + "*:meta", count=1000):
+            key = _text(raw)
+            version = key[len(self.keys.versions_prefix) : -len(":meta")]
+            info = self.info(version)
+            if info is None or info.status == DELETING:
+                continue
+            if info.storage == PACKED:
+                removed += self._erase_packed(version, info, ids)
+            else:
+                removed += self._erase_hash(version, info, ids)
+        return removed
+
+    def _erase_hash(self, version: str, info: VersionInfo, ids: np.ndarray) -> int:
+        groups = group_of(ids, info.n_groups)
+        keys = [self.meta_key(version)] + [self.group_key(version, int(g)) for g in groups]
+        fields = [int(i).to_bytes(_FIELD_BYTES, "big") for i in ids.tolist()]
+        return int(self._erase_hash_script(keys=keys, args=fields))
+
+    def _erase_packed(self, version: str, info: VersionInfo, ids: np.ndarray) -> int:
+        k = info.chunk_users
+        width = _FIELD_BYTES + info.layout.size
+        buckets = bucket_of(ids, info.n_groups)
+        removed = 0
+        for b in np.unique(buckets).tolist():
+            targets = ids[buckets == b]
+            index_key = self.keys.index(version, int(b))
+            for _ in range(20):  # WATCH retries: another writer touched the bucket meanwhile
+                with self._redis.pipeline(transaction=True) as pipe:
+                    try:
+                        pipe.watch(index_key)
+                        index: bytes | None = pipe.get(index_key)  # type: ignore[assignment]
+                        if index is None:
+                            break
+                        count = int.from_bytes(index[:_INDEX_HEAD], "big")
+                        n_chunks = (len(index) - _INDEX_HEAD - _INDEX_TAIL) // _FIELD_BYTES
+                        chunk_keys = [self.keys.chunk(version, int(b), c) for c in range(n_chunks)]
+                        pipe.watch(index_key, *chunk_keys)
+                        parts: list[bytes] = [pipe.get(c) or b"" for c in chunk_keys]  # type: ignore[misc]
+                        body = b"".join(parts)
+                        if len(body) != count * width:
+                            raise PackingError(
+                                f"version {version!r} bucket {b}: {len(body)} bytes of groups "
+                                f"for {count} entries of {width}; not erased"
+                            )
+                        entries = np.frombuffer(body, dtype=np.uint8).reshape(count, width)
+                        have = entries[:, :_FIELD_BYTES].copy().view(">i8").ravel()
+                        keep = ~np.isin(have.astype(np.int64), targets)
+                        gone = int(count - keep.sum())
+                        if gone == 0:
+                            pipe.unwatch()
+                            break
+                        kept = entries[keep]
+                        n = len(kept)
+                        new_chunks = -(-n // k)
+                        pipe.multi()
+                        for c in range(new_chunks):
+                            pipe.set(chunk_keys[c], kept[c * k : (c + 1) * k].tobytes())
+                        if new_chunks < n_chunks:
+                            pipe.delete(*chunk_keys[new_chunks:])
+                        if n == 0:
+                            pipe.delete(index_key)
+                        else:
+                            kept_ids = kept[:, :_FIELD_BYTES]
+                            pipe.set(
+                                index_key,
+                                n.to_bytes(_INDEX_HEAD, "big")
+                                + kept_ids[::k].tobytes()
+                                + kept_ids[-1].tobytes(),
+                            )
+                        self._lower_counts(pipe, version, info, gone)
+                        pipe.execute()
+                        removed += gone
+                        break
+                    except redis.WatchError:
+                        continue
+            else:
+                raise SegmentStoreError(
+                    f"version {version!r} bucket {b}: kept changing during the erasure"
+                )
+        return removed
+
+    def _lower_counts(self, pipe: Any, version: str, info: VersionInfo, gone: int) -> None:
+        meta = self.meta_key(version)
+        pipe.hincrby(meta, "users_written", -gone)
+        if info.n_users is not None:
+            pipe.hincrby(meta, "n_users", -gone)
+        if info.expected_users is not None and info.status in (WRITING, READY):
+            pipe.hincrby(meta, "expected_users", -gone)
 
     # -------------------------------------------------------------------------------- reads
 
