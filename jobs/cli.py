@@ -13,6 +13,7 @@ import typer
 from jobs import (
     campaigns,
     demo,
+    erase,
     export,
     generate,
     ingest,
@@ -72,6 +73,7 @@ app.add_typer(report.app, name="report", help="Reports: experiments (effects as 
 # what-if (issue 14, part C)
 app.command("whatif", help=whatif.command.__doc__)(whatif.command)
 app.command("export", help=export.command.__doc__)(export.command)
+app.command("erase", help=erase.command.__doc__)(erase.command)
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from strata.io.segment_store import SegmentStore
 from strata.io.tombstones import TombstoneStore
 from strata.realtime.keys import RealtimeKeys
 
-__all__ = ["ErasureReport", "erase_realtime", "erase_users"]
+__all__ = ["ErasureError", "ErasureReport", "erase_realtime", "erase_users"]
 
 _SCAN_COUNT = 1000
 _XRANGE_COUNT = 1000
@@ -63,6 +63,10 @@ redis.call('DEL', KEYS[1])
 if redis.call('HINCRBY', KEYS[2], arm, -1) <= 0 then redis.call('HDEL', KEYS[2], arm) end
 return 1
 """
+
+
+class ErasureError(RuntimeError):
+    """Redis failed during an erasure: nothing was tombstoned; a retry finishes the job."""
 
 
 @dataclass
@@ -230,8 +234,7 @@ def erase_users(
         the audit ids and what was removed.
 
     Raises:
-        redis.RedisError: Redis failed; nothing was tombstoned (retry: every step is
-            idempotent).
+        ErasureError: Redis failed; nothing was tombstoned (retry: every step is idempotent).
         RuntimeError: the save failed (the erasure itself is done and recorded).
     """
     ids = np.unique(np.asarray(user_ids, dtype=np.int64).ravel())
@@ -242,6 +245,11 @@ def erase_users(
             with SegmentStore(client, namespace=namespace) as store:
                 removed["segment_entries"] = store.erase(ids)
             removed.update(erase_realtime(client, namespace, ids.tolist()))
+        except (redis.RedisError, OSError) as exc:
+            raise ErasureError(
+                f"Redis at {redis_url} failed during the erasure ({type(exc).__name__}: {exc}); "
+                "nothing was tombstoned, run it again"
+            ) from exc
         finally:
             client.close()
     aids = TombstoneStore(data_root).add(
