@@ -26,6 +26,7 @@ from api.routers import (
     segments,
     strategies,
     tiers,
+    users,
     whatif,
 )
 from strata.config import config_path
@@ -200,6 +201,7 @@ def create_app(
     app.include_router(whatif.router)
     app.include_router(history.router)
     app.include_router(dashboard.router)
+    app.include_router(users.router)
     install_offline_docs(app)
     metrics_auth = [Depends(require(Scope.METRICS_READ))] if config.metrics_require_key else []
     app.include_router(health.metrics_router, dependencies=metrics_auth)
