@@ -29,7 +29,8 @@ def history_reader(request: Request) -> UserHistoryReader:
     """The app's reader of the data root's snapshots (created on first use)."""
     reader = getattr(request.app.state, "history_reader", None)
     if reader is None:
-        reader = UserHistoryReader(request.app.state.strata.settings.data)
+        state = request.app.state.strata
+        reader = UserHistoryReader(state.settings.data, state.pseudonym_key)
         request.app.state.history_reader = reader
     return reader
 
@@ -38,6 +39,8 @@ Reader = Annotated[UserHistoryReader, Depends(history_reader)]
 
 
 def _read(reader: UserHistoryReader, uid: int) -> tuple[int, list[SnapshotRow]]:
+    if reader.erased(uid):  # tombstoned: no history, not even a live overlay a worker rewrote
+        raise HTTPException(404, "no retained snapshot has this user")
     return len(reader.snapshots()), reader.rows(uid)
 
 

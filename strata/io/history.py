@@ -5,6 +5,10 @@ A snapshot holds one Parquet file per warehouse bucket, rows sorted by user_id
 only the file of their bucket (:func:`strata.ids.bucket_of`), filtered to the user's row: row
 groups whose ``user_id`` statistics exclude the id are skipped and the id column of the others
 is binary-searched. Snapshot manifests do not change once written and are cached.
+
+An erased (tombstoned) user has no history from the moment of the tombstone, before `strata
+compact` rewrites the files (:class:`strata.io.tombstones.ErasureFilter`; a bucket without
+tombstones costs one stat of the tombstone file per lookup).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import pyarrow.parquet as pq
 
 from strata.ids import bucket_of
 from strata.io.snapshots import SnapshotStore
+from strata.io.tombstones import ErasureFilter
 from strata.io.warehouse import Warehouse
 
 __all__ = ["HISTORY_COLUMNS", "SnapshotInfo", "SnapshotRow", "UserHistoryReader"]
@@ -59,13 +64,16 @@ class UserHistoryReader:
 
     Args:
         data_root: data root (local path or any pyarrow filesystem URI).
+        key: the pseudonymisation key (tombstone checks); None loads it when first needed.
     """
 
-    def __init__(self, data_root: str) -> None:
+    def __init__(self, data_root: str, key: bytes | None = None) -> None:
         self.data_root = data_root
         self.store = SnapshotStore(data_root)
+        self.erasure = ErasureFilter(data_root, key)
         self._infos: dict[str, SnapshotInfo] = {}
         self._default_buckets: int | None = None
+        self._warehouse_buckets: int | None = None
 
     def _info(self, version: str) -> SnapshotInfo:
         info = self._infos.get(version)
@@ -103,12 +111,23 @@ class UserHistoryReader:
         Args:
             user_id: the pseudonymised id.
         """
+        if self.erased(user_id):
+            return []
         out = []
         for info in self.snapshots():
             row = self._row(info, user_id)
             if row is not None:
                 out.append(SnapshotRow(info, row))
         return out
+
+    def erased(self, user_id: int) -> bool:
+        """True when the user is tombstoned (erased), even before compaction."""
+        if not self.erasure.buckets():
+            return False
+        if self._warehouse_buckets is None:
+            self._warehouse_buckets = Warehouse(self.data_root).n_buckets
+        bucket = int(bucket_of(user_id, self._warehouse_buckets))
+        return bool(self.erasure.mask(bucket, np.array([user_id], dtype=np.int64))[0])
 
     def newest(self) -> SnapshotInfo | None:
         """The newest complete snapshot, or None."""

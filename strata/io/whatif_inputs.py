@@ -5,7 +5,8 @@ needs from every bucket file of a snapshot (the newest complete one by default):
 tier, ``rfm_r/f/m``, ``rfm_score``, lifecycle stage, ``ltv_cny``, ``churn_p`` (when the
 snapshot was scored with a model), the previous snapshot's tier (``previous_tier``, which the
 hysteresis compares against) and the strategies' eligibility columns, plus configs/tiers.yaml
-and configs/strategies.yaml. Nothing is written.
+and configs/strategies.yaml. Nothing is written. Erased (tombstoned) users' rows are dropped,
+as every warehouse read drops them, before `strata compact` rewrites the snapshot.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import pyarrow.dataset as pads
 
 from strata.config import ConfigError, config_path
 from strata.io.snapshots import SnapshotStore
-from strata.io.warehouse import WarehouseError
+from strata.io.tombstones import ErasureFilter
+from strata.io.warehouse import Warehouse, WarehouseError
 from strata.reports.whatif import ELIGIBILITY_COLUMNS, WhatIfInputs
 from strata.strategies.config import StrategiesConfig, load_strategies
 from strata.tiering.scoring import RecomputeConfig
@@ -66,6 +68,7 @@ def load_whatif_inputs(
     *,
     rules: TierRules | None = None,
     strategies: StrategiesConfig | None = None,
+    key: bytes | None = None,
 ) -> WhatIfInputs:
     """Read one snapshot for :func:`strata.reports.whatif.simulate`.
 
@@ -75,6 +78,7 @@ def load_whatif_inputs(
         config_dir: folder of tiers.yaml and strategies.yaml (default: the shipped configs).
         rules, strategies: already loaded tier settings and strategies (the API's) instead of
             those of ``config_dir``.
+        key: the pseudonymisation key (drops erased users); None loads it when needed.
 
     Raises:
         WarehouseError: no complete snapshot, the version is missing, or the snapshot lacks
@@ -119,6 +123,9 @@ def load_whatif_inputs(
         *(c for c in ELIGIBILITY_COLUMNS if c in have),
     ]
     table = dataset.to_table(columns=wanted)
+    erasure = ErasureFilter(data_root, key)
+    if erasure.buckets():
+        table = erasure.apply_any(table, Warehouse(data_root).n_buckets)
     return WhatIfInputs(
         version=version,
         as_of=manifest.get("as_of"),
