@@ -35,7 +35,8 @@ def _write(store: SegmentStore, version: str, ids: np.ndarray, n_groups: int, **
 
 def test_erase_rewrites_packed_groups_and_hash_versions(store: SegmentStore) -> None:
     ids = _ids(2000)
-    expected = dict(zip(ids.tolist(), decode_many(encode(segment_columns(ids, 1), FULL), FULL)))
+    records = decode_many(encode(segment_columns(ids, 1), FULL), FULL)
+    expected = dict(zip(ids.tolist(), records, strict=True))
     # two buckets of ~1000 users: several full groups each, so erasing from the first group
     # shifts every later entry of the bucket
     _write(store, "old", ids, n_groups_for(len(ids)), storage="hash")
