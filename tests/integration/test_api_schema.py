@@ -197,6 +197,7 @@ def test_spec_documents_every_route(api_url: str, tmp_path: Path) -> None:
         "/v1/whatif",
         "/v1/whatif/keys",
         "/v1/users/{user_id}/history",
+        "/v1/users/{user_id}",
         "/v1/reports/rules",
         "/v1/reports/experiments",
         "/healthz",
