@@ -21,7 +21,7 @@ keys) and the tombstone that makes the warehouse, snapshots and the next jobs dr
 
 Aggregates are left as they are: rule statistics and budgets (counts per rule and tier), the
 segment versions' score histograms. Cost: the real-time step scans the namespace's keys once
-per call (~1 s per million keys), so erase many users in one call.
+per call (~2 s per million keys on one core), so erase many users in one call.
 
 Redis first, tombstone second: if Redis fails half-way nothing is recorded and a retry does
 the rest (every step is idempotent); an id strata holds nothing about is still tombstoned.
