@@ -74,6 +74,7 @@ class InputsCache:
                             latest,
                             rules=state.fallback_rules,
                             strategies=state.strategies,
+                            key=state.pseudonym_key,
                         )
         except (WarehouseError, OSError) as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "60"}) from None
