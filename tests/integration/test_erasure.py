@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from strata.io.realtime_store import PartitionReader, RealtimeStore
 from strata.io.redis_server import EmbeddedRedis
 from strata.io.segment_store import IncompleteVersionError, SegmentStore
 from strata.io.tombstones import TombstoneStore
+from strata.io.whatif_inputs import load_whatif_inputs
 from strata.online.codec import decode_many, encode, n_groups_for
 from strata.realtime.batch import EffectBatch
 from strata.realtime.keys import WORKER_GROUP, RealtimeKeys
@@ -107,6 +109,40 @@ def test_erase_rewrites_packed_groups_and_hash_versions(store: SegmentStore) -> 
     survivors = rest[bucket_of(rest, 2) == 0]
     assert store.get_many(survivors[:500])[1] == [expected[int(u)] for u in survivors[:500]]
     assert store.get_many(emptied[:5])[1] == [None] * 5
+
+
+def test_readers_racing_an_erasure_never_see_a_torn_group(store: SegmentStore) -> None:
+    ids = _ids(1500, seed=4)
+    _write(store, "v1", ids, 1)  # one bucket of several groups: every erasure shifts entries
+    store.publish("v1", expected_users=len(ids))
+    records = decode_many(encode(segment_columns(ids, 1), FULL), FULL)
+    expected = dict(zip(ids.tolist(), records, strict=True))
+    doomed = ids[::30]
+    rest = ids[~np.isin(ids, doomed)]
+    wrong: list[str] = []
+    rounds = [0]
+    stop = threading.Event()
+
+    def read() -> None:
+        with SegmentStore(redis.Redis(connection_pool=store._redis.connection_pool)) as reader:
+            while not stop.is_set():
+                for start in range(0, len(rest), 500):
+                    got = reader.get_many(rest[start : start + 500])[1]
+                    want = [expected[int(u)] for u in rest[start : start + 500]]
+                    if got != want:
+                        wrong.append(f"batch at {start}")
+                rounds[0] += 1
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        for uid in doomed.tolist():
+            assert store.erase(np.array([uid])) == 1
+    finally:
+        stop.set()
+        thread.join(10)
+    assert wrong == [] and rounds[0] >= 3
+    assert store.get_many(doomed[:100])[1] == [None] * len(doomed[:100])
 
 
 # ------------------------------------------------------------------------------ zero traces
@@ -280,6 +316,11 @@ def test_erased_users_leave_zero_traces(
         by_ops = [json.loads(t["what"]) for t in tomb if t["by"] == "ops"]
         assert any(w["segment_entries"] == 2 and w["state"] == 1 for w in by_ops)
         assert _redis_hits(client, _needles(*a) + _needles(*b)) == []
+        # both were exposed once: the arm's count follows the deleted markers
+        assert client.hgetall(KEYS.exposed_count("potential_coupon_value")) == {}
+        # what-if inputs drop them before compaction (they read snapshot Parquet)
+        inputs = load_whatif_inputs(str(root), second.version, key=TEST_KEY.encode())
+        assert not np.isin(inputs.user_id, [a[0], b[0]]).any() and kept[0] in inputs.user_id
         dump = (root / "redis" / "dump.rdb").read_bytes()  # saved by the erasure
         assert not any(n in dump for n in _needles(*a) + _needles(*b))
 
