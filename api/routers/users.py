@@ -21,10 +21,10 @@ from api.deps import State, require
 from api.models import ErrorPublic
 from api.routers.segments import UserIdPath
 from strata.ids import pseudonymise
-from strata.io.erasure import ErasureError, ErasureReport, erase_users
+from strata.io.erasure import DumpNotSavedError, ErasureError, ErasureReport, erase_users
 from strata.io.paths import is_remote, local_path
 from strata.io.redis_server import EmbeddedRedis
-from strata.io.warehouse import Warehouse
+from strata.io.warehouse import Warehouse, WarehouseError
 from strata.serving.apikeys import KeyRecord, Scope
 from strata.settings import Settings
 
@@ -64,7 +64,10 @@ def _erase(settings: Settings, key: bytes, uid: int, by: str) -> ErasureReport:
     responses={
         401: {"model": ErrorPublic, "description": "No API key, or an unknown/revoked one."},
         403: {"model": ErrorPublic, "description": "The key lacks the scope admin."},
-        503: {"model": ErrorPublic, "description": "Redis failed: nothing recorded, retry."},
+        503: {
+            "model": ErrorPublic,
+            "description": "Redis failed or no warehouse: nothing recorded, retry.",
+        },
     },
     summary="Erase the user from everything strata holds (idempotent; 204 also when unknown)",
 )
@@ -72,14 +75,16 @@ async def erase_user(user_id: UserIdPath, state: State, key: Admin) -> Response:
     uid = pseudonymise(user_id, state.pseudonym_key)
     try:
         await run_in_threadpool(_erase, state.settings, state.pseudonym_key, uid, key.name)
+    except DumpNotSavedError as exc:  # the erasure is recorded; the dump on disk is stale
+        raise HTTPException(
+            503, "erased, but the Redis dataset was not saved to disk: retry", {"Retry-After": "1"}
+        ) from exc
+    except WarehouseError as exc:  # raised before anything is erased
+        raise HTTPException(503, f"cannot record the erasure: {exc}") from exc
     except ErasureError as exc:
         raise HTTPException(
             503,
             "Redis failed during the erasure; nothing was recorded, retry",
             headers={"Retry-After": "1"},
-        ) from exc
-    except RuntimeError as exc:  # the save of the embedded dataset; the erasure is recorded
-        raise HTTPException(
-            503, "erased, but the Redis dataset was not saved to disk: retry", {"Retry-After": "1"}
         ) from exc
     return Response(status_code=204)

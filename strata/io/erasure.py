@@ -44,7 +44,7 @@ from strata.io.segment_store import SegmentStore
 from strata.io.tombstones import TombstoneStore
 from strata.realtime.keys import RealtimeKeys
 
-__all__ = ["ErasureError", "ErasureReport", "erase_realtime", "erase_users"]
+__all__ = ["DumpNotSavedError", "ErasureError", "ErasureReport", "erase_realtime", "erase_users"]
 
 _SCAN_COUNT = 1000
 _XRANGE_COUNT = 1000
@@ -67,6 +67,11 @@ return 1
 
 class ErasureError(RuntimeError):
     """Redis failed during an erasure: nothing was tombstoned; a retry finishes the job."""
+
+
+class DumpNotSavedError(ErasureError):
+    """The erasure is done and tombstoned, but saving the embedded Redis dataset failed (its
+    old dump still holds the users until the next save): run the erasure again."""
 
 
 @dataclass
@@ -235,7 +240,7 @@ def erase_users(
 
     Raises:
         ErasureError: Redis failed; nothing was tombstoned (retry: every step is idempotent).
-        RuntimeError: the save failed (the erasure itself is done and recorded).
+        DumpNotSavedError: the save failed (the erasure itself is done and recorded).
     """
     ids = np.unique(np.asarray(user_ids, dtype=np.int64).ravel())
     removed: dict[str, int] = {"users": int(ids.size), "segment_entries": 0}
@@ -261,6 +266,12 @@ def erase_users(
     )
     report = ErasureReport(audit_ids=aids, removed=removed)
     if save and redis_url is not None:
-        save_dataset(redis_url)
+        try:
+            save_dataset(redis_url)
+        except RuntimeError as exc:
+            raise DumpNotSavedError(
+                f"erased and tombstoned, but the Redis dataset was not saved ({exc}); run the "
+                "erasure again so the dump on disk no longer holds the users"
+            ) from exc
         report.saved = True
     return report

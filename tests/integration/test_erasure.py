@@ -336,4 +336,9 @@ def test_erased_users_leave_zero_traces(
     dump = (root / "redis" / "dump.rdb").read_bytes()  # saved at stop
     assert not any(n in dump for n in _needles(*a) + _needles(*b))
     assert _needles(*kept)[0] in dump  # the scan would see a user who is there
+    # Redis down: 503 and nothing recorded (a retry does it all)
+    with TestClient(create_app(api_settings)) as api:
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        assert api.delete(f"/v1/users/{kept[1]}", headers=admin).status_code == 503
+    assert len(TombstoneStore(str(root)).entries()) == 3
     assert time.monotonic() - t0 < 90
