@@ -297,6 +297,8 @@ def test_erased_users_leave_zero_traces(
             for path in paths:
                 assert api.get(f"/v1/users/{a[1]}/{path}", headers=read).status_code == 404, path
             assert api.get(f"/v1/users/{a[1]}/actions", headers=read).json()["actions"] == []
+            dump = (root / "redis" / "dump.rdb").read_bytes()  # the API saved it too
+            assert not any(n in dump for n in _needles(*a)) and _needles(*b)[0] in dump
             ids_file = tmp_path / "erase.txt"
             ids_file.write_text(f"\n{b[1]}\n")
             done = runner.invoke(cli.app, ["erase", "--data", str(root), "--from", str(ids_file)])
