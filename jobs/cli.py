@@ -19,6 +19,7 @@ from jobs import (
     keys,
     recompute,
     report,
+    rotate,
     rules_cmds,
     serve,
     stream,
@@ -72,6 +73,7 @@ app.add_typer(report.app, name="report", help="Reports: experiments (effects as 
 # what-if (issue 14, part C)
 app.command("whatif", help=whatif.command.__doc__)(whatif.command)
 app.command("export", help=export.command.__doc__)(export.command)
+app.command("rotate-key", help=rotate.command.__doc__)(rotate.command)
 
 
 def main() -> None:
