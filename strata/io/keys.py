@@ -92,6 +92,4 @@ def write_key_chain(path: str | Path, key: bytes) -> None:
 
 def key_fingerprint(key: bytes) -> str:
     """A short public identifier of a key chain (16 hex characters of a keyed hash)."""
-    return hmac.new(chain_key(key_links(key)), FINGERPRINT_CONTEXT, hashlib.sha256).hexdigest()[
-        :16
-    ]
+    return hmac.new(chain_key(key_links(key)), FINGERPRINT_CONTEXT, hashlib.sha256).hexdigest()[:16]
