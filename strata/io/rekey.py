@@ -285,7 +285,8 @@ class _Rotation:
             if erasure is not None:
                 table = erasure.apply_any(table, n_buckets)
             ids = rekey_ids(np.asarray(table.column("user_id").to_numpy()), self.link)
-            order = np.argsort(ids, kind="stable")
+            # rows grouped by new bucket, each bucket's rows sorted by user_id (as written)
+            order = np.lexsort((ids, bucket_of(ids, n_buckets)))
             table = _with_ids(table.take(pa.array(order)), ids[order])
             of = bucket_of(ids[order], n_buckets)
             for b in np.unique(of).tolist():

@@ -20,6 +20,7 @@ from jobs import cli, generate
 from jobs.recompute import RecomputeJob
 from strata.ids import chain_key, rekey_ids
 from strata.io.segment_store import SegmentStore
+from strata.io.snapshots import SnapshotStore
 from strata.io.tombstones import TombstoneStore
 from strata.io.warehouse import TABLES, Warehouse
 from strata.serving.apikeys import dump_records, new_key
@@ -64,6 +65,11 @@ def _redis_values(r: Any, key: bytes) -> list[Any]:
     raise AssertionError(f"unexpected Redis type {kind!r} of {key!r}")
 
 
+def _tier_map(table: Any) -> dict[int, str]:
+    ids, tiers = table.column("user_id").to_pylist(), table.column("tier").to_pylist()
+    return dict(zip(ids, tiers, strict=True))
+
+
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -82,6 +88,8 @@ def test_rotate_rekeys_everything_in_one_recompute(
     ids, raws = truth.column("user_id").to_pylist(), truth.column("raw_user_id").to_pylist()
     raw_of = dict(zip(ids, raws, strict=True))
     before = _tiers(settings)
+    snap = SnapshotStore(str(root)).read(first.version, ["user_id", "tier"])
+    snap_before = _tier_map(snap)
     old_ids = set(raw_of)
     assert len(before) > 100
     # one erased user still in the files (no compaction yet): its tombstone is re-keyed
@@ -134,6 +142,11 @@ def test_rotate_rekeys_everything_in_one_recompute(
         int(stones.entries().column("bucket")[0].as_py()), np.array([new_of[erased]]),
         chain.encode(),
     ).all()  # fmt: skip
+
+    # the retained snapshot (the next recompute's previous tiers) is re-keyed row for row
+    snap = SnapshotStore(str(root)).read(first.version, ["user_id", "tier"])
+    snap_after = _tier_map(snap)
+    assert snap_after == {new_of[u]: t for u, t in snap_before.items() if u != erased}
 
     # a lookup by raw id through the API (new chain) answers the same tier
     api = Settings(data=str(root), redis_url=redis_url, pseudonym_key=SecretStr(chain),
