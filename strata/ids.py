@@ -19,6 +19,7 @@ the bucket is a pure function of it, identical on every run, process and machine
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
@@ -59,6 +60,16 @@ def chain_key(links: Sequence[bytes]) -> bytes:
     return LINK_SEPARATOR.join(link.strip() for link in links)
 
 
+@functools.lru_cache(maxsize=8)
+def _bases(key: bytes) -> tuple[hmac.HMAC, tuple[hmac.HMAC, ...]]:
+    """HMAC states of a key's links (parsed once per key: the API hashes one id a call)."""
+    first, *rest = key_links(key)
+    return (
+        hmac.new(first, digestmod=hashlib.sha256),
+        tuple(hmac.new(link, digestmod=hashlib.sha256) for link in rest),
+    )
+
+
 def _rekey_one(user_id: int, base: hmac.HMAC) -> int:
     h = base.copy()
     h.update(int(user_id).to_bytes(8, "big", signed=True))
@@ -76,11 +87,14 @@ def rekey_ids(user_ids: np.ndarray, link: bytes) -> np.ndarray:
         int64 array of the re-keyed ids, same shape; each distinct id is hashed once.
     """
     (link,) = key_links(link)
+    return _rekey_array(user_ids, hmac.new(link, digestmod=hashlib.sha256))
+
+
+def _rekey_array(user_ids: np.ndarray, base: hmac.HMAC) -> np.ndarray:
     ids = np.asarray(user_ids, dtype=np.int64)
     if ids.size == 0:
         return ids.copy()
     uniq, inverse = np.unique(ids, return_inverse=True)
-    base = hmac.new(link, digestmod=hashlib.sha256)
     out = np.fromiter((_rekey_one(int(u), base) for u in uniq), dtype=np.int64, count=uniq.size)
     return np.asarray(out[inverse].reshape(ids.shape), dtype=np.int64)
 
@@ -92,19 +106,19 @@ def pseudonymise(raw_id: str, key: bytes) -> int:
         raw_id: the platform's user id, as text (surrounding whitespace is ignored).
         key: the secret pseudonymisation key (at least 16 bytes), or a chain of links.
     """
-    first, *rest = key_links(key)
-    digest = hmac.new(first, raw_id.strip().encode("utf-8"), hashlib.sha256).digest()
-    user_id = int.from_bytes(digest[:8], "big") & _MASK_63
+    first, rest = _bases(key)
+    h = first.copy()
+    h.update(raw_id.strip().encode("utf-8"))
+    user_id = int.from_bytes(h.digest()[:8], "big") & _MASK_63
     for link in rest:
-        user_id = _rekey_one(user_id, hmac.new(link, digestmod=hashlib.sha256))
+        user_id = _rekey_one(user_id, link)
     return user_id
 
 
 def pseudonymise_many(raw_ids: Sequence[str] | Iterable[str], key: bytes) -> np.ndarray:
     """Vector form of :func:`pseudonymise`: an int64 array, one id per input (the whole
     chain applied when ``key`` has several links)."""
-    first, *rest = key_links(key)
-    base = hmac.new(first, digestmod=hashlib.sha256)
+    base, rest = _bases(key)
     out = []
     for raw in raw_ids:
         h = base.copy()
@@ -112,7 +126,7 @@ def pseudonymise_many(raw_ids: Sequence[str] | Iterable[str], key: bytes) -> np.
         out.append(int.from_bytes(h.digest()[:8], "big") & _MASK_63)
     ids = np.asarray(out, dtype=np.int64)
     for link in rest:
-        ids = rekey_ids(ids, link)
+        ids = _rekey_array(ids, link)
     return ids
 
 
