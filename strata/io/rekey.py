@@ -344,10 +344,13 @@ class _Rotation:
                 if info.type != pafs.FileType.Directory:
                     continue
                 version = posixpath.basename(info.path)
+                staged = posixpath.join(info.path, "features")
+                if not self._is_dir(staged):  # moved by the run that died
+                    continue
                 target = posixpath.join(store.path(version), "features")
                 if self._is_dir(target):
                     self.fs.delete_dir(target)
-                self.fs.move(posixpath.join(info.path, "features"), target)
+                self.fs.move(staged, target)
         for rel in (posixpath.join(TRUTH_DIR, TRUTH_FILE), "privacy/tombstones.parquet"):
             src = posixpath.join(stage, rel)
             if self._is_file(src):
@@ -370,7 +373,12 @@ class _Rotation:
     def run(self, save_key: Callable[[bytes], None]) -> RekeyReport:
         state = rotation_state(self.wh)
         if state is not None and not state.get("finished", True):
-            if state.get("new") != self.report.new_fingerprint:
+            if state.get("new") == self.report.old_fingerprint:
+                # died after saving the extended chain: the loaded key is the new chain
+                self.new_key = self.old_key
+                self.report.old_fingerprint = str(state.get("old", ""))
+                self.report.new_fingerprint = str(state["new"])
+            elif state.get("new") != self.report.new_fingerprint:
                 raise RotationError(
                     f"an interrupted rotation (to key fingerprint {state.get('new')}) is "
                     "pending: rerun it with the same new key file to finish it"

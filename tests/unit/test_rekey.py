@@ -78,3 +78,26 @@ def test_a_rotation_interrupted_after_its_commit_is_finished_by_a_rerun(tmp_path
     assert rotation_state(wh)["finished"] is True  # type: ignore[index]
     want = sorted(pseudonymise_many(RAW, chain_key([OLD, NEW])).tolist())
     assert sorted(wh.read_table("users").column("user_id").to_pylist()) == want
+
+
+def test_a_rotation_that_died_after_saving_the_key_finishes_with_the_new_chain(
+    tmp_path: Path,
+) -> None:
+    _warehouse(tmp_path)
+    saved: list[bytes] = []
+
+    def save_then_die(chain: bytes) -> None:
+        saved.append(chain)
+        raise OSError("killed after the key was written")
+
+    with pytest.raises(OSError, match="killed"):
+        rekey_data_root(str(tmp_path), OLD, NEW, save_then_die)
+    chain = chain_key([OLD, NEW])
+    # the operator reruns the same command: the key file now holds the chain
+    report = rekey_data_root(str(tmp_path), saved[0], NEW, saved.append)
+    assert report.resumed and saved == [chain, chain]
+    assert report.new_fingerprint == key_fingerprint(chain)
+    wh = Warehouse(str(tmp_path), pseudonym_key=chain)
+    assert rotation_state(wh)["finished"] is True  # type: ignore[index]
+    want = sorted(pseudonymise_many(RAW, chain).tolist())
+    assert sorted(wh.read_table("users").column("user_id").to_pylist()) == want
