@@ -57,9 +57,12 @@ def _parquet_hits(root: Path, ids: set[int]) -> list[str]:
             if pa.types.is_int64(col.type):
                 if np.isin(col.to_numpy(zero_copy_only=False), wanted).any():
                     hits.append(f"{path}:{name}")
-            elif pa.types.is_string(col.type) and name == "user_id":  # import rejects
-                if set(col.to_pylist()) & {str(u) for u in ids}:
-                    hits.append(f"{path}:{name}")
+            elif (  # import rejects keep the pseudonym as decimal text
+                pa.types.is_string(col.type)
+                and name == "user_id"
+                and set(col.to_pylist()) & {str(u) for u in ids}
+            ):
+                hits.append(f"{path}:{name}")
     return hits
 
 
