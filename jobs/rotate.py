@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from pathlib import Path
 
 import typer
@@ -23,15 +24,15 @@ from strata.experiments.config import load_experiments
 from strata.io.keys import load_pseudonym_key, read_key_link, write_key_chain
 from strata.io.rekey import drop_old_ids, rekey_data_root
 from strata.settings import Settings
-from strata.timeutil import AS_OF_HELP
+from strata.timeutil import AS_OF_HELP, from_epoch_ms, to_epoch_ms
 
 KEY_ENV = "STRATA_PSEUDONYM_KEY"
 
 
-def running_experiments(config_dir: str | None, today: dt.date) -> list[str]:
-    """Names of the experiments of configs/experiments.yaml that run on ``today``."""
+def running_experiments(config_dir: str | None, days: list[dt.date]) -> list[str]:
+    """Names of the experiments of configs/experiments.yaml that run on any of ``days``."""
     config = load_experiments(config_dir)
-    return [e.name for e in config.experiments if e.status(today) == "running"]
+    return [e.name for e in config.experiments if any(e.status(d) == "running" for d in days)]
 
 
 def command(
@@ -77,10 +78,15 @@ def command(
             "--chain-out: required when the key comes from STRATA_PSEUDONYM_KEY (the "
             "rotated chain must be written somewhere for you to set the variable from)"
         )
-    running = running_experiments(config_dir, as_of.date())
+    # local dates of the as-of and of now: an experiment running on either changes arms
+    days = sorted(
+        {from_epoch_ms(to_epoch_ms(as_of)).date(), from_epoch_ms(int(time.time() * 1000)).date()}
+    )
+    running = running_experiments(config_dir, days)
     if running and not force:
         raise CommandError(
-            f"experiments running on {as_of.date()}: {', '.join(running)}; a rotation changes "
+            f"experiments running ({' / '.join(map(str, days))}): {', '.join(running)}; a "
+            "rotation changes "
             "their users' arms (assignment hashes the pseudonym): end them or pass --force"
         )
     target = Path(settings.key_file) if chain_out is None else chain_out
@@ -106,7 +112,7 @@ def command(
         new_settings = Settings(data=data)
         result = RecomputeJob(new_settings, as_of, actors=actors, config_dir=config_dir).run()
         rows.append(("recompute version", result.version))
-        rows.append(("published", result.published))
+        rows.append(("published", "yes" if result.published else "no"))
         if result.published:
             with redis_session(settings) as url:
                 dropped = drop_old_ids(url, settings.redis_namespace, result.version)

@@ -112,7 +112,7 @@ class RekeyReport:
             ("rotation", self.rotation_id),
             ("key fingerprint before", self.old_fingerprint),
             ("key fingerprint after", self.new_fingerprint),
-            ("resumed an interrupted rotation", self.resumed),
+            ("resumed an interrupted rotation", "yes" if self.resumed else "no"),
         ]
         out += [(f"{t} rows re-keyed", n) for t, n in self.rows.items()]
         out += [
