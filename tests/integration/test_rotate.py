@@ -24,6 +24,7 @@ from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.io.tombstones import TombstoneStore
 from strata.io.warehouse import TABLES, Warehouse
+from strata.realtime.keys import RealtimeKeys
 from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
 from strata.timeutil import parse_as_of
@@ -114,6 +115,17 @@ def test_rotate_rekeys_everything_in_one_recompute(
     # one erased user still in the files (no compaction yet): its tombstone is re-keyed
     erased = sorted(before)[0]
     TombstoneStore(str(root)).add(np.array([erased]), key=TEST_KEY.encode(), n_buckets=8, by="cli")
+    # live state the stream would have left under old ids (stream stopped), and keys without ids
+    rt = RealtimeKeys(settings.redis_namespace)
+    rc = redis.Redis.from_url(redis_url)
+    live_user = sorted(before)[1]
+    rc.set(rt.state(live_user), b'{"orders": 1}')
+    rc.set(rt.live(live_user), b'{"tier": "high_value"}')
+    rc.rpush(rt.actions(live_user), b'{"rule": "cart_abandoned"}')
+    rc.zadd(rt.live_users(0), {str(live_user): 1})
+    rc.set(rt.exposed("potential_coupon_value", live_user), b"control")
+    rc.set(rt.rules, b'[{"name": "cart_abandoned"}]')
+    rc.hset(rt.budget("cart_abandoned", "2026-10-01"), "count", 3)
     key_file = tmp_path / "new.key"
     key_file.write_text(NEW_LINK + "\n")
     args = ["rotate-key", "--data", str(root), "--new-key-file", str(key_file),
@@ -183,13 +195,14 @@ def test_rotate_rekeys_everything_in_one_recompute(
     for path in root.rglob("*.json"):
         body = path.read_text()
         assert not [t for t in texts if t in body], path
-    r = redis.Redis.from_url(redis_url)
-    with SegmentStore(r, settings.redis_namespace) as store:
+    assert rc.get(rt.rules) and rc.hget(rt.budget("cart_abandoned", "2026-10-01"), "count") == b"3"
+    assert not rc.exists(rt.state(live_user), rt.live(live_user), rt.actions(live_user))
+    with SegmentStore(rc, settings.redis_namespace) as store:
         assert store.versions() == [store.current()]
     needles = [str(u).encode() for u in old_ids]
     needles += [int(u).to_bytes(8, e) for u in old_ids for e in ("little", "big")]
-    for key in r.scan_iter(match=f"{settings.redis_namespace}:*"):
-        blob = key + b"|".join(_redis_values(r, key))
+    for key in rc.scan_iter(match=f"{settings.redis_namespace}:*"):
+        blob = key + b"|".join(_redis_values(rc, key))
         assert not any(n in blob for n in needles), key
     wh = Warehouse(str(root))
     assert all(wh.read_table(t).num_rows >= 0 for t in TABLES)
