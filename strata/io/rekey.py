@@ -392,6 +392,8 @@ class _Rotation:
                 f"current key has fingerprint {self.report.old_fingerprint}: load the rotated "
                 "key chain before rotating again"
             )
+        if self.link in key_links(self.old_key):
+            raise RotationError("the new key is already a link of the current key chain")
         rid = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
         self.report.rotation_id = rid
         stage = self.staging(rid)

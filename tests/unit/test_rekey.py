@@ -52,6 +52,8 @@ def test_rekey_moves_every_row_to_its_new_bucket(tmp_path: Path) -> None:
     state = rotation_state(wh)
     assert state is not None and state["finished"] and state["new"] == key_fingerprint(chain)
     assert not (tmp_path / "rekey").exists()
+    with pytest.raises(RotationError, match="already a link"):
+        rekey_data_root(str(tmp_path), chain, NEW, saved.append)
     # rotating again with the old key is refused: the warehouse is keyed with the chain now
     with pytest.raises(RotationError, match="fingerprint"):
         rekey_data_root(str(tmp_path), OLD, NEW, saved.append)
