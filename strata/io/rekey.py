@@ -63,6 +63,7 @@ from strata.io.warehouse import (
     resolve,
 )
 from strata.privacy.audit import audit_id, audit_key
+from strata.schema import TABLE_SCHEMAS
 
 __all__ = [
     "STAGING_DIR",
@@ -183,13 +184,9 @@ class _Rotation:
         pq.write_table(table, path, filesystem=self.fs, **PARQUET_OPTIONS)
 
     # ------------------------------------------------------------------ warehouse
-    def _given_columns(self, table_name: str) -> list[str] | None:
-        from strata.schema import TABLE_SCHEMAS
-
-        names = list(TABLE_SCHEMAS[table_name].names)
-        for b in self.wh.buckets(table_name):
-            given = set(self.wh.bucket_columns(table_name, b))
-            names = [c for c in names if c in given]
+    def _given_columns(self, table_name: str, bucket: int) -> list[str] | None:
+        """The columns a bucket's parts really carry (None: all of the schema)."""
+        names = self.wh.bucket_columns(table_name, bucket)
         return None if len(names) == len(TABLE_SCHEMAS[table_name]) else names
 
     def _write_chunk(
@@ -205,12 +202,15 @@ class _Rotation:
         """Write every table's rows under their new ids as new part files (uncommitted)."""
         result = WriteResult()
         for table_name in TABLES:
-            buckets = self.wh.buckets(table_name)
-            given = self._given_columns(table_name)
+            # buckets grouped by the columns their parts carry (imports may give fewer): each
+            # chunk records its group's columns, as the import that wrote them did
+            given_of = {b: self._given_columns(table_name, b) for b in self.wh.buckets(table_name)}
+            buckets = sorted(given_of, key=lambda b: (str(given_of[b]), b))
             self.report.rows[table_name] = 0
             pending: list[pa.Table] = []
             n_pending = n_chunk = 0
             for i, b in enumerate(buckets):
+                given = given_of[b]
                 entry = self.wh.manifest["tables"][table_name]["buckets"][str(b)]
                 part = self.wh.read_bucket(table_name, b)
                 self.report.erased_rows_dropped += (
@@ -218,7 +218,7 @@ class _Rotation:
                 )
                 pending.append(part)
                 n_pending += part.num_rows
-                last = i == len(buckets) - 1
+                last = i == len(buckets) - 1 or given_of[buckets[i + 1]] != given
                 if n_pending >= self.chunk_rows or (last and n_pending):
                     write_id = f"rotate-{rid}-{n_chunk:04d}"
                     result.extend(self._write_chunk(table_name, pending, write_id, given))

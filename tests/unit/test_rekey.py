@@ -103,3 +103,27 @@ def test_a_rotation_that_died_after_saving_the_key_finishes_with_the_new_chain(
     assert rotation_state(wh)["finished"] is True  # type: ignore[index]
     want = sorted(pseudonymise_many(RAW, chain).tolist())
     assert sorted(wh.read_table("users").column("user_id").to_pylist()) == want
+
+
+def test_imported_parts_keep_recording_the_columns_they_carry(tmp_path: Path) -> None:
+    wh = Warehouse(str(tmp_path), pseudonym_key=OLD)
+    wh.create(8)
+    ids = pseudonymise_many(RAW, OLD)
+    imported, generated = ids[:5], ids[5:]
+    result = wh.write_partitioned(
+        "users", pa.table({"user_id": imported}), "imp", columns=["user_id"]
+    )
+    result.extend(wh.write_partitioned("users", pa.table({"user_id": generated}), "gen"))
+    wh.commit(result, "test")
+    # a user's columns are known per bucket: all users of a bucket with an imported part
+    partial = [
+        int(u) for u in ids if wh.bucket_columns("users", int(bucket_of(u, 8))) == ["user_id"]
+    ]
+    assert 5 <= len(partial) < len(ids)
+    rekey_data_root(str(tmp_path), OLD, NEW, lambda _: None)
+    wh = Warehouse(str(tmp_path), pseudonym_key=chain_key([OLD, NEW]))
+    new_partial = set(rekey_ids(np.array(partial), NEW).tolist())
+    for b in wh.buckets("users"):
+        got = set(wh.read_bucket("users", b).column("user_id").to_pylist())
+        cols = wh.bucket_columns("users", b)
+        assert (cols == ["user_id"]) == bool(got & new_partial), (b, cols)
