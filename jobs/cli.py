@@ -20,6 +20,7 @@ from jobs import (
     keys,
     recompute,
     report,
+    rotate,
     rules_cmds,
     serve,
     stream,
@@ -70,10 +71,10 @@ app.command("stream", help=stream.command.__doc__)(stream.command)
 app.add_typer(campaigns.app, name="campaigns", help="Calendar campaigns (festival rules).")
 app.add_typer(rules_cmds.app, name="rules", help="Trigger rules: what each did.")
 app.add_typer(report.app, name="report", help="Reports: experiments (effects as gbstats).")
-# what-if (issue 14, part C)
 app.command("whatif", help=whatif.command.__doc__)(whatif.command)
 app.command("export", help=export.command.__doc__)(export.command)
 app.command("erase", help=erase.command.__doc__)(erase.command)
+app.command("rotate-key", help=rotate.command.__doc__)(rotate.command)
 
 
 def main() -> None:
