@@ -132,7 +132,7 @@ class _NoBar:
 
 
 def run(
-    data: str = typer.Option("./data", "--data", help="Data root."),
+    data: str = typer.Option("./data", "--data", envvar="STRATA_DATA", help="Data root."),
     date: str = typer.Option(
         ..., "--date", help="The business date (YYYY-MM-DD, local calendar) to run."
     ),

@@ -63,7 +63,7 @@ def recompute_history(
 
 
 def command(
-    data: str = typer.Option("./data", "--data", help="Data root."),
+    data: str = typer.Option("./data", "--data", envvar="STRATA_DATA", help="Data root."),
     users: int = typer.Option(50_000, "--users", min=100, help="Synthetic users to generate."),
     days: int = typer.Option(60, "--days", min=7, help="Days of history."),
     seed: int = typer.Option(0, "--seed"),

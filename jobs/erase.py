@@ -102,7 +102,9 @@ def run(settings: Settings, raw_ids: list[str], by: str = "cli") -> ErasureRepor
 
 
 def command(
-    data: str = typer.Option("./data", "--data", help="Data root (local path or filesystem URI)."),
+    data: str = typer.Option(
+        "./data", "--data", envvar="STRATA_DATA", help="Data root (local path or filesystem URI)."
+    ),
     user: list[str] | None = typer.Option(
         None, "--user", help="A raw platform id to erase (repeat for more)."
     ),

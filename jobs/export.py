@@ -88,7 +88,9 @@ def build_document(settings: Settings, raw_id: str, config_dir: str | None) -> d
 
 
 def command(
-    data: str = typer.Option("./data", "--data", help="Data root (local path or filesystem URI)."),
+    data: str = typer.Option(
+        "./data", "--data", envvar="STRATA_DATA", help="Data root (local path or filesystem URI)."
+    ),
     user: str = typer.Option(..., "--user", help="The user's raw platform id."),
     json_out: Path | None = typer.Option(
         None, "--json-out", help="Write the document here instead of stdout."

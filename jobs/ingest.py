@@ -267,7 +267,9 @@ def _summary(result: ImportResult) -> list[Table]:
     return tables
 
 
-DataOpt = typer.Option("./data", "--data", help="Data root (local path or filesystem URI).")
+DataOpt = typer.Option(
+    "./data", "--data", envvar="STRATA_DATA", help="Data root (local path or filesystem URI)."
+)
 
 
 def command(

@@ -28,7 +28,9 @@ app = typer.Typer(
 #: notes and tables of ``create`` go here, so stdout carries the key alone
 err_console = Console(stderr=True)
 
-DataOpt = typer.Option("./data", "--data", help="Data root (local path or filesystem URI).")
+DataOpt = typer.Option(
+    "./data", "--data", envvar="STRATA_DATA", help="Data root (local path or filesystem URI)."
+)
 
 
 def _fail(message: str) -> CommandError:

@@ -308,7 +308,7 @@ class RecomputeJob:
 
 
 def command(
-    data: str = typer.Option("./data", "--data", help="Data root."),
+    data: str = typer.Option("./data", "--data", envvar="STRATA_DATA", help="Data root."),
     as_of: dt.datetime = typer.Option(..., "--as-of", help=AS_OF_HELP, parser=as_of_option),
     actors: int | None = typer.Option(None, "--actors", min=1, help="Feature actors."),
     no_publish: bool = typer.Option(False, "--no-publish", help="Snapshot only, no Redis."),
@@ -330,7 +330,7 @@ def command(
 
 
 def rollback(
-    data: str = typer.Option("./data", "--data", help="Data root."),
+    data: str = typer.Option("./data", "--data", envvar="STRATA_DATA", help="Data root."),
     to: str | None = typer.Option(None, "--to", help="Version (default: the previous one)."),
 ) -> None:
     """Point online lookups back at a previous published version."""

@@ -155,7 +155,10 @@ def experiment(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the analysis as JSON."),
     data: str = typer.Option(
-        "./data", "--data", help="Data root (the warehouse's exposures and orders)."
+        "./data",
+        "--data",
+        envvar="STRATA_DATA",
+        help="Data root (the warehouse's exposures and orders).",
     ),
     until: str | None = typer.Option(
         None,
@@ -267,7 +270,9 @@ def _warehouse(
 
 @app.command("strategies")
 def strategies(
-    data: str = typer.Option("./data", "--data", help="Data root (snapshots and warehouse)."),
+    data: str = typer.Option(
+        "./data", "--data", envvar="STRATA_DATA", help="Data root (snapshots and warehouse)."
+    ),
     since: str | None = typer.Option(
         None, "--since", help="Window start (YYYY-MM-DD local midnight; default: the as-of)."
     ),
@@ -331,7 +336,9 @@ def strategies(
 
 @app.command("tiers")
 def tiers(
-    data: str = typer.Option("./data", "--data", help="Data root (snapshots and warehouse)."),
+    data: str = typer.Option(
+        "./data", "--data", envvar="STRATA_DATA", help="Data root (snapshots and warehouse)."
+    ),
     first: str | None = typer.Option(
         None, "--from", help="Oldest snapshot version to cover (default: the oldest retained)."
     ),

@@ -36,7 +36,7 @@ def running_experiments(config_dir: str | None, days: list[dt.date]) -> list[str
 
 
 def command(
-    data: str = typer.Option("./data", "--data", help="Data root."),
+    data: str = typer.Option("./data", "--data", envvar="STRATA_DATA", help="Data root."),
     new_key_file: Path = typer.Option(
         ...,
         "--new-key-file",

@@ -57,7 +57,9 @@ def stats_table(report: dict[str, Any], by_tier: bool) -> Table:
 
 @app.command("stats")
 def stats(
-    data: str = typer.Option("./data", "--data", help="Data root (embedded Redis)."),
+    data: str = typer.Option(
+        "./data", "--data", envvar="STRATA_DATA", help="Data root (embedded Redis)."
+    ),
     by_tier: bool = typer.Option(False, "--by-tier", help="One row per rule and tier."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON of GET /v1/rules."),
 ) -> None:

@@ -171,7 +171,9 @@ def run_server(
 
 
 def command(
-    data: str = typer.Option("./data", "--data", help="Data root (key file, embedded Redis)."),
+    data: str = typer.Option(
+        "./data", "--data", envvar="STRATA_DATA", help="Data root (key file, embedded Redis)."
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="HTTP port."),
     replicas: int = typer.Option(1, "--replicas", min=1, help="Serve replicas of the API."),

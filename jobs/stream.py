@@ -240,7 +240,7 @@ def progress_line(totals: dict[str, Any], elapsed_s: float) -> str:
 
 
 def command(
-    data: str = typer.Option("./data", "--data", help="Data root."),
+    data: str = typer.Option("./data", "--data", envvar="STRATA_DATA", help="Data root."),
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="Stream workers (default: one per CPU)."
     ),

@@ -373,7 +373,7 @@ def _record_failure(
 
 # ============================================================================ commands
 def command(
-    data: str = typer.Option("./data", "--data", help="Data root."),
+    data: str = typer.Option("./data", "--data", envvar="STRATA_DATA", help="Data root."),
     as_of: dt.datetime = typer.Option(..., "--as-of", help=AS_OF_HELP, parser=as_of_option),
     horizon: int | None = typer.Option(
         None, "--horizon", min=1, help="Label window in days (default: train.yaml)."
@@ -389,7 +389,9 @@ def command(
         raise typer.Exit(1)
 
 
-def models(data: str = typer.Option("./data", "--data", help="Data root.")) -> None:
+def models(
+    data: str = typer.Option("./data", "--data", envvar="STRATA_DATA", help="Data root."),
+) -> None:
     """List the trained model versions with status, test metrics and winners."""
     print_versions(ModelRegistry(data))
 

@@ -13,7 +13,9 @@ from strata.io.warehouse import TABLES, Warehouse
 from strata.privacy.retention import RetentionConfig, event_cutoff_ms, load_retention_config
 from strata.settings import Settings
 
-DataOpt = typer.Option("./data", "--data", help="Data root (local path or filesystem URI).")
+DataOpt = typer.Option(
+    "./data", "--data", envvar="STRATA_DATA", help="Data root (local path or filesystem URI)."
+)
 
 
 def compact_warehouse(wh: Warehouse, events_before_ms: int | None = None) -> dict[str, int]:

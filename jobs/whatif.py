@@ -72,7 +72,9 @@ def costs_table(res: WhatIfResult) -> Table:
 
 
 def command(
-    data: str = typer.Option("./data", "--data", help="Data root (local path or filesystem URI)."),
+    data: str = typer.Option(
+        "./data", "--data", envvar="STRATA_DATA", help="Data root (local path or filesystem URI)."
+    ),
     set_: list[str] = typer.Option(
         [],
         "--set",
