@@ -197,6 +197,7 @@ def run(
     buckets = sorted(set(warehouse.buckets("events")) | set(warehouse.buckets("users")))
     if not buckets:
         raise TrainError(f"the warehouse at {warehouse.root} holds no events or users")
+    warehouse.check_parts()  # an unreadable part fails here, before any scratch or version
     weights = warehouse.bucket_rows("events")
     registry = ModelRegistry(settings.data)
     version = new_version()

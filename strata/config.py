@@ -97,13 +97,16 @@ def load_yaml(path: str | Path, model: type[M]) -> M:
     """Load and validate one YAML file.
 
     Raises:
-        ConfigError: the file is missing, is not YAML, or does not fit ``model``.
+        ConfigError: the file is missing or unreadable, is not YAML, or does not fit ``model``.
     """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {p}") from exc
+    except (OSError, UnicodeDecodeError) as exc:  # a folder in its place, no permission, bytes
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"config file {p} cannot be read: {reason}") from exc
     return parse_yaml(text, p, model)
 
 

@@ -254,6 +254,36 @@ class Warehouse:
         """Buckets that hold at least one committed file, ascending."""
         return sorted(int(b) for b, e in self.manifest["tables"][table]["buckets"].items() if e)
 
+    def check_parts(self, tables: Sequence[str] = ("events", "users")) -> int:
+        """Open every committed part's Parquet footer: a command that must not write before
+        it knows its inputs are readable calls this first (it reads no column data).
+
+        Returns:
+            The number of parts checked.
+
+        Raises:
+            WarehouseError: a part is missing, is not Parquet (garbage or cut short), or holds
+                another number of rows than the manifest records; the message names the file.
+        """
+        checked = 0
+        for table in tables:
+            for b, entry in sorted(self.manifest["tables"][table]["buckets"].items()):
+                d = self.bucket_dir(table, int(b))
+                for part in entry["parts"] if entry else []:
+                    path = posixpath.join(d, part["name"])
+                    try:
+                        with self.fs.open_input_file(path) as f:
+                            rows = pq.read_metadata(f).num_rows
+                    except (OSError, pa.ArrowException) as exc:
+                        raise WarehouseError(f"cannot read warehouse file {path}: {exc}") from exc
+                    if rows != part["rows"]:
+                        raise WarehouseError(
+                            f"warehouse file {path} holds {rows} rows, the manifest "
+                            f"{self.manifest_path} records {part['rows']}"
+                        )
+                    checked += 1
+        return checked
+
     def bucket_rows(self, table: str = "events") -> dict[int, int]:
         return {
             int(b): sum(p["rows"] for p in e["parts"])
