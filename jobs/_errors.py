@@ -9,6 +9,7 @@ keeps its traceback always.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -127,7 +128,8 @@ def user_error_message(exc: BaseException) -> str | None:
 
     User errors: the domain errors (config, warehouse, mapping, import input file, model
     registry, key file, pseudonymisation key, segment store, pydantic validation of configs and
-    settings), an unreachable Redis (connection refused or timed out), and the jobs' own errors
+    settings), an unreachable Redis (connection refused or timed out), a full disk or quota
+    (ENOSPC, EDQUOT: an OS error naming the file), and the jobs' own errors
     when what they wrap is one of those, an OS error, or nothing. Ray's task wrapper is looked
     through.
     """
@@ -144,7 +146,7 @@ def user_error_message(exc: BaseException) -> str | None:
                 break
             return None
     else:
-        return None
+        return _disk_full_message(chain)
     if isinstance(err, unreachable):
         return (
             f"Redis is unreachable ({err}); check STRATA_REDIS_URL "
@@ -153,6 +155,22 @@ def user_error_message(exc: BaseException) -> str | None:
     if isinstance(err, ValidationError):
         return _validation_message(err)
     return str(err).strip() or type(err).__name__
+
+
+#: errnos of a full disk or an exhausted quota: the user's to fix, no bug.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _disk_full_message(chain: list[BaseException]) -> str | None:
+    """The message of a write that ran out of space (its text names the file), else None."""
+    for err in chain:
+        if isinstance(err, OSError) and err.errno in _DISK_FULL:
+            where = f" {err.filename}" if err.filename else ""
+            return (
+                f"disk full{where}: {err}; free space and run again "
+                "(nothing was committed; `strata vacuum` removes leftover parts)"
+            )
+    return None
 
 
 def _actor_init_failed(exc: BaseException) -> bool:

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from strata.features.rfm import RfmPartials
 from strata.io.paths import bucket_dir_name, complete_folders
-from strata.io.warehouse import PARQUET_OPTIONS, WarehouseError, resolve
+from strata.io.warehouse import PARQUET_OPTIONS, WarehouseError, resolve, write_failed
 
 if TYPE_CHECKING:
     from strata.io.tombstones import ErasureFilter
@@ -57,8 +57,11 @@ class SnapshotStore:
     def write_bucket(self, version: str, bucket: int, n_buckets: int, table: pa.Table) -> str:
         """Write one bucket's rows (deterministic bytes for the same table)."""
         path = self.bucket_path(version, bucket, n_buckets)
-        self.fs.create_dir(posixpath.dirname(path), recursive=True)
-        pq.write_table(table, path, filesystem=self.fs, **PARQUET_OPTIONS)
+        try:
+            self.fs.create_dir(posixpath.dirname(path), recursive=True)
+            pq.write_table(table, path, filesystem=self.fs, **PARQUET_OPTIONS)
+        except OSError as exc:  # disk full: the error names the file (no manifest: unseen)
+            raise write_failed(exc, path) from exc
         return path
 
     def write_manifest(self, version: str, manifest: dict[str, Any]) -> None:
@@ -93,8 +96,11 @@ class SnapshotStore:
         """Write a JSON file of a snapshot atomically (temporary file, then a move)."""
         self.fs.create_dir(self.path(version), recursive=True)
         tmp = posixpath.join(self.path(version), f".{name}.{uuid.uuid4().hex}.tmp")
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(json.dumps(data, indent=indent, sort_keys=True, default=str).encode())
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(json.dumps(data, indent=indent, sort_keys=True, default=str).encode())
+        except OSError as exc:
+            raise write_failed(exc, tmp) from exc
         self.fs.move(tmp, posixpath.join(self.path(version), name))
 
     def manifest(self, version: str) -> dict[str, Any]:

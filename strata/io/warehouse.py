@@ -73,6 +73,23 @@ class WarehouseError(RuntimeError):
     """The warehouse is missing, inconsistent, or a file in it cannot be read."""
 
 
+def write_failed(exc: OSError, path: str) -> OSError:
+    """``exc`` (a failed write: disk full, quota, permission) as an OSError naming ``path``.
+
+    Arrow's write errors name no file (``Error writing bytes to file``); the command's message
+    must say where. The errno is kept, so callers still tell a full disk (ENOSPC) apart.
+    """
+    reason = exc.strerror or str(exc)
+    if exc.errno is not None and (detail := os.strerror(exc.errno)) not in reason:
+        reason = f"{reason} ({detail})"
+    return OSError(exc.errno, f"cannot write {path}: {reason}")
+
+
+def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:
+    with contextlib.suppress(OSError):
+        fs.delete_file(path)
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """Filesystem and path of a data root: a local path or any pyarrow filesystem URI."""
     if is_remote(uri):
@@ -229,8 +246,12 @@ class Warehouse:
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         tmp = posixpath.join(self.root, f".{MANIFEST}.{uuid.uuid4().hex}.tmp")
         data = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+        except OSError as exc:  # the manifest itself is untouched
+            _remove_quietly(self.fs, tmp)
+            raise write_failed(exc, tmp) from exc
         self.fs.move(tmp, self.manifest_path)  # atomic rename locally; one PUT on object stores
         self._manifest = manifest
 
@@ -329,9 +350,12 @@ class Warehouse:
         d = self.bucket_dir(table_name, bucket)
         self.fs.create_dir(d, recursive=True)
         name = f"part-{write_id}.parquet"
-        pq.write_table(
-            table, posixpath.join(d, name), filesystem=self.fs, **_parquet_options(table)
-        )
+        path = posixpath.join(d, name)
+        try:
+            pq.write_table(table, path, filesystem=self.fs, **_parquet_options(table))
+        except OSError as exc:  # no commit names it yet: readers never see it; vacuum would
+            _remove_quietly(self.fs, path)
+            raise write_failed(exc, path) from exc
         lo, hi = _ts_range_ms(table)
         given = None if columns is None else [c for c in schema.names if c in set(columns)]
         return PartFile(
