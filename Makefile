@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PIP_FLAGS := --disable-pip-version-check -q
 
-.PHONY: install demo test unit integration lint typecheck format bench bench-generate bench-recompute clean browser
+.PHONY: install demo test unit integration faults lint typecheck format bench bench-generate bench-recompute clean browser
 
 # strata runs on Python 3.11 and 3.12 (pyproject.toml's requires-python). The pinned pip and
 # setuptools go in first; the package then builds with that setuptools (no build isolation).
@@ -34,13 +34,17 @@ demo: $(STAMP)
 	$(VENV)/bin/strata demo --data ./data
 
 test: $(STAMP) lint typecheck browser
-	$(VENV)/bin/pytest -q tests/unit tests/integration
+	$(VENV)/bin/pytest -q tests/unit tests/integration tests/faults
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit
 
 integration: $(STAMP) browser
 	$(VENV)/bin/pytest -q tests/integration
+
+# issue 16's light faults: disk full (a small tmpfs, needs root), corrupt inputs
+faults: $(STAMP)
+	$(VENV)/bin/pytest -q tests/faults
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
