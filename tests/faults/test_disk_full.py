@@ -4,6 +4,7 @@ half-written visible to readers, and the leftovers cleaned by vacuum or the next
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ IMPORT_ARGS = [
 ]  # fmt: skip
 
 
+@contextlib.contextmanager
 def _mount_tmpfs(folder: Path, size: str) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs (the full disk) needs root")
@@ -56,7 +58,7 @@ def test_disk_full_while_writing_a_snapshot(small_warehouse: Path, tmp_path: Pat
     shutil.copytree(small_warehouse / "warehouse", data / "warehouse")
     snapshots = data / "snapshots"
     manifest = Path(Warehouse(str(data)).manifest_path).read_bytes()
-    for _ in _mount_tmpfs(snapshots, "96k"):  # the snapshot takes ~400 KiB
+    with _mount_tmpfs(snapshots, "96k"):  # the snapshot takes ~400 KiB
         _one_error(["recompute", "--no-publish", "--data", str(data), "--as-of", AS_OF], snapshots)
         assert Path(Warehouse(str(data)).manifest_path).read_bytes() == manifest
         assert SnapshotStore(str(data)).versions() == []
@@ -88,7 +90,7 @@ def _orders_csv(path: Path, n: int, seed: int) -> Path:
 def test_disk_full_while_importing(tmp_path: Path) -> None:
     small = _orders_csv(tmp_path / "small.csv", 50, seed=1)
     big = _orders_csv(tmp_path / "big.csv", 40_000, seed=2)
-    for data in _mount_tmpfs(tmp_path / "data", "256k"):
+    with _mount_tmpfs(tmp_path / "data", "256k") as data:
         args = ["--data", str(data), *IMPORT_ARGS]
         ok = CliRunner().invoke(app, ["import", str(small), *args])
         assert ok.exit_code == 0, ok.output[-3000:]
