@@ -86,7 +86,7 @@ class RecomputeJob:
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         warehouse = Warehouse(self.settings.data)
-        buckets = sorted(set(warehouse.buckets("events")) | set(warehouse.buckets("users")))
+        buckets = warehouse.user_buckets()
         if not buckets:
             raise RecomputeError(f"the warehouse at {warehouse.root} holds no events or users")
         rows = warehouse.bucket_rows("events")

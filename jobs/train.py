@@ -194,7 +194,7 @@ def run(
     if not cutoffs:
         raise TrainError(f"no cutoff with a {horizon}-day horizon fits before {as_of.isoformat()}")
     warehouse = Warehouse(settings.data)
-    buckets = sorted(set(warehouse.buckets("events")) | set(warehouse.buckets("users")))
+    buckets = warehouse.user_buckets()
     if not buckets:
         raise TrainError(f"the warehouse at {warehouse.root} holds no events or users")
     warehouse.check_parts()  # an unreadable part fails here, before any scratch or version
@@ -362,12 +362,7 @@ def _record_failure(
 ) -> None:
     """Record a crashed run as a ``failed`` version (no models), for `strata models`."""
     try:
-        registry.delete(version)
-        registry.save(
-            version,
-            {},
-            {**meta, "status": "failed", "problems": [f"{stage}: {error}"], "timings": timings},
-        )
+        registry.save_failed(version, meta, f"{stage}: {error}", timings)
     except Exception as exc:  # the original error matters more than this one
         console.print(f"[yellow]could not record failed version {version}: {exc}")
 

@@ -316,6 +316,16 @@ class ModelRegistry:
         self.fs.move(tmp, posixpath.join(folder, META))  # the commit: atomic rename
         return folder
 
+    def save_failed(
+        self, version: str, meta: dict[str, Any], problem: str, timings: dict[str, float]
+    ) -> None:
+        """Record a crashed run as a ``failed`` version without models (for `strata models`),
+        replacing whatever the run had written under ``version``."""
+        self.delete(version)
+        self.save(
+            version, {}, {**meta, "status": "failed", "problems": [problem], "timings": timings}
+        )
+
     def delete(self, version: str) -> None:
         """Remove a version folder (used to discard a half-written save)."""
         path = self.path(version)

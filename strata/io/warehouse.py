@@ -305,6 +305,11 @@ class Warehouse:
                     checked += 1
         return checked
 
+    def user_buckets(self) -> list[int]:
+        """Buckets holding any user's events or attributes, sorted (what a recompute or a
+        training run shards over)."""
+        return sorted(set(self.buckets("events")) | set(self.buckets("users")))
+
     def bucket_rows(self, table: str = "events") -> dict[int, int]:
         return {
             int(b): sum(p["rows"] for p in e["parts"])
