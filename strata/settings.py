@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +21,9 @@ class Settings(BaseSettings):
         data: data root (local path or any pyarrow filesystem URI such as ``s3://bucket/strata``)
             holding ``warehouse/``, ``rejects/``, ``snapshots/``, ``models/``.
         redis_url: external Redis; unset means an embedded redis-server on a free local port.
+        redis_mode: ``standalone`` (one server, the default) or ``cluster`` (a Redis Cluster;
+            ``redis_url`` names any node). Read by :mod:`strata.io.redis_client` from
+            ``STRATA_REDIS_MODE`` where a store is given a URL.
         redis_namespace: prefix of every Redis key strata writes or reads (letters, digits and
             ``._:-``): the recompute publishes under it and the API reads under it.
         pseudonym_key: the HMAC key for user ids (text, at least 16 characters). Unset: read
@@ -38,6 +42,7 @@ class Settings(BaseSettings):
 
     data: str = "./data"
     redis_url: str | None = None
+    redis_mode: Literal["standalone", "cluster"] = "standalone"
     redis_namespace: str = "strata"
     pseudonym_key: SecretStr | None = None
     key_file: Path = Field(

@@ -82,6 +82,29 @@ def redis_server() -> Iterator[EmbeddedRedis]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    """A real 3-master Redis Cluster on loopback for the whole session
+    (:class:`strata.io.redis_cluster_server.EmbeddedRedisCluster`)."""
+    from strata.io.redis_cluster_server import EmbeddedRedisCluster
+
+    with EmbeddedRedisCluster(masters=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The session's cluster, every master flushed before the test, with
+    ``STRATA_REDIS_MODE=cluster`` set for the test (so stores built from the URL use it)."""
+    redis_cluster.wait_ok()
+    for node in redis_cluster.master_nodes:
+        client = node.client()
+        client.flushall()
+        client.close()
+    monkeypatch.setenv("STRATA_REDIS_MODE", "cluster")
+    yield redis_cluster.url
+
+
 @pytest.fixture
 def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
     """The session's Redis, flushed before each test."""
