@@ -83,7 +83,7 @@ class StreamWorker:
         self.config = StreamConfig.model_validate_json(config_json)
         self.config_dir = config_dir
         self.data_root = data_root
-        self.store = RealtimeStore(redis_url, namespace, self.config)
+        self.store = RealtimeStore(redis_url, namespace, self.config, partitions)
         self.snapshot = SegmentStore(redis_url, namespace=namespace)
         self.consumer = f"w{index}"
         self.readers = [
@@ -99,7 +99,7 @@ class StreamWorker:
         self.rules: TriggerConfig = load_triggers(config_dir)
         self.processor = self._processor(self.rules)
         self.playbook = self._playbook()
-        self.exposures = ExposureLog(self.store.redis, namespace)
+        self.exposures = ExposureLog(self.store.redis, namespace, partitions=partitions)
         self.reload_error: str | None = None
         self._version: str | None = None
         self._live: LiveScorer | None = None

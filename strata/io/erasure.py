@@ -5,15 +5,17 @@ keys) and the tombstone that makes the warehouse, snapshots and the next jobs dr
 
 1. :meth:`strata.io.segment_store.SegmentStore.erase`: the users' entries of every version
    (published, ready, writing), both storage formats;
-2. :func:`erase_realtime`: one SCAN over ``{ns}:rt:*`` deletes the keys that name a user (live
-   state ``u:``, overlay ``live:``, tags, action log, first-exposure markers ``exposed:{exp}:``
-   (lowering that arm's ``exposed_count``, so counts match the markers), action decisions
-   ``idem:`` and budget reservations ``reserve:`` of the user's action keys
-   ``{rule}:{user}:{instance}``); the overlay index ``livers:{p}`` and the timers ``due:{p}``
-   of the user's partition lose the user's members; the user's partition stream
-   ``events:{p}``, the ``outbox``, the ``exposures`` stream and the ``dead`` letters lose
-   every entry whose payload names the user (``"user_id":<id>``): XDEL, so pending entries
-   of a consumer group go with them (a worker that claims one gets nothing);
+2. :func:`erase_realtime`: one SCAN over ``{ns}:rt:*`` (on a Redis Cluster, over every
+   master: redis-py's cluster ``scan_iter`` visits each primary) deletes the keys that name a
+   user (live state ``u:``, overlay ``live:``, tags, action log, first-exposure markers
+   ``exposed:{exp}:`` (lowering that arm's ``exposed_count`` of the user's partition, in one
+   script on that partition's slot, so counts match the markers), action decisions ``idem:``
+   and budget reservations ``reserve:{rule:day}:`` of the user's action keys
+   ``{rule}:{user}:{instance}``; deleted in batches grouped by hash slot); the overlay index
+   ``livers`` and the timers ``due`` of the user's partition lose the user's members; the
+   user's partition's ``events``, ``outbox``, ``exposures`` and ``dead`` streams lose every
+   entry whose payload names the user (``"user_id":<id>``): XDEL, so pending entries of a
+   consumer group go with them (a worker that claims one gets nothing);
 3. :meth:`strata.io.tombstones.TombstoneStore.add`, whose row (audit id, bucket, when, by whom,
    ``what`` = the JSON counts of step 1 and 2) is the audit log;
 4. optionally a BGSAVE (:func:`strata.io.redis_server.save_dataset`), so that the embedded
@@ -33,25 +35,27 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis
 
 from strata.ids import bucket_of
+from strata.io.redis_client import SyncClient, group_by_slot, sync_client
 from strata.io.redis_server import save_dataset
 from strata.io.segment_store import SegmentStore
 from strata.io.tombstones import TombstoneStore
-from strata.realtime.keys import RealtimeKeys
+from strata.realtime.keys import RealtimeKeys, split_tag
 
 __all__ = ["DumpNotSavedError", "ErasureError", "ErasureReport", "erase_realtime", "erase_users"]
 
 _SCAN_COUNT = 1000
 _XRANGE_COUNT = 1000
 _USER_ID = re.compile(rb'"user_id"\s*:\s*(\d+)')
-#: keys ``{ns}:rt:{kind}:{user}``
+#: keys ``{ns}:rt:{pP}:{kind}:{user}``
 _USER_KEYS = ("u", "live", "tags", "actions")
-#: keys ``{ns}:rt:{kind}:{rule}:{user}:{instance}`` (an action key)
+#: keys ``{ns}:rt:{pP}:idem:{key}`` and ``{ns}:rt:reserve:{rule:day}:{key}`` of an action key
+#: ``{rule}:{user}:{instance}``
 _ACTION_KEYS = ("idem", "reserve")
 
 # KEYS: a first-exposure marker, its experiment's count hash. Deletes the marker and lowers
@@ -94,12 +98,17 @@ class ErasureReport:
 def _user_of_key(rest: str, users: set[int]) -> tuple[str, int] | None:
     """``(kind, user)`` of a real-time key (without ``{ns}:rt:``) that names one of
     ``users``, else None."""
+    partition, rest = split_tag(rest)
     kind, _, tail = rest.partition(":")
-    if kind in _USER_KEYS:
+    if partition is not None and kind in _USER_KEYS:
         part = tail
-    elif kind == "exposed":
+    elif partition is not None and kind == "exposed":
         part = tail.rpartition(":")[2]
-    elif kind in _ACTION_KEYS:
+    elif kind in _ACTION_KEYS and (partition is not None) == (kind == "idem"):
+        if kind == "reserve":  # the budget's tag {rule:day} first
+            if not tail.startswith("{") or "}:" not in tail:
+                return None
+            tail = tail.split("}:", 1)[1]
         bits = tail.split(":", 2)
         part = bits[1] if len(bits) == 3 else ""
     else:
@@ -115,7 +124,7 @@ def _names_user(fields: dict[bytes, bytes] | None, users: set[int]) -> bool:
     return any(int(m) in users for value in fields.values() for m in _USER_ID.findall(bytes(value)))
 
 
-def _xdel_matching(client: redis.Redis, stream: str, users: set[int]) -> int:
+def _xdel_matching(client: SyncClient, stream: str, users: set[int]) -> int:
     """XDEL every entry of ``stream`` whose payload names one of ``users``."""
     deleted = 0
     start = "-"
@@ -133,19 +142,19 @@ def _xdel_matching(client: redis.Redis, stream: str, users: set[int]) -> int:
             return deleted
 
 
-def _zrem_matching(client: redis.Redis, key: str, users: set[int]) -> int:
+def _zrem_matching(client: SyncClient, key: str, users: set[int]) -> int:
     """ZREM every timer member (JSON with ``user_id``) of ``users`` from ``key``."""
     members = client.zscan_iter(key, count=_SCAN_COUNT)
     hits = [m for m, _ in members if _names_user({b"m": m}, users)]
     return int(client.zrem(key, *hits)) if hits else 0
 
 
-def erase_realtime(client: redis.Redis, namespace: str, user_ids: Iterable[int]) -> dict[str, int]:
+def erase_realtime(client: SyncClient, namespace: str, user_ids: Iterable[int]) -> dict[str, int]:
     """Delete every real-time key, member and stream entry of ``user_ids`` (see the module
     docstring).
 
     Args:
-        client: a Redis client (``decode_responses=False``).
+        client: a client of either mode (``decode_responses=False``).
         namespace: the key namespace.
         user_ids: pseudonyms.
 
@@ -185,16 +194,19 @@ def erase_realtime(client: redis.Redis, namespace: str, user_ids: Iterable[int])
             continue
         kind = hit[0]
         if kind == "exposed":
-            experiment = rest[len("exposed:") :].rpartition(":")[0]
-            out["exposures"] += int(unexpose(keys=[raw, keys.exposed_count(experiment)]))
+            partition, name = split_tag(rest)
+            experiment = name[len("exposed:") :].rpartition(":")[0]
+            count_key = keys.exposed_count(experiment, partition or 0)
+            out["exposures"] += int(unexpose(keys=[raw, count_key]))
         elif kind in _ACTION_KEYS:
             doomed.append(raw)
             out["decisions"] += 1
         else:
             doomed.append(raw)
             out[named[kind]] += 1
-    for start in range(0, len(doomed), _SCAN_COUNT):
-        client.unlink(*doomed[start : start + _SCAN_COUNT])
+    for same_slot in group_by_slot(doomed, lambda k: k).values():
+        for start in range(0, len(same_slot), _SCAN_COUNT):
+            client.unlink(*same_slot[start : start + _SCAN_COUNT])
     stored = client.hget(keys.layout, "partitions")
     partitions = int(stored) if stored is not None else None
     if partitions:
@@ -205,9 +217,9 @@ def erase_realtime(client: redis.Redis, namespace: str, user_ids: Iterable[int])
             out["overlay_index"] += int(client.zrem(keys.live_users(p), *mine))
             out["timers"] += _zrem_matching(client, keys.due(p), users)
             out["stream_entries"] += _xdel_matching(client, keys.stream(p), users)
-    out["outbox_entries"] = _xdel_matching(client, keys.outbox, users)
-    out["exposure_entries"] = _xdel_matching(client, keys.exposures, users)
-    out["dead_entries"] = _xdel_matching(client, keys.dead, users)
+            out["outbox_entries"] += _xdel_matching(client, keys.outbox(p), users)
+            out["exposure_entries"] += _xdel_matching(client, keys.exposures(p), users)
+            out["dead_entries"] += _xdel_matching(client, keys.dead(p), users)
     return out
 
 
@@ -245,9 +257,10 @@ def erase_users(
     ids = np.unique(np.asarray(user_ids, dtype=np.int64).ravel())
     removed: dict[str, int] = {"users": int(ids.size), "segment_entries": 0}
     if redis_url is not None:
-        client = redis.Redis.from_url(redis_url, socket_timeout=30, socket_connect_timeout=5)
+        client = sync_client(redis_url, socket_timeout=30, socket_connect_timeout=5)
         try:
-            with SegmentStore(client, namespace=namespace) as store:
+            # SegmentStore (the segment store part) takes a client of either mode
+            with SegmentStore(cast(redis.Redis, client), namespace=namespace) as store:
                 removed["segment_entries"] = store.erase(ids)
             removed.update(erase_realtime(client, namespace, ids.tolist()))
         except (redis.RedisError, OSError) as exc:

@@ -1,9 +1,12 @@
-"""Logging first exposures to experiment arms: one atomic script call per batch.
+"""Logging first exposures to experiment arms: one atomic script call per stream partition of
+a batch.
 
 :data:`EXPOSURE_LUA` does, for each exposure of the batch, the shared contract's write:
-``SET {ns}:rt:exposed:{experiment}:{user} arm NX`` and, only when that SET succeeds (the
-user's first exposure to the experiment), ``HINCRBY {ns}:rt:exposed_count:{experiment} arm 1``
-and ``XADD {ns}:rt:exposures * x <json>``. The JSON is the exposure record
+``SET {ns}:rt:{pP}:exposed:{experiment}:{user} arm NX`` and, only when that SET succeeds (the
+user's first exposure to the experiment), ``HINCRBY {ns}:rt:{pP}:exposed_count:{experiment}
+arm 1`` and ``XADD {ns}:rt:{pP}:exposures * x <json>``, where P is the user's stream partition:
+the three keys share P's hash tag, so the write is one script on a Redis Cluster too, and
+the counts per arm are the sum over the partitions' hashes. The JSON is the exposure record
 ``{"experiment", "arm", "user_id", "ts", "source"}`` (orjson); the warehouse sink consumes the
 stream into the ``exposures`` table. A second serve of the same user and experiment writes
 nothing, so the stream holds one entry per user and experiment, and answers the arm first
@@ -15,15 +18,16 @@ served (the marker's value), which keeps users in their arm when the weights are
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-import redis
 
-from strata.io.segment_reader import fail_fast_client
+from strata.io.redis_client import AsyncClient, SyncClient, fail_fast_async_client, sync_client
 from strata.realtime.keys import EXPOSURE_FIELD, RealtimeKeys
+from strata.realtime.stream_config import StreamConfig
 
 __all__ = ["EXPOSURE_LUA", "AsyncExposureLog", "Exposure", "ExposureLog", "Logged"]
 
@@ -103,50 +107,102 @@ def _logged(reply: Sequence[Any]) -> list[Logged]:
     return out
 
 
-def _args(
+def _calls(
     keys: RealtimeKeys, exposures: Sequence[Exposure], ttl_s: int
-) -> tuple[list[str], list[Any]]:
-    kk: list[str] = [keys.exposures]
-    argv: list[Any] = [EXPOSURE_FIELD, int(ttl_s)]
-    for x in exposures:
-        kk += [keys.exposed(x.experiment, x.user_id), keys.exposed_count(x.experiment)]
-        argv += [x.arm, x.to_json()]
-    return kk, argv
+) -> list[tuple[list[int], list[str], list[Any]]]:
+    """One script call per partition of the batch: the positions of its exposures in the
+    batch, KEYS and ARGV."""
+    by_part: dict[int, list[int]] = {}
+    for i, x in enumerate(exposures):
+        by_part.setdefault(keys.partition_of(x.user_id), []).append(i)
+    calls = []
+    for p, positions in by_part.items():
+        kk: list[str] = [keys.exposures(p)]
+        argv: list[Any] = [EXPOSURE_FIELD, int(ttl_s)]
+        for i in positions:
+            x = exposures[i]
+            kk += [keys.exposed(x.experiment, x.user_id), keys.exposed_count(x.experiment, p)]
+            argv += [x.arm, x.to_json()]
+        calls.append((positions, kk, argv))
+    return calls
 
 
-def _counts(raw: Mapping[Any, Any]) -> dict[str, int]:
-    return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()}
+def _in_order(
+    n: int, calls: Sequence[tuple[list[int], Any, Any]], replies: Sequence[Any]
+) -> list[Logged]:
+    out: list[Logged | None] = [None] * n
+    for (positions, _, _), reply in zip(calls, replies, strict=True):
+        for i, logged in zip(positions, _logged(reply), strict=True):
+            out[i] = logged
+    return [x for x in out if x is not None]
+
+
+def _counts(raws: Sequence[Mapping[Any, Any]]) -> dict[str, int]:
+    """Per-arm counts summed over the partitions' hashes."""
+    out: dict[str, int] = {}
+    for raw in raws:
+        for k, v in raw.items():
+            name = k.decode() if isinstance(k, bytes) else str(k)
+            out[name] = out.get(name, 0) + int(v)
+    return out
+
+
+def _partitions(stored: Any, partitions: int | None) -> int:
+    if partitions is not None:
+        return partitions
+    return int(stored) if stored is not None else StreamConfig.model_validate({}).partitions
 
 
 class ExposureLog:
     """Logs first exposures (redis-py, synchronous).
 
     Args:
-        client: a redis-py client (or a ``redis://`` URL).
+        client: a client of either mode (or a ``redis://`` URL, see
+            :func:`strata.io.redis_client.sync_client`).
         namespace: the key namespace (``Settings.redis_namespace``).
         ttl_s: lifetime of the first-exposure markers (0: kept).
+        partitions: the stream partition count (default: the stored layout's, else the
+            configured default).
     """
 
     def __init__(
-        self, client: redis.Redis | str, namespace: str = "strata", *, ttl_s: int = 0
+        self,
+        client: SyncClient | str,
+        namespace: str = "strata",
+        *,
+        ttl_s: int = 0,
+        partitions: int | None = None,
     ) -> None:
-        self._redis = redis.Redis.from_url(client) if isinstance(client, str) else client
+        self._redis = sync_client(client) if isinstance(client, str) else client
         self._owned = isinstance(client, str)
-        self.keys = RealtimeKeys(namespace)
+        self._base = RealtimeKeys(namespace)
+        self._partitions = partitions
         self.ttl_s = ttl_s
         self._script = self._redis.register_script(EXPOSURE_LUA)
 
+    @property
+    def keys(self) -> RealtimeKeys:
+        """The key layout, with the partition count (read from Redis on first use)."""
+        if self._partitions is None:
+            self._partitions = _partitions(self._redis.hget(self._base.layout, "partitions"), None)
+        return self._base.with_partitions(self._partitions)
+
     def log(self, exposures: Sequence[Exposure]) -> list[Logged]:
-        """Log a batch atomically; per exposure, whether it was the user's first and the arm
-        of the user's first exposure."""
+        """Log a batch, atomically per partition; per exposure, whether it was the user's
+        first and the arm of the user's first exposure."""
         if not exposures:
             return []
-        keys, argv = _args(self.keys, exposures, self.ttl_s)
-        return _logged(self._script(keys=keys, args=argv))
+        calls = _calls(self.keys, exposures, self.ttl_s)
+        replies = [self._script(keys=kk, args=argv) for _, kk, argv in calls]
+        return _in_order(len(exposures), calls, replies)
 
     def counts(self, experiment: str) -> dict[str, int]:
-        """Users exposed per arm of ``experiment``."""
-        return _counts(self._redis.hgetall(self.keys.exposed_count(experiment)))
+        """Users exposed per arm of ``experiment`` (summed over the partitions)."""
+        keys = self.keys
+        with self._redis.pipeline(transaction=False) as pipe:
+            for p in range(self._partitions or 1):
+                pipe.hgetall(keys.exposed_count(experiment, p))
+            return _counts(pipe.execute())
 
     def close(self) -> None:
         """Close the client when this log created it."""
@@ -174,27 +230,41 @@ class AsyncExposureLog:
         connect_timeout_s: float = 0.15,
         max_connections: int = 64,
     ) -> None:
-        self._redis = fail_fast_client(url, timeout_s, connect_timeout_s, max_connections)
-        self.keys = RealtimeKeys(namespace)
+        self._redis: AsyncClient = fail_fast_async_client(
+            url, timeout_s, connect_timeout_s, max_connections
+        )
+        self._base = RealtimeKeys(namespace)
+        self._partitions: int | None = None
         self.ttl_s = ttl_s
         self._script = self._redis.register_script(EXPOSURE_LUA)
 
+    async def _keys(self) -> RealtimeKeys:
+        if self._partitions is None:
+            stored = await self._redis.hget(self._base.layout, "partitions")
+            self._partitions = _partitions(stored, None)
+        return self._base.with_partitions(self._partitions)
+
     async def log(self, exposures: Sequence[Exposure]) -> list[Logged]:
-        """Log a batch atomically (see :meth:`ExposureLog.log`)."""
+        """Log a batch, atomically per partition (see :meth:`ExposureLog.log`)."""
         if not exposures:
             return []
-        keys, argv = _args(self.keys, exposures, self.ttl_s)
-        return _logged(await self._script(keys=keys, args=argv))
+        calls = _calls(await self._keys(), exposures, self.ttl_s)
+        replies = await asyncio.gather(*(self._script(keys=kk, args=argv) for _, kk, argv in calls))
+        return _in_order(len(exposures), calls, replies)
 
     async def counts_many(self, experiments: Sequence[str]) -> dict[str, dict[str, int]]:
-        """Users exposed per arm of each experiment (one pipelined round trip)."""
+        """Users exposed per arm of each experiment, summed over the partitions (one
+        pipelined round trip)."""
         if not experiments:
             return {}
+        keys = await self._keys()
+        n = self._partitions or 1
         async with self._redis.pipeline(transaction=False) as pipe:
             for name in experiments:
-                pipe.hgetall(self.keys.exposed_count(name))
+                for p in range(n):
+                    pipe.hgetall(keys.exposed_count(name, p))
             replies = await pipe.execute()
-        return {name: _counts(raw) for name, raw in zip(experiments, replies, strict=True)}
+        return {name: _counts(replies[i * n : (i + 1) * n]) for i, name in enumerate(experiments)}
 
     async def aclose(self) -> None:
         """Close the connection pool."""

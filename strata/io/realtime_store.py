@@ -28,9 +28,11 @@ from typing import Any
 import orjson
 import redis
 
+from strata.io.redis_client import SyncClient, sync_client, xreadgroup_many
 from strata.realtime.batch import EffectBatch, Entry, Reservation
 from strata.realtime.keys import ENTRY_FIELD, OUTBOX_FIELD, RealtimeKeys
 from strata.realtime.model import Firing
+from strata.realtime.stats import merge_stat_hashes
 from strata.realtime.stream_config import StreamConfig
 from strata.timeutil import DAY_MS, local_iso
 
@@ -40,25 +42,20 @@ log = logging.getLogger("strata.stream")
 
 _DEAD_MAXLEN = 100_000
 
-# KEYS: none. ARGV: prefix "{ns}:rt:", reserve TTL s, then per firing 5 values:
-# key, rule, day, cost in cents, count budget (-1: none), cents budget (-1: none).
-# Returns one code per firing: 1 reserved (or reserved before), 0 over budget, 2 decided before.
+# KEYS[1]: one budget hash (a rule's day), then the reservation marker of each firing (all
+# under the budget's hash tag, so one slot). ARGV: reserve TTL s, then per firing 3 values:
+# cost in cents, count budget (-1: none), cents budget (-1: none).
+# Returns one code per firing: 1 reserved (or reserved before), 0 over budget.
 _RESERVE_LUA = """
-local prefix = ARGV[1]
-local ttl = tonumber(ARGV[2])
+local b = KEYS[1]
+local ttl = tonumber(ARGV[1])
 local out = {}
-local i = 3
-while i <= #ARGV do
-  local key, rule, day = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local cents = tonumber(ARGV[i + 3])
-  local max_n, max_c = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
-  i = i + 6
-  if redis.call('EXISTS', prefix .. 'idem:' .. key) == 1 then
-    out[#out + 1] = 2
-  elseif redis.call('EXISTS', prefix .. 'reserve:' .. key) == 1 then
+for j = 2, #KEYS do
+  local a = 2 + 3 * (j - 2)
+  local cents, max_n, max_c = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  if redis.call('EXISTS', KEYS[j]) == 1 then
     out[#out + 1] = 1
   else
-    local b = prefix .. 'budget:' .. rule .. ':' .. day
     local n = tonumber(redis.call('HGET', b, 'count') or '0')
     local c = tonumber(redis.call('HGET', b, 'cents') or '0')
     if (max_n >= 0 and n + 1 > max_n) or (max_c >= 0 and c + cents > max_c) then
@@ -67,7 +64,7 @@ while i <= #ARGV do
       redis.call('HINCRBY', b, 'count', 1)
       redis.call('HINCRBY', b, 'cents', cents)
       redis.call('EXPIRE', b, 3 * 86400)
-      redis.call('SET', prefix .. 'reserve:' .. key, '1', 'EX', ttl)
+      redis.call('SET', KEYS[j], '1', 'EX', ttl)
       out[#out + 1] = 1
     end
   end
@@ -113,18 +110,31 @@ class RealtimeStore:
     """The live-state store of one namespace (thread-safe like redis-py's pool).
 
     Args:
-        client: a ``redis.Redis`` (``decode_responses=False``) or a ``redis://`` URL.
+        client: a client of either mode (``decode_responses=False``) or a ``redis://`` URL
+            (a standalone server or any node of a cluster, see
+            :func:`strata.io.redis_client.sync_client`).
         namespace: key prefix (Settings.redis_namespace).
         config: stream settings (TTLs, lengths, lease).
+        partitions: the stream partition count (default: the one stored in the layout key,
+            else ``config.partitions``); per-user keys live under their partition's tag.
     """
 
-    def __init__(self, client: redis.Redis | str, namespace: str, config: StreamConfig) -> None:
+    def __init__(
+        self,
+        client: SyncClient | str,
+        namespace: str,
+        config: StreamConfig,
+        partitions: int | None = None,
+    ) -> None:
         if isinstance(client, str):
-            client = redis.Redis.from_url(
-                client, socket_timeout=10, socket_connect_timeout=5, decode_responses=False
-            )
+            client = sync_client(client, socket_timeout=10, socket_connect_timeout=5)
         self.redis = client
-        self.keys = RealtimeKeys(namespace)
+        keys = RealtimeKeys(namespace)
+        if partitions is None:
+            stored = client.hget(keys.layout, "partitions")
+            partitions = int(stored) if stored is not None else config.partitions
+        self.keys = keys.with_partitions(partitions)
+        self.partitions = partitions
         self.config = config
         self._reserve = client.register_script(_RESERVE_LUA)
 
@@ -133,14 +143,18 @@ class RealtimeStore:
         self, user_ids: Sequence[int]
     ) -> tuple[list[bytes | None], list[bytes | None]]:
         """Live state and live segment overlay of each user (None where none), in order,
-        in one round trip."""
+        in one round trip (one GET per key: a cluster pipeline sends each to its slot's
+        master)."""
         if not user_ids:
             return [], []
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.mget([self.keys.state(u) for u in user_ids])
-            pipe.mget([self.keys.live(u) for u in user_ids])
-            states, overlays = pipe.execute()
-        return list(states), list(overlays)
+            for u in user_ids:
+                pipe.get(self.keys.state(u))
+            for u in user_ids:
+                pipe.get(self.keys.live(u))
+            replies = pipe.execute()
+        n = len(user_ids)
+        return list(replies[:n]), list(replies[n:])
 
     def due_timers(
         self, partitions: Sequence[int], now_ms: int, limit: int
@@ -162,22 +176,40 @@ class RealtimeStore:
         """Check and take each firing's daily budget, atomically across workers.
 
         A firing decided before (its action key is recorded) is ``duplicate``; one reserved
-        before (a replay after a crash) is ``ok`` without counting twice."""
+        before (a replay after a crash) is ``ok`` without counting twice.
+
+        Two steps, since a cluster runs a script on one slot only: the decisions (``idem``,
+        in the users' partitions, which only this partition's lease holder writes) are read
+        first; then one script per budget (rule and day) checks and takes it and records
+        the reservation markers, all under the budget's hash tag."""
         if not firings:
             return []
-        args: list[Any] = [self.keys.prefix, self.config.idem_ttl_days * 86_400]
-        for f in firings:
-            args += [
-                f.key,
-                f.rule,
-                f.day,
-                round(f.cost_cny * 100),
-                -1 if f.budget_count is None else f.budget_count,
-                -1 if f.budget_cny is None else round(f.budget_cny * 100),
-            ]
-        codes = self._reserve(keys=[], args=args)
-        status = {1: "ok", 0: "budget", 2: "duplicate"}
-        return [Reservation(f, status[int(c)]) for f, c in zip(firings, codes, strict=True)]
+        keys = self.keys
+        with self.redis.pipeline(transaction=False) as pipe:
+            for f in firings:
+                pipe.exists(keys.idem(f.key, f.user_id))
+            decided = pipe.execute()
+        status: list[str] = ["duplicate" if int(d) else "" for d in decided]
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, f in enumerate(firings):
+            if not status[i]:
+                groups.setdefault((f.rule, f.day), []).append(i)
+        ttl = self.config.idem_ttl_days * 86_400
+        for (rule, day), members in groups.items():
+            script_keys = [keys.budget(rule, day)]
+            args: list[Any] = [ttl]
+            for i in members:
+                f = firings[i]
+                script_keys.append(keys.reserve(f.key, rule, day))
+                args += [
+                    round(f.cost_cny * 100),
+                    -1 if f.budget_count is None else f.budget_count,
+                    -1 if f.budget_cny is None else round(f.budget_cny * 100),
+                ]
+            codes = self._reserve(keys=script_keys, args=args)
+            for i, code in zip(members, codes, strict=True):
+                status[i] = "ok" if int(code) == 1 else "budget"
+        return [Reservation(f, s) for f, s in zip(firings, status, strict=True)]
 
     # ------------------------------------------------------------------ commit
     def commit(self, partition: int, group: str, token: str, batch: EffectBatch) -> None:
@@ -202,7 +234,7 @@ class RealtimeStore:
                 state_ttl = cfg.state_ttl_days * 86_400
                 for user, blob in batch.states.items():
                     pipe.set(keys.state(user), blob, ex=state_ttl)
-                self._queue_firings(pipe, batch.firings)
+                self._queue_firings(pipe, partition, batch.firings)
                 stats: dict[str, float] = {}
                 for s in batch.suppressions:
                     _add(stats, f"{s.rule}|{s.tier}|suppressed.{s.reason}", 1)
@@ -212,11 +244,12 @@ class RealtimeStore:
                     _add(stats, f"{c.rule}|{c.tier}|coupon_cost_cny", c.coupon_cost_cny)
                 for f in batch.firings:
                     _add(stats, f"{f.rule}|{f.tier}|fired", 1)
+                stats_key = keys.stats(partition)
                 for name, value in stats.items():
                     if isinstance(value, int):
-                        pipe.hincrby(keys.stats, name, value)
+                        pipe.hincrby(stats_key, name, value)
                     else:
-                        pipe.hincrbyfloat(keys.stats, name, round(value, 2))
+                        pipe.hincrbyfloat(stats_key, name, round(value, 2))
                 due = keys.due(partition)
                 if batch.timers_add:
                     pipe.zadd(due, {t.member(): t.due_ms for t in batch.timers_add})
@@ -236,7 +269,7 @@ class RealtimeStore:
                     pipe.zremrangebyscore(keys.live_users(partition), "-inf", stale)
                 for entry_id, raw, reason in batch.dead:
                     pipe.xadd(
-                        keys.dead,
+                        keys.dead(partition),
                         {
                             b"id": entry_id,
                             b"partition": str(partition),
@@ -253,13 +286,13 @@ class RealtimeStore:
             except redis.WatchError as exc:
                 raise LeaseLost(f"partition {partition}: lease changed during commit") from exc
 
-    def _queue_firings(self, pipe: Any, firings: Iterable[Firing]) -> None:
+    def _queue_firings(self, pipe: Any, partition: int, firings: Iterable[Firing]) -> None:
         keys = self.keys
         cfg = self.config
         idem_ttl = cfg.idem_ttl_days * 86_400
         log_ttl = max(idem_ttl, 90 * 86_400)
         for f in firings:
-            pipe.set(keys.idem(f.key), b"issued", ex=idem_ttl)
+            pipe.set(keys.idem(f.key, f.user_id), b"issued", ex=idem_ttl)
             records = action_records(f)
             if records:
                 log_key = keys.actions(f.user_id)
@@ -269,7 +302,7 @@ class RealtimeStore:
                 # no MAXLEN: the warehouse sink trims the outbox once it has committed the
                 # entries (keeping the last ``outbox_keep`` for delivery systems)
                 for rec in outbox_records(f):
-                    pipe.xadd(keys.outbox, {OUTBOX_FIELD: rec})
+                    pipe.xadd(keys.outbox(partition), {OUTBOX_FIELD: rec})
             if f.tag is not None:
                 tag, expiry_ms = f.tag
                 tags_key = keys.tags(f.user_id)
@@ -282,12 +315,14 @@ class RealtimeStore:
         self.redis.set(self.keys.rules, orjson.dumps(rules))
 
     def read_rule_stats(self) -> tuple[bytes | None, dict[bytes, bytes]]:
-        """The raw active-rule list and statistics hash (see :mod:`strata.realtime.stats`)."""
+        """The raw active-rule list and the statistics hashes of every partition, merged
+        (see :mod:`strata.realtime.stats`)."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(self.keys.rules)
-            pipe.hgetall(self.keys.stats)
-            rules, stats = pipe.execute()
-        return rules, stats
+            for p in range(self.partitions):
+                pipe.hgetall(self.keys.stats(p))
+            rules, *parts = pipe.execute()
+        return rules, merge_stat_hashes(parts)
 
     def heartbeat(self, partition: int, info: Mapping[str, Any]) -> None:
         self.redis.hset(self.keys.workers, str(partition), orjson.dumps(dict(info)))
@@ -426,7 +461,7 @@ class PartitionReader:
 
 
 def read_new(
-    client: redis.Redis, readers: list[PartitionReader], count: int, block_ms: int
+    client: SyncClient, readers: list[PartitionReader], count: int, block_ms: int
 ) -> dict[int, list[Entry]]:
     """The next entries of several partitions of one consumer: pending ones of recovering
     partitions (with delivery counts, ``batch_limit`` at a time), and new ones of the others
@@ -446,26 +481,19 @@ def read_new(
         return out
     first = fresh[0]
     by_stream = {r.stream.encode(): r for r in fresh}
-    reply = client.xreadgroup(
+    reply = xreadgroup_many(
+        client,
         first.group,
         first.consumer,
         {r.stream: ">" for r in fresh},
         count=count,
-        block=None if out else block_ms,
+        block_ms=None if out else block_ms,
     )
-    for name, items in _streams(reply):
+    for name, items in reply:
         reader = by_stream.get(name if isinstance(name, bytes) else str(name).encode())
         if reader is not None and items:
             out[reader.partition] = [Entry(i, f.get(ENTRY_FIELD) if f else None) for i, f in items]
     return out
-
-
-def _streams(reply: Any) -> list[tuple[Any, list[Any]]]:
-    if not reply:
-        return []
-    if isinstance(reply, dict):  # RESP3
-        return [(k, v[0] if v and isinstance(v[0], list) else v) for k, v in reply.items()]
-    return [(name, items) for name, items in reply]
 
 
 def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes] | None]]:

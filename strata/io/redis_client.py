@@ -15,13 +15,16 @@ slot, and batch reads are grouped by slot (:func:`group_by_slot`).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, TypeAlias, TypeVar
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster, key_slot
+from redis.retry import Retry
 
 __all__ = [
     "MODE_ENV",
@@ -29,11 +32,13 @@ __all__ = [
     "RedisMode",
     "SyncClient",
     "async_client",
+    "fail_fast_async_client",
     "group_by_slot",
     "is_cluster",
     "redis_mode",
     "slot_of",
     "sync_client",
+    "xreadgroup_many",
 ]
 
 #: the environment variable that chooses the deployment: ``standalone`` or ``cluster``
@@ -48,6 +53,9 @@ SyncClient: TypeAlias = "redis.Redis | RedisCluster"
 AsyncClient: TypeAlias = "aioredis.Redis | AsyncRedisCluster"
 
 T = TypeVar("T")
+
+#: how often :func:`xreadgroup_many` polls a cluster while it waits for entries
+_POLL_MS = 20
 
 
 class RedisModeError(ValueError):
@@ -120,6 +128,21 @@ def async_client(
     return aioredis.Redis.from_url(url, **common)
 
 
+def fail_fast_async_client(
+    url: str, timeout_s: float, connect_timeout_s: float, max_connections: int
+) -> AsyncClient:
+    """The online API's asyncio client of either mode: short timeouts, no client-side
+    retries (the API's circuit breaker decides), bytes replies."""
+    return async_client(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+        max_connections=max_connections,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+
+
 def slot_of(key: str | bytes) -> int:
     """The cluster hash slot (0-16383) of ``key``, honouring a ``{hash tag}``."""
     return int(key_slot(key.encode() if isinstance(key, str) else key))
@@ -132,3 +155,45 @@ def group_by_slot(items: Iterable[T], key_of: Callable[[T], str | bytes]) -> dic
     for item in items:
         out.setdefault(slot_of(key_of(item)), []).append(item)
     return out
+
+
+def xreadgroup_many(
+    client: SyncClient,
+    group: str,
+    consumer: str,
+    streams: Mapping[str, str],
+    count: int | None,
+    block_ms: int | None,
+) -> list[tuple[Any, list[Any]]]:
+    """XREADGROUP over several streams, in RESP2's shape ``[(stream, [(id, fields)...])...]``.
+
+    A standalone server answers one call (blocking up to ``block_ms`` when nothing is there).
+    A cluster refuses streams of several slots in one call, so each stream is read in one
+    pipeline (non-blocking, each command sent to its slot's master) and, while nothing came and
+    ``block_ms`` is not over, read again every ``_POLL_MS`` ms: a short poll instead of a
+    blocking read that would hold one node while the others get entries.
+    """
+    if not streams:
+        return []
+    if not is_cluster(client):
+        reply: Any = client.xreadgroup(
+            group,
+            consumer,
+            dict(streams),  # type: ignore[arg-type]  # redis-py's invariant dict types
+            count=count,
+            block=block_ms,
+        )
+        if isinstance(reply, dict):  # RESP3
+            return [(k, v[0] if v and isinstance(v[0], list) else v) for k, v in reply.items()]
+        return [(name, items) for name, items in (reply or [])]
+    deadline = time.monotonic() + (block_ms or 0) / 1000
+    while True:
+        with client.pipeline(transaction=False) as pipe:
+            for name, after in streams.items():
+                pipe.xreadgroup(group, consumer, {name: after}, count=count)
+            replies = pipe.execute()
+        out = [(name, items) for reply in replies for name, items in (reply or []) if items]
+        left_s = deadline - time.monotonic()
+        if out or block_ms is None or left_s <= 0:
+            return out
+        time.sleep(min(_POLL_MS / 1000, left_s))

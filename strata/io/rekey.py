@@ -37,7 +37,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -50,6 +50,7 @@ from strata.ids import bucket_of, chain_key, key_links, rekey_ids
 from strata.io.keys import key_fingerprint
 from strata.io.models import WORK_DIR
 from strata.io.paths import bucket_dir_name
+from strata.io.redis_client import SyncClient, group_by_slot, sync_client
 from strata.io.segment_store import SegmentStore, VersionStateError
 from strata.io.snapshots import SnapshotStore
 from strata.io.tombstones import TOMBSTONE_SCHEMA, TombstoneStore
@@ -63,6 +64,7 @@ from strata.io.warehouse import (
     resolve,
 )
 from strata.privacy.audit import audit_id, audit_key
+from strata.realtime.keys import split_tag
 from strata.schema import TABLE_SCHEMAS
 
 __all__ = [
@@ -79,8 +81,10 @@ REJECTS_DIR = "rejects"
 #: manifest entry that records the last rotation
 ROTATION = "key_rotation"
 #: real-time keys (``{ns}:rt:<name>``) that hold no user id and survive a rotation
-_RT_KEEP = ("layout", "rules", "stats", "workers")
+_RT_KEEP = ("layout", "rules", "workers")
 _RT_KEEP_PREFIXES = ("budget:",)
+#: ... and of each partition (``{ns}:rt:{pP}:<name>``)
+_RT_KEEP_PARTITION = ("stats",)
 
 Progress = Callable[[str, int, int], None]
 
@@ -486,7 +490,7 @@ def rekey_data_root(
     return rotation.run(save_key)
 
 
-def drop_old_ids(client: redis.Redis | str, namespace: str, keep_version: str) -> dict[str, int]:
+def drop_old_ids(client: SyncClient | str, namespace: str, keep_version: str) -> dict[str, int]:
     """After the recompute under the new chain: delete what Redis holds under old ids.
 
     Every segment version but ``keep_version`` (the one just published) is discarded
@@ -499,8 +503,8 @@ def drop_old_ids(client: redis.Redis | str, namespace: str, keep_version: str) -
     Returns:
         counts of versions discarded, version keys and real-time keys deleted.
     """
-    r = redis.Redis.from_url(client) if isinstance(client, str) else client
-    store = SegmentStore(r, namespace)
+    r = sync_client(client) if isinstance(client, str) else client
+    store = SegmentStore(cast(redis.Redis, r), namespace)
     current = store.current()
     if current != keep_version:
         raise VersionStateError(
@@ -518,22 +522,21 @@ def drop_old_ids(client: redis.Redis | str, namespace: str, keep_version: str) -
     rt = f"{namespace}:rt:"
     doomed: list[bytes] = []
     for key in r.scan_iter(match=f"{rt}*", count=1000):
-        name = key.decode()[len(rt) :]
-        if name in _RT_KEEP or name.startswith(_RT_KEEP_PREFIXES):
+        partition, name = split_tag(key.decode()[len(rt) :])
+        if partition is None and (name in _RT_KEEP or name.startswith(_RT_KEEP_PREFIXES)):
+            continue
+        if partition is not None and name in _RT_KEEP_PARTITION:
             continue
         doomed.append(key)
     out["real-time keys deleted"] = _unlink(r, doomed)
     return out
 
 
-def _unlink(r: redis.Redis, keys: Iterable[bytes]) -> int:
-    batch: list[bytes] = []
+def _unlink(r: SyncClient, keys: Iterable[bytes]) -> int:
+    """UNLINK ``keys`` in batches of one hash slot (a cluster refuses a multi-key command
+    over several slots)."""
     n = 0
-    for key in keys:
-        batch.append(key)
-        if len(batch) >= 1000:
-            n += int(r.unlink(*batch))
-            batch = []
-    if batch:
-        n += int(r.unlink(*batch))
+    for same_slot in group_by_slot(keys, lambda k: k).values():
+        for start in range(0, len(same_slot), 1000):
+            n += int(r.unlink(*same_slot[start : start + 1000]))
     return n

@@ -69,6 +69,7 @@ import orjson
 import pyarrow as pa
 import redis
 
+from strata.io.redis_client import SyncClient, sync_client, xreadgroup_many
 from strata.io.warehouse import Warehouse, WarehouseError, WriteResult, read_parts
 from strata.realtime.keys import (
     ENTRY_FIELD,
@@ -77,6 +78,7 @@ from strata.realtime.keys import (
     SINK_GROUP,
     WORKER_GROUP,
     RealtimeKeys,
+    split_tag,
 )
 from strata.realtime.stream_config import StreamConfig
 from strata.realtime.wire import ENVELOPE_KEYS, EVENT_FIELDS, decode_event, is_internal
@@ -114,9 +116,9 @@ log = logging.getLogger(__name__)
 
 #: top-level manifest key: {namespace: {partition: last committed stream entry id}}
 WATERMARKS_KEY = "stream_watermarks"
-#: top-level manifest key: {namespace: last committed outbox entry id}
+#: top-level manifest key: {namespace: {partition: last committed outbox entry id}}
 OUTBOX_WATERMARKS_KEY = "outbox_watermarks"
-#: top-level manifest key: {namespace: last committed exposures stream entry id}
+#: top-level manifest key: {namespace: {partition: last committed exposures entry id}}
 EXPOSURE_WATERMARKS_KEY = "exposure_watermarks"
 #: a stream entry id as (milliseconds, sequence): ordered like Redis orders them
 StreamId = tuple[int, int]
@@ -184,16 +186,25 @@ def manifest_watermarks(manifest: Mapping[str, Any], namespace: str) -> dict[int
     return {int(p): parse_id(i) for p, i in marks.items()}
 
 
-def manifest_outbox_watermark(manifest: Mapping[str, Any], namespace: str) -> StreamId:
-    """The sink's committed outbox watermark of ``namespace`` (``(0, 0)``: none yet)."""
-    mark = manifest.get(OUTBOX_WATERMARKS_KEY, {}).get(namespace)
+def _side_mark(manifest: Mapping[str, Any], key: str, namespace: str, partition: int) -> StreamId:
+    marks = manifest.get(key, {}).get(namespace)
+    # a single id: the layout before per-partition outboxes (that stream is not read any more)
+    mark = marks.get(str(partition)) if isinstance(marks, Mapping) else None
     return parse_id(mark) if mark else _NO_ID
 
 
-def manifest_exposure_watermark(manifest: Mapping[str, Any], namespace: str) -> StreamId:
-    """The sink's committed exposures stream watermark of ``namespace`` (``(0, 0)``: none)."""
-    mark = manifest.get(EXPOSURE_WATERMARKS_KEY, {}).get(namespace)
-    return parse_id(mark) if mark else _NO_ID
+def manifest_outbox_watermark(
+    manifest: Mapping[str, Any], namespace: str, partition: int
+) -> StreamId:
+    """The sink's committed watermark of ``partition``'s outbox (``(0, 0)``: none yet)."""
+    return _side_mark(manifest, OUTBOX_WATERMARKS_KEY, namespace, partition)
+
+
+def manifest_exposure_watermark(
+    manifest: Mapping[str, Any], namespace: str, partition: int
+) -> StreamId:
+    """The sink's committed watermark of ``partition``'s exposures stream (``(0, 0)``: none)."""
+    return _side_mark(manifest, EXPOSURE_WATERMARKS_KEY, namespace, partition)
 
 
 def action_row(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -380,16 +391,19 @@ class SinkStats:
 
 @dataclass(frozen=True)
 class _Side:
-    """A stream besides the partitions that the sink copies into a table of its own, with a
-    watermark of its own: the outbox into ``actions``, the exposures stream into
-    ``exposures``."""
+    """A partition's stream besides its events that the sink copies into a table of its own,
+    with a watermark of its own: the partition's outbox into ``actions``, its exposures stream
+    into ``exposures``."""
 
-    #: its field in ``{ns}:rt:sink``, its name in logs, its ``{name}_trimmed`` counter
+    #: ``outbox`` or ``exposures``: its ``{kind}_trimmed`` counter
+    kind: str
+    partition: int
+    #: its field in ``{ns}:rt:sink`` and its name in logs: ``{kind}:{partition}``
     name: str
     stream: str
     entry_field: bytes
     table: str
-    #: top-level manifest key of its committed watermark: ``{namespace: entry id}``
+    #: top-level manifest key of its committed watermark: ``{namespace: {partition: id}}``
     manifest_key: str
     #: a decoded payload as a row (raises ValueError when it cannot be one)
     to_row: Callable[[Any], dict[str, Any]]
@@ -432,7 +446,8 @@ class StreamSink:
     stream's first exposures into the warehouse, exactly once.
 
     Args:
-        client: a ``redis.Redis`` (``decode_responses=False``) or a ``redis://`` URL.
+        client: a client of either mode (``decode_responses=False``) or a ``redis://`` URL
+            (see :func:`strata.io.redis_client.sync_client`).
         data_root: the warehouse's data root (created with ``n_buckets`` when missing).
         config: stream settings (partitions, batch size, block, sink interval and rows,
             outbox entries to keep).
@@ -448,7 +463,7 @@ class StreamSink:
 
     def __init__(
         self,
-        client: redis.Redis | str,
+        client: SyncClient | str,
         data_root: str,
         config: StreamConfig,
         namespace: str = "strata",
@@ -461,7 +476,7 @@ class StreamSink:
         if merge_fan_in < 2:
             raise ValueError("merge_fan_in must be at least 2")
         if isinstance(client, str):
-            self._redis = redis.Redis.from_url(
+            self._redis = sync_client(
                 client,
                 socket_timeout=max(socket_timeout_s, config.block_ms / 1000 + 5),
                 socket_connect_timeout=2.0,
@@ -481,13 +496,9 @@ class StreamSink:
         self.partitions = 0
         self._started = False
         self._watermarks: dict[int, StreamId] = {}
-        self._sides = (
-            _Side("outbox", self.keys.outbox, OUTBOX_FIELD, "actions", OUTBOX_WATERMARKS_KEY,
-                  action_row, actions_table, config.outbox_keep),
-            _Side("exposures", self.keys.exposures, EXPOSURE_FIELD, "exposures",
-                  EXPOSURE_WATERMARKS_KEY, exposure_row, exposures_table, 0),
-        )  # fmt: skip
-        self._side_of = {side.stream: side for side in self._sides}
+        #: the partitions' outboxes and exposures streams (known once started)
+        self._sides: tuple[_Side, ...] = ()
+        self._side_of: dict[str, _Side] = {}
         #: side stream name -> its committed watermark
         self._side_marks: dict[str, StreamId] = {}
         self._buffer = _Buffer()
@@ -503,26 +514,41 @@ class StreamSink:
         self.warehouse.open_or_create(self.n_buckets)
         self.warehouse.reload()
         self._watermarks = manifest_watermarks(self.warehouse.manifest, self.namespace)
-        self._side_marks = {
-            side.name: self._manifest_mark(self.warehouse.manifest, side) for side in self._sides
-        }
         self._redis.hsetnx(self.keys.layout, "partitions", self.config.partitions)
         self.partitions = int(self._redis.hget(self.keys.layout, "partitions") or 0)
         if self.partitions < 1:
             raise ValueError(f"{self.keys.layout} partitions is not a positive count")
+        self._sides = self._make_sides()
+        self._side_of = {side.stream: side for side in self._sides}
+        self._side_marks = {
+            side.name: self._manifest_mark(self.warehouse.manifest, side) for side in self._sides
+        }
         self._ensure_groups()
         self._started = True
         return self._recover()
 
+    def _make_sides(self) -> tuple[_Side, ...]:
+        keys, keep = self.keys, self.config.outbox_keep
+        outboxes = (
+            _Side("outbox", p, f"outbox:{p}", keys.outbox(p), OUTBOX_FIELD, "actions",
+                  OUTBOX_WATERMARKS_KEY, action_row, actions_table, keep)
+            for p in range(self.partitions)
+        )  # fmt: skip
+        exposures = (
+            _Side("exposures", p, f"exposures:{p}", keys.exposures(p), EXPOSURE_FIELD,
+                  "exposures", EXPOSURE_WATERMARKS_KEY, exposure_row, exposures_table, 0)
+            for p in range(self.partitions)
+        )  # fmt: skip
+        return (*outboxes, *exposures)
+
     def _streams(self) -> list[str]:
-        """Every stream the sink reads: the partitions, then the outbox and the exposures."""
+        """Every stream the sink reads: the partitions, then their outboxes and exposures."""
         partitions = (self.keys.stream(p) for p in range(self.partitions))
         return [*partitions, *(side.stream for side in self._sides)]
 
     def _manifest_mark(self, manifest: Mapping[str, Any], side: _Side) -> StreamId:
         """``side``'s committed watermark in ``manifest`` (``(0, 0)``: none yet)."""
-        mark = manifest.get(side.manifest_key, {}).get(self.namespace)
-        return parse_id(mark) if mark else _NO_ID
+        return _side_mark(manifest, side.manifest_key, self.namespace, side.partition)
 
     def _ensure_groups(self) -> None:
         for stream in self._streams():
@@ -603,18 +629,17 @@ class StreamSink:
         return self.totals
 
     def _read(self, streams: dict[str, str], block_ms: int | None = None) -> list[Any]:
-        """XREADGROUP: ``[(stream, [(entry id, {field: value}), ...]), ...]`` (RESP2)."""
-        reply: Any = self._redis.xreadgroup(
-            SINK_GROUP,
-            self.consumer,
-            dict(streams),  # type: ignore[arg-type]  # redis-py's invariant dict types
-            count=self.config.batch_size,
-            block=block_ms,
+        """XREADGROUP: ``[(stream, [(entry id, {field: value}), ...]), ...]`` (RESP2; one read
+        per stream on a cluster, see :func:`strata.io.redis_client.xreadgroup_many`)."""
+        return xreadgroup_many(
+            self._redis, SINK_GROUP, self.consumer, streams, self.config.batch_size, block_ms
         )
-        return list(reply or [])
 
     def _partition_of_key(self, stream: str) -> int:
-        return int(stream.rsplit(":", 1)[1])
+        partition, _ = split_tag(stream[len(self.keys.prefix) :])
+        if partition is None:
+            raise ValueError(f"{stream} is not a partition stream")
+        return partition
 
     def _flush_due(self) -> bool:
         if not self._buffer:
@@ -632,7 +657,7 @@ class StreamSink:
         buf = self._buffer
         side = self._side_of.get(stream)
         if side is not None:
-            partition = -1
+            partition = side.partition
             committed = self._side_marks.get(side.name, _NO_ID)
             buffered = buf.side_last.get(side.name, _NO_ID)
             entry_field = side.entry_field
@@ -689,7 +714,7 @@ class StreamSink:
                 buf.add(table_name, table)
                 stats.count("buffered", table_name, table.num_rows)
         if dead:
-            self._dead_letter(stream, partition, dead)
+            self._dead_letter(stream, partition, dead, side is not None)
             stats.dead += len(dead)
         if handled:
             if not buf:
@@ -728,20 +753,21 @@ class StreamSink:
         return table, bad
 
     def _dead_letter(
-        self, stream: str, partition: int, dead: Sequence[tuple[bytes, str, bytes]]
+        self, stream: str, partition: int, dead: Sequence[tuple[bytes, str, bytes]], side: bool
     ) -> None:
-        """Dead letters of one stream (``partition`` -1: a side stream, named by ``stream``)."""
+        """Dead letters of one stream of ``partition`` (a ``side`` stream is named in the
+        letter), into the partition's dead-letter stream, in one MULTI with the XACK (both
+        under the partition's hash tag)."""
         pipe = self._redis.pipeline(transaction=True)
         for entry_id, reason, payload in dead:
             log.warning("stream sink: entry %s of %s dead-lettered: %s",
                         entry_id.decode(), stream, reason)  # fmt: skip
             letter: dict[Any, Any] = {"id": entry_id}
-            if partition < 0:
+            if side:
                 letter["stream"] = stream
-            else:
-                letter["partition"] = partition
+            letter["partition"] = partition
             letter |= {"group": SINK_GROUP, "reason": reason, "payload": payload[:_MAX_PAYLOAD]}
-            pipe.xadd(self.keys.dead, letter)
+            pipe.xadd(self.keys.dead(partition), letter)
         pipe.xack(stream, SINK_GROUP, *[d[0] for d in dead])
         pipe.execute()
 
@@ -832,7 +858,10 @@ class StreamSink:
         for side in self._sides:
             mark = max(side_marks.get(side.name, _NO_ID), self._manifest_mark(manifest, side))
             if mark > _NO_ID:
-                manifest.setdefault(side.manifest_key, {})[self.namespace] = format_id(mark)
+                per_ns = manifest.setdefault(side.manifest_key, {})
+                if not isinstance(per_ns.get(self.namespace), dict):
+                    per_ns[self.namespace] = {}  # a single id: the old one-outbox layout
+                per_ns[self.namespace][str(side.partition)] = format_id(mark)
 
     @staticmethod
     def _covered(have: Mapping[int, StreamId], want: Mapping[int, StreamId]) -> bool:
@@ -929,7 +958,7 @@ class StreamSink:
         if mark == _NO_ID:
             return stats
         args: list[str | int] = [format_id(mark), side.keep, _TRIM_PAGE]
-        counter = f"{side.name}_trimmed"
+        counter = f"{side.kind}_trimmed"
         while True:  # in pages, so Redis answers others in between
             removed = int(self._trim_committed(keys=[side.stream], args=args))
             setattr(stats, counter, getattr(stats, counter) + removed)

@@ -20,10 +20,12 @@ import pyarrow.compute as pc
 import redis
 
 from strata.ids import bucket_of
+from strata.io.redis_client import sync_client
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import TABLES, Warehouse
 from strata.realtime.keys import RealtimeKeys
+from strata.realtime.stream_config import StreamConfig
 
 __all__ = ["redis_part", "warehouse_part"]
 
@@ -88,12 +90,16 @@ def redis_part(
         the records found (absent ones are None or empty), or ``{"error": message}`` when
         Redis cannot be reached.
     """
-    keys = RealtimeKeys(namespace)
     try:
         with SegmentStore(url, namespace=namespace) as store:
             segment = store.get(user_id)
-        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        client = sync_client(url, socket_timeout=5, socket_connect_timeout=2)
         try:
+            # the user's keys live under their stream partition's hash tag
+            keys = RealtimeKeys(namespace)
+            stored = client.hget(keys.layout, "partitions")
+            partitions = int(stored) if stored is not None else StreamConfig().partitions
+            keys = keys.with_partitions(partitions)
             with client.pipeline(transaction=False) as pipe:
                 pipe.get(keys.state(user_id))
                 pipe.get(keys.live(user_id))

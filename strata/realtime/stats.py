@@ -1,8 +1,10 @@
-"""Rule statistics: the ``{ns}:rt:stats`` hash and the active rule list, aggregated per rule.
+"""Rule statistics: the ``{ns}:rt:{pP}:stats`` hashes and the active rule list, aggregated per
+rule.
 
-The stream workers count into one hash, field ``"{rule}|{tier}|{metric}"``, metric one of
-``fired``, ``converted``, ``revenue_cny`` and ``coupon_cost_cny`` (CNY, HINCRBYFLOAT) and
-``suppressed.{reason}`` (reason in :data:`strata.realtime.model.SUPPRESSION_REASONS`).
+The stream workers count into one hash per partition (merged by :func:`merge_stat_hashes`),
+field ``"{rule}|{tier}|{metric}"``, metric one of ``fired``, ``converted``, ``revenue_cny`` and
+``coupon_cost_cny`` (CNY, HINCRBYFLOAT) and ``suppressed.{reason}`` (reason in
+:data:`strata.realtime.model.SUPPRESSION_REASONS`).
 :func:`rule_stats` turns that hash and the active rules (``{ns}:rt:rules``, JSON
 ``[{"name", "kind", ...}]``) into what ``GET /v1/rules`` and ``strata rules stats`` show: per
 rule the totals over tiers and the same counters per tier. Rules with statistics that are no
@@ -11,14 +13,14 @@ longer active are listed after the active ones (``active: false``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 
 from strata.realtime.model import SUPPRESSION_REASONS
 
-__all__ = ["CNY_METRICS", "COUNT_METRICS", "empty_counters", "rule_stats"]
+__all__ = ["CNY_METRICS", "COUNT_METRICS", "empty_counters", "merge_stat_hashes", "rule_stats"]
 
 #: integer counters besides the suppressions
 COUNT_METRICS: tuple[str, ...] = ("fired", "converted")
@@ -36,6 +38,25 @@ def empty_counters() -> dict[str, Any]:
         "revenue_cny": 0.0,
         "coupon_cost_cny": 0.0,
     }
+
+
+def merge_stat_hashes(hashes: Iterable[Mapping[Any, Any]]) -> dict[bytes, bytes]:
+    """The partitions' statistics hashes as one: each field summed (integers stay integers,
+    CNY sums are added as floats), in the bytes shape of ``HGETALL``."""
+    ints: dict[bytes, int] = {}
+    floats: dict[bytes, float] = {}
+    for h in hashes:
+        for raw_name, raw_value in h.items():
+            name = raw_name if isinstance(raw_name, bytes) else str(raw_name).encode()
+            text = _text(raw_value)
+            try:
+                ints[name] = ints.get(name, 0) + int(text)
+            except ValueError:
+                floats[name] = floats.get(name, 0.0) + float(text)
+    out = {k: str(v).encode() for k, v in ints.items()}
+    for k, v in floats.items():
+        out[k] = repr(v + ints.pop(k, 0)).encode()
+    return out
 
 
 def _text(value: bytes | str) -> str:

@@ -42,15 +42,18 @@ def test_an_unknown_data_root_exits_2_before_erasing(tmp_path: Path) -> None:
 
 def test_real_time_keys_are_matched_by_the_user_they_name() -> None:
     users = {42, 7}
-    assert _user_of_key("u:42", users) == ("u", 42)
-    assert _user_of_key("live:7", users) == ("live", 7)
-    assert _user_of_key("exposed:exp:a:b:42", users) == ("exposed", 42)
-    assert _user_of_key("idem:win_back:42:2026-10-01:x", users) == ("idem", 42)
-    assert _user_of_key("reserve:win_back:7:e1", users) == ("reserve", 7)
-    assert _user_of_key("u:420", users) is None  # another user
-    assert _user_of_key("idem:win_back:420:42", users) is None  # 42 is the instance here
-    assert _user_of_key("seen:42", users) is None and _user_of_key("stats", users) is None
-    assert _user_of_key("due:42", users) is None  # a partition, not a user
+    assert _user_of_key("{p3}:u:42", users) == ("u", 42)
+    assert _user_of_key("{p0}:live:7", users) == ("live", 7)
+    assert _user_of_key("{p1}:exposed:exp:a:b:42", users) == ("exposed", 42)
+    assert _user_of_key("{p5}:idem:win_back:42:2026-10-01:x", users) == ("idem", 42)
+    assert _user_of_key("reserve:{win_back:2026-10-01}:win_back:7:e1", users) == ("reserve", 7)
+    assert _user_of_key("{p2}:u:420", users) is None  # another user
+    assert _user_of_key("{p2}:idem:win_back:420:42", users) is None  # 42 is the instance here
+    assert _user_of_key("{p2}:seen:42", users) is None and _user_of_key("{p2}:stats", users) is None
+    assert _user_of_key("{p2}:due", users) is None and _user_of_key("rules", users) is None
+    # the old untagged names are not user keys of this layout (see docs/realtime.md)
+    assert _user_of_key("u:42", users) is None
+    assert _user_of_key("reserve:{win_back:2026-10-01}", users) is None
     assert _names_user({b"e": b'{"ts":1,"user_id":42}'}, users)
     assert not _names_user({b"e": b'{"user_id":420}'}, users)
     assert not _names_user(None, users)

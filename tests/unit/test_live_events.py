@@ -201,10 +201,14 @@ def test_append_arguments_route_each_event_to_its_users_partition(partitions: in
     config = StreamConfig.model_validate({"partitions": partitions})
     kv, argv, touched = _batch_args(events, keys, partitions, config)
     n = len(touched)
-    assert kv[0] == keys.layout and kv[1 : 1 + n] == [keys.stream(p) for p in touched]
-    assert kv[1 + n :] == [keys.seen(f"e{i}") for i in range(len(events))]
-    assert argv[:4] == [partitions, config.max_backlog, config.dedupe_ttl_s, n]
+    assert kv[:n] == [keys.stream(p) for p in touched]
+    # each event's dedupe marker shares its partition's hash tag (one slot on a cluster)
+    assert kv[n:] == [
+        keys.seen(f"e{i}", partition_of(int(e["user_id"]), partitions))
+        for i, e in enumerate(events)
+    ]
+    assert argv[:3] == [config.max_backlog, config.dedupe_ttl_s, n]
     for j, event in enumerate(events):
-        index, payload = argv[5 + 2 * j], argv[6 + 2 * j]
+        index, payload = argv[4 + 2 * j], argv[5 + 2 * j]
         assert touched[index - 1] == partition_of(int(event["user_id"]), partitions)
         assert orjson.loads(payload) == event
