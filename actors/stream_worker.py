@@ -26,6 +26,7 @@ from strata.config import ConfigError, config_path, load_calendar
 from strata.experiments.config import load_experiments
 from strata.io.exposure_log import Exposure, ExposureLog
 from strata.io.realtime_store import LeaseLost, PartitionReader, RealtimeStore, read_new
+from strata.io.redis_client import CLIENT_ERRORS
 from strata.io.segment_reader import READ_ERRORS
 from strata.io.segment_store import SegmentStore
 from strata.io.snapshot_features import SnapshotFeatures
@@ -48,6 +49,8 @@ log = logging.getLogger("strata.stream")
 _VERSION_CHECK_S = 1.0
 _RULES_CHECK_S = 2.0
 _HEARTBEAT_S = 2.0
+#: Redis failures of either client mode (a cluster's own exceptions are no RedisError)
+_REDIS_ERRORS = (*READ_ERRORS, *CLIENT_ERRORS)
 
 
 def _now_ms() -> int:
@@ -133,7 +136,7 @@ class StreamWorker:
                     self._stop.wait(self.config.lease_ms / 5000)
                     continue
                 self._round(owned)
-            except READ_ERRORS as exc:
+            except _REDIS_ERRORS as exc:
                 # Redis restarted or unreachable: the client reconnects on the next call;
                 # uncommitted rounds are pending and processed again
                 self.counters["redis_errors"] += 1
@@ -141,7 +144,7 @@ class StreamWorker:
                 for r in self.readers:
                     r.recovering = True
                 self._stop.wait(0.5)
-        with contextlib.suppress(*READ_ERRORS):
+        with contextlib.suppress(*_REDIS_ERRORS):
             for r in self.readers:
                 r.release()
         return dict(self.counters)
@@ -279,6 +282,16 @@ class StreamWorker:
             except LeaseLost:
                 self.counters["lease_lost"] += 1
                 reader.owned = False
+                reader.held = None
+            except _REDIS_ERRORS as exc:
+                # Redis (on a cluster: the node of a budget, of the snapshot, ...) failed, not
+                # the entries: keep them for the next round as they are, so that the outage
+                # does not count as deliveries and dead-letter good entries
+                self.counters["redis_errors"] += 1
+                log.warning("partition %d: Redis error (%s); retrying", reader.partition, exc)
+                reader.held = entries
+                if rescore:
+                    self._rescore.setdefault(reader.partition, set()).update(rescore)
             except Exception as exc:  # an entry the engine cannot handle: isolate it
                 self.counters["errors"] += 1
                 log.warning(

@@ -94,3 +94,12 @@ def publish_raw_users(
     finally:
         store.close()
     return ids
+
+
+def rt_stats(client: Any, namespace: str = "strata") -> dict[bytes, bytes]:
+    """The rule statistics of every stream partition merged (``{ns}:rt:{pP}:stats``), as the
+    API and ``strata rules stats`` read them."""
+    from strata.io.realtime_store import RealtimeStore
+    from strata.realtime.stream_config import StreamConfig
+
+    return RealtimeStore(client, namespace, StreamConfig()).read_rule_stats()[1]

@@ -356,6 +356,9 @@ class PartitionReader:
         #: entries per pending read while recovering (1 after a failed round: isolates a
         #: poison entry without re-delivering the good ones around it)
         self.batch_limit: int | None = None
+        #: entries of a round that Redis failed (not the entries): given back by the next
+        #: read as they are, without a redelivery that would count against them
+        self.held: list[Entry] | None = None
         self._renewed_at = 0.0
 
     def ensure_group(self) -> None:
@@ -392,6 +395,7 @@ class PartitionReader:
             return False
         self.owned = True
         self._renewed_at = now
+        self.held = None  # the pending entries are read again, from the claim on
         self.ensure_group()
         claimed = self.claim_orphans()
         if claimed:
@@ -463,12 +467,16 @@ class PartitionReader:
 def read_new(
     client: SyncClient, readers: list[PartitionReader], count: int, block_ms: int
 ) -> dict[int, list[Entry]]:
-    """The next entries of several partitions of one consumer: pending ones of recovering
-    partitions (with delivery counts, ``batch_limit`` at a time), and new ones of the others
-    in one XREADGROUP (blocking up to ``block_ms`` only when nothing is pending)."""
+    """The next entries of several partitions of one consumer: held ones (a round Redis
+    failed), pending ones of recovering partitions (with delivery counts, ``batch_limit`` at a
+    time), and new ones of the others in one XREADGROUP (per stream on a cluster; blocking up
+    to ``block_ms`` only when nothing is pending)."""
     out: dict[int, list[Entry]] = {}
     fresh: list[PartitionReader] = []
     for r in readers:
+        if r.held is not None:
+            out[r.partition], r.held = r.held, None
+            continue
         if r.recovering:
             entries = r._pending(r.batch_limit or count)
             if entries:

@@ -24,9 +24,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster, key_slot
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 __all__ = [
+    "CLIENT_ERRORS",
     "MODE_ENV",
     "AsyncClient",
     "RedisMode",
@@ -53,6 +55,14 @@ SyncClient: TypeAlias = "redis.Redis | RedisCluster"
 AsyncClient: TypeAlias = "aioredis.Redis | AsyncRedisCluster"
 
 T = TypeVar("T")
+
+#: what a failing Redis raises in either mode (a cluster client's own exceptions, such as
+#: a slot not covered while a master restarts, are no ``RedisError``)
+CLIENT_ERRORS: tuple[type[BaseException], ...] = (
+    redis.RedisError,
+    RedisClusterException,
+    OSError,
+)
 
 #: how often :func:`xreadgroup_many` polls a cluster while it waits for entries
 _POLL_MS = 20

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 READ_KEY, READ_REC = new_key("reader", ["segments:read"])
 EVENTS_KEY, EVENTS_REC = new_key("events", ["events:write"])
-KEYS = RealtimeKeys("strata")
+KEYS = RealtimeKeys("strata", 4)  # the partitions _app configures
 RAW = [str(20_000_001 + i) for i in range(20)]
 NOW_MS = int(time.time() * 1000)
 
@@ -125,7 +125,7 @@ def test_the_same_batch_twice_appends_nothing_new(client: TestClient, r: redis.R
     third = client.post("/v1/events", headers=_auth(), json={"events": retry})
     assert third.json() == {"accepted": 0, "duplicates": 1}
     assert sum(r.xlen(KEYS.stream(p)) for p in range(4)) == 11
-    assert r.ttl(KEYS.seen("client-7")) > 86_400
+    assert r.ttl(KEYS.seen("client-7", partition_of(_uid("c1"), 4))) > 86_400
 
 
 def test_a_batch_with_bad_events_is_refused_whole(client: TestClient, r: redis.Redis) -> None:
@@ -186,7 +186,7 @@ def test_backpressure_answers_503_with_retry_after(
         assert r.xlen(stream) == 101  # nothing of the refused batch went in
         # ... nor marked seen: the retry must not be taken for a duplicate
         refused = validate_events(_events(5, query="q"), key=TEST_KEY.encode(), now_ms=NOW_MS)
-        assert r.exists(*(KEYS.seen(e["event_id"]) for e in refused.events)) == 0
+        assert r.exists(*(KEYS.seen(e["event_id"], 0) for e in refused.events)) == 0
         # once the workers catch up (entries trimmed), events are accepted again
         r.xtrim(stream, maxlen=0)
         ok = c.post("/v1/events", headers=_auth(), json={"events": _events(5, query="q")})
@@ -220,6 +220,7 @@ def _action(rule: str, n: int) -> bytes:
 
 def test_actions_newest_first(client: TestClient, r: redis.Redis) -> None:
     uid = _uid("20000001")
+    stream_partitions(r, KEYS, 4)  # as the first append would (user keys follow the layout)
     for n in range(3):
         r.lpush(KEYS.actions(uid), _action("cart_abandoned", n))
     resp = client.get("/v1/users/20000001/actions", headers=_auth(READ_KEY))
@@ -244,14 +245,14 @@ def test_rules_aggregate_the_stats_hash(client: TestClient, r: redis.Redis) -> N
          "actions": ["service_task", "coupon"]},
         {"name": "cart_abandoned", "kind": "absence", "priority": 10, "actions": ["coupon"]},
     ]))  # fmt: skip
-    r.hincrby(KEYS.stats, "cart_abandoned|potential|fired", 4)
-    r.hincrby(KEYS.stats, "cart_abandoned|high_value|fired", 1)
-    r.hincrby(KEYS.stats, "cart_abandoned|potential|suppressed.cap", 2)
-    r.hincrby(KEYS.stats, "cart_abandoned|potential|converted", 1)
-    r.hincrbyfloat(KEYS.stats, "cart_abandoned|potential|revenue_cny", 30.1)
-    r.hincrbyfloat(KEYS.stats, "cart_abandoned|potential|revenue_cny", 0.2)
-    r.hincrbyfloat(KEYS.stats, "cart_abandoned|potential|coupon_cost_cny", 5)
-    r.hincrby(KEYS.stats, "visit_streak_3d|unknown|fired", 3)
+    r.hincrby(KEYS.stats(0), "cart_abandoned|potential|fired", 4)
+    r.hincrby(KEYS.stats(3), "cart_abandoned|high_value|fired", 1)
+    r.hincrby(KEYS.stats(0), "cart_abandoned|potential|suppressed.cap", 2)
+    r.hincrby(KEYS.stats(0), "cart_abandoned|potential|converted", 1)
+    r.hincrbyfloat(KEYS.stats(0), "cart_abandoned|potential|revenue_cny", 30.1)
+    r.hincrbyfloat(KEYS.stats(1), "cart_abandoned|potential|revenue_cny", 0.2)  # merged
+    r.hincrbyfloat(KEYS.stats(0), "cart_abandoned|potential|coupon_cost_cny", 5)
+    r.hincrby(KEYS.stats(0), "visit_streak_3d|unknown|fired", 3)
     resp = client.get("/v1/rules", headers=_auth(READ_KEY))
     assert resp.status_code == 200, resp.text
     rules = {x["name"]: x for x in resp.json()["rules"]}
@@ -289,6 +290,7 @@ def test_lookups_show_the_live_overlay_and_tags_of_the_current_version(
     snap = client.get(f"/v1/users/{live}/segment", headers=_auth(READ_KEY)).json()
     assert snap["source"] == "snapshot" and snap["last_event_at"] is None
     new_tier = "high_value" if snap["tier"] != "high_value" else "potential"
+    stream_partitions(r, KEYS, 4)  # as the first append would (user keys follow the layout)
     r.set(KEYS.live(_uid(live)), _overlay("v1", new_tier))
     r.hset(KEYS.tags(_uid(live)), mapping={"cart_abandoner": NOW_MS + 3_600_000,
                                            "expired_tag": NOW_MS - 1})  # fmt: skip

@@ -29,7 +29,7 @@ from tests.support import publish_raw_users
 pytestmark = pytest.mark.integration
 
 READ_KEY, READ_REC = new_key("reader", ["segments:read"])
-KEYS = RealtimeKeys("strata")
+KEYS = RealtimeKeys("strata", 8)  # configs/stream.yaml's partitions
 RAW = [str(30_000_001 + i) for i in range(40)]
 AUTH = {"Authorization": f"Bearer {READ_KEY}"}
 
@@ -100,7 +100,9 @@ def r(redis_url: str, client: TestClient) -> Iterator[redis.Redis]:
 
 
 def _exposures(r: redis.Redis) -> list[dict[str, Any]]:
-    return [orjson.loads(f[EXPOSURE_FIELD]) for _, f in r.xrange(KEYS.exposures)]
+    return [
+        orjson.loads(f[EXPOSURE_FIELD]) for p in range(8) for _, f in r.xrange(KEYS.exposures(p))
+    ]
 
 
 def _arm(raw: str) -> str:
@@ -160,8 +162,12 @@ def test_first_exposure_is_logged_once_per_user_and_experiment(
         assert x["arm"] == _arm(raw) and isinstance(x["ts"], int)
         assert r.get(KEYS.exposed("pcv", _uid(raw))) == x["arm"].encode()
     expected = Counter(_arm(raw) for raw in RAW)
-    stored = {k.decode(): int(v) for k, v in r.hgetall(KEYS.exposed_count("pcv")).items()}
-    assert stored == dict(expected)
+    stored: Counter[str] = Counter()
+    for p in range(8):  # one count hash per partition
+        stored.update(
+            {k.decode(): int(v) for k, v in r.hgetall(KEYS.exposed_count("pcv", p)).items()}
+        )
+    assert stored == expected
 
     listed = client.get("/v1/experiments", headers=AUTH)
     assert listed.status_code == 200, listed.text
@@ -181,7 +187,8 @@ def test_first_exposure_is_logged_once_per_user_and_experiment(
 def test_a_failing_exposure_write_does_not_fail_the_lookup(
     client: TestClient, r: redis.Redis
 ) -> None:
-    r.set(KEYS.exposures, "not a stream")  # XADD fails with WRONGTYPE inside the script
+    stream = KEYS.exposures(KEYS.partition_of(_uid(RAW[1])))
+    r.set(stream, "not a stream")  # XADD fails with WRONGTYPE inside the script
     metrics = client.app.state.strata.metrics  # type: ignore[attr-defined]
     before = metrics.exposures.labels("error")._value.get()
     resp = client.get(f"/v1/users/{RAW[1]}/strategies", headers=AUTH)
@@ -189,7 +196,7 @@ def test_a_failing_exposure_write_does_not_fail_the_lookup(
     assert resp.json()["experiments"][0]["arm"] == _arm(RAW[1])
     assert metrics.exposures.labels("error")._value.get() == before + 1
     assert r.get(KEYS.exposed("pcv", _uid(RAW[1]))) is None  # the marker was taken back
-    r.delete(KEYS.exposures)
+    r.delete(stream)
     client.get(f"/v1/users/{RAW[1]}/strategies", headers=AUTH)
     assert [x["user_id"] for x in _exposures(r)] == [_uid(RAW[1])]
 

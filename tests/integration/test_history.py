@@ -112,7 +112,7 @@ def test_history_shows_the_live_change_since_the_newest_snapshot(
         "last_event_at": "2026-10-02T10:00:00+08:00",
     }
     client_redis = redis.Redis.from_url(redis_url)
-    keys = RealtimeKeys("strata")
+    keys = RealtimeKeys("strata", 8)  # the reader's partitions before any append
     client_redis.set(keys.live(ids[k]), orjson.dumps(overlay))
     # an overlay based on an older snapshot is stale: not shown
     stale = next(i for i, u in enumerate(ids) if i != k and u in tiers and tiers[u][0])

@@ -116,7 +116,7 @@ def test_rotate_rekeys_everything_in_one_recompute(
     erased = sorted(before)[0]
     TombstoneStore(str(root)).add(np.array([erased]), key=TEST_KEY.encode(), n_buckets=8, by="cli")
     # live state the stream would have left under old ids (stream stopped), and keys without ids
-    rt = RealtimeKeys(settings.redis_namespace)
+    rt = RealtimeKeys(settings.redis_namespace, 8)
     rc = redis.Redis.from_url(redis_url)
     live_user = sorted(before)[1]
     rc.set(rt.state(live_user), b'{"orders": 1}')
@@ -126,6 +126,7 @@ def test_rotate_rekeys_everything_in_one_recompute(
     rc.set(rt.exposed("potential_coupon_value", live_user), b"control")
     rc.set(rt.rules, b'[{"name": "cart_abandoned"}]')
     rc.hset(rt.budget("cart_abandoned", "2026-10-01"), "count", 3)
+    rc.hincrby(rt.stats(0), "cart_abandoned|unknown|fired", 2)  # a partition's statistics
     key_file = tmp_path / "new.key"
     key_file.write_text(NEW_LINK + "\n")
     args = ["rotate-key", "--data", str(root), "--new-key-file", str(key_file),
@@ -196,6 +197,7 @@ def test_rotate_rekeys_everything_in_one_recompute(
         body = path.read_text()
         assert not [t for t in texts if t in body], path
     assert rc.get(rt.rules) and rc.hget(rt.budget("cart_abandoned", "2026-10-01"), "count") == b"3"
+    assert rc.hget(rt.stats(0), "cart_abandoned|unknown|fired") == b"2"
     assert not rc.exists(rt.state(live_user), rt.live(live_user), rt.actions(live_user))
     with SegmentStore(rc, settings.redis_namespace) as store:
         assert store.versions() == [store.current()]

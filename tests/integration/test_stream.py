@@ -22,12 +22,12 @@ from strata.realtime.stream_config import load_stream_config
 from strata.realtime.wire import encode_event, partition_of
 from strata.settings import Settings
 from tests.conftest import TEST_KEY
-from tests.support import publish_raw_users
+from tests.support import publish_raw_users, rt_stats
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 RAW = [f"u{i}" for i in range(1, 21)]
-KEYS = RealtimeKeys("strata")
+KEYS = RealtimeKeys("strata", 8)  # configs/stream.yaml's partitions
 
 
 def uid(raw: str) -> int:
@@ -123,7 +123,7 @@ def test_cart_abandoned_31_minutes_ago_fires_at_once_and_a_replay_issues_nothing
     client.xadd(KEYS.stream(p), {ENTRY_FIELD: encode_event(cart)})
     time.sleep(3)
     assert len(actions(client, "u1")) == 2
-    stats = client.hgetall(KEYS.stats)
+    stats = rt_stats(client)
     fired = sum(int(v) for k, v in stats.items() if k.endswith(b"|fired"))
     assert fired == 1
 
@@ -183,7 +183,7 @@ def test_a_worker_killed_before_xack_loses_nothing_and_duplicates_nothing(
     for r in users:
         kinds = sorted(a["action"] for a in actions(client, r))
         assert kinds == ["coupon", "service_task"], (r, kinds)
-    stats = client.hgetall(KEYS.stats)
+    stats = rt_stats(client)
     assert (
         sum(
             int(v)
@@ -214,7 +214,7 @@ def test_a_poison_entry_goes_to_the_dead_letter_stream_and_the_partition_moves_o
     client.xadd(KEYS.stream(p), {ENTRY_FIELD: b"not json"})
     append(redis_url, [review("u4", 2, "after-poison")])
     wait_for(lambda: len(actions(client, "u4")) == 2, what="the review after the poison")
-    dead = wait_for(lambda: client.xrange(KEYS.dead), what="dead letters")
+    dead = wait_for(lambda: client.xrange(KEYS.dead(p)), what="dead letters")
     reasons = [f[b"reason"].decode() for _, f in dead]
     assert len(dead) == 2, reasons
     assert any("undecodable" in r for r in reasons)

@@ -35,11 +35,11 @@ from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
 from strata.timeutil import LOCAL_TZ
 from tests.conftest import TEST_KEY
-from tests.support import publish_raw_users
+from tests.support import publish_raw_users, rt_stats
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
-KEYS = RealtimeKeys("strata")
+KEYS = RealtimeKeys("strata", 8)  # configs/stream.yaml's partitions
 READ_KEY, READ_REC = new_key("reader", ["segments:read"])
 FIRST_RAW = 10_000_001
 N_USERS = 300
@@ -209,7 +209,7 @@ def test_calendar_campaigns_issue_once_however_often_they_run(world: Settings, p
     r = redis.Redis.from_url(world.redis_url)
 
     def fired() -> int:
-        stats = r.hgetall(KEYS.stats)
+        stats = rt_stats(r)
         return sum(
             int(v)
             for k, v in stats.items()

@@ -47,10 +47,28 @@ from strata.timeutil import local_iso
 pytestmark = pytest.mark.integration
 
 NS = "sinktest"
-KEYS = RealtimeKeys(NS)
 PARTITIONS = 4
+KEYS = RealtimeKeys(NS, PARTITIONS)
 T0_MS = 1_764_547_200_000  # 2025-12-01T00:00:00Z
 CONFIG = StreamConfig(partitions=PARTITIONS, batch_size=50, block_ms=10, sink_interval_s=3600)
+
+
+#: the outbox and exposures tests use the users of one partition: one outbox (exposures
+#: stream) per partition, with its own watermark and its own ``outbox_keep``
+SIDE_P = 0
+OUTBOX = KEYS.outbox(SIDE_P)
+U0 = next(u for u in range(77, 10_000) if partition_of(u, PARTITIONS) == SIDE_P)
+
+
+def _side_users(rng: np.random.Generator, n: int) -> list[int]:
+    """``n`` random users of partition SIDE_P."""
+    ids = rng.choice(2**40, size=n * PARTITIONS * 4, replace=False)
+    return [int(u) for u in ids if partition_of(int(u), PARTITIONS) == SIDE_P][:n]
+
+
+def _dead_letters(r: redis.Redis) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The dead letters of every partition."""
+    return [e for p in range(PARTITIONS) for e in r.xrange(KEYS.dead(p))]
 
 
 class Crash(Exception):
@@ -274,7 +292,7 @@ def test_bad_entries_go_to_the_dead_letter_stream(r: redis.Redis, settings: Sett
     assert _pending(r) == 15  # dead letters are acked at once, the rest at the commit
     sink.flush()
     assert _rows(settings).num_rows == 15
-    letters = {e[b"id"]: e for _, e in r.xrange(KEYS.dead)}
+    letters = {e[b"id"]: e for _, e in _dead_letters(r)}
     assert set(letters) == set(bad)
     for entry_id, needle in bad.items():
         letter = letters[entry_id]
@@ -426,7 +444,7 @@ def test_an_entry_erased_while_pending_is_acked_not_dead_lettered(
     second = _sink(r, settings, consumer="other")
     assert _drain(second).buffered == 19
     second.flush()
-    assert _rows(settings).num_rows == 19 and r.xlen(KEYS.dead) == 0
+    assert _rows(settings).num_rows == 19 and len(_dead_letters(r)) == 0
     assert _pending(r) == 0
 
 
@@ -575,7 +593,7 @@ def _firings(n: int, seed: int = 0, users: int = 10, user: int | None = None) ->
     """Firings like the rule workers' (a coupon, or a service task and a coupon), of
     ``users`` random users or of ``user`` only."""
     rng = np.random.default_rng(seed)
-    ids = [user] if user is not None else list(rng.choice(2**40, size=users, replace=False))
+    ids = [user] if user is not None else _side_users(rng, users)
     out = []
     for i in range(n):
         uid = int(ids[i % len(ids)])
@@ -601,7 +619,7 @@ def _issue(r: redis.Redis, firings: list[Firing]) -> None:
     """Write firings' outbox entries and per-user logs as a rule worker's commit does."""
     store = RealtimeStore(r, NS, CONFIG)
     pipe = r.pipeline(transaction=True)
-    store._queue_firings(pipe, firings)
+    store._queue_firings(pipe, SIDE_P, firings)
     pipe.execute()
 
 
@@ -618,7 +636,7 @@ def _expected_actions(firings: list[Firing]) -> list[tuple[int, int, str, str]]:
 
 
 def _outbox_pending(r: redis.Redis) -> int:
-    return int(r.xpending(KEYS.outbox, SINK_GROUP)["pending"])
+    return int(r.xpending(OUTBOX, SINK_GROUP)["pending"])
 
 
 def test_actions_from_the_outbox_land_in_the_actions_table(
@@ -658,14 +676,14 @@ def test_actions_from_the_outbox_land_in_the_actions_table(
             else:
                 assert row["coupon_id"] is None and row["value_cny"] is None
     # the watermark in the manifest and in Redis is the outbox's last entry
-    last = parse_id(r.xrevrange(KEYS.outbox, count=1)[0][0])
-    assert manifest_outbox_watermark(wh.manifest, NS) == last
-    assert r.hget(KEYS.sink, "outbox") == format_id(last).encode()
+    last = parse_id(r.xrevrange(OUTBOX, count=1)[0][0])
+    assert manifest_outbox_watermark(wh.manifest, NS, SIDE_P) == last
+    assert r.hget(KEYS.sink, f"outbox:{SIDE_P}") == format_id(last).encode()
     assert _outbox_pending(r) == 0 and _pending(r) == 0
     # the per-user log keeps the API's shape; the outbox entry has the user (and ms) more
     log = orjson.loads(r.lindex(KEYS.actions(firings[0].user_id), 0))
     assert set(log) == {"rule", "action", "params", "key", "issued_at", "trigger"}
-    entry = orjson.loads(r.xrange(KEYS.outbox, count=1)[0][1][OUTBOX_FIELD])
+    entry = orjson.loads(r.xrange(OUTBOX, count=1)[0][1][OUTBOX_FIELD])
     assert entry == orjson.loads(action_records(firings[0])[0]) | {
         "user_id": firings[0].user_id,
         "issued_ms": firings[0].issued_ms,
@@ -718,12 +736,12 @@ def test_bad_outbox_entries_go_to_the_dead_letter_stream(
     _issue(r, good)
     record = orjson.loads(outbox_records(good[0])[0])
     bad = {
-        r.xadd(KEYS.outbox, {OUTBOX_FIELD: b"{not json"}): "",
-        r.xadd(KEYS.outbox, {b"x": b"1"}): "no 'a' field",
-        r.xadd(KEYS.outbox, {OUTBOX_FIELD: b"[1, 2]"}): "not a JSON object",
-        r.xadd(KEYS.outbox, {OUTBOX_FIELD: orjson.dumps(record | {"user_id": None})}): "user_id",
-        r.xadd(KEYS.outbox, {OUTBOX_FIELD: orjson.dumps(record | {"user_id": "7"})}): "user_id",
-        r.xadd(KEYS.outbox, {OUTBOX_FIELD: orjson.dumps(record | {"params": {"value_cny": "x"}})}):
+        r.xadd(OUTBOX, {OUTBOX_FIELD: b"{not json"}): "",
+        r.xadd(OUTBOX, {b"x": b"1"}): "no 'a' field",
+        r.xadd(OUTBOX, {OUTBOX_FIELD: b"[1, 2]"}): "not a JSON object",
+        r.xadd(OUTBOX, {OUTBOX_FIELD: orjson.dumps(record | {"user_id": None})}): "user_id",
+        r.xadd(OUTBOX, {OUTBOX_FIELD: orjson.dumps(record | {"user_id": "7"})}): "user_id",
+        r.xadd(OUTBOX, {OUTBOX_FIELD: orjson.dumps(record | {"params": {"value_cny": "x"}})}):
             "actions schema",
     }  # fmt: skip
     sink = _sink(r, settings)
@@ -731,12 +749,12 @@ def test_bad_outbox_entries_go_to_the_dead_letter_stream(
     assert stats.dead == len(bad) and stats.actions_buffered == 6
     sink.flush()
     assert _action_keys(settings) == _expected_actions(good)
-    letters = {e[b"id"]: e for _, e in r.xrange(KEYS.dead)}
+    letters = {e[b"id"]: e for _, e in _dead_letters(r)}
     assert set(letters) == set(bad)
     for entry_id, needle in bad.items():
         letter = letters[entry_id]
         assert needle in letter[b"reason"].decode()
-        assert letter[b"stream"] == KEYS.outbox.encode() and b"partition" not in letter
+        assert letter[b"stream"] == OUTBOX.encode() and letter[b"partition"] == b"%d" % SIDE_P
     assert _outbox_pending(r) == 0
 
 
@@ -769,22 +787,24 @@ def test_outbox_trimming_spares_uncommitted_and_the_newest_entries(
     config = CONFIG.model_copy(update={"outbox_keep": 5})
     _issue(r, _firings(20, seed=5))  # 30 outbox entries
     # a delivery system outside strata reads the outbox with its own group; it decides nothing
-    r.xgroup_create(KEYS.outbox, "delivery", id="0")
+    r.xgroup_create(OUTBOX, "delivery", id="0")
     sink = _sink(r, settings, config=config)
     _drain(sink)
-    assert sink.trim().outbox_trimmed == 0 and r.xlen(KEYS.outbox) == 30  # nothing committed
+    assert sink.trim().outbox_trimmed == 0 and r.xlen(OUTBOX) == 30  # nothing committed
     assert sink.flush().outbox_trimmed == 25  # commit, ack, then trim down to the newest 5
-    newest = [i for i, _ in r.xrevrange(KEYS.outbox, count=5)]
-    assert r.xlen(KEYS.outbox) == 5
-    assert manifest_outbox_watermark(Warehouse(settings.data).manifest, NS) == parse_id(newest[0])
+    newest = [i for i, _ in r.xrevrange(OUTBOX, count=5)]
+    assert r.xlen(OUTBOX) == 5
+    assert manifest_outbox_watermark(Warehouse(settings.data).manifest, NS, SIDE_P) == parse_id(
+        newest[0]
+    )
 
     _issue(r, _firings(6, seed=6))  # 9 entries the sink has not committed: over the 5 to keep
     assert sink.trim().outbox_trimmed == 5  # only the committed ones go
-    assert r.xlen(KEYS.outbox) == 9
+    assert r.xlen(OUTBOX) == 9
     _drain(sink)
     assert sink.trim().outbox_trimmed == 0  # read but not committed yet
     sink.flush()
-    assert r.xlen(KEYS.outbox) == 5
+    assert r.xlen(OUTBOX) == 5
     assert Warehouse(settings.data).summary()["actions"]["rows"] == 39
     assert sink.totals.outbox_trimmed == 34 and sink.totals.trimmed == 0
 
@@ -793,7 +813,7 @@ def test_action_parts_are_merged_in_levels(r: redis.Redis, settings: Settings) -
     sink = _sink(r, settings, merge_fan_in=3)
     firings: list[Firing] = []
     for i in range(12):
-        batch = _firings(2, seed=300 + i, user=77)  # one user: one bucket, one part a commit
+        batch = _firings(2, seed=300 + i, user=U0)  # one user: one bucket, one part a commit
         firings += batch
         _issue(r, batch)
         _drain(sink)
@@ -819,7 +839,7 @@ def test_the_rule_workers_actions_reach_the_warehouse_once(
     from tests.conftest import TEST_KEY
     from tests.support import publish_raw_users
 
-    keys = RealtimeKeys(settings.redis_namespace)
+    keys = RealtimeKeys(settings.redis_namespace, load_stream_config().partitions)
     publish_raw_users(redis_url, "v1", ["u1", "u2"], TEST_KEY, namespace=settings.redis_namespace)
     user = pseudonymise("u1", TEST_KEY.encode())
     now = time.time_ns() // 1_000_000
@@ -862,7 +882,7 @@ def test_the_rule_workers_actions_reach_the_warehouse_once(
 
 
 # ------------------------------------------------------------------ exposures table
-EXPOSURES = f"{KEYS.prefix}exposures"  # the contract's stream key
+EXPOSURES = KEYS.exposures(SIDE_P)  # the contract's stream key of the users of SIDE_P
 EXPOSURE_FIELD = b"x"
 
 
@@ -872,7 +892,7 @@ def _exposures(
     """First exposures in the contract's format: each user once per experiment, of two
     experiments, from both sources, holdout included."""
     rng = np.random.default_rng(100 + seed)
-    ids = [user] if user is not None else list(rng.choice(2**40, size=users, replace=False))
+    ids = [user] if user is not None else _side_users(rng, users)
     arms = ["control", "coupon_20", "holdout"]
     out = []
     for i in range(n):
@@ -943,14 +963,14 @@ def test_exposures_land_in_the_exposures_table_with_every_column(
         assert set(bucket_of(t.column("user_id").to_numpy(), wh.n_buckets)) == {b}
     # the exposures watermark is the stream's last entry, in the manifest and in Redis
     last = parse_id(ids[-1])
-    assert manifest_exposure_watermark(wh.manifest, NS) == last
-    assert r.hget(KEYS.sink, "exposures") == format_id(last).encode()
-    assert manifest_outbox_watermark(wh.manifest, NS) == parse_id(
-        r.xrevrange(KEYS.outbox, count=1)[0][0]
+    assert manifest_exposure_watermark(wh.manifest, NS, SIDE_P) == last
+    assert r.hget(KEYS.sink, f"exposures:{SIDE_P}") == format_id(last).encode()
+    assert manifest_outbox_watermark(wh.manifest, NS, SIDE_P) == parse_id(
+        r.xrevrange(OUTBOX, count=1)[0][0]
     )
     assert _exposures_pending(r) == 0 and _outbox_pending(r) == 0 and _pending(r) == 0
     # no other reader: everything committed is trimmed (the outbox keeps its newest entries)
-    assert done.exposures_trimmed == 24 and r.xlen(EXPOSURES) == 0 and r.xlen(KEYS.outbox) == 6
+    assert done.exposures_trimmed == 24 and r.xlen(EXPOSURES) == 0 and r.xlen(OUTBOX) == 6
 
 
 def test_exposures_crash_after_commit_before_ack_duplicates_nothing(
@@ -1017,12 +1037,13 @@ def test_bad_exposure_entries_go_to_the_dead_letter_stream(
     assert stats.dead == len(bad) and stats.exposures_buffered == 6
     sink.flush()
     assert _exposure_rows(settings) == _expected_exposures(good + good[1:2])
-    letters = {e[b"id"]: e for _, e in r.xrange(KEYS.dead)}
+    letters = {e[b"id"]: e for _, e in _dead_letters(r)}
     assert set(letters) == set(bad)
     for entry_id, needle in bad.items():
         letter = letters[entry_id]
         assert needle in letter[b"reason"].decode(), letter[b"reason"]
-        assert letter[b"stream"] == EXPOSURES.encode() and b"partition" not in letter
+        assert letter[b"stream"] == EXPOSURES.encode()
+        assert letter[b"partition"] == b"%d" % SIDE_P
         assert letter[b"group"] == SINK_GROUP.encode()
     assert _exposures_pending(r) == 0
 
@@ -1067,7 +1088,7 @@ def test_exposure_parts_are_merged_in_levels(r: redis.Redis, settings: Settings)
     sink = _sink(r, settings, merge_fan_in=3)
     records: list[dict[str, Any]] = []
     for i in range(12):
-        batch = _exposures(2, seed=300 + i, user=77)  # one user: one bucket, one part a commit
+        batch = _exposures(2, seed=300 + i, user=U0)  # one user: one bucket, one part a commit
         records += batch
         _expose(r, batch)
         _drain(sink)
@@ -1113,4 +1134,4 @@ def test_a_warehouse_from_before_the_exposures_table_takes_exposures(
     wh = Warehouse(settings.data)
     assert _exposure_rows(settings) == _expected_exposures(records)
     assert wh.summary()["events"]["rows"] == 15 and wh.summary()["actions"]["rows"] == 3
-    assert manifest_exposure_watermark(wh.manifest, NS) > (0, 0)
+    assert manifest_exposure_watermark(wh.manifest, NS, SIDE_P) > (0, 0)
