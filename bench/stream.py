@@ -321,7 +321,8 @@ def latency(
     cfg = load_stream_config()
     r = redis.Redis.from_url(url)
     keys = RealtimeKeys(NS)
-    r.delete(keys.outbox)
+    outboxes = [keys.outbox(p) for p in range(cfg.partitions)]  # one per partition
+    r.delete(*outboxes)
     # the processed run spent the day's budgets (negative_review: 2,000 a day): a fresh day
     for key in r.scan_iter(match=f"{keys.prefix}budget:*", count=10_000):
         r.unlink(key)
@@ -383,7 +384,7 @@ def latency(
     finally:
         ray.shutdown()
     lat: list[float] = []
-    for entry_id, fields in r.xrange(keys.outbox, "-", "+"):
+    for entry_id, fields in (e for o in outboxes for e in r.xrange(o, "-", "+")):
         action = orjson.loads(fields[OUTBOX_FIELD])
         eid = (action.get("trigger") or {}).get("event_id")
         if action["rule"] == "negative_review" and eid in sent and action["action"] == "coupon":

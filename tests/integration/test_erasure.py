@@ -34,7 +34,7 @@ from strata.io.tombstones import TombstoneStore
 from strata.io.whatif_inputs import load_whatif_inputs
 from strata.online.codec import decode_many, encode, n_groups_for
 from strata.realtime.batch import EffectBatch
-from strata.realtime.keys import WORKER_GROUP, RealtimeKeys
+from strata.realtime.keys import WORKER_GROUP, RealtimeKeys, split_tag
 from strata.realtime.model import ActionSpec, Firing, Timer, action_key
 from strata.realtime.stream_config import load_stream_config
 from strata.realtime.wire import partition_of
@@ -277,7 +277,8 @@ def test_erased_users_leave_zero_traces(
             _live_traces(url, uid)
         client = redis.Redis.from_url(url)
         before = _redis_hits(client, _needles(*a))
-        kinds = {k.split(":")[1 if ":v:" in k else 2] for k in before}
+        rt_names = (split_tag(k[len(KEYS.prefix) :])[1] for k in before if ":v:" not in k)
+        kinds = {n.split(":")[0] for n in rt_names} | {"v" for k in before if ":v:" in k}
         assert kinds >= {
             "v", "u", "live", "livers", "tags", "actions", "idem", "reserve", "due",
             "events", "outbox", "exposures", "exposed", "dead",
