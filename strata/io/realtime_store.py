@@ -14,7 +14,10 @@ Exactly-once effects rest on three facts:
 3. Each action key's decision is recorded (``idem``) and budget reservations are idempotent
    by key, so a replay never issues a second action or counts a budget twice.
 
-Key layout: :class:`strata.realtime.keys.RealtimeKeys`.
+On a Redis Cluster the same holds because every key of one partition's commit, and every key
+of its users, carries the partition's hash tag (one slot: WATCH and MULTI/EXEC are allowed);
+a budget is reserved by one script on its own slot before the commit (the decisions, in the
+partition's slot, are read first). Key layout: :class:`strata.realtime.keys.RealtimeKeys`.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 stream into bucketed Parquet.
 
 :class:`StreamSink` is consumer group :data:`~strata.realtime.keys.SINK_GROUP` on every
-partition stream (``{ns}:rt:events:{p}``), on the outbox (``{ns}:rt:outbox``, the actions
-the rule workers issued) and on the exposures stream (``{ns}:rt:exposures``, users' first
-exposures to experiments). It reads entries with XREADGROUP in batches, converts the wire
+partition stream (``{ns}:rt:{pP}:events``), on each partition's outbox
+(``{ns}:rt:{pP}:outbox``, the actions the rule workers issued to its users) and on each
+partition's exposures stream (``{ns}:rt:{pP}:exposures``, its users' first exposures to
+experiments). It reads entries with XREADGROUP in batches, converts the wire
 events (:mod:`strata.realtime.wire`) to :data:`~strata.schema.EVENTS_SCHEMA` rows, the
 outbox's actions to :data:`~strata.schema.ACTIONS_SCHEMA` rows and the exposures to
 :data:`~strata.schema.EXPOSURES_SCHEMA` rows, buffers them and commits them all into the
@@ -15,9 +16,10 @@ Exactly once into the warehouse, across crashes:
 
 1. The commit writes, in the same atomic manifest replace as the parts, the last stream entry
    id of each partition it covers (the *watermark*, ``manifest["stream_watermarks"][ns]``),
-   the outbox's (``manifest["outbox_watermarks"][ns]``) and the exposures stream's
-   (``manifest["exposure_watermarks"][ns]``).
-2. Only then are the entries XACKed and the watermark copied to ``{ns}:rt:sink``.
+   of each outbox (``manifest["outbox_watermarks"][ns][P]``) and of each exposures stream
+   (``manifest["exposure_watermarks"][ns][P]``).
+2. Only then are the entries XACKed and the watermark copied to ``{ns}:rt:sink`` (fields
+   ``P``, ``outbox:P``, ``exposures:P``).
 3. On start the sink first re-reads the group's pending entries (its own, after claiming any
    left by another consumer name) and acks without sinking every entry at or below the
    manifest's watermark; the rest are sunk again. So a crash before the commit loses nothing
@@ -29,10 +31,9 @@ Entries that fail to decode (not JSON, missing ``user_id``/``event_type``/``ts``
 fields or event types, values the schema cannot hold; for the outbox: no ``user_id``, ``rule``,
 ``action``, ``key`` or issue time; for exposures: no ``experiment``, ``arm``, ``user_id``,
 ``ts`` or a ``source`` other than :data:`~strata.schema.EXPOSURE_SOURCES`) go to the dead-letter
-stream
-``{ns}:rt:dead`` with the reason, acked in the same MULTI, so they are never lost and never
-block the partition. Internal entries (:func:`~strata.realtime.wire.is_internal`) are acked
-and skipped.
+stream of their partition, ``{ns}:rt:{pP}:dead``, with the reason, acked in the same MULTI (one
+hash slot, also on a Redis Cluster), so they are never lost and never block the partition.
+Internal entries (:func:`~strata.realtime.wire.is_internal`) are acked and skipped.
 
 The sink also trims each partition stream (XTRIM MINID) below the oldest entry any consumer
 group still needs (its oldest pending entry, else the one after its last-delivered id), and
@@ -40,7 +41,7 @@ only once the rule workers' group exists, so ``XLEN`` is the backlog that the AP
 backpressure measures. The outbox is read by delivery systems outside strata too: the sink
 removes only entries at or below its committed outbox watermark, and always keeps the newest
 ``outbox_keep`` entries. The exposures stream has no other reader (the first-exposure markers
-``{ns}:rt:exposed:...`` dedupe, not the stream): the sink removes every entry at or below its
+``{ns}:rt:{pP}:exposed:...`` dedupe, not the stream): the sink removes every entry at or below its
 committed exposures watermark.
 
 Each commit adds a small file to every bucket (of each table) it touches; the sink merges them

@@ -99,7 +99,8 @@ def rule_stats(rules_json: bytes | str | None, stats_hash: Mapping[Any, Any]) ->
 
     Args:
         rules_json: the value of ``{ns}:rt:rules`` (None before a worker started).
-        stats_hash: ``HGETALL {ns}:rt:stats`` (bytes or text keys and values).
+        stats_hash: the partitions' ``HGETALL {ns}:rt:{pP}:stats`` merged
+            (:func:`merge_stat_hashes`; bytes or text keys and values).
 
     Returns:
         ``{"rules": [{"name", "kind", "active", "priority", "fired", "suppressed": {reason: n},

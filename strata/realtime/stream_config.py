@@ -33,9 +33,9 @@ class StreamConfig(StrictModel):
         live_ttl_days: how long a live segment overlay is kept without a newer recompute.
         sink_interval_s: the sink commits to the warehouse at least this often.
         sink_max_rows: ... or when this many rows are buffered.
-        outbox_keep: the sink trims the outbox (``{ns}:rt:outbox``) only below the actions it
-            has committed to the warehouse, and always keeps at least this many of the newest
-            entries for the delivery systems that read it.
+        outbox_keep: the sink trims each outbox (``{ns}:rt:{pP}:outbox``) only below the
+            actions it has committed to the warehouse, and always keeps at least this many of
+            its newest entries for the delivery systems that read it.
         timer_batch: timers taken from a partition's due-queue per round.
     """
 
