@@ -8,6 +8,8 @@ duplicating no action, and an erasure removing a user's keys on every node."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +24,7 @@ from redis.exceptions import RedisClusterException
 from actors.stream_worker import StreamWorker
 from strata.ids import pseudonymise
 from strata.io.erasure import erase_realtime
-from strata.io.event_log import EventAppender
+from strata.io.event_log import AsyncEventAppender, EventAppender
 from strata.io.realtime_reader import AsyncRealtimeReader
 from strata.io.realtime_store import PartitionReader, RealtimeStore
 from strata.io.redis_client import SyncClient, is_cluster, slot_of, sync_client
@@ -32,6 +34,7 @@ from strata.online.keys import KeyLayout
 from strata.realtime.batch import EffectBatch
 from strata.realtime.keys import OUTBOX_FIELD, WORKER_GROUP, RealtimeKeys
 from strata.realtime.stream_config import load_stream_config
+from strata.timeutil import DAY_MS, LOCAL_OFFSET_MS
 from tests.conftest import TEST_KEY
 
 NS = "strata"
@@ -311,3 +314,62 @@ def test_stream_loop_on_a_cluster_issues_each_action_once_through_master_restart
     assert all(a["user_id"] != u0 for a in _outbox(client))
     assert len(_outbox(client)) == expected - 4
     store.close()
+
+
+def _owner_port(redis_cluster: Any, key: str) -> int:
+    c = redis_cluster.master_nodes[0].client()
+    try:
+        owners = _slot_owners(c)
+    finally:
+        c.close()
+    slot = slot_of(key)
+    return next(port for lo, hi, port in owners if lo <= slot <= hi)
+
+
+def test_a_budget_node_down_holds_the_round_instead_of_dead_lettering_it(
+    cluster: tuple[str, Any, SyncClient], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The partition's master answers while the master of the rule's budget is down (before
+    the others notice, within the node timeout): the round fails on Redis, not on its
+    entries, so they wait (no delivery counted) and fire once that master is back."""
+    _, redis_cluster, client = cluster
+    now = time.time_ns() // 1_000_000
+    day = (dt.date(1970, 1, 1) + dt.timedelta(days=(now + LOCAL_OFFSET_MS) // DAY_MS)).isoformat()
+    budget_port = _owner_port(redis_cluster, KEYS.budget("negative_review", day))
+    down = next(i for i, n in enumerate(redis_cluster.nodes) if n.port == budget_port)
+    seed = next(n for n in redis_cluster.master_nodes if n.port != budget_port)
+    # users whose partition is served by another master than the budget's
+    raws = [
+        r
+        for r in (f"b{i}" for i in range(200))
+        if _owner_port(redis_cluster, KEYS.stream(KEYS.partition_of(uid(r)))) != budget_port
+    ]
+    raws = raws[:6]  # fmt: skip
+
+    async def post() -> Any:  # through the API's asyncio appender, on the cluster
+        appender = AsyncEventAppender(seed.url, NS, CONFIG)
+        try:
+            return await appender.append([_events(r)[0] for r in raws])
+        finally:
+            await appender.aclose()
+
+    workers = _Workers(seed.url, str(tmp_path / "data"), _pointer_url(redis_cluster))
+    assert asyncio.run(post()).accepted == len(raws)
+    redis_cluster.stop_node(down)
+    with caplog.at_level(logging.WARNING, logger="strata.stream"), workers:
+        _wait_for(lambda: sum(w.stats()["redis_errors"] for w in workers.workers) >= 3, 20,
+                  "rounds failing on the budget's master")  # fmt: skip
+        redis_cluster.start_node(down)
+        _wait_for(lambda: len(_outbox(client)) == 2 * len(raws) and _pending(client) == 0, 60,
+                  "the held reviews' actions", lambda: [w.stats() for w in workers.workers],
+                  )  # fmt: skip
+        time.sleep(1.0)
+    held = [
+        r
+        for r in caplog.records
+        if "Redis error" in r.getMessage() and "partition" in r.getMessage()
+    ]
+    assert held, "no round failed on Redis with its partition's master up"
+    assert sum(int(client.xlen(KEYS.dead(p))) for p in range(PARTITIONS)) == 0
+    got = sorted((a["user_id"], a["action"]) for a in _outbox(client))
+    assert got == sorted((uid(r), a) for r in raws for a in ACTIONS["negative_review"])
