@@ -110,7 +110,7 @@ def _decisions(client: SyncClient) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {r: {"fired": 0, "suppressed": 0} for r in ACTIONS}
     for name, value in stats.items():
         rule, _, metric = name.decode().split("|")
-        if (rule in out and metric in ("fired",)) or metric.startswith("suppressed."):
+        if rule in out and (metric == "fired" or metric.startswith("suppressed.")):
             out[rule]["fired" if metric == "fired" else "suppressed"] += int(value)
     return out
 
