@@ -22,10 +22,10 @@ from typing import Any, Literal, TypeAlias, TypeVar
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster, key_slot
 from redis.exceptions import RedisClusterException
-from redis.retry import Retry
 
 __all__ = [
     "CLIENT_ERRORS",
@@ -148,7 +148,7 @@ def fail_fast_async_client(
         socket_timeout=timeout_s,
         socket_connect_timeout=connect_timeout_s,
         max_connections=max_connections,
-        retry=Retry(NoBackoff(), 0),
+        retry=AsyncRetry(NoBackoff(), 0),
         health_check_interval=0,
     )
 
