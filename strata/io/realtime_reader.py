@@ -12,6 +12,7 @@ timeouts, no client-side retries (the API's circuit breaker decides). Key names 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,8 @@ class LiveState:
 
 
 _NOTHING = LiveState()
+#: while no writer has fixed the stream layout, how often the reader asks for it again
+_LAYOUT_RECHECK_S = 5.0
 
 
 class AsyncRealtimeReader:
@@ -88,15 +91,20 @@ class AsyncRealtimeReader:
         self._split = is_cluster(self._redis)
         self._live = self._redis.register_script(LIVE_READ_LUA)
         self._partitions: int | None = None
+        self._ask_layout_at = 0.0
 
     async def _layout(self) -> RealtimeKeys:
         """The keys with the stored partition count (until a writer fixed it, the configured
-        default's, not remembered)."""
-        if self._partitions is None:
+        default's, asked again every ``_LAYOUT_RECHECK_S``: no extra round trip per lookup
+        where no event was ever posted)."""
+        if self._partitions is None and time.monotonic() >= self._ask_layout_at:
             stored = await self._redis.hget(self.keys.layout, "partitions")
-            if stored is None:
-                return self.keys.with_partitions(StreamConfig.model_validate({}).partitions)
-            self._partitions = int(stored)
+            if stored is not None:
+                self._partitions = int(stored)
+            else:
+                self._ask_layout_at = time.monotonic() + _LAYOUT_RECHECK_S
+        if self._partitions is None:
+            return self.keys.with_partitions(StreamConfig.model_validate({}).partitions)
         return self.keys.with_partitions(self._partitions)
 
     async def live_many(self, user_ids: Sequence[int]) -> list[LiveState]:
