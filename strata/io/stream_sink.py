@@ -525,8 +525,24 @@ class StreamSink:
             side.name: self._manifest_mark(self.warehouse.manifest, side) for side in self._sides
         }
         self._ensure_groups()
+        self._warn_legacy()
         self._started = True
         return self._recover()
+
+    def _warn_legacy(self) -> None:
+        """Say so when streams of the untagged layout still hold entries: they are not read."""
+        old = self.keys.legacy_streams(self.partitions)
+        with self._redis.pipeline(transaction=False) as pipe:
+            for name in old:
+                pipe.xlen(name)
+            lengths = pipe.execute(raise_on_error=False)
+        left = {n: int(x) for n, x in zip(old, lengths, strict=True) if isinstance(x, int) and x}
+        if left:
+            log.warning(
+                "stream sink: streams of the old key layout still hold entries that nothing "
+                "reads any more (drain them with the previous version): %s",
+                left,
+            )
 
     def _make_sides(self) -> tuple[_Side, ...]:
         keys, keep = self.keys, self.config.outbox_keep

@@ -200,3 +200,10 @@ class RealtimeKeys:
     @property
     def workers(self) -> str:
         return self.prefix + "workers"
+
+    def legacy_streams(self, partitions: int) -> list[str]:
+        """The streams of the layout before the partition tags (``{ns}:rt:events:{p}``, the
+        global outbox and exposures), which nothing reads any more: drain them before an
+        upgrade (docs/realtime.md, "Redis Cluster")."""
+        streams = [f"{self.prefix}events:{p}" for p in range(partitions)]
+        return [*streams, self.prefix + "outbox", self.prefix + "exposures"]

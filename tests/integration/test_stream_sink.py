@@ -9,6 +9,7 @@ warehouse from before the table)."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -193,6 +194,24 @@ def test_rows_land_in_their_buckets_and_internal_entries_are_skipped(
         assert marks[p] == last
         assert r.hget(KEYS.sink, str(p)) == format_id(last).encode()
     assert _pending(r) == 0
+
+
+def test_entries_under_the_old_untagged_names_are_reported_at_start(
+    r: redis.Redis, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = f"{KEYS.prefix}events:1"  # the layout before the partition hash tags
+    r.xadd(old, {ENTRY_FIELD: encode_event(_events(1)[0])})
+    _append(r, _events(3))
+    sink = _sink(r, settings)
+    with caplog.at_level(logging.WARNING, logger="strata.io.stream_sink"):
+        assert _drain(sink).buffered == 3  # the tagged streams only
+    warned = [m for m in caplog.messages if "old key layout" in m]
+    assert len(warned) == 1 and f"'{old}': 1" in warned[0]
+    caplog.clear()
+    r.delete(old)
+    with caplog.at_level(logging.WARNING, logger="strata.io.stream_sink"):
+        _sink(r, settings, consumer="again").start()
+    assert not [m for m in caplog.messages if "old key layout" in m]
 
 
 def test_crash_after_commit_before_ack_duplicates_nothing(
