@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
+from strata.ids import bucket_of
 from strata.io.redis_client import AsyncClient, fail_fast_async_client, is_cluster
 from strata.realtime.keys import RealtimeKeys
 from strata.realtime.stats import merge_stat_hashes
@@ -92,6 +94,8 @@ class AsyncRealtimeReader:
         self._live = self._redis.register_script(LIVE_READ_LUA)
         self._partitions: int | None = None
         self._ask_layout_at = 0.0
+        self._keys: RealtimeKeys | None = None
+        self._default_keys = self.keys.with_partitions(StreamConfig().partitions)
 
     async def _layout(self) -> RealtimeKeys:
         """The keys with the stored partition count (until a writer fixed it, the configured
@@ -104,8 +108,10 @@ class AsyncRealtimeReader:
             else:
                 self._ask_layout_at = time.monotonic() + _LAYOUT_RECHECK_S
         if self._partitions is None:
-            return self.keys.with_partitions(StreamConfig.model_validate({}).partitions)
-        return self.keys.with_partitions(self._partitions)
+            return self._default_keys
+        if self._keys is None or self._keys.partitions != self._partitions:
+            self._keys = self.keys.with_partitions(self._partitions)
+        return self._keys
 
     async def live_many(self, user_ids: Sequence[int]) -> list[LiveState]:
         """Overlay and tags of each (pseudonymised) user, in input order, one round trip."""
@@ -113,15 +119,16 @@ class AsyncRealtimeReader:
             return []
         keys = await self._layout()
         out = [_NOTHING] * len(user_ids)
+        ids = np.fromiter((int(u) for u in user_ids), dtype=np.int64, count=len(user_ids))
+        parts = bucket_of(ids, keys.partitions or 1).tolist()  # partition_of, vectorised
+        uids = ids.tolist()
         groups: dict[int, list[int]] = {}
-        for i, u in enumerate(user_ids):
-            groups.setdefault(keys.partition_of(int(u)) if self._split else 0, []).append(i)
+        for i, p in enumerate(parts):
+            groups.setdefault(p if self._split else 0, []).append(i)
         tag_prefix = keys.part(0)[: -len("0}:")]
         calls = []
         for p, positions in groups.items():
-            pairs = " ".join(
-                f"{int(user_ids[i])}:{keys.partition_of(int(user_ids[i]))}" for i in positions
-            )
+            pairs = " ".join(f"{uids[i]}:{parts[i]}" for i in positions)
             calls.append(self._live(keys=[keys.live_users(p)], args=[tag_prefix, pairs]))
         replies = await asyncio.gather(*calls) if len(calls) > 1 else [await calls[0]]
         for positions, reply in zip(groups.values(), replies, strict=True):

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from strata.online.keys import check_namespace
 from strata.realtime.wire import partition_of
@@ -80,6 +81,12 @@ OUTBOX_FIELD = b"a"
 EXPOSURE_FIELD = b"x"
 
 _TAG = re.compile(r"\{p(\d+)\}:")
+
+
+@lru_cache(maxsize=65_536)
+def _partition(user_id: int, partitions: int) -> int:
+    # one hash per user and not per key name: a worker's round builds several names per user
+    return partition_of(user_id, partitions)
 
 
 def split_tag(rest: str) -> tuple[int | None, str]:
@@ -125,7 +132,7 @@ class RealtimeKeys:
         """The partition of a user (its keys share that partition's hash slot)."""
         if self.partitions is None:
             raise ValueError("RealtimeKeys needs the partition count for per-user keys")
-        return partition_of(int(user_id), self.partitions)
+        return _partition(int(user_id), self.partitions)
 
     def user_part(self, user_id: int) -> str:
         return self.part(self.partition_of(user_id))
