@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -42,7 +43,14 @@ from strata.io.models import ModelRegistry
 from strata.io.paths import complete_folders
 from strata.io.reports import ReportStore
 from strata.io.snapshots import SnapshotStore
-from strata.io.warehouse import Warehouse, WarehouseError, WriteResult, resolve
+from strata.io.warehouse import (
+    MANIFEST,
+    Warehouse,
+    WarehouseError,
+    commit_file,
+    read_committed,
+    resolve,
+)
 from strata.privacy.retention import RetentionConfig
 from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
@@ -64,7 +72,7 @@ AS_OF = parse_as_of("2026-10-01")
 LATER = parse_as_of("2026-10-02")
 HORIZON = 14
 USERS, DAYS, BUCKETS = 500, 60, 8
-NOW_MS = 1_790_000_000_000
+NOW_MS = 1_790_812_800_000  # 2026-10-01T00:00:00Z: no imported order is in the future
 runner = CliRunner()
 
 
@@ -181,15 +189,24 @@ def _feature_files(data: str, version: str) -> dict[str, str]:
     return out
 
 
+def _boto_credentials() -> dict[str, str]:
+    env = MotoS3Server.credentials_env()
+    return {
+        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+        "region_name": env["AWS_REGION"],
+    }
+
+
 def _events(ids: np.ndarray) -> pa.Table:
     """Purchase events of ``ids``, one each (the other columns are filled in by the schema)."""
     ts = pa.array(ids * 1000 + NOW_MS, pa.timestamp("ms", tz="UTC"))
     return pa.table({"user_id": ids, "ts": ts, "event_type": ["purchase"] * len(ids)})
 
 
-def _keys(s3: MotoS3Server, prefix: str) -> list[str]:
+def _keys(s3: MotoS3Server, prefix: str, bucket: str = BUCKET) -> list[str]:
     fs = s3.filesystem()
-    selector = pafs.FileSelector(f"{BUCKET}/{prefix}", allow_not_found=True, recursive=True)
+    selector = pafs.FileSelector(f"{bucket}/{prefix}", allow_not_found=True, recursive=True)
     return sorted(i.path for i in fs.get_file_info(selector) if i.type == pafs.FileType.File)
 
 
@@ -198,6 +215,7 @@ def test_the_pipeline_runs_on_s3_and_its_snapshot_matches_a_local_root(
 ) -> None:
     wh = Warehouse(on_s3.data)
     assert [w["source"] for w in wh.manifest["writes"]] == ["generate", "import"]
+    assert wh.manifest["writes"][-1]["events_rows"] == 79
     assert wh.summary() == Warehouse(on_disk.data).summary()
     keys = _keys(s3, "strata")
     assert f"{BUCKET}/strata/warehouse/manifest.json" in keys
@@ -281,37 +299,38 @@ def test_the_env_vars_alone_point_pyarrow_at_the_server(
     assert SnapshotStore(plain).versions() == SnapshotStore(on_s3.data).versions()
 
 
-def test_manifest_commits_on_s3_are_atomic_for_a_polling_reader(s3: MotoS3Server) -> None:
-    """A reader polling the warehouse manifest and the snapshot versions while commits land
-    sees only complete manifests, each one of those committed; the same reader does see the
-    gap of a delete-then-write (so it would catch a non-atomic commit)."""
-    data = s3.uri(BUCKET, "atomic")
-    wh = Warehouse(data, pseudonym_key=TEST_KEY.encode())
-    wh.create(BUCKETS)
+def test_manifest_commits_on_s3_are_atomic_for_a_polling_reader(
+    s3: MotoS3Server, tmp_path: Path
+) -> None:
+    """A reader polling the warehouse manifest and the snapshot versions while `strata import`
+    commits sees only complete manifests, each one of those committed (the bucket keeps every
+    version of the object: S3 versioning); the same reader does see the gap of a
+    delete-then-write (so it would catch a non-atomic commit)."""
+    bucket = "strata-atomic"
+    s3.create_bucket(bucket)
+    client = boto3.client("s3", endpoint_url=s3.endpoint, **_boto_credentials())
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    data = s3.uri(bucket, "atomic")
+    settings = _settings(data)
     snaps = SnapshotStore(data)
-    fs, _ = resolve(data)
-    path = wh.manifest_path
-    committed = {hashlib.sha256(fs.open_input_stream(path).read()).hexdigest()}
+    mapping = load_mapping(None, user_col="uid", time_col="paid_at", amount_col="amount")
     stop = threading.Event()
-    seen: dict[str, int] = {"reads": 0, "missing": 0, "unparsable": 0, "unknown": 0, "lists": 0}
+    seen: dict[str, int] = {"reads": 0, "missing": 0, "unparsable": 0, "lists": 0}
+    bodies: list[bytes] = []
     bad_listing: list[str] = []
-    lock = threading.Lock()
 
     def reader() -> None:
         while not stop.is_set():
             try:  # how every strata reader reads it: a fresh Warehouse, its manifest
                 manifest = Warehouse(data).manifest
-            except (FileNotFoundError, WarehouseError):  # no manifest there (the control)
+            except (FileNotFoundError, WarehouseError):  # none yet, or the control's gap
                 seen["missing"] += 1
                 continue
             except Exception:
                 seen["unparsable"] += 1
                 continue
             seen["reads"] += 1
-            body = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
-            with lock:
-                if hashlib.sha256(body).hexdigest() not in committed:
-                    seen["unknown"] += 1
+            bodies.append(json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
             for v in SnapshotStore(data).versions():  # every listed version reads whole
                 try:
                     SnapshotStore(data).manifest(v)
@@ -319,36 +338,40 @@ def test_manifest_commits_on_s3_are_atomic_for_a_polling_reader(s3: MotoS3Server
                     bad_listing.append(f"{v}: {exc}")
             seen["lists"] += 1
 
-    def commit(i: int) -> None:
-        ids = np.arange(i * 10 + 1, i * 10 + 11, dtype=np.int64)
-        table = _events(ids)
-        result: WriteResult = wh.write_partitioned("events", table, f"w{i}")
-        wh.commit(result, "import", amend_manifest=remember)
-
-    def remember(manifest: dict[str, Any]) -> None:
-        """Called with the manifest just before it is written: its bytes are known then."""
-        data_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
-        with lock:
-            committed.add(hashlib.sha256(data_bytes).hexdigest())
-
     thread = threading.Thread(target=reader, daemon=True)
+    ingest.run(settings, [str(_orders_csv(tmp_path / "first.csv"))], mapping, now_ms=NOW_MS,
+               show_progress=False)  # fmt: skip
     thread.start()
     t0 = time.perf_counter()
-    for i in range(12):
-        commit(i)
+    for i in range(10):
+        csv = tmp_path / f"orders-{i}.csv"
+        csv.write_text(f"uid,paid_at,amount\n{500 + i},2026-09-0{1 + i % 9} 10:00:00,{i}.5\n")
+        ingest.run(settings, [str(csv)], mapping, now_ms=NOW_MS, show_progress=False)
         snaps.write_manifest(f"v{i:03d}", {"as_of_ms": i, "outputs": {"users": i}})
     commits_s = time.perf_counter() - t0
     stop.set()
     thread.join(timeout=30)
-    print(f"\n{seen} while 12 commits ran ({commits_s:.2f} s)")
-    assert seen["reads"] >= 24 and seen["lists"] >= 12
-    assert (seen["missing"], seen["unparsable"], seen["unknown"]) == (0, 0, 0)
+
+    key = f"atomic/warehouse/{MANIFEST}"
+    versions = client.list_object_versions(Bucket=bucket, Prefix=key)["Versions"]
+    committed = {
+        client.get_object(Bucket=bucket, Key=key, VersionId=v["VersionId"])["Body"].read()
+        for v in versions
+    }
+    assert len(committed) == 12  # the empty warehouse, the first import and ten more
+    print(f"\n{seen} while 10 imports committed ({commits_s:.2f} s)")
+    assert seen["reads"] >= 10 and seen["lists"] >= 10
+    assert (seen["missing"], seen["unparsable"]) == (0, 0)
+    assert [b for b in bodies if b not in committed] == []
+    assert len(set(bodies)) > 3  # it saw the manifest change, not one version throughout
     assert bad_listing == []
-    assert Warehouse(data).summary()["events"]["rows"] == 120
-    assert snaps.versions() == [f"v{i:03d}" for i in range(12)]
-    assert not [k for k in _keys(s3, "atomic") if k.endswith(".tmp")]
+    assert Warehouse(data).summary()["events"]["rows"] == 79 + 10
+    assert snaps.versions() == [f"v{i:03d}" for i in range(10)]
+    assert not [k for k in _keys(s3, "atomic", bucket) if k.endswith(".tmp")]
 
     # control: a delete-then-write commit leaves a gap this reader sees
+    fs, _ = resolve(data)
+    path = Warehouse(data).manifest_path
     stop.clear()
     seen.update(reads=0, missing=0)
     thread = threading.Thread(target=reader, daemon=True)
@@ -363,6 +386,36 @@ def test_manifest_commits_on_s3_are_atomic_for_a_polling_reader(s3: MotoS3Server
     stop.set()
     thread.join(timeout=30)
     assert seen["missing"] > 0
+
+
+def test_a_torn_read_is_read_again_and_a_corrupt_file_still_fails(
+    s3: MotoS3Server, tmp_path: Path
+) -> None:
+    """read_committed on S3 re-reads when the bytes do not parse (the HEAD-then-GET race of a
+    commit), and gives up on a file that never parses; locally it reads once."""
+    data = s3.uri(BUCKET, "torn")
+    fs, root = resolve(data)
+    path = posixpath.join(root, "m.json")
+    commit_file(fs, path, b'{"ok": 1}')
+    calls: list[bytes] = []
+
+    def flaky(raw: bytes) -> Any:
+        calls.append(raw)
+        if len(calls) < 3:
+            raise ValueError("cut short")
+        return json.loads(raw)
+
+    assert read_committed(fs, path, flaky) == {"ok": 1} and len(calls) == 3
+    commit_file(fs, path, b'{"ok": ')
+    with pytest.raises(ValueError):
+        read_committed(fs, path, json.loads)
+    local = pafs.LocalFileSystem()
+    calls.clear()
+    lpath = str(tmp_path / "m.json")
+    commit_file(local, lpath, b'{"ok": 1}')
+    with pytest.raises(ValueError):
+        read_committed(local, lpath, flaky)
+    assert len(calls) == 1
 
 
 def test_folders_listings_and_deletes_work_without_directories(s3: MotoS3Server) -> None:
