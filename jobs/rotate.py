@@ -22,6 +22,7 @@ from jobs._runtime import as_of_option, console, progress, redis_session, summar
 from jobs.recompute import RecomputeJob
 from strata.experiments.config import load_experiments
 from strata.io.keys import load_pseudonym_key, read_key_link, write_key_chain
+from strata.io.paths import is_remote
 from strata.io.rekey import drop_old_ids, rekey_data_root
 from strata.settings import Settings
 from strata.timeutil import AS_OF_HELP, from_epoch_ms, to_epoch_ms
@@ -71,6 +72,12 @@ def command(
     one recompute (new id = HMAC(new key, old id)); stop `strata stream` and `strata serve`
     first and restart them after."""
     settings = Settings(data=data)
+    if is_remote(settings.data):
+        raise CommandError(
+            f"--data {data}: key rotation needs a local data root (it moves staged snapshot "
+            "folders into place, and an object store has no folder move); copy the data root "
+            "to local disk, rotate there, and copy it back"
+        )
     old_key = load_pseudonym_key(settings, create=False)
     link = read_key_link(new_key_file)
     if settings.pseudonym_key is not None and chain_out is None:

@@ -20,7 +20,7 @@ from strata.io.models import WORK_DIR
 from strata.io.snapshots import SnapshotStore
 from strata.io.tombstones import ErasureFilter
 from strata.io.truth import TRUTH_DIR, TRUTH_FILE
-from strata.io.warehouse import PARQUET_OPTIONS, resolve
+from strata.io.warehouse import PARQUET_OPTIONS, commit_parquet, resolve
 from strata.privacy.retention import RetentionConfig, snapshots_to_delete
 
 __all__ = ["drop_erased_training_shards", "drop_erased_truth", "expire_snapshots"]
@@ -68,8 +68,6 @@ def drop_erased_training_shards(data_root: str, erasure: ErasureFilter, n_bucket
         table = pq.read_table(info.path, filesystem=fs, partitioning=None)
         kept = erasure.apply_any(table, n_buckets)
         if kept.num_rows < table.num_rows:
-            tmp = posixpath.join(posixpath.dirname(info.path), f".shard.{uuid.uuid4().hex}.tmp")
-            pq.write_table(kept, tmp, filesystem=fs, **PARQUET_OPTIONS)
-            fs.move(tmp, info.path)
+            commit_parquet(fs, info.path, kept, **PARQUET_OPTIONS)
             removed += table.num_rows - kept.num_rows
     return removed

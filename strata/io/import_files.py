@@ -141,12 +141,13 @@ def probe(path: str, mapping: ColumnMapping) -> InputFile:
         InputError: the file is missing, of an unknown type, or its header is unreadable.
         MappingError: a mapped column is missing or unusable.
     """
-    fmt, compression = detect_format(path)
     fs, fs_path = resolve(path)
+    # from the path on its filesystem: a URI's query (``?endpoint_override=...``) is no suffix
+    fmt, compression = detect_format(fs_path)
     info = fs.get_file_info(fs_path)
     if info.type != pafs.FileType.File:
         raise InputError(f"{path}: no such file")
-    delimiter = mapping.delimiter or ("\t" if ".tsv" in path.lower() else ",")
+    delimiter = mapping.delimiter or ("\t" if ".tsv" in fs_path.lower() else ",")
     inp = InputFile(path, fs, fs_path, fmt, compression, delimiter, int(info.size or 0), [])
     try:
         if fmt == "parquet":

@@ -6,9 +6,10 @@ parameters per model, the data hash, cutoffs, horizon, test metrics, baselines, 
 target, the champion per target (``model`` or the baseline that publishes instead), the BG/NBD
 parameters scoring uses, status (``good`` / ``failed``) and the size and SHA-256 of every model
 file. The meta
-file is written last, through an atomic rename: it is the commit marker, so a folder without
-one is an incomplete save and is never listed. ``models/_work/<version>/`` is scratch space of
-the training job (training example shards), never a version.
+file is written last, atomically (:func:`strata.io.warehouse.commit_file`): it is the commit
+marker, so a folder without one is an incomplete save and is never listed.
+``models/_work/<version>/`` is scratch space of the training job (training example shards),
+never a version.
 
 Scoring (:meth:`LoadedModels.predict`) runs the same feature transform as training
 (:func:`strata.training.model_features`) and refuses a features table that lacks a model
@@ -22,7 +23,6 @@ import hashlib
 import json
 import posixpath
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 import xgboost as xgb
 
 from strata.features import FEATURES_SCHEMA
-from strata.io.warehouse import resolve
+from strata.io.warehouse import commit_file, resolve
 from strata.training.targets import MODEL_NAMES, PREDICTION_COLUMNS
 
 __all__ = [
@@ -310,10 +310,7 @@ class ModelRegistry:
             "files": files,
         }
         data = json.dumps(full, indent=1, sort_keys=True, default=_json_default).encode("utf-8")
-        tmp = posixpath.join(folder, f".{META}.{uuid.uuid4().hex}.tmp")
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
-        self.fs.move(tmp, posixpath.join(folder, META))  # the commit: atomic rename
+        commit_file(self.fs, posixpath.join(folder, META), data)  # the commit
         return folder
 
     def save_failed(

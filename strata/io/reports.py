@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from strata.io.paths import complete_folders
-from strata.io.warehouse import PARQUET_OPTIONS, WarehouseError, resolve
+from strata.io.warehouse import PARQUET_OPTIONS, WarehouseError, commit_file, resolve
 from strata.reports.model import TiersReport
 
 REPORT = "report.json"
@@ -58,10 +58,8 @@ class ReportStore:
                 filesystem=self.fs,
                 **PARQUET_OPTIONS,
             )
-        tmp = posixpath.join(base, f".{REPORT}.{uuid.uuid4().hex}.tmp")
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(report.model_dump_json(indent=1).encode())
-        self.fs.move(tmp, posixpath.join(base, REPORT))
+        data = report.model_dump_json(indent=1).encode()
+        commit_file(self.fs, posixpath.join(base, REPORT), data)
         return report
 
     def versions(self) -> list[str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import posixpath
 import time
-import uuid
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +29,15 @@ import pyarrow.parquet as pq
 
 from strata.features.rfm import RfmPartials
 from strata.io.paths import bucket_dir_name, complete_folders
-from strata.io.warehouse import PARQUET_OPTIONS, WarehouseError, resolve, write_failed
+from strata.io.warehouse import (
+    PARQUET_OPTIONS,
+    WarehouseError,
+    commit_file,
+    commit_parquet,
+    read_committed,
+    resolve,
+    write_failed,
+)
 
 if TYPE_CHECKING:
     from strata.io.tombstones import ErasureFilter
@@ -93,22 +100,16 @@ class SnapshotStore:
     def _write_json(
         self, version: str, name: str, data: dict[str, Any], indent: int | None = 1
     ) -> None:
-        """Write a JSON file of a snapshot atomically (temporary file, then a move)."""
+        """Write a JSON file of a snapshot atomically (:func:`strata.io.warehouse.commit_file`)."""
         self.fs.create_dir(self.path(version), recursive=True)
-        tmp = posixpath.join(self.path(version), f".{name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(json.dumps(data, indent=indent, sort_keys=True, default=str).encode())
-        except OSError as exc:
-            raise write_failed(exc, tmp) from exc
-        self.fs.move(tmp, posixpath.join(self.path(version), name))
+        data_bytes = json.dumps(data, indent=indent, sort_keys=True, default=str).encode()
+        commit_file(self.fs, posixpath.join(self.path(version), name), data_bytes)
 
     def manifest(self, version: str) -> dict[str, Any]:
         path = posixpath.join(self.path(version), MANIFEST)
-        try:
-            with self.fs.open_input_stream(path) as f:
-                result: dict[str, Any] = json.loads(f.read().decode())
-                return result
+        try:  # rewritten after the publish and by erasure: a read may tear on object stores
+            result: dict[str, Any] = read_committed(self.fs, path, lambda raw: json.loads(raw))
+            return result
         except FileNotFoundError as exc:
             raise WarehouseError(f"snapshot {version} is missing or incomplete ({path})") from exc
 
@@ -162,7 +163,8 @@ class SnapshotStore:
     def drop_erased(self, version: str, erasure: ErasureFilter, n_buckets: int) -> int:
         """Rewrite the tombstoned buckets of a snapshot without the erased users.
 
-        Each changed bucket file is written to a temporary name and moved over the old one;
+        Each changed bucket file replaces the old one atomically (a temporary file and a
+        rename locally, one write of the key on object stores);
         the manifest's ``outputs`` counts (users, tiers, lifecycle stages) are lowered by the
         rows removed and an ``erasure`` entry records it.
 
@@ -186,11 +188,7 @@ class SnapshotStore:
             for name, counter in (("tier", tiers), ("lifecycle_stage", stages)):
                 if name in gone.column_names:
                     counter.update(str(v) for v in gone.column(name).to_pylist())
-            tmp = posixpath.join(posixpath.dirname(path), f".part-0.{uuid.uuid4().hex}.tmp")
-            pq.write_table(
-                table.filter(pa.array(~drop)), tmp, filesystem=self.fs, **PARQUET_OPTIONS
-            )
-            self.fs.move(tmp, path)
+            commit_parquet(self.fs, path, table.filter(pa.array(~drop)), **PARQUET_OPTIONS)
             removed += int(drop.sum())
         if removed:
             manifest = self.manifest(version)

@@ -7,8 +7,9 @@ warehouse bucket, so that readers of other buckets need no hashing at all), ``er
 removed per store). Every reader of the warehouse for a derived product (recompute, training,
 reports, compaction) drops the rows of tombstoned users through :class:`ErasureFilter`.
 
-Writes are read-modify-write of the whole (small) file: a new file is written next to it and
-then moved over it, so a reader sees the old or the new file, never half of one. On a local
+Writes are read-modify-write of the whole (small) file, committed atomically (a temporary
+file and a rename locally, one write of the key on object stores), so a reader sees the old
+or the new file, never half of one. On a local
 filesystem concurrent appenders are serialised by a lock file (as the warehouse's commits
 are); on object stores (one PUT replaces the object) appenders must take turns.
 
@@ -23,7 +24,6 @@ import fcntl
 import os
 import posixpath
 import time
-import uuid
 from collections.abc import Iterator
 
 import numpy as np
@@ -88,7 +88,11 @@ class TombstoneStore:
             if stamp is None:
                 table = TOMBSTONE_SCHEMA.empty_table()
             else:
-                table = pq.read_table(self.path, filesystem=self.fs).cast(TOMBSTONE_SCHEMA)
+                from strata.io.warehouse import read_committed  # it imports this module
+
+                table = read_committed(
+                    self.fs, self.path, lambda raw: pq.read_table(pa.BufferReader(raw))
+                ).cast(TOMBSTONE_SCHEMA)
             self._table, self._stamp, self._by_bucket = table, stamp, None
         return self._table
 
@@ -198,10 +202,10 @@ class TombstoneStore:
         return aids
 
     def _replace(self, table: pa.Table) -> None:
+        from strata.io.warehouse import commit_parquet  # the warehouse imports this module
+
         self.fs.create_dir(self.dir, recursive=True)
-        tmp = posixpath.join(self.dir, f".{TOMBSTONES}.{uuid.uuid4().hex}.tmp")
-        pq.write_table(table, tmp, filesystem=self.fs)
-        self.fs.move(tmp, self.path)  # atomic rename locally; one PUT on object stores
+        commit_parquet(self.fs, self.path, table)
         self._table = None
 
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from strata.io.warehouse import PARQUET_OPTIONS
+from strata.io.warehouse import PARQUET_OPTIONS, commit_file
 
 __all__ = ["EXPERIMENTS_TRUTH_FILE", "TRUTH_DIR", "TRUTH_FILE", "TruthFiles"]
 
@@ -59,12 +59,11 @@ class TruthFiles:
         """Move the users file in place; write ``experiments`` (or remove a stale file: the
         exposures it described were just replaced)."""
         fs = self.fs
+        # a rename locally; on object stores a server-side copy, which replaces the key whole
         fs.move(self._users_tmp, self.users_path)
         if experiments is not None:
-            tmp = posixpath.join(self.dir, f".{EXPERIMENTS_TRUTH_FILE}.{self.write_id}.tmp")
-            with fs.open_output_stream(tmp) as f:
-                f.write(json.dumps(experiments, indent=2, sort_keys=True).encode() + b"\n")
-            fs.move(tmp, self.experiments_path)
+            data = json.dumps(experiments, indent=2, sort_keys=True).encode() + b"\n"
+            commit_file(fs, self.experiments_path, data)
         elif fs.get_file_info(self.experiments_path).type == pafs.FileType.File:
             fs.delete_file(self.experiments_path)
 

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -88,6 +88,79 @@ def write_failed(exc: OSError, path: str) -> OSError:
 def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:
     with contextlib.suppress(OSError):
         fs.delete_file(path)
+
+
+def commit_file(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` as the file ``path`` so that a reader sees the old file or the whole new
+    one, never part of one nor none: the one way strata commits a marker or a manifest.
+
+    On a local filesystem the bytes go to a temporary file next to ``path`` and are renamed
+    over it (atomic on POSIX). Object stores have no rename (pyarrow's ``move`` is a copy and a
+    delete), so there the final key is written directly, with one write of all the bytes on an
+    open stream: the object appears whole when the stream closes (one PUT, or the completion
+    of a multipart upload) and the previous object stays readable until then.
+
+    Raises:
+        OSError: the write failed (names the file, :func:`write_failed`); ``path`` is as it was.
+    """
+    if not isinstance(fs, pafs.LocalFileSystem):
+        try:
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+        except OSError as exc:
+            raise write_failed(exc, path) from exc
+        return
+    folder, name = posixpath.split(path)
+    tmp = posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+    except OSError as exc:  # the committed file itself is untouched
+        _remove_quietly(fs, tmp)
+        raise write_failed(exc, tmp) from exc
+    fs.move(tmp, path)
+
+
+#: reads of a committed file whose read tore before :func:`read_committed` gives up
+TORN_READ_ATTEMPTS = 5
+_T = TypeVar("_T")
+
+
+def read_committed(fs: pafs.FileSystem, path: str, parse: Callable[[bytes], _T]) -> _T:
+    """Read a file that :func:`commit_file` replaces (a manifest, the tombstones) and parse it.
+
+    On object stores pyarrow opens an object with a HEAD (its size), then reads ``[0, size)``
+    with a ranged GET: a commit landing between the two hands back the first ``size`` bytes
+    of the *new* object: a torn read (never a torn file), which fails to parse, so it is read
+    again (a few times, briefly apart). Locally the file is opened once and a rename never
+    tears it: one attempt.
+
+    Raises:
+        FileNotFoundError: ``path`` is missing.
+        OSError, ValueError, pyarrow.ArrowException: still unreadable after the attempts (a
+            corrupt file), as the read or ``parse`` raised it.
+    """
+    attempts = 1 if isinstance(fs, pafs.LocalFileSystem) else TORN_READ_ATTEMPTS
+    for attempt in range(attempts):
+        try:
+            with fs.open_input_stream(path) as f:
+                return parse(f.read())
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, pa.ArrowException):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def commit_parquet(fs: pafs.FileSystem, path: str, table: pa.Table, **options: Any) -> None:
+    """Write ``table`` as the Parquet file ``path`` atomically (:func:`commit_file`): for the
+    small files rewritten in place (tombstones, an erased bucket), serialised in memory
+    first."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **options)
+    commit_file(fs, path, sink.getvalue().to_pybytes())
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -231,8 +304,9 @@ class Warehouse:
                 f"no warehouse at {self.root} (missing {MANIFEST}); run `strata generate` "
                 "or `strata import` first"
             )
-        with self.fs.open_input_stream(self.manifest_path) as f:
-            manifest: dict[str, Any] = json.loads(f.read().decode("utf-8"))
+        manifest: dict[str, Any] = read_committed(
+            self.fs, self.manifest_path, lambda raw: json.loads(raw.decode("utf-8"))
+        )
         if manifest.get("schema_version") != SCHEMA_VERSION:
             raise WarehouseError(
                 f"{self.manifest_path}: schema version {manifest.get('schema_version')} "
@@ -244,15 +318,8 @@ class Warehouse:
         return manifest
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
-        tmp = posixpath.join(self.root, f".{MANIFEST}.{uuid.uuid4().hex}.tmp")
         data = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
-        try:
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(data)
-        except OSError as exc:  # the manifest itself is untouched
-            _remove_quietly(self.fs, tmp)
-            raise write_failed(exc, tmp) from exc
-        self.fs.move(tmp, self.manifest_path)  # atomic rename locally; one PUT on object stores
+        commit_file(self.fs, self.manifest_path, data)  # the manifest is untouched on failure
         self._manifest = manifest
 
     @property
