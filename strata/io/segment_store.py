@@ -54,8 +54,35 @@ two versions, in one round trip. The client computes bucket (group) numbers with
 the version it last saw; the script returns the version it actually read and the client retries
 when the pointer has moved to a version it does not know yet.
 
-The scripts compute key names from the pointer, so this targets a standalone (or replicated /
-Sentinel) Redis, not Redis Cluster. Writing a packed version needs Redis 6.2+ (SET ... GET).
+That read script computes key names from the pointer, so it needs one server (standalone,
+replicated or Sentinel). Writing a packed version needs Redis 6.2+ (SET ... GET).
+
+On a Redis Cluster (``STRATA_REDIS_MODE=cluster``, the URL naming any node; the client from
+:mod:`strata.io.redis_client`) a script or MULTI may only touch one slot, so the store uses
+hash-tagged names (:class:`strata.online.keys.KeyLayout` with ``cluster=True``) and the
+``tagged`` storage format:
+
+* The control keys and every version's meta share the tag ``{ns}``: the flip (pointer, the
+  target's meta, versions, history, seq) is still ONE Lua script, so publish and rollback
+  stay atomic, and so does marking a version for deletion. Their names change only on a
+  cluster: a standalone deployment keeps ``ns:current`` and the rest where its retained
+  versions already are (no migration, no fallback read of an old pointer), and a cluster
+  never held the untagged names (the single-script read could not run there).
+* A tagged version is the packed layout with each bucket's index and group strings under the
+  tag of its tag group (bucket ``b`` in group ``b % slot_groups``, at most 64 by default):
+  the writer sends them through the cluster pipeline (each node its own), publish verifies
+  them as for packed, and erasure rewrites each touched bucket in one MULTI on the node of its
+  slot (the meta's counts, in the control slot, are lowered right after, not in that MULTI).
+* A read takes two steps: GET the pointer, then one script call per tag group the batch
+  touches, every call naming that version, pipelined (one round trip per node). A version's
+  keys stay until retention deletes it, and a version is marked ``deleting`` before its keys
+  go, so the whole batch comes from one version even if the pointer flips in between; when a
+  call finds an index or group string missing and the version is no longer ``published``, the
+  read starts again from the pointer.
+
+``packed`` and ``hash`` versions (single server only) keep their names and single-script
+reads; a single server may also hold ``tagged`` versions (``storage="tagged"``; read in two
+steps), and the meta's ``storage`` says which format each version has.
 """
 
 from __future__ import annotations
@@ -1087,8 +1114,15 @@ class SegmentStore:
         for attempt in range(2):
             pipe = self._redis.pipeline(transaction=False)
             for call in calls:
-                # execute_command: redis-py blocks the evalsha method in cluster pipelines
-                pipe.execute_command("EVALSHA", self._tagged_sha, 1, call.key, *call.args)
+                # execute_command: redis-py blocks the evalsha method in cluster pipelines;
+                # the node from the local slot map, else redis-py asks a server for the keys
+                # of every EVALSHA (COMMAND GETKEYS: one extra round trip per call)
+                options: dict[str, Any] = {}
+                if isinstance(self._redis, redis.RedisCluster):
+                    options["target_nodes"] = self._redis.get_node_from_key(call.key)
+                pipe.execute_command(
+                    "EVALSHA", self._tagged_sha, 1, call.key, *call.args, **options
+                )
             try:
                 return list(pipe.execute())
             except redis.exceptions.NoScriptError:
