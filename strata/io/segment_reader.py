@@ -16,11 +16,13 @@ noticed by its missing keys and status: read again).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
@@ -82,6 +84,22 @@ def fail_fast_client(
         decode_responses=False,
         health_check_interval=0,
     )
+
+
+@contextlib.contextmanager
+def _closed_transport_fails_the_call() -> Iterator[None]:
+    """uvloop raises RuntimeError ("... the handler is closed") when redis-py writes to a
+    connection whose transport closed under it (seen after timeouts under load, on the
+    cluster client); redis-py drops that connection, so this is one failed call like any
+    connection error (503 behind the API's breaker), not a bug to answer 500 with."""
+    try:
+        yield
+    except SegmentStoreError:
+        raise
+    except RuntimeError as exc:
+        if "closed" not in str(exc):
+            raise
+        raise RedisConnectionError(f"connection closed during the call: {exc}") from exc
 
 
 class SegmentReader(Protocol):
@@ -157,7 +175,8 @@ class AsyncSegmentReader:
     async def lookup(self, user_id: int) -> tuple[str | None, dict[str, Any] | None]:
         """``(version, record)`` of one user: version None when nothing is published,
         record None when the current version does not hold the user."""
-        version, found, records = await self._read(np.asarray([user_id], dtype=np.int64))
+        with _closed_transport_fails_the_call():
+            version, found, records = await self._read(np.asarray([user_id], dtype=np.int64))
         if version is None or not found[0]:
             return version, None
         info = await self.info(version)
@@ -171,7 +190,8 @@ class AsyncSegmentReader:
         ids = np.asarray(user_ids, dtype=np.int64).ravel()
         if len(ids) > self.max_batch:
             raise ValueError(f"at most {self.max_batch} users per batch, got {len(ids)}")
-        version, found, records = await self._read(ids)
+        with _closed_transport_fails_the_call():
+            version, found, records = await self._read(ids)
         if version is None:
             return None, [None] * len(ids)
         info = await self.info(version)
@@ -180,7 +200,8 @@ class AsyncSegmentReader:
 
     async def current(self) -> str | None:
         """The version the pointer names now (None before the first publish)."""
-        raw = await self._redis.get(self.pointer_key)
+        with _closed_transport_fails_the_call():
+            raw = await self._redis.get(self.pointer_key)
         if raw is None:
             return None
         return raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -319,3 +319,22 @@ def test_recompute_publishes_into_the_cluster_and_the_api_answers(
         results = batch.json()["results"]
     assert [r["found"] for r in results] == [rec is not None for rec in records]
     assert {r["version"] for r in results if r["found"]} == {result.version}
+
+
+def test_a_transport_closed_under_a_call_is_a_failed_read() -> None:
+    """uvloop's RuntimeError for a write on a closed transport (seen under load on the cluster
+    client) counts as a Redis error (503), a store error or any other RuntimeError does not
+    change."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from strata.io.segment_reader import _closed_transport_fails_the_call
+    from strata.io.segment_store import SegmentStoreError
+
+    closed = "unable to perform operation on <TCPTransport closed=True>; the handler is closed"
+    with pytest.raises(RedisConnectionError), _closed_transport_fails_the_call():
+        raise RuntimeError(closed)
+    assert issubclass(RedisConnectionError, READ_ERRORS)
+    with pytest.raises(SegmentStoreError), _closed_transport_fails_the_call():
+        raise SegmentStoreError("the pointer moved 3 times, connection closed")
+    with pytest.raises(RuntimeError, match="other"), _closed_transport_fails_the_call():
+        raise RuntimeError("other")
