@@ -896,8 +896,10 @@ class SegmentStore:
         first): the remaining entries are cut again into groups of ``chunk_users`` (only the
         last one shorter, as the read script and :meth:`publish`'s verification expect), the
         index gets the new count, first ids and last id, and group strings no longer needed
-        are deleted (an emptied bucket loses its index too). Hash versions: one Lua script per
-        version HDELs the users' fields. Either way a reader sees the version before or after
+        are deleted (an emptied bucket loses its index too). Tagged versions the same, the
+        MULTI on the node of the bucket's slot; on a cluster the meta's counts (another slot)
+        are lowered right after the EXEC instead of inside it. Hash versions: one Lua script
+        per version HDELs the users' fields. Either way a reader sees the version before or after
         the erasure, never a torn group, and ``users_written``, ``n_users`` and (a version
         still being written) ``expected_users`` in the meta are lowered by the users removed,
         so a recompute that is writing a version with an erased user fails its publish count
