@@ -152,9 +152,17 @@ class FeatureShard:
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
 
-    def publish(self, redis_url: str, namespace: str, version: str, layout_json: str) -> int:
-        """Pass 3: write this shard's users of ``version`` into Redis (not yet visible)."""
-        store = SegmentStore(redis_url, namespace=namespace)
+    def publish(
+        self,
+        redis_url: str,
+        namespace: str,
+        version: str,
+        layout_json: str,
+        redis_mode: str | None = None,
+    ) -> int:
+        """Pass 3: write this shard's users of ``version`` into Redis (not yet visible;
+        ``redis_mode``: ``standalone`` or ``cluster``, default ``STRATA_REDIS_MODE``)."""
+        store = SegmentStore(redis_url, namespace=namespace, mode=redis_mode)
         layout = RecordLayout.model_validate_json(layout_json)
         n_buckets = self.warehouse.n_buckets
         written = 0

@@ -143,6 +143,7 @@ def create_app(
             connect_timeout_s=redis_cfg.connect_timeout_ms / 1000,
             max_connections=redis_cfg.max_connections,
             max_batch=config.max_batch,
+            mode=settings.redis_mode,
         )
         timeouts = (redis_cfg.timeout_ms / 1000, redis_cfg.connect_timeout_ms / 1000)
         state.live = AsyncRealtimeReader(

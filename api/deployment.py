@@ -344,6 +344,7 @@ def _replica_settings(settings: Settings, key: bytes) -> dict[str, Any]:
     return {
         "data": data,
         "redis_url": settings.redis_url,
+        "redis_mode": settings.redis_mode,
         "pseudonym_key": key.decode("utf-8"),
         "api_keys": settings.api_keys,
         "api_keys_file": str(Path(keys_file).expanduser().resolve()) if keys_file else None,

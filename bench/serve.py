@@ -20,6 +20,17 @@
 ``ratio_serve_vs_plain`` = Serve with 1 replica ÷ plain uvicorn with 1 worker (peak req/s:
 the comparison of CALIBRATION.md, one Python process each); ``ratio_serve_vs_plain_<n>``
 does the same for n replicas ÷ n workers. The last line is one JSON object.
+
+    python bench/serve.py --redis cluster [--users 200000] [--seconds 10]
+
+One node against a Redis Cluster instead, same run, same data: the same ``--users`` published
+into one embedded redis-server (the ``packed`` format, one read script per batch) and into an
+embedded 3-master cluster on loopback (``tagged``: the pointer, then one script per tag group,
+pipelined per node); for each, batch lookups of ``--batch-size`` ids straight through
+``SegmentStore.get_many`` (one thread) and as POST /v1/segments/lookup on plain uvicorn (1
+worker, ``STRATA_REDIS_MODE`` set to match), in users/s with p50/p99 per batch.
+``ratio_cluster_vs_standalone_*`` = cluster ÷ single node. All on this machine's cores: the
+cluster's three servers share them with the app and the load generator.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ from rich.console import Console
 from rich.table import Table
 
 from strata.ids import pseudonymise_many
+from strata.io.redis_cluster_server import EmbeddedRedisCluster
 from strata.io.redis_server import EmbeddedRedis, free_port
 from strata.io.segment_store import SegmentStore
 from strata.online.codec import (
@@ -93,13 +105,14 @@ def synthetic_columns(n: int, seed: int = 0) -> dict[str, Any]:
     }
 
 
-def publish(redis_url: str, n_users: int, key: bytes) -> float:
+def publish(redis_url: str, n_users: int, key: bytes, mode: str = "standalone") -> float:
     """Publish ``n_users`` synthetic users; returns the seconds it took."""
     t0 = time.perf_counter()
     layout = snapshot_layout(predictions=True)
     ids = pseudonymise_many([str(FIRST_RAW_ID + i) for i in range(n_users)], key)
     records = encode(synthetic_columns(n_users), layout, allow_missing=True)
-    with SegmentStore(redis_url, namespace=Settings().redis_namespace) as store:
+    namespace = Settings().redis_namespace
+    with SegmentStore(redis_url, namespace=namespace, mode=mode) as store:
         store.begin_version(
             "bench",
             layout,
@@ -235,8 +248,11 @@ def wait_ok(url: str, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"{url} did not answer in {timeout_s} s")
 
 
-def run_plain(workers: int, env: dict[str, str], api_key: str, args: Any) -> dict[str, Any]:
-    """Plain uvicorn serving create_app (Ray not running)."""
+def run_plain(
+    workers: int, env: dict[str, str], api_key: str, args: Any, batches_only: bool = False
+) -> dict[str, Any]:
+    """Plain uvicorn serving create_app (Ray not running); ``batches_only``: only the batch
+    lookups (``--redis cluster``)."""
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app",
            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
@@ -248,7 +264,21 @@ def run_plain(workers: int, env: dict[str, str], api_key: str, args: Any) -> dic
         wait_ok(f"{base_url}/healthz")
         singles, batches = make_requests(base_url, api_key, args.users, args.batch_size)
         label = f"plain uvicorn, {workers} worker{'s' if workers > 1 else ''}"
-        result = measure_server(label, base_url, singles, batches, args)
+        if batches_only:
+            check(base_url, batches[0])
+            batch = measure_in_subprocess(
+                base_url, batches, concurrency=args.batch_concurrency, seconds=args.seconds,
+                warmup_s=1.0,
+            )  # fmt: skip
+            result = {
+                "label": label,
+                "batch_users_per_s": round(batch.rps * args.batch_size),
+                "batch_p50_ms": batch.p50_ms,
+                "batch_p99_ms": batch.p99_ms,
+                "batch_errors": batch.errors,
+            }
+        else:
+            result = measure_server(label, base_url, singles, batches, args)
     finally:
         proc.terminate()
         try:
@@ -292,6 +322,96 @@ def run_serve(replicas: int, settings: Settings, api_key: str, args: Any) -> dic
     return result
 
 
+def direct_batches(url: str, mode: str, n_users: int, key: bytes, args: Any) -> dict[str, Any]:
+    """``SegmentStore.get_many`` of ``--batch-size`` random existing users, one thread, for
+    ``--seconds``: users/s and per-batch latency."""
+    rng = np.random.default_rng(2)
+    pool = pseudonymise_many([str(FIRST_RAW_ID + i) for i in range(n_users)], key)
+    batches = [pool[rng.integers(0, n_users, args.batch_size)] for _ in range(64)]
+    took: list[float] = []
+    with SegmentStore(url, namespace=Settings().redis_namespace, mode=mode) as store:
+        for batch in batches[:4]:  # warm up (script cache, meta, connections)
+            version, records = store.get_many(batch)
+            if version != "bench" or any(r is None for r in records):
+                raise RuntimeError(f"{mode}: a warm-up batch did not read back whole")
+        t_end = time.perf_counter() + args.seconds
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            store.get_many(batches[len(took) % len(batches)])
+            took.append(time.perf_counter() - t0)
+    ms = np.asarray(took) * 1000
+    return {
+        "direct_users_per_s": round(len(took) * args.batch_size / max(ms.sum() / 1000, 1e-9)),
+        "direct_p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "direct_p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "direct_batches": len(took),
+    }
+
+
+def run_cluster_comparison(args: Any, key_text: str, api_key: str, record: Any) -> None:
+    """``--redis cluster``: one node vs a 3-master cluster, same data, same run."""
+    results: dict[str, dict[str, Any]] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="strata-bench-serve-") as data,
+        EmbeddedRedis() as single,
+        EmbeddedRedisCluster(masters=3) as cluster,
+    ):
+        for mode, url in (("standalone", single.url), ("cluster", cluster.url)):
+            console.print(f"[bold]{mode}[/]: publishing {args.users:,} users into {url} ...")
+            publish_s = publish(url, args.users, key_text.encode(), mode)
+            console.print(f"  published in {publish_s:.1f} s; get_many direct ...")
+            figures = {"publish_s": round(publish_s, 1)}
+            figures.update(direct_batches(url, mode, args.users, key_text.encode(), args))
+            env = {
+                "STRATA_REDIS_URL": url,
+                "STRATA_REDIS_MODE": mode,
+                "STRATA_PSEUDONYM_KEY": key_text,
+                "STRATA_API_KEYS": dump_records([record]),
+                "STRATA_DATA": data,
+            }
+            console.print(f"[bold]{mode}[/]: POST /v1/segments/lookup ...")
+            figures.update(run_plain(1, env, api_key, args, batches_only=True))
+            results[mode] = figures
+    table = Table(
+        title=f"batch lookups ({args.batch_size} ids), {args.users:,} users, "
+        f"{os.cpu_count()} cores: one node vs a 3-master Redis Cluster"
+    )
+    columns = ["Redis", "publish s", "get_many users/s", "p50 ms", "p99 ms",
+               "POST users/s", "p50 ms", "p99 ms", "errors"]  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="left" if col == "Redis" else "right")
+    for mode, r in results.items():
+        table.add_row(
+            mode, f"{r['publish_s']:.1f}", f"{r['direct_users_per_s']:,}",
+            f"{r['direct_p50_ms']:.2f}", f"{r['direct_p99_ms']:.2f}",
+            f"{r['batch_users_per_s']:,}", f"{r['batch_p50_ms']:.2f}",
+            f"{r['batch_p99_ms']:.2f}", str(r["batch_errors"]),
+        )  # fmt: skip
+    console.print(table)
+    one, many = results["standalone"], results["cluster"]
+    ratio_direct = many["direct_users_per_s"] / max(one["direct_users_per_s"], 1)
+    ratio_post = many["batch_users_per_s"] / max(one["batch_users_per_s"], 1)
+    console.print(
+        f"cluster ÷ one node: get_many [bold]{ratio_direct:.2f}[/], POST [bold]{ratio_post:.2f}[/]"
+    )
+    print(
+        json.dumps(
+            {
+                "redis": "cluster",
+                "masters": 3,
+                "users": args.users,
+                "cores": os.cpu_count(),
+                "batch_size": args.batch_size,
+                "batch_concurrency": args.batch_concurrency,
+                "ratio_cluster_vs_standalone_direct": round(ratio_direct, 3),
+                "ratio_cluster_vs_standalone_post": round(ratio_post, 3),
+                "standalone": one,
+                "cluster": many,
+            }
+        )
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     cores = os.cpu_count() or 2
@@ -307,6 +427,10 @@ def main() -> None:
         "one per core)",
     )  # fmt: skip
     ap.add_argument("--cpus", type=int, default=cores, help="local Ray CPUs")
+    ap.add_argument(
+        "--redis", choices=("standalone", "cluster"), default="standalone",
+        help="cluster: batch lookups on one node vs a 3-master Redis Cluster (no Serve runs)",
+    )  # fmt: skip
     ap.add_argument("--skip-half", action="store_true", help="skip the half-peak runs")
     ap.add_argument(
         "--fixed-rate", type=float, default=1000.0,
@@ -319,6 +443,9 @@ def main() -> None:
 
     key_text = os.environ.get("STRATA_PSEUDONYM_KEY", BENCH_KEY)
     api_key, record = new_key("bench", ["segments:read"])
+    if args.redis == "cluster":
+        run_cluster_comparison(args, key_text, api_key, record)
+        return
     with tempfile.TemporaryDirectory(prefix="strata-bench-serve-") as data, EmbeddedRedis() as rs:
         console.print(f"publishing {args.users:,} users into {rs.url} ...")
         publish_s = publish(rs.url, args.users, key_text.encode())

@@ -283,7 +283,8 @@ class RecomputeJob:
             "warnings": manifest["warnings"],
         }
         with redis_session(self.settings) as url:
-            store = SegmentStore(url, namespace=self.settings.redis_namespace)
+            mode = self.settings.redis_mode if self.settings.redis_url else "standalone"
+            store = SegmentStore(url, namespace=self.settings.redis_namespace, mode=mode)
             # packed buckets are whole warehouse buckets: each shard writes one per call
             n_buckets = int(manifest["inputs"]["n_buckets"])
             n_groups = store.plan_n_groups(users, n_buckets=n_buckets, layout=layout)
@@ -293,7 +294,9 @@ class RecomputeJob:
                 self._gather(
                     ray,
                     [
-                        s.publish.remote(url, self.settings.redis_namespace, version, layout_json)
+                        s.publish.remote(
+                            url, self.settings.redis_namespace, version, layout_json, mode
+                        )
                         for s in shards
                     ],
                     "publishing",
@@ -336,7 +339,8 @@ def rollback(
     """Point online lookups back at a previous published version."""
     settings = Settings(data=data)
     with redis_session(settings) as url:
-        store = SegmentStore(url, namespace=settings.redis_namespace)
+        mode = settings.redis_mode if settings.redis_url else "standalone"
+        store = SegmentStore(url, namespace=settings.redis_namespace, mode=mode)
         before = store.current()
         after = store.rollback(to)
         versions = store.versions()

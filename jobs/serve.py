@@ -96,13 +96,14 @@ def run_server(
         with contextlib.ExitStack() as stack:
             url = stack.enter_context(redis_session(settings, supervise=True))
             # an unreachable Redis fails here, before Ray starts
-            store = SegmentStore(url, namespace=settings.redis_namespace)
+            mode = settings.redis_mode if settings.redis_url else "standalone"
+            store = SegmentStore(url, namespace=settings.redis_namespace, mode=mode)
             current = store.current()
             store.close()
             stack.enter_context(ray_session(settings))
             from ray import serve
 
-            served = settings.model_copy(update={"redis_url": url})
+            served = settings.model_copy(update={"redis_url": url, "redis_mode": mode})
             base_url = start(served, host=host, port=port, num_replicas=replicas, demo=demo)
             pool = None
             if stream_workers:

@@ -54,12 +54,40 @@ two versions, in one round trip. The client computes bucket (group) numbers with
 the version it last saw; the script returns the version it actually read and the client retries
 when the pointer has moved to a version it does not know yet.
 
-The scripts compute key names from the pointer, so this targets a standalone (or replicated /
-Sentinel) Redis, not Redis Cluster. Writing a packed version needs Redis 6.2+ (SET ... GET).
+That read script computes key names from the pointer, so it needs one server (standalone,
+replicated or Sentinel). Writing a packed version needs Redis 6.2+ (SET ... GET).
+
+On a Redis Cluster (``STRATA_REDIS_MODE=cluster``, the URL naming any node; the client from
+:mod:`strata.io.redis_client`) a script or MULTI may only touch one slot, so the store uses
+hash-tagged names (:class:`strata.online.keys.KeyLayout` with ``cluster=True``) and the
+``tagged`` storage format:
+
+* The control keys and every version's meta share the tag ``{ns}``: the flip (pointer, the
+  target's meta, versions, history, seq) is still ONE Lua script, so publish and rollback
+  stay atomic, and so does marking a version for deletion. Their names change only on a
+  cluster: a standalone deployment keeps ``ns:current`` and the rest where its retained
+  versions already are (no migration, no fallback read of an old pointer), and a cluster
+  never held the untagged names (the single-script read could not run there).
+* A tagged version is the packed layout with each bucket's index and group strings under the
+  tag of its tag group (bucket ``b`` in group ``b % slot_groups``, at most 64 by default):
+  the writer sends them through the cluster pipeline (each node its own), publish verifies
+  them as for packed, and erasure rewrites each touched bucket in one MULTI on the node of its
+  slot (the meta's counts, in the control slot, are lowered right after, not in that MULTI).
+* A read takes two steps: GET the pointer, then one script call per tag group the batch
+  touches, every call naming that version, pipelined (one round trip per node). A version's
+  keys stay until retention deletes it, and a version is marked ``deleting`` before its keys
+  go, so the whole batch comes from one version even if the pointer flips in between; when a
+  call finds an index or group string missing and the version is no longer ``published``, the
+  read starts again from the pointer.
+
+``packed`` and ``hash`` versions (single server only) keep their names and single-script
+reads; a single server may also hold ``tagged`` versions (``storage="tagged"``; read in two
+steps), and the meta's ``storage`` says which format each version has.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -73,6 +101,7 @@ import numpy as np
 import redis
 
 from strata.ids import bucket_of
+from strata.io.redis_client import SyncClient, is_cluster, sync_client
 from strata.online.codec import (
     RecordLayout,
     decode,
@@ -84,7 +113,7 @@ from strata.online.codec import (
     packed_chunk_users,
     user_fields,
 )
-from strata.online.keys import KeyLayout
+from strata.online.keys import KeyLayout, check_namespace
 
 __all__ = [
     "CompactLimits",
@@ -103,9 +132,12 @@ WRITING = "writing"
 READY = "ready"
 PUBLISHED = "published"
 DELETING = "deleting"
-Storage = Literal["packed", "hash"]
+Storage = Literal["packed", "hash", "tagged"]
 PACKED: Storage = "packed"
 HASH: Storage = "hash"
+#: the packed format with hash-tagged keys (see strata.online.keys): the one a cluster needs
+TAGGED: Storage = "tagged"
+_PACKED_KINDS = (PACKED, TAGGED)
 
 _COMPACT_ENCODINGS = frozenset({b"listpack", b"ziplist"})
 _FIELD_BYTES = 8
@@ -122,33 +154,11 @@ _INDEX_TAIL = 8
 _MIX = 0x9E3779B97F4A7C15  # strata.ids.bucket_of's multiplier (scalar fast path)
 _MASK_64 = (1 << 64) - 1
 
-# KEYS: pointer. ARGV: assumed version, "{ns}:v:", the users' buckets (packed) or groups
-# (hash) space-separated, the users' 8-byte ids back to back, the assumed version's storage
-# ("p" packed, "h" hash), its entry width (packed: 8 + record size), its users per group.
-# Returns {} when nothing is published, {version} when the pointer is not the assumed version
-# (nothing read), else {version, found mask ('1'/'0' per user), the found records back to
-# back}: three bulk strings, cheap to send and parse.
-#
-# Packed: the bucket's index (user count, first id of each group, last id; read once per
-# bucket and call) gives the group by binary search; in the group string the entry is found
-# by interpolation search (pseudonymous ids are uniform, so 1-2 probes), falling back to
-# bisection after 3 probes so that skewed ids stay O(log n). Ids compare exactly as two
-# big-endian uint32 (doubles only steer the interpolation; string '<' would use the server's
-# collation).
-READ_LUA = """
-local v = redis.call('GET', KEYS[1])
-if not v then return {} end
-if v ~= ARGV[1] then return {v} end
-local ids = ARGV[4]
-local found = {}
-local records = {}
-local i = 0
-if ARGV[5] == 'p' then
-  local w = tonumber(ARGV[6])
-  local k = tonumber(ARGV[7])
-  local window = tonumber(ARGV[8])
-  local gpre = ARGV[2] .. v .. ':g:'
-  local ipre = ARGV[2] .. v .. ':i:'
+# The packed lookup both read scripts share: finds each id of `ids` (8 bytes each, big-endian)
+# in its bucket (`buckets`, space-separated) via the bucket index `ipre .. b` and the group
+# strings `gpre .. b .. '.' .. c`; sets `found`, `records`, and `torn` when an index or group
+# string the ids need is missing (a bucket with no users, or a version being deleted).
+_PACKED_LOOKUP_LUA = """
   local unpack = struct.unpack
   local floor = math.floor
   local find = string.find
@@ -161,7 +171,7 @@ if ARGV[5] == 'p' then
     if a > hi or (a == hi and z > lo) then return -1, a * two32 + z end
     return 1, a * two32 + z
   end
-  for b in string.gmatch(ARGV[3], '%d+') do
+  for b in string.gmatch(buckets, '%d+') do
     local hi, lo = unpack('>I4I4', ids, i * 8 + 1)
     local t = hi * two32 + lo
     i = i + 1
@@ -197,6 +207,7 @@ if ARGV[5] == 'p' then
         end
       end
     end
+    if not idx then torn = true end
     if c >= 0 then
       local key = gpre .. b .. '.' .. c
       local n = k
@@ -214,7 +225,10 @@ if ARGV[5] == 'p' then
         if try == 4 then s0, s1 = l, h end
         local s = redis.call('GETRANGE', key, s0 * w, (s1 + 1) * w - 1)
         local m = floor(#s / w)
-        if m ~= s1 - s0 + 1 then break end
+        if m ~= s1 - s0 + 1 then
+          torn = true
+          break
+        end
         local at = 1
         local pos = nil
         while true do
@@ -248,6 +262,41 @@ if ARGV[5] == 'p' then
       found[i] = '0'
     end
   end
+"""
+
+# KEYS: pointer. ARGV: assumed version, "{ns}:v:", the users' buckets (packed) or groups
+# (hash) space-separated, the users' 8-byte ids back to back, the assumed version's storage
+# ("p" packed, "h" hash), its entry width (packed: 8 + record size), its users per group.
+# Returns {} when nothing is published, {version} when the pointer is not the assumed version
+# (nothing read), else {version, found mask ('1'/'0' per user), the found records back to
+# back}: three bulk strings, cheap to send and parse.
+#
+# Packed: the bucket's index (user count, first id of each group, last id; read once per
+# bucket and call) gives the group by binary search; in the group string the entry is found
+# by interpolation search (pseudonymous ids are uniform, so 1-2 probes), falling back to
+# bisection after 3 probes so that skewed ids stay O(log n). Ids compare exactly as two
+# big-endian uint32 (doubles only steer the interpolation; string '<' would use the server's
+# collation).
+READ_LUA = (
+    """
+local v = redis.call('GET', KEYS[1])
+if not v then return {} end
+if v ~= ARGV[1] then return {v} end
+local ids = ARGV[4]
+local found = {}
+local records = {}
+local i = 0
+if ARGV[5] == 'p' then
+  local w = tonumber(ARGV[6])
+  local k = tonumber(ARGV[7])
+  local window = tonumber(ARGV[8])
+  local gpre = ARGV[2] .. v .. ':g:'
+  local ipre = ARGV[2] .. v .. ':i:'
+  local buckets = ARGV[3]
+  local torn = false
+"""
+    + _PACKED_LOOKUP_LUA
+    + """
 else
   local prefix = ARGV[2] .. v .. ':g:'
   for g in string.gmatch(ARGV[3], '%d+') do
@@ -263,6 +312,34 @@ else
 end
 return {v, table.concat(found), table.concat(records)}
 """
+)
+
+# KEYS: any key of one tag group of a tagged version (it only routes the call to the node
+# holding the group's slot; the keys read share its hash tag, hence its slot). ARGV: the
+# group's index prefix, its group-string prefix, the users' buckets (space-separated), the
+# users' 8-byte ids back to back, the entry width (8 + record size), users per group, the
+# search window. Returns {found mask ('1'/'0' per user), the found records back to back,
+# '1' if an index or group string was missing else '0'}. The caller read the pointer first
+# and names the version in the prefixes: one version per batch, however many calls.
+TAGGED_READ_LUA = (
+    """
+local ids = ARGV[4]
+local found = {}
+local records = {}
+local i = 0
+local w = tonumber(ARGV[5])
+local k = tonumber(ARGV[6])
+local window = tonumber(ARGV[7])
+local ipre = ARGV[1]
+local gpre = ARGV[2]
+local buckets = ARGV[3]
+local torn = false
+"""
+    + _PACKED_LOOKUP_LUA
+    + """
+return {table.concat(found), table.concat(records), torn and '1' or '0'}
+"""
+)
 
 # KEYS: pointer, meta of the target, versions zset, history list, seq.
 # ARGV: version, required status, now (ISO), action, history length.
@@ -365,22 +442,24 @@ class VersionInfo:
     meta: dict[str, Any] = field(default_factory=dict)
     storage: str = HASH
     chunk_users: int = 0
+    slot_groups: int = 0
 
 
 @dataclass(frozen=True)
 class ReadMeta:
     """What a reader needs to know of a version: its group (hash) or bucket (packed) count,
-    record layout and storage format."""
+    record layout, storage format and (tagged) tag groups."""
 
     n_groups: int
     layout: RecordLayout
     storage: str = HASH
     chunk_users: int = 0
+    slot_groups: int = 0
 
     @classmethod
     def of(cls, info: VersionInfo) -> ReadMeta:
         """The read facts of a version's info."""
-        return cls(info.n_groups, info.layout, info.storage, info.chunk_users)
+        return cls(info.n_groups, info.layout, info.storage, info.chunk_users, info.slot_groups)
 
 
 class SegmentStore:
@@ -389,7 +468,9 @@ class SegmentStore:
     Safe to share between threads (redis-py's pool is); each writer process makes its own.
 
     Args:
-        client: a ``redis.Redis`` (must not decode responses) or a ``redis://`` URL.
+        client: a ``redis.Redis`` or ``RedisCluster`` (must not decode responses) or a
+            ``redis://`` URL (a cluster when ``mode``, else ``STRATA_REDIS_MODE``, says so;
+            see :mod:`strata.io.redis_client`).
         namespace: prefix of every key, e.g. ``strata`` or ``strata:staging``.
         socket_timeout_s: socket timeout of a client created from a URL.
         connect_timeout_s: connect timeout of a client created from a URL.
@@ -400,11 +481,16 @@ class SegmentStore:
             (hash versions).
         chunk_bytes: allocation size of a packed group string (users per group =
             ``(chunk_bytes - 6) // (8 + record size)``; a power of two fits jemalloc exactly).
+        mode: ``standalone`` or ``cluster`` for a client built from a URL (default
+            ``STRATA_REDIS_MODE``).
+        slot_groups: most tag groups (hash slots) a tagged version's buckets are spread over:
+            more spreads a version more evenly over many masters, fewer means fewer script
+            calls per batch read (one per tag group a batch touches).
     """
 
     def __init__(
         self,
-        client: redis.Redis | str,
+        client: SyncClient | str,
         namespace: str = "strata",
         *,
         socket_timeout_s: float = 5.0,
@@ -413,21 +499,31 @@ class SegmentStore:
         max_batch: int = 1000,
         on_loose_encoding: Literal["raise", "warn"] = "raise",
         chunk_bytes: int = 8192,
+        mode: str | None = None,
+        slot_groups: int = 64,
     ) -> None:
-        self.keys = KeyLayout(namespace)
+        check_namespace(namespace)
+        if slot_groups <= 0:
+            raise ValueError("slot_groups must be positive")
+        self._redis: SyncClient
         if isinstance(client, str):
-            self._redis = redis.Redis.from_url(
+            self._redis = sync_client(
                 client,
+                mode=mode,
                 socket_timeout=socket_timeout_s,
                 socket_connect_timeout=connect_timeout_s,
                 decode_responses=False,
             )
             self._owns_client = True
         else:
-            if client.connection_pool.connection_kwargs.get("decode_responses"):
+            if client.get_encoder().decode_responses:
                 raise ValueError("SegmentStore needs a client with decode_responses=False")
             self._redis = client
             self._owns_client = False
+        #: whether the client is a Redis Cluster client (tagged keys, per-slot calls)
+        self.cluster = is_cluster(self._redis)
+        self.keys = KeyLayout(namespace, cluster=self.cluster)
+        self.slot_groups = slot_groups
         self.namespace = namespace
         self.write_chunk_users = write_chunk_users
         self.max_batch = max_batch
@@ -437,6 +533,7 @@ class SegmentStore:
         self._flip_script = self._redis.register_script(_FLIP_LUA)
         self._mark_deleting_script = self._redis.register_script(_MARK_DELETING_LUA)
         self._erase_hash_script = self._redis.register_script(_ERASE_HASH_LUA)
+        self._tagged_sha = _sha1(TAGGED_READ_LUA)
         self._lock = threading.Lock()
         self._read_meta_cache: dict[str, ReadMeta] = {}
         self._assumed_version = ""
@@ -527,7 +624,7 @@ class SegmentStore:
         *,
         as_of: datetime | str | None = None,
         expected_users: int | None = None,
-        storage: Storage = PACKED,
+        storage: Storage | None = None,
     ) -> VersionInfo:
         """Create ``version`` (status ``writing``; readers do not see it).
 
@@ -541,8 +638,10 @@ class SegmentStore:
             as_of: the as-of time of the snapshot (default: ``meta["as_of"]`` if present).
             expected_users: users the version will hold; enables the compact-encoding check
                 now (hash), and is the default expectation of :meth:`publish`.
-            storage: ``packed`` (group strings; the default) or ``hash`` (the layout before
-                issue 14, kept to test upgrades).
+            storage: ``packed`` (group strings; the default on a single server), ``tagged``
+                (the same with hash-tagged keys; the default, and the only choice, on a
+                Redis Cluster) or ``hash`` (the layout before issue 14, kept to test
+                upgrades).
 
         Raises:
             VersionStateError: the version already exists.
@@ -551,8 +650,15 @@ class SegmentStore:
         """
         if n_groups <= 0:
             raise ValueError("n_groups must be positive")
-        if storage not in (PACKED, HASH):
-            raise ValueError(f"storage must be {PACKED!r} or {HASH!r}, got {storage!r}")
+        if storage is None:
+            storage = TAGGED if self.cluster else PACKED
+        if storage not in (PACKED, HASH, TAGGED):
+            raise ValueError(f"storage must be {PACKED!r}, {TAGGED!r} or {HASH!r}, got {storage!r}")
+        if self.cluster and storage != TAGGED:
+            raise ValueError(
+                f"storage {storage!r} cannot be read on a Redis Cluster (its keys are not "
+                f"hash-tagged): use {TAGGED!r}"
+            )
         if storage == HASH:
             self._check_compact_plan(layout, n_groups, expected_users)
         key = self.meta_key(version)
@@ -567,8 +673,10 @@ class SegmentStore:
             "meta": json.dumps(dict(meta or {}), sort_keys=True, default=str),
             "storage": storage,
         }
-        if storage == PACKED:
+        if storage in _PACKED_KINDS:
             fields["chunk_users"] = packed_chunk_users(layout.size, self.chunk_bytes)
+        if storage == TAGGED:
+            fields["slot_groups"] = min(n_groups, self.slot_groups)
         if as_of is None and meta is not None:
             as_of = meta.get("as_of")
         if as_of is not None:
@@ -609,8 +717,9 @@ class SegmentStore:
             ValueError: shapes or record size do not match the version, or (packed) an id
                 appears twice.
         """
-        status, n_groups_raw, layout_json, storage, chunk_raw = self._redis.hmget(
-            self.meta_key(version), ["status", "n_groups", "layout", "storage", "chunk_users"]
+        status, n_groups_raw, layout_json, storage, chunk_raw, tags_raw = self._redis.hmget(
+            self.meta_key(version),
+            ["status", "n_groups", "layout", "storage", "chunk_users", "slot_groups"],
         )
         if status is None or layout_json is None:
             raise VersionStateError(f"version {version!r} does not exist")
@@ -630,8 +739,11 @@ class SegmentStore:
         if records.dtype.names is not None and records.dtype != layout.dtype:
             raise ValueError(f"records were encoded with another layout than {version!r}'s")
         rec_bytes = records.view(np.uint8).reshape(len(records), size)
-        if storage == PACKED.encode():
-            return self._write_packed(version, n_groups, int(_text(chunk_raw)), ids, rec_bytes)
+        if storage in (PACKED.encode(), TAGGED.encode()):
+            slot_groups = int(_text(tags_raw)) if tags_raw is not None else 0
+            return self._write_packed(
+                version, n_groups, int(_text(chunk_raw)), ids, rec_bytes, slot_groups
+            )
         # sort once by group, then cut into chunks of whole groups: each group gets one HSET
         # per call however the chunks fall, and only one chunk is framed at a time
         groups = group_of(ids, n_groups)
@@ -686,7 +798,7 @@ class SegmentStore:
         if info.status not in (WRITING, READY):
             hint = " (use rollback to make it current again)" if info.status == PUBLISHED else ""
             raise VersionStateError(f"version {version!r} is {info.status}{hint}")
-        if info.storage == PACKED:
+        if info.storage in _PACKED_KINDS:
             n_users, loose = self._verify_packed(version, info), 0
         else:
             n_users, loose = self._verify_groups(version, info.n_groups)
@@ -784,8 +896,10 @@ class SegmentStore:
         first): the remaining entries are cut again into groups of ``chunk_users`` (only the
         last one shorter, as the read script and :meth:`publish`'s verification expect), the
         index gets the new count, first ids and last id, and group strings no longer needed
-        are deleted (an emptied bucket loses its index too). Hash versions: one Lua script per
-        version HDELs the users' fields. Either way a reader sees the version before or after
+        are deleted (an emptied bucket loses its index too). Tagged versions the same, the
+        MULTI on the node of the bucket's slot; on a cluster the meta's counts (another slot)
+        are lowered right after the EXEC instead of inside it. Hash versions: one Lua script
+        per version HDELs the users' fields. Either way a reader sees the version before or after
         the erasure, never a torn group, and ``users_written``, ``n_users`` and (a version
         still being written) ``expected_users`` in the meta are lowered by the users removed,
         so a recompute that is writing a version with an erased user fails its publish count
@@ -801,13 +915,12 @@ class SegmentStore:
         if ids.size == 0:
             return 0
         removed = 0
-        for raw in self._redis.scan_iter(match=self.keys.versions_prefix + "*:meta", count=1000):
-            key = _text(raw)
-            version = key[len(self.keys.versions_prefix) : -len(":meta")]
+        for raw in self._redis.scan_iter(match=self.keys.meta_pattern, count=1000):
+            version = self.keys.version_of_meta(_text(raw))
             info = self.info(version)
             if info is None or info.status == DELETING:
                 continue
-            if info.storage == PACKED:
+            if info.storage in _PACKED_KINDS:
                 removed += self._erase_packed(version, info, ids)
             else:
                 removed += self._erase_hash(version, info, ids)
@@ -826,7 +939,7 @@ class SegmentStore:
         removed = 0
         for b in np.unique(buckets).tolist():
             targets = ids[buckets == b]
-            index_key = self.keys.index(version, int(b))
+            index_key = self._index_key(version, int(b), info.slot_groups)
             for _ in range(20):  # WATCH retries: another writer touched the bucket meanwhile
                 with self._redis.pipeline(transaction=True) as pipe:
                     try:
@@ -836,7 +949,10 @@ class SegmentStore:
                             break
                         count = int.from_bytes(index[:_INDEX_HEAD], "big")
                         n_chunks = (len(index) - _INDEX_HEAD - _INDEX_TAIL) // _FIELD_BYTES
-                        chunk_keys = [self.keys.chunk(version, int(b), c) for c in range(n_chunks)]
+                        chunk_keys = [
+                            self._chunk_key(version, int(b), c, info.slot_groups)
+                            for c in range(n_chunks)
+                        ]
                         pipe.watch(index_key, *chunk_keys)
                         parts: list[bytes] = [pipe.get(c) or b"" for c in chunk_keys]  # type: ignore[misc]
                         body = b"".join(parts)
@@ -870,8 +986,13 @@ class SegmentStore:
                                 + kept_ids[::k].tobytes()
                                 + kept_ids[-1].tobytes(),
                             )
-                        self._lower_counts(pipe, version, info, gone)
+                        if not self.cluster:  # same MULTI as the bucket
+                            self._lower_counts(pipe, version, info, gone)
                         pipe.execute()
+                        if self.cluster:  # the meta is in another slot: right after it
+                            counts = self._redis.pipeline(transaction=False)
+                            self._lower_counts(counts, version, info, gone)
+                            counts.execute()
                         removed += gone
                         break
                     except redis.WatchError:
@@ -951,6 +1072,11 @@ class SegmentStore:
                 meta = self._read_meta(assumed) if assumed else None
             except VersionStateError:  # evicted from the cache and deleted since
                 assumed, meta = "", None
+            if self.cluster or (meta is not None and meta.storage == TAGGED):
+                tagged = self._read_tagged(ids)
+                if tagged is not None:
+                    return tagged
+                continue
             reply = self._read_script(
                 keys=[self.pointer_key()], args=read_args(ids, assumed, prefix, meta)
             )
@@ -962,12 +1088,62 @@ class SegmentStore:
             self._assumed_version = version
         raise SegmentStoreError(f"the pointer moved {_READ_ATTEMPTS} times during one read")
 
+    def _read_tagged(self, ids: np.ndarray) -> tuple[str | None, np.ndarray, bytes] | None:
+        """Read the pointer, then the users from the version it names, one script call per
+        tag group (pipelined: one round trip per node). None: read again (the pointer names a
+        version not tagged, or the version was deleted between the two steps)."""
+        raw = self._redis.get(self.pointer_key())
+        if raw is None:
+            return None, np.zeros(len(ids), dtype=bool), b""
+        version = _text(raw)
+        self._assumed_version = version
+        try:
+            meta = self._read_meta(version)
+        except VersionStateError:  # deleted since the pointer was read
+            return None
+        if meta.storage != TAGGED:  # a single server, back at an untagged version
+            return None
+        calls = tagged_read_calls(ids, version, meta, self.keys)
+        replies = self._run_tagged(calls)
+        found, records, torn = merge_tagged_replies(replies, calls, len(ids), meta)
+        if torn and not self._still_served(version):
+            return None
+        return version, found, records
+
+    def _run_tagged(self, calls: Sequence[TaggedCall]) -> list[Any]:
+        """The replies of the tagged read calls, sent in one (cluster) pipeline; loads the
+        script where a node lacks it (a restarted node) and sends again."""
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for call in calls:
+                # execute_command: redis-py blocks the evalsha method in cluster pipelines;
+                # the node from the local slot map, else redis-py asks a server for the keys
+                # of every EVALSHA (COMMAND GETKEYS: one extra round trip per call)
+                options: dict[str, Any] = {}
+                if isinstance(self._redis, redis.RedisCluster):
+                    options["target_nodes"] = self._redis.get_node_from_key(call.key)
+                pipe.execute_command(
+                    "EVALSHA", self._tagged_sha, 1, call.key, *call.args, **options
+                )
+            try:
+                return list(pipe.execute())
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                self._redis.script_load(TAGGED_READ_LUA)
+        raise AssertionError("unreachable")
+
+    def _still_served(self, version: str) -> bool:
+        """Whether ``version`` is published (readable whole), not being or already deleted."""
+        return self._redis.hget(self.meta_key(version), "status") == PUBLISHED.encode()
+
     def _read_meta(self, version: str) -> ReadMeta:
         cached = self._read_meta_cache.get(version)
         if cached is not None:
             return cached
-        n_groups, layout, storage, chunk_users = self._redis.hmget(
-            self.meta_key(version), ["n_groups", "layout", "storage", "chunk_users"]
+        n_groups, layout, storage, chunk_users, slot_groups = self._redis.hmget(
+            self.meta_key(version),
+            ["n_groups", "layout", "storage", "chunk_users", "slot_groups"],
         )
         if n_groups is None or layout is None:
             raise VersionStateError(f"version {version!r} has no meta")
@@ -976,6 +1152,7 @@ class SegmentStore:
             RecordLayout.from_json(layout),
             _text(storage or HASH),
             int(chunk_users or 0),
+            int(slot_groups or 0),
         )
         with self._lock:
             while len(self._read_meta_cache) >= _META_CACHE:
@@ -984,7 +1161,13 @@ class SegmentStore:
         return meta
 
     def _write_packed(
-        self, version: str, n_buckets: int, chunk_users: int, ids: np.ndarray, recs: np.ndarray
+        self,
+        version: str,
+        n_buckets: int,
+        chunk_users: int,
+        ids: np.ndarray,
+        recs: np.ndarray,
+        slot_groups: int = 0,
     ) -> int:
         """Sort by (bucket, id), then SET each bucket's group strings and index, pipelined."""
         if len(ids) and ids.min() < 0:
@@ -1010,13 +1193,15 @@ class SegmentStore:
             last = max(first + 1, int(np.searchsorted(bounds, limit, side="right")) - 1)
             last = min(last, len(bounds) - 1)
             lo, hi = int(bounds[first]), int(bounds[last])
-            chunk_added = self._send_packed(
+            send = self._send_packed_cluster if self.cluster else self._send_packed
+            chunk_added = send(
                 version,
                 chunk_users,
                 ids[lo:hi],
                 recs[order[lo:hi]],
                 buckets[bounds[first:last]].tolist(),
                 (bounds[first : last + 1] - lo).tolist(),
+                slot_groups,
             )
             self._redis.hincrby(self.meta_key(version), "users_written", chunk_added)
             added += chunk_added
@@ -1031,6 +1216,7 @@ class SegmentStore:
         recs: np.ndarray,
         buckets: list[int],
         bounds: list[int],
+        slot_groups: int = 0,
     ) -> int:
         """SET the group strings and index of whole buckets; returns users newly added."""
         n, size = recs.shape
@@ -1047,7 +1233,7 @@ class SegmentStore:
         with self._connection() as conn:
             for bucket, s, e in zip(buckets, bounds[:-1], bounds[1:], strict=True):
                 for c, g in enumerate(range(s, e, chunk_users)):
-                    key = self.keys.chunk(version, bucket, c).encode()
+                    key = self._chunk_key(version, bucket, c, slot_groups).encode()
                     value = body[g * width : min(e, g + chunk_users) * width]
                     batch.append(
                         b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(key), key, len(value))
@@ -1064,7 +1250,7 @@ class SegmentStore:
                     )
                     + id_bytes[(e - 1) * _FIELD_BYTES : e * _FIELD_BYTES]
                 )
-                key = self.keys.index(version, bucket).encode()
+                key = self._index_key(version, bucket, slot_groups).encode()
                 batch.append(
                     b"*4\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$3\r\nGET\r\n"
                     % (len(key), key, len(index), index)
@@ -1089,6 +1275,56 @@ class SegmentStore:
             if errors:
                 raise SegmentStoreError(f"writing {version!r} failed: {errors[0]}")
             return added
+
+    def _send_packed_cluster(
+        self,
+        version: str,
+        chunk_users: int,
+        ids: np.ndarray,
+        recs: np.ndarray,
+        buckets: list[int],
+        bounds: list[int],
+        slot_groups: int = 0,
+    ) -> int:
+        """:meth:`_send_packed` on a Redis Cluster: the same SETs (group strings, then the
+        index with SET ... GET), in one cluster pipeline that sends each node its own."""
+        n, size = recs.shape
+        width = _FIELD_BYTES + size
+        entries = np.empty((n, width), dtype=np.uint8)
+        entries[:, :_FIELD_BYTES] = ids.astype(">i8").view(np.uint8).reshape(n, _FIELD_BYTES)
+        entries[:, _FIELD_BYTES:] = recs
+        body = entries.tobytes()
+        del entries
+        id_bytes = ids.astype(">i8").tobytes()
+        counts: list[int | None] = []
+        pipe = self._redis.pipeline(transaction=False)
+        for bucket, s, e in zip(buckets, bounds[:-1], bounds[1:], strict=True):
+            for c, g in enumerate(range(s, e, chunk_users)):
+                value = body[g * width : min(e, g + chunk_users) * width]
+                pipe.set(self._chunk_key(version, bucket, c, slot_groups), value)
+                counts.append(None)
+            index = (
+                (e - s).to_bytes(_INDEX_HEAD, "big")
+                + b"".join(
+                    id_bytes[g * _FIELD_BYTES : (g + 1) * _FIELD_BYTES]
+                    for g in range(s, e, chunk_users)
+                )
+                + id_bytes[(e - 1) * _FIELD_BYTES : e * _FIELD_BYTES]
+            )
+            pipe.set(self._index_key(version, bucket, slot_groups), index, get=True)
+            counts.append(e - s)
+        replies = pipe.execute(raise_on_error=False)
+        added = 0
+        errors: list[str] = []
+        for count, reply in zip(counts, replies, strict=True):
+            if isinstance(reply, Exception):
+                errors.append(str(reply))
+            elif count is not None:
+                old = 0 if reply is None else int.from_bytes(reply[:_INDEX_HEAD], "big")
+                added += count - old
+        if errors:
+            raise SegmentStoreError(f"writing {version!r} failed: {errors[0]}")
+        return added
 
     def _write_chunk(
         self, version: str, groups: np.ndarray, ids: np.ndarray, recs: np.ndarray
@@ -1140,6 +1376,8 @@ class SegmentStore:
             return sum(int(conn.read_response()) for _ in range(len(starts)))
 
     def _connection(self) -> _Checkout:
+        # hand-framed commands go to one server; a cluster writes through its pipeline
+        assert isinstance(self._redis, redis.Redis), "single-server path on a cluster client"
         return _Checkout(self._redis.connection_pool)
 
     def _check_compact_plan(
@@ -1174,7 +1412,7 @@ class SegmentStore:
             buckets = range(start, min(info.n_groups, start + _VERIFY_BATCH // 8))
             pipe = self._redis.pipeline(transaction=False)
             for b in buckets:
-                pipe.get(self.keys.index(version, b))
+                pipe.get(self._index_key(version, b, info.slot_groups))
             indexes = pipe.execute()
             pipe = self._redis.pipeline(transaction=False)
             plan: list[tuple[int, int, bytes]] = []
@@ -1189,7 +1427,7 @@ class SegmentStore:
                         f"match its {count} users"
                     )
                 for c in range(n_chunks):
-                    pipe.get(self.keys.chunk(version, b, c))
+                    pipe.get(self._chunk_key(version, b, c, info.slot_groups))
                 plan.append((b, count, index[_INDEX_HEAD:]))  # firsts, then the last id
                 n_users += count
             chunks = iter(pipe.execute())
@@ -1277,10 +1515,14 @@ class SegmentStore:
 
     def _delete_keys(self, version: str) -> int:
         """UNLINK the groups (known from meta), any strays (SCAN by prefix), then the meta."""
-        n_groups_raw, storage = self._redis.hmget(self.meta_key(version), ["n_groups", "storage"])
+        n_groups_raw, storage, tags_raw = self._redis.hmget(
+            self.meta_key(version), ["n_groups", "storage", "slot_groups"]
+        )
         deleted = 0
-        if n_groups_raw is not None and storage == PACKED.encode():
-            deleted += self._unlink(self._packed_keys(version, int(_text(n_groups_raw))))
+        if n_groups_raw is not None and storage in (PACKED.encode(), TAGGED.encode()):
+            slot_groups = int(_text(tags_raw)) if tags_raw is not None else 0
+            keys = self._packed_keys(version, int(_text(n_groups_raw)), slot_groups)
+            deleted += self._unlink(keys)
         elif n_groups_raw is not None:
             keys = (self.group_key(version, g) for g in range(int(_text(n_groups_raw))))
             deleted += self._unlink(keys)
@@ -1290,18 +1532,30 @@ class SegmentStore:
         deleted += int(self._redis.unlink(self.meta_key(version)))
         return deleted
 
-    def _packed_keys(self, version: str, n_buckets: int) -> Iterator[str]:
-        """Every group string and index of a packed version (from the indexes)."""
+    def _packed_keys(self, version: str, n_buckets: int, slot_groups: int) -> Iterator[str]:
+        """Every group string and index of a packed or tagged version (from the indexes)."""
         for start in range(0, n_buckets, _VERIFY_BATCH):
             buckets = range(start, min(n_buckets, start + _VERIFY_BATCH))
             pipe = self._redis.pipeline(transaction=False)
             for b in buckets:
-                pipe.strlen(self.keys.index(version, b))
+                pipe.strlen(self._index_key(version, b, slot_groups))
             for b, length in zip(buckets, pipe.execute(), strict=True):
                 if length:
                     for c in range((int(length) - _INDEX_HEAD - _INDEX_TAIL) // _FIELD_BYTES):
-                        yield self.keys.chunk(version, b, c)
-                    yield self.keys.index(version, b)
+                        yield self._chunk_key(version, b, c, slot_groups)
+                    yield self._index_key(version, b, slot_groups)
+
+    def _index_key(self, version: str, bucket: int, slot_groups: int) -> str:
+        """A bucket's index: tagged (``slot_groups`` > 0) or packed."""
+        if slot_groups:
+            return self.keys.tagged_index(version, bucket, slot_groups)
+        return self.keys.index(version, bucket)
+
+    def _chunk_key(self, version: str, bucket: int, group: int, slot_groups: int) -> str:
+        """Group string ``group`` of a bucket: tagged (``slot_groups`` > 0) or packed."""
+        if slot_groups:
+            return self.keys.tagged_chunk(version, bucket, group, slot_groups)
+        return self.keys.chunk(version, bucket, group)
 
     def _unlink(self, keys: Iterator[str | bytes]) -> int:
         deleted = 0
@@ -1335,6 +1589,7 @@ def version_info(version: str, raw: Mapping[Any, Any]) -> VersionInfo | None:
         meta=json.loads(m.get("meta", "{}")),
         storage=m.get("storage", HASH),  # absent: written before the packed layout existed
         chunk_users=int(m.get("chunk_users", 0)),
+        slot_groups=int(m.get("slot_groups", 0)),
     )
 
 
@@ -1401,6 +1656,77 @@ def parse_read_reply(
     return version, found, records
 
 
+@dataclass(frozen=True)
+class TaggedCall:
+    """One call of the tagged read script: the users of one tag group of a version."""
+
+    key: str  # routes the call: a key of the group's hash tag
+    args: list[Any]
+    positions: np.ndarray  # where the group's users are in the batch
+
+
+def tagged_read_calls(
+    ids: np.ndarray, version: str, meta: ReadMeta, keys: KeyLayout, window: int = 8
+) -> list[TaggedCall]:
+    """The tagged read script calls that read ``ids`` from ``version`` (one per tag group
+    the ids fall in; the ids of a group in batch order)."""
+    if not len(ids):
+        return []
+    buckets = bucket_of(ids, meta.n_groups).astype(np.int64)
+    tags = buckets % meta.slot_groups
+    order = np.argsort(tags, kind="stable")
+    sorted_tags = tags[order]
+    starts = np.flatnonzero(np.r_[True, sorted_tags[1:] != sorted_tags[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    width = _FIELD_BYTES + meta.layout.size
+    calls = []
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        positions = order[s:e]
+        tag = int(sorted_tags[s])
+        group_buckets = buckets[positions]
+        calls.append(
+            TaggedCall(
+                key=keys.tagged_index(version, int(group_buckets[0]), meta.slot_groups),
+                args=[
+                    keys.tagged_index_prefix(version, tag),
+                    keys.tagged_chunk_prefix(version, tag),
+                    " ".join(map(str, group_buckets.tolist())),
+                    user_fields(ids[positions]),
+                    width,
+                    meta.chunk_users,
+                    window,
+                ],
+                positions=positions,
+            )
+        )
+    return calls
+
+
+def merge_tagged_replies(
+    replies: Sequence[Any], calls: Sequence[TaggedCall], n_ids: int, meta: ReadMeta
+) -> tuple[np.ndarray, bytes, bool]:
+    """``(found mask, found records back to back, torn)`` in batch order from the replies of
+    :func:`tagged_read_calls`'s calls (torn: an index or group string was missing)."""
+    size = meta.layout.size
+    found = np.zeros(n_ids, dtype=bool)
+    out = np.zeros((n_ids, size), dtype=np.uint8)
+    torn = False
+    for call, reply in zip(calls, replies, strict=True):
+        mask = np.frombuffer(reply[0], dtype=np.uint8) == ord("1")
+        records = bytes(reply[1])
+        torn = torn or reply[2] == b"1"
+        hits = call.positions[mask]
+        if len(mask) != len(call.positions) or len(records) != len(hits) * size:
+            raise SegmentStoreError(
+                f"a tagged read returned {len(records)} bytes for {len(hits)} records of "
+                f"{size}: written with another layout?"
+            )
+        found[hits] = True
+        if len(hits):
+            out[hits] = np.frombuffer(records, dtype=np.uint8).reshape(len(hits), size)
+    return found, out[found].tobytes(), torn
+
+
 def decode_found(
     found: np.ndarray, records: bytes, layout: RecordLayout
 ) -> list[dict[str, Any] | None]:
@@ -1439,6 +1765,10 @@ class _Checkout:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _sha1(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
 
 
 def _now() -> str:
