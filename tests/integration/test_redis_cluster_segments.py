@@ -26,7 +26,6 @@ from strata.io.redis_client import slot_of
 from strata.io.segment_reader import READ_ERRORS, AsyncSegmentReader
 from strata.io.segment_store import TAGGED, SegmentStore
 from strata.online.codec import decode_many, encode
-from strata.realtime.keys import RealtimeKeys
 from strata.serving.apikeys import dump_records, new_key
 from strata.settings import Settings
 from strata.timeutil import parse_as_of
@@ -307,10 +306,6 @@ def test_recompute_publishes_into_the_cluster_and_the_api_answers(
         assert why.status_code == 200, why.text
         assert why.json()["version"] == result.version
         assert client.get(f"/v1/users/{raw[-1]}/explain", headers=headers).status_code == 404
-        if not hasattr(RealtimeKeys, "partition_of"):
-            # /v1/segment* also read the live overlay (strata.io.realtime_reader), which
-            # issue 16's real-time part moves onto the cluster; until it is merged they 503
-            pytest.skip("the live-overlay reader is not cluster-aware yet (real-time keys)")
         one = client.get(f"/v1/users/{present[0]}/segment", headers=headers)
         assert one.status_code == 200, one.text
         assert one.json()["found"] is True and one.json()["version"] == result.version
