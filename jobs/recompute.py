@@ -33,7 +33,7 @@ from jobs._runtime import (
 from strata.features import FEATURES_SCHEMA, RfmPartials
 from strata.ids import assign
 from strata.io.models import ModelError, ModelRegistry
-from strata.io.segment_store import SegmentStore
+from strata.io.segment_store import SegmentStore, SegmentStoreError
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
 from strata.online.codec import snapshot_layout
@@ -268,10 +268,34 @@ class RecomputeJob:
                 pool.gather(lambda s: s.publish.remote(url, ns, version, layout_json), "publishing")
                 store.publish(version, keep=self.keep_versions, expected_users=users)
             except Exception:
-                store.discard(version)
+                _discard(store, version)
                 raise
             finally:
                 store.close()
+
+
+#: how long a failed publish retries discarding its version while Redis is unreachable
+DISCARD_RETRY_S = 30.0
+
+
+def _discard(store: SegmentStore, version: str) -> None:
+    """Discard a version that failed to publish, retrying while Redis is unreachable (a publish
+    that failed because Redis restarted would otherwise leave its keys behind)."""
+    deadline = time.monotonic() + DISCARD_RETRY_S
+    while True:
+        try:
+            store.discard(version)
+            return
+        except SegmentStoreError:
+            raise
+        except Exception as exc:  # Redis down or restarting
+            if time.monotonic() > deadline:
+                console.print(
+                    f"[yellow]could not discard the unpublished version {version} ({exc}): "
+                    "its keys stay in Redis, never served"
+                )
+                return
+            time.sleep(0.2)
 
 
 def command(
