@@ -199,6 +199,9 @@ def _save_dataset(url: str, timeout_s: float) -> None:
 #: the ``appendfsync`` policies :class:`EmbeddedRedis` accepts
 APPENDFSYNC = ("everysec", "always")
 
+#: the ``appendfsync`` of embedded servers that keep their data (``everysec`` when unset)
+APPENDFSYNC_ENV = "STRATA_REDIS_APPENDFSYNC"
+
 
 def has_append_only_file(folder: str) -> bool:
     """Whether ``folder`` holds a Redis append-only file (6.x: ``appendonly.aof``; 7.x: the
@@ -246,10 +249,12 @@ class EmbeddedRedis:
             `strata serve` see the same data). A folder with only a ``dump.rdb`` (written
             before the append-only file) is loaded from it, then the append-only file is
             built from the loaded data. None: nothing is saved.
-        appendfsync: how often the append-only file is fsynced: ``everysec`` (the default;
-            a killed server loses nothing it acknowledged, a power loss up to ~1 s) or
-            ``always`` (fsync before every reply: not even a power loss loses an acknowledged
-            write, at the cost of one fsync per event-loop round).
+        appendfsync: when the append-only file is written and fsynced: ``everysec`` (the
+            default: a graceful restart loses nothing; a killed server or a power loss can
+            lose the last ~2 s of acknowledged writes, as Redis postpones the write while the
+            previous second's fsync still runs on a busy disk) or ``always`` (written and
+            fsynced before every reply: nothing acknowledged is lost, at one fsync per
+            event-loop round). None: ``STRATA_REDIS_APPENDFSYNC``, else ``everysec``.
         supervise: watch the server from a thread; when it dies (killed, crashed), reap it,
             log what happened and start it again on the same port and data directory.
         max_restarts: the supervisor gives up (and logs so) after this many restarts within
@@ -266,10 +271,14 @@ class EmbeddedRedis:
         supervise: bool = False,
         max_restarts: int = 5,
         restart_window_s: float = 60.0,
-        appendfsync: str = "everysec",
+        appendfsync: str | None = None,
     ) -> None:
+        if appendfsync is None:
+            appendfsync = os.environ.get(APPENDFSYNC_ENV, "").strip() or "everysec"
         if appendfsync not in APPENDFSYNC:
-            raise ValueError(f"appendfsync must be one of {APPENDFSYNC}, got {appendfsync!r}")
+            raise ValueError(
+                f"{APPENDFSYNC_ENV} (appendfsync) must be one of {APPENDFSYNC}, got {appendfsync!r}"
+            )
         self.port = port or free_port()
         self.maxmemory = maxmemory
         self.persist_dir = persist_dir

@@ -5,15 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from pydantic import SecretStr
 
 from jobs import generate
+from strata.io.redis_server import EmbeddedRedis
 from strata.settings import Settings
 from tests.conftest import TEST_KEY
 
@@ -135,3 +139,31 @@ class LookupProbe:
 
     def close(self) -> None:
         self.store.close()
+
+
+def restart(server: EmbeddedRedis, how: str) -> float:
+    """Restart ``server`` (graceful: stop with a save, start; sigkill: the supervisor brings it
+    back); the seconds until it answers PING again."""
+    t0 = time.monotonic()
+    if how == "graceful":
+        server.stop()
+        server.start()
+    else:
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while server.pid in (None, pid):
+            assert time.monotonic() < deadline, "the supervisor did not restart redis"
+            time.sleep(0.01)
+    client = redis.Redis(port=server.port, socket_connect_timeout=0.2)
+    try:
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.exceptions.RedisError:
+                time.sleep(0.01)
+    finally:
+        client.close()
+    return time.monotonic() - t0
