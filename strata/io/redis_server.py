@@ -157,7 +157,8 @@ _PORT_LOW, _PORT_HIGH = 20000, 32768
 
 def save_dataset(url: str, timeout_s: float = 120.0) -> None:
     """Write a Redis server's dataset to its ``dump.rdb`` now, in the background (BGSAVE: the
-    server keeps answering), and wait until it is on disk.
+    server keeps answering), and wait until it is on disk; a server with an append-only file
+    also rewrites that (BGREWRITEAOF), so neither file keeps what was deleted before.
 
     Raises:
         RuntimeError: the server is unreachable, or the save failed or did not finish within
@@ -189,11 +190,35 @@ def _save_dataset(url: str, timeout_s: float) -> None:
                     raise RuntimeError(f"redis BGSAVE failed at {url}: see the server's log")
                 # LASTSAVE has 1-s resolution: nothing left unsaved also proves it ran
                 if client.lastsave() > before or not info["rdb_changes_since_last_save"]:
+                    if info.get("aof_enabled"):
+                        _rewrite_append_only(client, url, deadline)
                     return
             time.sleep(0.05)
     finally:
         client.close()
     raise RuntimeError(f"redis BGSAVE at {url} did not finish within {timeout_s:.0f} s")
+
+
+def _rewrite_append_only(client: redis.Redis, url: str, deadline: float) -> None:
+    """BGREWRITEAOF and wait: the append-only file then holds the dataset as it is now, not
+    the writes that led there (an erased user's records stay in the log until it is
+    rewritten)."""
+    while True:
+        try:
+            client.bgrewriteaof()
+            break
+        except redis.exceptions.ResponseError as exc:
+            if "in progress" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    while time.monotonic() < deadline:
+        info = client.info("persistence")
+        if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+            if info.get("aof_last_bgrewrite_status", "ok") != "ok":
+                raise RuntimeError(f"redis BGREWRITEAOF failed at {url}: see the server's log")
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"redis BGREWRITEAOF at {url} did not finish in time")
 
 
 #: the ``appendfsync`` policies :class:`EmbeddedRedis` accepts

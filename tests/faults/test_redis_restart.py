@@ -20,7 +20,7 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from strata.io.redis_server import EmbeddedRedis, has_append_only_file
+from strata.io.redis_server import EmbeddedRedis, has_append_only_file, save_dataset
 from tests.conftest import TEST_KEY
 from tests.faults.conftest import LookupProbe, restart
 
@@ -163,4 +163,10 @@ def test_a_killed_persisted_server_keeps_every_acknowledged_write(tmp_path: Path
         restart(server, "sigkill")  # no save point was reached: only the log has them
         client = redis.Redis(port=server.port)
         assert client.dbsize() == 20_001 and client.get("k19999") == b"19999"
+        # an erasure's save rewrites the log too: a deleted value stays in neither file
+        client.set("erased", "secret-record-4711")
+        client.delete("erased")
         client.close()
+        save_dataset(server.url)
+        for name in ("appendonly.aof", "dump.rdb"):
+            assert b"secret-record-4711" not in (folder / name).read_bytes(), name
