@@ -33,7 +33,7 @@ from jobs._runtime import (
 from strata.features import FEATURES_SCHEMA, RfmPartials
 from strata.ids import assign
 from strata.io.models import ModelError, ModelRegistry
-from strata.io.segment_store import SegmentStore, SegmentStoreError
+from strata.io.segment_store import SegmentStore, SegmentStoreError, VersionStateError
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
 from strata.online.codec import snapshot_layout
@@ -261,7 +261,13 @@ class RecomputeJob:
             # packed buckets are whole warehouse buckets: each shard writes one per call
             n_buckets = int(manifest["inputs"]["n_buckets"])
             n_groups = store.plan_n_groups(users, n_buckets=n_buckets, layout=layout)
-            store.begin_version(version, layout, n_groups, meta)
+            try:
+                store.begin_version(version, layout, n_groups, meta)
+            except VersionStateError:
+                raise  # it exists already: another run's, not ours to discard
+            except Exception:
+                _discard(store, version)  # e.g. Redis restarted between its two writes
+                raise
             try:
                 layout_json = layout.model_dump_json()
                 ns = self.settings.redis_namespace
