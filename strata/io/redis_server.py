@@ -27,6 +27,8 @@ from types import TracebackType
 
 import redis
 
+from strata.config import ConfigError
+
 #: in a persist_dir: pid and port of the server running on it (removed at stop)
 _STATE_FILE = "server.json"
 
@@ -300,8 +302,8 @@ class EmbeddedRedis:
     ) -> None:
         if appendfsync is None:
             appendfsync = os.environ.get(APPENDFSYNC_ENV, "").strip() or "everysec"
-        if appendfsync not in APPENDFSYNC:
-            raise ValueError(
+        if appendfsync not in APPENDFSYNC:  # a user's setting: one message, exit 2
+            raise ConfigError(
                 f"{APPENDFSYNC_ENV} (appendfsync) must be one of {APPENDFSYNC}, got {appendfsync!r}"
             )
         self.port = port or free_port()
