@@ -219,3 +219,47 @@ def test_redis_restarted_under_stream_load(
     assert out["reviewers_without_actions"] <= out["held_out"], out
     assert out["actions"] == out["actions_unique"] == out["expected_actions"], out
     assert out["action_rows"] == out["action_rows_unique"] == out["expected_actions"], out
+
+
+def test_a_worker_restarted_while_redis_is_down_recovers(
+    tmp_path: Path, settings: Any, ray_local: Any
+) -> None:
+    """Ray restarts a dead worker at once, maybe while Redis is still down: its constructor
+    must not need Redis (a constructor that raises ends an actor for good)."""
+    from jobs.stream import StreamPool
+    from strata.io.event_log import EventAppender
+    from strata.realtime.keys import RealtimeKeys
+    from strata.realtime.stream_config import load_stream_config
+    from tests.support import publish_raw_users
+
+    settings = settings.model_copy(update={"pseudonym_key": SecretStr(TEST_KEY)})
+    with EmbeddedRedis(persist_dir=str(tmp_path / "redis")) as server:
+        (user,) = publish_raw_users(server.url, "v1", ["chaos-w1"], TEST_KEY)
+        pool = StreamPool(settings, server.url, workers=1, sink=False)
+        pool.start()
+        try:
+            deadline = time.monotonic() + 120
+            while pool.poll().get("rounds", 0) == 0:
+                assert time.monotonic() < deadline, "the stream worker did not start"
+                time.sleep(0.2)
+            server.stop()
+            ray_local.kill(pool.workers[0], no_restart=False)  # restarted while Redis is down
+            time.sleep(4)  # its constructor has run by now
+            server.start()
+            now = time.time_ns() // 1_000_000
+            review = {"event_id": "chaos-w1-review", "user_id": int(user), "rating": 1,
+                      "event_type": "review", "ts": now, "received_ms": now}  # fmt: skip
+            appender = EventAppender(server.url, settings.redis_namespace, load_stream_config())
+            assert appender.append([review]).accepted == 1
+            appender.close()
+            client = redis.Redis.from_url(server.url)
+            key = RealtimeKeys(settings.redis_namespace).actions(int(user))
+            deadline = time.monotonic() + 60
+            while client.llen(key) < 2:
+                assert time.monotonic() < deadline, "the restarted worker processes nothing"
+                pool.poll()  # re-runs the restarted actor's run
+                time.sleep(0.2)
+            client.close()
+            assert pool.restarts >= 1
+        finally:
+            pool.stop()
