@@ -179,6 +179,10 @@ class FeatureShard:
     def ping(self) -> bool:
         return True
 
+    def node_id(self) -> str:
+        """The Ray node this shard runs on (a job replaces shards whose node died)."""
+        return str(ray.get_runtime_context().get_node_id())
+
 
 #: The shard as a Ray actor: restarted if its process dies, and the call in flight retried.
 FeatureShardActor = ray.remote(max_restarts=3, max_task_retries=3)(FeatureShard)

@@ -122,7 +122,9 @@ class StreamWorker:
             "errors": 0,
             "redis_errors": 0,
         }
-        self.store.publish_rules(self.rules.summary())
+        # published by run(), which retries while Redis is down: a constructor that raised
+        # (Redis restarting as Ray restarts this actor) would end the actor for good
+        self._rules_published = False
 
     # ------------------------------------------------------------------ control
     def run(self) -> dict[str, int]:
@@ -211,6 +213,9 @@ class StreamWorker:
             return None
 
     def _housekeeping(self) -> None:
+        if not self._rules_published:
+            self.store.publish_rules(self.rules.summary())
+            self._rules_published = True
         now = time.monotonic()
         if now - self._checked_rules >= _RULES_CHECK_S:
             self._checked_rules = now

@@ -89,6 +89,10 @@ SERVE_ENV: dict[str, str] = {
     "RAY_SERVE_HAPROXY_NBTHREAD": "1",
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+    # a replica that dies mid-request closes the connection with no answer: HAProxy sends the
+    # request to another replica (every endpoint may be replayed: reads, event batches deduped
+    # by event id, idempotent erasure); Serve's default retries refused connections only
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
     "RAY_worker_niceness": "0",
     "RAY_enable_metrics_collection": "0",
 }

@@ -84,6 +84,126 @@ def cancel_and_wait(
     return list(left)
 
 
+#: how often a fan-out over actors checks that the nodes of its pending calls are alive
+NODE_CHECK_S = 2.0
+
+#: how often one shard may be replaced (its node died, or it stayed unreachable)
+MAX_REPLACEMENTS = 2
+
+
+class ActorShards:
+    """The actors of a sharded job, each over a fixed set of buckets, that outlive a node.
+
+    Ray restarts an actor whose *process* died on the same node and retries its call. When a
+    whole node dies, its actors can restart only where a CPU is free, and a cluster sized to
+    its actors has none: the job would wait forever. So when a call's actor sits on a dead
+    node (checked every :data:`NODE_CHECK_S` while waiting), or the call failed because its
+    actor became unreachable (or died with its node), the actor is killed and replaced by a new
+    one over the same buckets on any live node (``num_cpus=0``: it shares a CPU there), and
+    the call is run again on it. The shards' work is a deterministic function of their buckets,
+    so the result is the one the lost actor would have returned.
+
+    Args:
+        ray: the ray module.
+        make: ``make(i, num_cpus)`` creates shard ``i``'s actor (it must have a ``node_id``
+            method).
+        n: number of shards.
+        num_cpus: CPUs each first actor holds.
+    """
+
+    def __init__(self, ray: Any, make: Callable[[int, float], Any], n: int, num_cpus: float):
+        self.ray = ray
+        self.make = make
+        self.actors: list[Any] = [make(i, num_cpus) for i in range(n)]
+        #: the node each actor last reported (None: not yet known)
+        self.nodes: list[str | None] = [None] * n
+        self._node_refs: list[Any] = [a.node_id.remote() for a in self.actors]
+        self._replaced = [0] * n
+        #: shards replaced because their node died or they became unreachable
+        self.replacements = 0
+
+    def gather(self, call: Callable[[Any], Any], what: str) -> list[Any]:
+        """Run ``call(actor)`` on every shard and wait for all, with a progress bar.
+
+        Returns:
+            The results, in shard order.
+
+        Raises:
+            Exception: what a call raised (after Ray's retries and the replacements above);
+                every shard is killed and every other call has ended (or
+                :data:`CANCEL_WAIT_S` passed) first, so the caller's cleanup cannot race a
+                shard that is still writing.
+        """
+        ray = self.ray
+        results: list[Any] = [None] * len(self.actors)
+        pending = {call(a): i for i, a in enumerate(self.actors)}
+        with progress() as bar:
+            task = bar.add_task(what, total=len(self.actors))
+            try:
+                while pending:
+                    done, _ = ray.wait(list(pending), num_returns=1, timeout=NODE_CHECK_S)
+                    if not done:
+                        self._replace_on_dead_nodes(pending, call)
+                        continue
+                    for ref in done:
+                        i = pending.pop(ref)
+                        try:
+                            results[i] = ray.get(ref)
+                        except ray.exceptions.RayActorError as exc:
+                            unreachable = isinstance(exc, ray.exceptions.ActorUnavailableError)
+                            if not self._lost(i, unreachable):
+                                raise
+                            pending[self._replace(i, call)] = i
+                            continue
+                        bar.advance(task)
+            except BaseException:
+                cancel_and_wait(ray, pending, actors=self.actors)
+                raise
+        return results
+
+    def kill(self) -> None:
+        """Kill every shard (the job is done with them)."""
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor)
+
+    def _node_of(self, i: int) -> str | None:
+        ref = self._node_refs[i]
+        if ref is not None:
+            done, _ = self.ray.wait([ref], timeout=0)
+            if done:
+                with contextlib.suppress(Exception):
+                    self.nodes[i] = self.ray.get(ref)
+                self._node_refs[i] = None
+        return self.nodes[i]
+
+    def _lost(self, i: int, unreachable: bool = False) -> bool:
+        """Whether shard ``i`` should be replaced: its node is dead, or (``unreachable``) its
+        call failed for want of the actor; and it was not replaced too often already."""
+        if self._replaced[i] >= MAX_REPLACEMENTS:
+            return False
+        node = self._node_of(i)
+        alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
+        return unreachable or (node is not None and node not in alive)
+
+    def _replace_on_dead_nodes(self, pending: dict[Any, int], call: Callable[[Any], Any]) -> None:
+        for ref, i in list(pending.items()):
+            if self._lost(i):
+                del pending[ref]
+                pending[self._replace(i, call)] = i
+
+    def _replace(self, i: int, call: Callable[[Any], Any]) -> Any:
+        log.warning("shard %d lost its actor (node %s); re-running its buckets", i, self.nodes[i])
+        with contextlib.suppress(Exception):
+            self.ray.kill(self.actors[i], no_restart=True)
+        self._replaced[i] += 1
+        self.replacements += 1
+        self.actors[i] = actor = self.make(i, 0.0)
+        self.nodes[i] = None
+        self._node_refs[i] = actor.node_id.remote()
+        return call(actor)
+
+
 def map_buckets(
     ray: Any,
     items: Iterable[T],

@@ -23,10 +23,9 @@ import typer
 from jobs._errors import ray_error_text, run_command
 from jobs._recompute_report import RecomputeResult, print_result
 from jobs._runtime import (
+    ActorShards,
     as_of_option,
-    cancel_and_wait,
     console,
-    progress,
     ray_session,
     redis_session,
     summary_table,
@@ -34,7 +33,7 @@ from jobs._runtime import (
 from strata.features import FEATURES_SCHEMA, RfmPartials
 from strata.ids import assign
 from strata.io.models import ModelError, ModelRegistry
-from strata.io.segment_store import SegmentStore
+from strata.io.segment_store import SegmentStore, SegmentStoreError, VersionStateError
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
 from strata.online.codec import snapshot_layout
@@ -102,17 +101,17 @@ class RecomputeJob:
             # more actors than CPUs share them, rather than wait forever for a free one
             cpus_per_actor = min(1.0, cpus / n)
             plan = [p for p in assign(buckets, n, [rows.get(b, 0) + 1 for b in buckets]) if p]
-            shards: list[Any] = [
-                FeatureShardActor.options(num_cpus=cpus_per_actor).remote(
-                    self.settings.data, p, self.as_of_ms, self.config, model_version
+
+            def make(i: int, num_cpus: float) -> Any:  # also a lost shard's replacement
+                return FeatureShardActor.options(num_cpus=num_cpus).remote(
+                    self.settings.data, plan[i], self.as_of_ms, self.config, model_version
                 )
-                for p in plan
-            ]
+
+            pool = ActorShards(ray, make, len(plan), cpus_per_actor)
+            shards = pool.actors  # replaced in place when a node dies
             try:
                 t0 = time.perf_counter()
-                firsts = self._gather(
-                    ray, [s.features.remote() for s in shards], "features", shards
-                )
+                firsts = pool.gather(lambda s: s.features.remote(), "features")
                 merged: RfmPartials = firsts[0]["partials"]
                 for f in firsts[1:]:
                     merged = merged.merge(f["partials"])
@@ -121,11 +120,8 @@ class RecomputeJob:
 
                 t0 = time.perf_counter()
                 partials_ref = ray.put(merged)
-                scores = self._gather(
-                    ray,
-                    [s.score.remote(partials_ref, version, previous) for s in shards],
-                    "scoring",
-                    shards,
+                scores = pool.gather(
+                    lambda s: s.score.remote(partials_ref, version, previous), "scoring"
                 )
                 timings["scoring_s"] = time.perf_counter() - t0
                 self._hook("scoring", shards)
@@ -183,7 +179,7 @@ class RecomputeJob:
             if self.publish:
                 t0 = time.perf_counter()
                 try:
-                    self._publish(ray, shards, version, users, manifest)
+                    self._publish(pool, version, users, manifest)
                 except Exception as exc:
                     raise RecomputeError(
                         f"publish failed; snapshot {version} kept on disk but not published, "
@@ -192,11 +188,12 @@ class RecomputeJob:
                 timings["publish_s"] = time.perf_counter() - t0
                 published = True
             timings["total_s"] = time.perf_counter() - t_start
+            if pool.replacements:
+                manifest["replaced_actors"] = pool.replacements
             manifest["published"] = published
             manifest["timings"] = timings
             snapshots.write_manifest(version, manifest)
-            for s in shards:
-                ray.kill(s)
+            pool.kill()
         return RecomputeResult(
             version=version,
             as_of=self.as_of.isoformat(),
@@ -238,31 +235,8 @@ class RecomputeJob:
         if self.on_phase is not None:
             self.on_phase(phase, shards)
 
-    def _gather(self, ray: Any, refs: list[Any], what: str, shards: list[Any]) -> list[Any]:
-        """Wait for all refs with a progress bar; results in the order of ``refs``.
-
-        When one call fails (after its retries) the shards are killed and every other call is
-        waited for before the error propagates, so the caller's cleanup (deleting the snapshot,
-        discarding the Redis version) cannot race a shard that is still writing.
-        """
-        index = {ref: i for i, ref in enumerate(refs)}
-        results: list[Any] = [None] * len(refs)
-        pending = list(refs)
-        with progress() as bar:
-            task = bar.add_task(what, total=len(refs))
-            try:
-                while pending:
-                    done, pending = ray.wait(pending, num_returns=1)
-                    for ref in done:
-                        results[index[ref]] = ray.get(ref)
-                        bar.advance(task)
-            except BaseException:
-                cancel_and_wait(ray, pending, actors=shards)
-                raise
-        return results
-
     def _publish(
-        self, ray: Any, shards: list[Any], version: str, users: int, manifest: dict[str, Any]
+        self, pool: ActorShards, version: str, users: int, manifest: dict[str, Any]
     ) -> None:
         model_version = manifest["predictions"]["model_version"]
         w = self.config.tiers.weights
@@ -288,26 +262,49 @@ class RecomputeJob:
             # packed buckets are whole warehouse buckets: each shard writes one per call
             n_buckets = int(manifest["inputs"]["n_buckets"])
             n_groups = store.plan_n_groups(users, n_buckets=n_buckets, layout=layout)
-            store.begin_version(version, layout, n_groups, meta)
+            try:
+                store.begin_version(version, layout, n_groups, meta)
+            except VersionStateError:
+                raise  # it exists already: another run's, not ours to discard
+            except Exception:
+                _discard(store, version)  # e.g. Redis restarted between its two writes
+                raise
             try:
                 layout_json = layout.model_dump_json()
-                self._gather(
-                    ray,
-                    [
-                        s.publish.remote(
-                            url, self.settings.redis_namespace, version, layout_json, mode
-                        )
-                        for s in shards
-                    ],
-                    "publishing",
-                    shards,
+                ns = self.settings.redis_namespace
+                pool.gather(
+                    lambda s: s.publish.remote(url, ns, version, layout_json, mode), "publishing"
                 )
                 store.publish(version, keep=self.keep_versions, expected_users=users)
             except Exception:
-                store.discard(version)
+                _discard(store, version)
                 raise
             finally:
                 store.close()
+
+
+#: how long a failed publish retries discarding its version while Redis is unreachable
+DISCARD_RETRY_S = 30.0
+
+
+def _discard(store: SegmentStore, version: str) -> None:
+    """Discard a version that failed to publish, retrying while Redis is unreachable (a publish
+    that failed because Redis restarted would otherwise leave its keys behind)."""
+    deadline = time.monotonic() + DISCARD_RETRY_S
+    while True:
+        try:
+            store.discard(version)
+            return
+        except SegmentStoreError:
+            raise
+        except Exception as exc:  # Redis down or restarting
+            if time.monotonic() > deadline:
+                console.print(
+                    f"[yellow]could not discard the unpublished version {version} ({exc}): "
+                    "its keys stay in Redis, never served"
+                )
+                return
+            time.sleep(0.2)
 
 
 def command(

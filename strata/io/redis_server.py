@@ -27,6 +27,8 @@ from types import TracebackType
 
 import redis
 
+from strata.config import ConfigError
+
 #: in a persist_dir: pid and port of the server running on it (removed at stop)
 _STATE_FILE = "server.json"
 
@@ -157,7 +159,8 @@ _PORT_LOW, _PORT_HIGH = 20000, 32768
 
 def save_dataset(url: str, timeout_s: float = 120.0) -> None:
     """Write a Redis server's dataset to its ``dump.rdb`` now, in the background (BGSAVE: the
-    server keeps answering), and wait until it is on disk.
+    server keeps answering), and wait until it is on disk; a server with an append-only file
+    also rewrites that (BGREWRITEAOF), so neither file keeps what was deleted before.
 
     Raises:
         RuntimeError: the server is unreachable, or the save failed or did not finish within
@@ -189,11 +192,71 @@ def _save_dataset(url: str, timeout_s: float) -> None:
                     raise RuntimeError(f"redis BGSAVE failed at {url}: see the server's log")
                 # LASTSAVE has 1-s resolution: nothing left unsaved also proves it ran
                 if client.lastsave() > before or not info["rdb_changes_since_last_save"]:
+                    if info.get("aof_enabled"):
+                        _rewrite_append_only(client, url, deadline)
                     return
             time.sleep(0.05)
     finally:
         client.close()
     raise RuntimeError(f"redis BGSAVE at {url} did not finish within {timeout_s:.0f} s")
+
+
+def _rewrite_append_only(client: redis.Redis, url: str, deadline: float) -> None:
+    """BGREWRITEAOF and wait: the append-only file then holds the dataset as it is now, not
+    the writes that led there (an erased user's records stay in the log until it is
+    rewritten)."""
+    while True:
+        try:
+            client.bgrewriteaof()
+            break
+        except redis.exceptions.ResponseError as exc:
+            if "in progress" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    while time.monotonic() < deadline:
+        info = client.info("persistence")
+        if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+            if info.get("aof_last_bgrewrite_status", "ok") != "ok":
+                raise RuntimeError(f"redis BGREWRITEAOF failed at {url}: see the server's log")
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"redis BGREWRITEAOF at {url} did not finish in time")
+
+
+#: the ``appendfsync`` policies :class:`EmbeddedRedis` accepts
+APPENDFSYNC = ("everysec", "always")
+
+#: the ``appendfsync`` of embedded servers that keep their data (``everysec`` when unset)
+APPENDFSYNC_ENV = "STRATA_REDIS_APPENDFSYNC"
+
+
+def has_append_only_file(folder: str) -> bool:
+    """Whether ``folder`` holds a Redis append-only file (6.x: ``appendonly.aof``; 7.x: the
+    ``appendonlydir/`` of a multi-part one)."""
+    return os.path.isfile(os.path.join(folder, "appendonly.aof")) or os.path.isdir(
+        os.path.join(folder, "appendonlydir")
+    )
+
+
+def _enable_append_only(client: redis.Redis, folder: str, deadline: float) -> None:
+    """Turn the append-only file on in a running server (``CONFIG SET appendonly yes``: Redis
+    writes the loaded dataset into a new AOF in the background) and wait until it is written,
+    so that from this return on a killed server restarts with every acknowledged write.
+
+    Raises:
+        RuntimeError: the rewrite failed or did not finish before ``deadline`` (monotonic).
+    """
+    client.config_set("appendonly", "yes")
+    deadline = max(deadline, time.monotonic() + 120.0)  # a large dump.rdb takes a while
+    while time.monotonic() < deadline:
+        info = client.info("persistence")
+        if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+            if info.get("aof_last_bgrewrite_status", "ok") != "ok":
+                raise RuntimeError("redis could not write its append-only file: see its log")
+            if info.get("aof_enabled") and has_append_only_file(folder):
+                return
+        time.sleep(0.05)
+    raise RuntimeError("redis did not finish writing its append-only file in time")
 
 
 class EmbeddedRedis:
@@ -205,11 +268,20 @@ class EmbeddedRedis:
     Args:
         port: port to listen on (default: a free one).
         maxmemory: optional ``maxmemory`` setting, e.g. ``"2gb"``.
-        persist_dir: keep the dataset between runs: load ``dump.rdb`` from this folder at start
-            and save it there at stop, and in the background while it runs (Redis's default
-            save points), so a server that died restarts with its data (the local default
-            keeps published snapshots this way, so `strata recompute` and then `strata serve`
-            see the same data). None: nothing is saved.
+        persist_dir: keep the dataset between runs in this folder: an append-only file
+            (``appendonly.aof``, every write logged before its reply is sent) plus
+            ``dump.rdb`` (saved at stop and at Redis's default save points), so a server that
+            was killed restarts with every write it acknowledged (the local default keeps
+            published snapshots and live streams this way, so `strata recompute` and then
+            `strata serve` see the same data). A folder with only a ``dump.rdb`` (written
+            before the append-only file) is loaded from it, then the append-only file is
+            built from the loaded data. None: nothing is saved.
+        appendfsync: when the append-only file is written and fsynced: ``everysec`` (the
+            default: a graceful restart loses nothing; a killed server or a power loss can
+            lose the last ~2 s of acknowledged writes, as Redis postpones the write while the
+            previous second's fsync still runs on a busy disk) or ``always`` (written and
+            fsynced before every reply: nothing acknowledged is lost, at one fsync per
+            event-loop round). None: ``STRATA_REDIS_APPENDFSYNC``, else ``everysec``.
         supervise: watch the server from a thread; when it dies (killed, crashed), reap it,
             log what happened and start it again on the same port and data directory.
         max_restarts: the supervisor gives up (and logs so) after this many restarts within
@@ -226,10 +298,18 @@ class EmbeddedRedis:
         supervise: bool = False,
         max_restarts: int = 5,
         restart_window_s: float = 60.0,
+        appendfsync: str | None = None,
     ) -> None:
+        if appendfsync is None:
+            appendfsync = os.environ.get(APPENDFSYNC_ENV, "").strip() or "everysec"
+        if appendfsync not in APPENDFSYNC:  # a user's setting: one message, exit 2
+            raise ConfigError(
+                f"{APPENDFSYNC_ENV} (appendfsync) must be one of {APPENDFSYNC}, got {appendfsync!r}"
+            )
         self.port = port or free_port()
         self.maxmemory = maxmemory
         self.persist_dir = persist_dir
+        self.appendfsync = appendfsync
         self.supervise = supervise
         self.max_restarts = max_restarts
         self.restart_window_s = restart_window_s
@@ -315,14 +395,19 @@ class EmbeddedRedis:
         """Start the child on ``self.port`` in the work dir and wait for PING."""
         binary = self.binary = find_redis_server()
         assert self._workdir is not None
+        # a persisted dataset is logged to the append-only file, so a killed server restarts
+        # with every write it acknowledged; a folder without that file yet is loaded from its
+        # dump.rdb first (Redis with appendonly on would start empty), and the log is turned
+        # on below, once the data is in
+        has_aof = bool(self.persist_dir) and has_append_only_file(self._workdir)
         args = [
             binary,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
-            # a persisted dataset is also saved while it runs, so a killed server restarts
-            # with it (Redis's own default save points); a throwaway one never saves
+            # also snapshots at Redis's own default save points; a throwaway one never saves
             "--save", "3600 1 300 100 60 10000" if self.persist_dir else "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if has_aof else "no",
+            "--appendfsync", self.appendfsync,
             "--dir", self._workdir,
             "--dbfilename", "dump.rdb",
             "--daemonize", "no",
@@ -346,6 +431,8 @@ class EmbeddedRedis:
                     raise RuntimeError(f"redis-server ({binary}) exited at start: {err.strip()}")
                 try:
                     if client.ping():
+                        if self.persist_dir and not has_aof:
+                            _enable_append_only(client, self._workdir, deadline)
                         self._write_state()
                         return
                 except redis.exceptions.ConnectionError:

@@ -91,7 +91,7 @@ def test_a_killed_supervised_server_is_reaped_and_restarted_with_its_data(
         client = redis.Redis.from_url(server.url)
         client.set("published", "v1")
         save_dataset(server.url)  # what a job that publishes into a running server does
-        client.set("unsaved", "x")  # written after the save: lost with the process
+        client.set("unsaved", "x")  # written after the save: kept by the append-only file
         client.close()
         first = server.pid
         assert first is not None
@@ -103,7 +103,7 @@ def test_a_killed_supervised_server_is_reaped_and_restarted_with_its_data(
         assert _reaped(first)
         assert server.restarts == 1 and server.url.endswith(f":{server.port}/0")
         client = redis.Redis.from_url(server.url)
-        assert client.get("published") == b"v1" and client.get("unsaved") is None
+        assert client.get("published") == b"v1" and client.get("unsaved") == b"x"
         client.close()
         assert EmbeddedRedis.running_in(persist) == server.url  # state file names the new pid
         messages = [r.getMessage() for r in caplog.records]
