@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from strata.ids import bucket_of, pseudonymise_many
@@ -39,10 +41,10 @@ def users_by_bucket(
     ids, sorted_buckets = ids[order], buckets[order]
     raw = order.astype(np.int64) + FIRST_RAW_ID
     del order, buckets
-    cuts = np.r_[0, np.flatnonzero(np.diff(sorted_buckets)) + 1, n_users]
+    cuts = np.r_[0, np.flatnonzero(np.diff(sorted_buckets)) + 1, n_users].tolist()
     # slices (views) of the sorted arrays: no second copy of every user
     return [
         (int(sorted_buckets[lo]), ids[lo:hi], raw[lo:hi])
-        for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)
+        for lo, hi in itertools.pairwise(cuts)
         if hi > lo
     ]
