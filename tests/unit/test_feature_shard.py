@@ -60,3 +60,33 @@ def test_feature_shard_runs_without_ray(tmp_path: Path) -> None:
     assert sum(sum(t.values()) for t in scored["tiers"]) == 60
     snapshot = shard.snapshots.read(version)
     assert snapshot.num_rows == 60 and "tier" in snapshot.column_names
+
+
+def test_pass_one_features_are_spilled_not_held(tmp_path: Path) -> None:
+    """Between passes the shard keeps its features as scratch files (one bucket in memory at a
+    time); scoring from them equals scoring from freshly computed features, and close()
+    removes the files."""
+    import datetime as dt
+
+    as_of_ms = local_midnight_ms(dt.date(2026, 10, 1))
+    wh = _warehouse(tmp_path / "data", as_of_ms)
+    config = RecomputeConfig.load()
+    shard = FeatureShard(str(tmp_path / "data"), wh.buckets(), as_of_ms, config)
+    out = shard.features()
+    assert shard._spilled is not None and sorted(shard._spilled) == sorted(wh.buckets())
+    scratch = shard._scratch
+    assert scratch is not None and Path(scratch).is_dir()
+    assert not hasattr(shard, "_features")  # no table of the whole shard is kept
+    shard.score(out["partials"], "v-spilled", None)
+
+    fresh = FeatureShard(str(tmp_path / "data"), wh.buckets(), as_of_ms, config)
+    fresh.score(out["partials"], "v-fresh", None)  # computes in the pass, no pass 1
+    assert shard.snapshots.read("v-spilled").equals(fresh.snapshots.read("v-fresh"))
+
+    shard.close()
+    fresh.close()
+    assert shard._spilled is None and not Path(scratch).exists()
+    # after close the next pass recomputes from the warehouse
+    again = shard.features()
+    assert again["users"] == out["users"] == 60
+    shard.close()
