@@ -6,7 +6,9 @@ file per bucket in a scratch folder on its node's local disk (not in memory: a s
 users' features is ~3 GB, and holding one bucket at a time keeps the actor's memory at one
 bucket's worth whatever the user count); after a restart (the actor process died) each method
 recomputes what it needs from the warehouse, so a retried call returns exactly what the first
-attempt would have. :meth:`FeatureShard.close` removes the scratch folder.
+attempt would have. :meth:`FeatureShard.close` removes the scratch folder (so does the
+shard's garbage collection or its process's normal exit); a folder left by a killed process is
+swept by the next shard that starts on that node.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import resource
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +49,23 @@ from strata.tiering.scoring import (
     transitions,
 )
 from strata.tiering.tiers import ScoreHistogram
+
+#: scratch folders are ``<tmp>/strata-features-<pid>-<random>``
+SCRATCH_PREFIX = "strata-features-"
+
+
+def _sweep_dead_scratch(tmp: str) -> None:
+    """Remove the scratch folders of processes that no longer exist (killed shards)."""
+    for folder in Path(tmp).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name[len(SCRATCH_PREFIX) :].split("-")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # alive, someone else's
+            pass
 
 
 class FeatureShard:
@@ -77,6 +98,7 @@ class FeatureShard:
         #: bucket -> its spilled pass-1 features (None: not computed in this process)
         self._spilled: dict[int, str] | None = None
         self._scratch: str | None = None
+        self._cleanup: weakref.finalize[Any, Any] | None = None
         self._last_event_ms: int | None = None
 
     def _compute_bucket(self, b: int) -> pa.Table:
@@ -102,7 +124,9 @@ class FeatureShard:
                     yield b, pa.ipc.open_file(f).read_all()
             return
         self.close()
-        self._scratch = tempfile.mkdtemp(prefix=f"strata-features-{os.getpid()}-")
+        _sweep_dead_scratch(tempfile.gettempdir())
+        self._scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._scratch, True)
         spilled: dict[int, str] = {}
         self._last_event_ms = None
         for b in self.buckets:
@@ -120,8 +144,9 @@ class FeatureShard:
 
     def close(self) -> None:
         """Remove the scratch files of the pass-1 features (the next pass recomputes them)."""
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+        if self._cleanup is not None:
+            self._cleanup()  # rmtree, once
+        self._cleanup = None
         self._scratch = None
         self._spilled = None
 

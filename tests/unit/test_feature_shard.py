@@ -3,12 +3,16 @@ buckets, so it runs and is checked without a cluster."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from actors.feature_shard import FeatureShard
+from actors.feature_shard import SCRATCH_PREFIX, FeatureShard
 from strata.features import compute_features, load_feature_config
 from strata.ids import pseudonymise_many
 from strata.io.warehouse import Warehouse
@@ -60,6 +64,7 @@ def test_feature_shard_runs_without_ray(tmp_path: Path) -> None:
     assert sum(sum(t.values()) for t in scored["tiers"]) == 60
     snapshot = shard.snapshots.read(version)
     assert snapshot.num_rows == 60 and "tier" in snapshot.column_names
+    shard.close()
 
 
 def test_pass_one_features_are_spilled_not_held(tmp_path: Path) -> None:
@@ -86,7 +91,17 @@ def test_pass_one_features_are_spilled_not_held(tmp_path: Path) -> None:
     shard.close()
     fresh.close()
     assert shard._spilled is None and not Path(scratch).exists()
+    # a scratch folder of a process that is gone (a killed shard) is swept by the next shard
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{dead.pid}-test"
+    stale.mkdir()
+    (stale / "0.arrow").touch()
+    mine = Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{os.getpid()}-test"
+    mine.mkdir()
     # after close the next pass recomputes from the warehouse
     again = shard.features()
     assert again["users"] == out["users"] == 60
+    assert not stale.exists() and mine.exists()  # a live process's folder is kept
+    mine.rmdir()
     shard.close()
