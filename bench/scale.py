@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _data
+import numpy as np
 import psutil
 import redis
 from rich.console import Console
@@ -51,6 +52,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from strata.io.redis_server import EmbeddedRedis
+from strata.io.segment_store import SegmentStore
 from strata.io.snapshots import SnapshotStore
 from strata.io.warehouse import Warehouse
 
@@ -202,6 +204,7 @@ def run_size(
                 _run_stage(rc_cmd, logs / f"{users}-recompute.log", env_rc), 2
             )
             after = int(client.info("memory")["used_memory"])
+            lookups = lookup_cost(server.url, client, str(data), args.lookups)
             client.close()
         bar.update(task, advance=1)
     snapshots = SnapshotStore(str(data))
@@ -220,6 +223,7 @@ def run_size(
             "redis_bytes_per_user": round((after - before) / max(published, 1), 1),
             "peak_rss_mib_by_role": sampler.by_role(),
             "rss_samples": sampler.samples,
+            **lookups,
         }
     )
     compute = {k: v for k, v in out["peak_rss_mib_by_role"].items() if k not in STORE_ROLES}
@@ -233,6 +237,49 @@ def run_size(
     out["users_per_s_publish"] = round(published / out["publish_s"])
     if args.delete_data:
         shutil.rmtree(data, ignore_errors=True)
+    return out
+
+
+def _redis_cpu_s(client: redis.Redis) -> float:
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def lookup_cost(url: str, client: redis.Redis, data: str, n: int) -> dict[str, Any]:
+    """Redis's own cost of the online lookups against the published version: ``n`` single
+    lookups and ``n // 100`` batches of 1,000 (SegmentStore: one EVALSHA each, as the API),
+    sequential from this process. ``usec_per_call`` is Redis's command time (INFO
+    commandstats); ``cpu_us`` is the server's whole CPU (INFO cpu: parsing, replies and
+    command together) per call, what bounds the lookups one Redis core can answer."""
+    if n <= 0:
+        return {}
+    snapshots = SnapshotStore(data)
+    version = snapshots.versions()[-1]
+    rng = np.random.default_rng(0)
+    wh = Warehouse(data)
+    tables = [
+        snapshots.read_bucket(version, int(b), wh.n_buckets, ["user_id"])
+        for b in rng.choice(wh.buckets(), size=min(8, len(wh.buckets())), replace=False)
+    ]
+    ids = np.concatenate([t["user_id"].to_numpy() for t in tables if t is not None])
+    store = SegmentStore(url)
+    out: dict[str, Any] = {}
+    for name, batch, calls in (("single", 1, n), ("batch_1000", 1000, max(1, n // 100))):
+        pick = rng.choice(ids, size=batch * calls)
+        store.get_many(pick[:batch])  # warm the script cache and the version meta
+        client.config_resetstat()
+        cpu0, t0 = _redis_cpu_s(client), time.perf_counter()
+        for i in range(calls):
+            store.get_many(pick[i * batch : (i + 1) * batch])
+        wall, cpu = time.perf_counter() - t0, _redis_cpu_s(client) - cpu0
+        stat = client.info("commandstats")["cmdstat_evalsha"]
+        out[f"redis_lookup_{name}"] = {
+            "calls": calls,
+            "usec_per_call": round(float(stat["usec_per_call"]), 1),
+            "cpu_us_per_call": round(cpu / calls * 1e6, 1),
+            "client_calls_per_s": round(calls / wall),
+        }
+    store.close()
     return out
 
 
@@ -310,6 +357,10 @@ def main() -> None:
     ap.add_argument("--end", default=_data.DEFAULT_END, help="generated end = as-of")
     ap.add_argument("--seed", type=int, default=_data.DEFAULT_SEED)
     ap.add_argument("--limit-mib", type=float, default=2048, help="peak RSS bound per process")
+    ap.add_argument(
+        "--lookups", type=int, default=20_000,
+        help="single lookups timed against Redis after each publish (and n/100 batches)",
+    )  # fmt: skip
     ap.add_argument("--delete-data", action="store_true", help="remove each size's data root")
     args = ap.parse_args()
     if args.users < 1 or args.buckets < 1 or args.actors < 1 or args.baseline_users < 0:
@@ -341,7 +392,9 @@ def main() -> None:
             "peak_rss_mib_max_compute", "peak_rss_mib_by_role", "redis_bytes_per_user",
             "redis_used_memory_mib", "events_per_s_generate", "users_per_s_recompute_per_core",
             "users_per_s_features_per_core", "users_per_s_scoring_per_core", "users_per_s_publish",
+            "redis_lookup_single", "redis_lookup_batch_1000",
         )
+        if k in main_run
     }  # fmt: skip
     figures["actors"] = args.actors
     figures["days"] = args.days
