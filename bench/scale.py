@@ -94,11 +94,14 @@ class RssSampler:
 
     Attributes:
         by_pid: pid -> (role, peak RSS bytes); a worker's role is the last non-idle one.
+        cpu_s: pid -> CPU seconds (user + system) at its last sample (a process that ends
+            between two samples loses at most one interval's CPU).
         samples: samples taken.
     """
 
     interval_s: float = 0.5
     by_pid: dict[int, tuple[str, int]] = field(default_factory=dict)
+    cpu_s: dict[int, float] = field(default_factory=dict)
     samples: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -114,12 +117,14 @@ class RssSampler:
             try:
                 rss = int(proc.memory_info().rss)
                 role = role_of(proc, me.pid)
+                cpu = proc.cpu_times()
             except psutil.Error:  # ended between the listing and the read
                 continue
             old_role, old_rss = self.by_pid.get(proc.pid, (role, 0))
             if role == "ray worker (idle)" and old_role != role:
                 role = old_role
             self.by_pid[proc.pid] = (role, max(old_rss, rss))
+            self.cpu_s[proc.pid] = float(cpu.user + cpu.system)
         self.samples += 1
 
     def _loop(self) -> None:
@@ -144,6 +149,14 @@ class RssSampler:
         out: dict[str, float] = {}
         for role, rss in self.by_pid.values():
             out[role] = max(out.get(role, 0.0), rss / MIB)
+        return {k: round(v, 1) for k, v in sorted(out.items())}
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """Role -> CPU seconds of all its processes so far."""
+        out: dict[str, float] = {}
+        for pid, seconds in self.cpu_s.items():
+            role = self.by_pid[pid][0]
+            out[role] = out.get(role, 0.0) + seconds
         return {k: round(v, 1) for k, v in sorted(out.items())}
 
 
@@ -190,6 +203,7 @@ def run_size(
         summary = Warehouse(str(data)).summary()
         out["events"] = int(summary["events"]["rows"])
         out["generate_rss_mib_by_role"] = sampler.by_role()
+        out["generate_cpu_s_by_role"] = sampler.cpu_by_role()
         bar.update(task, advance=1, description=f"{users:,} users: recompute + publish")
 
         with EmbeddedRedis() as server:
@@ -223,6 +237,10 @@ def run_size(
             "redis_bytes_per_user": round((after - before) / max(published, 1), 1),
             "peak_rss_mib_by_role": sampler.by_role(),
             "rss_samples": sampler.samples,
+            "recompute_cpu_s_by_role": {
+                k: round(v - out["generate_cpu_s_by_role"].get(k, 0.0), 1)
+                for k, v in sampler.cpu_by_role().items()
+            },
             **lookups,
         }
     )
@@ -235,6 +253,11 @@ def run_size(
     out["users_per_s_features_per_core"] = round(published / out["features_s"] / cores)
     out["users_per_s_scoring_per_core"] = round(published / out["scoring_s"] / cores)
     out["users_per_s_publish"] = round(published / out["publish_s"])
+    # per CPU-second of the stage's workers: what a core does without other load on it
+    gen_cpu = out["generate_cpu_s_by_role"].get("ray::generate_shard", 0.0)
+    rc_cpu = out["recompute_cpu_s_by_role"].get("ray::FeatureShard", 0.0)
+    out["events_per_cpu_s_generate"] = round(out["events"] / gen_cpu) if gen_cpu else None
+    out["users_per_cpu_s_recompute"] = round(published / rc_cpu) if rc_cpu else None
     if args.delete_data:
         shutil.rmtree(data, ignore_errors=True)
     return out
@@ -283,6 +306,11 @@ def lookup_cost(url: str, client: redis.Redis, data: str, n: int) -> dict[str, A
     return out
 
 
+def _ratio(main: dict[str, Any], base: dict[str, Any], key: str, role: str) -> float | None:
+    m, b = main[key].get(role), base[key].get(role)
+    return round(m / b, 2) if m and b else None
+
+
 def ratios(main: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """Per-stage time ratios and per-role peak-RSS ratios, main / baseline."""
     stages = ["generate_s", "features_s", "scoring_s", "recompute_s", "publish_s"]
@@ -294,6 +322,13 @@ def ratios(main: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
             r: round(rss_main[r] / rss_base[r], 2)
             for r in sorted(set(rss_main) & set(rss_base))
             if rss_base[r] > 0
+        },
+        "worker_cpu_s_ratio": {
+            role: _ratio(main, base, key, role)
+            for key, role in (
+                ("generate_cpu_s_by_role", "ray::generate_shard"),
+                ("recompute_cpu_s_by_role", "ray::FeatureShard"),
+            )
         },
         "peak_rss_ratio_max_compute": round(
             main["peak_rss_mib_max_compute"] / base["peak_rss_mib_max_compute"], 2
@@ -314,18 +349,20 @@ def summary(runs: list[dict[str, Any]], limit_mib: float) -> Table:
         ("events", "events", ","),
         ("generate, s", "generate_s", ".1f"),
         ("  events/s", "events_per_s_generate", ","),
+        ("  events per generate-task CPU-s", "events_per_cpu_s_generate", ","),
         ("features, s", "features_s", ".1f"),
         ("scoring, s", "scoring_s", ".1f"),
         ("  recompute users/s per core", "users_per_s_recompute_per_core", ","),
+        ("  recompute users per actor CPU-s", "users_per_cpu_s_recompute", ","),
         ("publish, s", "publish_s", ".1f"),
         ("Redis bytes / user", "redis_bytes_per_user", ".1f"),
         ("peak RSS, any compute process (MiB)", "peak_rss_mib_max_compute", ",.0f"),
     ]
     for label, key, fmt in rows:
-        cells = [format(r[key], fmt) for r in runs]
+        cells = ["-" if r.get(key) is None else format(r[key], fmt) for r in runs]
         if len(runs) == 2:
-            b, m = runs[0][key], runs[1][key]
-            cells.append(f"{m / b:.2f}" if b else "-")
+            b, m = runs[0].get(key), runs[1].get(key)
+            cells.append(f"{m / b:.2f}" if b and m else "-")
         table.add_row(label, *cells)
     roles = sorted({k for r in runs for k in r["peak_rss_mib_by_role"]})
     table.add_row("peak RSS by role (MiB)", *[""] * (len(runs) + (len(runs) == 2)))
@@ -392,7 +429,8 @@ def main() -> None:
             "peak_rss_mib_max_compute", "peak_rss_mib_by_role", "redis_bytes_per_user",
             "redis_used_memory_mib", "events_per_s_generate", "users_per_s_recompute_per_core",
             "users_per_s_features_per_core", "users_per_s_scoring_per_core", "users_per_s_publish",
-            "redis_lookup_single", "redis_lookup_batch_1000",
+            "redis_lookup_single", "redis_lookup_batch_1000", "events_per_cpu_s_generate",
+            "users_per_cpu_s_recompute", "generate_cpu_s_by_role", "recompute_cpu_s_by_role",
         )
         if k in main_run
     }  # fmt: skip
