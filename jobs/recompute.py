@@ -125,6 +125,9 @@ class RecomputeJob:
                 )
                 timings["scoring_s"] = time.perf_counter() - t0
                 self._hook("scoring", shards)
+                # the snapshot is written: the shards' spilled pass-1 features can go
+                release = [s.close.remote() for s in shards]
+                ray.wait(release, num_returns=len(release), timeout=60)
             except Exception as exc:
                 snapshots.delete(version)
                 raise RecomputeError(

@@ -16,7 +16,7 @@ import yaml
 
 from strata import synth
 from strata.config import CalendarConfig, ConfigError, config_path, load_calendar
-from strata.ids import pseudonymise_many
+from strata.ids import bucket_of, pseudonymise_many
 from strata.schema import EVENT_TYPES, EVENTS_SCHEMA, USERS_SCHEMA
 
 KEY = b"unit-test-key-0123456789abcdef"
@@ -425,3 +425,21 @@ def test_orders_only_keeps_the_orders_and_drops_the_rest(data: synth.BucketData)
     assert log.truth.equals(data.truth)
     assert log.event_counts()["order"] == data.event_counts()["order"]
     assert sum(log.event_counts().values()) == log.events.num_rows
+
+
+def test_users_by_bucket_in_chunks_matches_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pseudonymising a chunk at a time gives the same groups as hashing every raw id at once,
+    and the integer raw ids are the text ids (what generate_bucket writes)."""
+    import strata.synth.users as users_mod
+
+    monkeypatch.setattr(users_mod, "_CHUNK_USERS", 300)
+    n, n_buckets = 1000, 7
+    groups = synth.users_by_bucket(n, KEY, n_buckets)
+    raw = synth.raw_user_ids(n)
+    ids = pseudonymise_many(raw.tolist(), KEY)
+    buckets = bucket_of(ids, n_buckets)
+    assert [b for b, _, _ in groups] == sorted(set(buckets.tolist()))
+    for b, g_ids, g_raw in groups:
+        assert np.array_equal(g_ids, ids[buckets == b])
+        assert g_raw.astype(str).tolist() == raw[buckets == b].tolist()
+    assert sum(len(g) for _, g, _ in groups) == n
