@@ -139,12 +139,20 @@ def async_client(
 
 
 def fail_fast_async_client(
-    url: str, timeout_s: float, connect_timeout_s: float, max_connections: int
+    url: str,
+    timeout_s: float,
+    connect_timeout_s: float,
+    max_connections: int,
+    *,
+    mode: str | None = None,
 ) -> AsyncClient:
-    """The online API's asyncio client of either mode: short timeouts, no client-side
-    retries (the API's circuit breaker decides), bytes replies."""
+    """The online API's asyncio client of either mode (``mode``, default
+    ``STRATA_REDIS_MODE``): short timeouts, no client-side retries (the API's circuit breaker
+    decides), bytes replies. A cluster client still follows MOVED/ASK redirects, and
+    ``max_connections`` is per node."""
     return async_client(
         url,
+        mode=mode,
         socket_timeout=timeout_s,
         socket_connect_timeout=connect_timeout_s,
         max_connections=max_connections,

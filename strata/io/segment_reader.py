@@ -21,12 +21,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
-from redis.retry import Retry
 
-from strata.io.redis_client import AsyncClient, async_client, is_cluster
+from strata.io.redis_client import fail_fast_async_client, is_cluster
 from strata.io.segment_store import (
     PUBLISHED,
     READ_LUA,
@@ -62,28 +60,8 @@ _READ_ATTEMPTS = 3
 _INFO_CACHE = 16
 
 
-def fail_fast_client(
-    url: str,
-    timeout_s: float,
-    connect_timeout_s: float,
-    max_connections: int,
-    *,
-    mode: str | None = None,
-) -> AsyncClient:
-    """The API's asyncio Redis client: short timeouts, no client-side retries (the API's
-    circuit breaker decides), bytes replies. A Redis Cluster client when ``mode`` (default
-    ``STRATA_REDIS_MODE``) says ``cluster``: it still follows MOVED/ASK redirects, and
-    ``max_connections`` is per node."""
-    return async_client(
-        url,
-        mode=mode,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=connect_timeout_s,
-        max_connections=max_connections,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=False,
-        health_check_interval=0,
-    )
+#: the API's asyncio client (kept under this name for the segment reader's callers)
+fail_fast_client = fail_fast_async_client
 
 
 @contextlib.contextmanager
