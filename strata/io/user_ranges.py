@@ -13,6 +13,7 @@ staging folder at the end of a run, or of a failed one, removes them too.
 from __future__ import annotations
 
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,9 @@ __all__ = ["RECORD", "BucketSlices", "UserRangeFiles", "UserRangeFilesError"]
 RECORD = np.dtype([("user_id", "<i8"), ("raw_id", "<i8")])
 
 _RANGES_DIR = "users"
+
+#: Range files a bucket reads at once (:meth:`BucketSlices.read`).
+_READ_THREADS = 8
 
 
 class UserRangeFilesError(RuntimeError):
@@ -50,19 +54,25 @@ class BucketSlices:
             UserRangeFilesError: a file is missing or holds fewer rows than expected.
         """
         size = RECORD.itemsize
-        parts = []
-        for path, first, rows in self.slices:
+
+        def read_one(where: tuple[str, int, int]) -> np.ndarray:
+            path, first, rows = where
             try:
                 with fs.open_input_file(path) as f:
                     data = f.read_at(rows * size, first * size)
-            except (FileNotFoundError, OSError) as exc:
+            except OSError as exc:  # FileNotFoundError included
                 raise UserRangeFilesError(f"{path}: cannot read users range: {exc}") from exc
             if len(data) != rows * size:
                 raise UserRangeFilesError(
                     f"{path}: bucket {self.bucket} needs rows {first}..{first + rows - 1}, "
                     f"the file ends before (truncated scratch file)"
                 )
-            parts.append(np.frombuffer(data, dtype=RECORD))
+            return np.frombuffer(data, dtype=RECORD)
+
+        # one small ranged read per range file: on an object store each is a GET whose
+        # latency, not its bytes, is the cost, so they go out a few at a time
+        with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+            parts = list(pool.map(read_one, self.slices))
         rec = np.concatenate(parts) if parts else np.empty(0, dtype=RECORD)
         return rec["user_id"].astype(np.int64), rec["raw_id"].astype(np.int64)
 

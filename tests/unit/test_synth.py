@@ -500,6 +500,9 @@ def test_range_files_read_back_each_bucket_and_name_a_truncated_file(tmp_path: P
         f.truncate(700 * 16 - 16)
     with pytest.raises(UserRangeFilesError, match=r"range-000001\.bin.*truncated"):
         last.read(files.fs)
+    Path(files.path(0)).unlink()
+    with pytest.raises(UserRangeFilesError, match=r"range-000000\.bin: cannot read"):
+        files.bucket(0, counts, offsets).read(files.fs)
     files.remove()
     assert not Path(files.dir).exists()
     files.remove()  # nothing left: no error
