@@ -193,13 +193,15 @@ _pseudonymise_range = generate.pseudonymise_range
 
 
 def _failing_range(*args: Any) -> Any:
-    """Range 2 fails after ranges 0 and 1 wrote their scratch files (which must go too); it
-    leaves a marker that it saw them."""
+    """Range 2 (submitted once range 0 or 1 is done) fails after both wrote their scratch files,
+    which must go too; it leaves a marker that it saw them."""
     data_root, staging, index = args[0], args[1], args[2]
     if index == 2:
-        if sorted(p.name for p in (Path(staging) / "users").iterdir())[:2] == [
-            "range-000000.bin", "range-000001.bin"
-        ]:  # fmt: skip
+        files = [Path(staging) / "users" / f"range-00000{i}.bin" for i in (0, 1)]
+        deadline = time.monotonic() + 60
+        while not all(f.exists() for f in files) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if all(f.exists() for f in files):
             (Path(data_root) / "scratch-seen").touch()
         raise RuntimeError("hash unit on fire")
     return _pseudonymise_range(*args)
@@ -212,7 +214,7 @@ def test_a_failing_range_fails_the_job_and_leaves_no_scratch(
     with pytest.raises(
         generate.GenerateError, match=r"id range 2 \(users 200\.\.299\) failed.*hash unit on fire"
     ):
-        _run(settings, users=400, days=3, range_users=100, workers=1)
+        _run(settings, users=400, days=3, range_users=100)
     assert (Path(settings.data) / "scratch-seen").exists()  # the scratch really was there
     wh = Warehouse(settings.data)
     assert wh.manifest["writes"] == [] and wh.read_table("events").num_rows == 0
