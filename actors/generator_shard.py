@@ -1,10 +1,14 @@
-"""generate_shard: the work of one ``strata generate`` task, one warehouse bucket.
+"""The work of ``strata generate``'s tasks: one id range (stage 1), one warehouse bucket (stage 2).
 
-A thin shell: it calls :func:`strata.synth.generate_bucket` for the bucket's users and writes
-the bucket's events and users part files (uncommitted) and its ground-truth part; the driver
-(:mod:`jobs.generate`) commits every part in one manifest replace. The same function runs
-without Ray (``bench/generate.py``'s single-process baseline); :func:`generate_shard_task`
-makes it a Ray task in one line.
+Thin shells. :func:`pseudonymise_range` pseudonymises one range of raw ids
+(:func:`strata.synth.range_by_bucket`) and writes it, sorted by bucket, to its scratch file
+(:class:`strata.io.user_ranges.UserRangeFiles`), returning only its per-bucket counts.
+:func:`generate_shard` reads its bucket's users from every range file (a ranged read of
+each), calls :func:`strata.synth.generate_bucket` and writes the bucket's events and users
+part files (uncommitted) and its ground-truth part; the driver (:mod:`jobs.generate`) commits
+every part in one manifest replace. The same functions run without Ray
+(``bench/generate.py``'s single-process baseline passes the users themselves);
+:func:`generate_shard_task` makes them Ray tasks in one line.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -23,8 +28,15 @@ from ray.remote_function import RemoteFunction
 
 from strata.config import CalendarConfig
 from strata.io.paths import bucket_part_file
-from strata.io.warehouse import PARQUET_OPTIONS, PartFile, Warehouse
-from strata.synth import ORDER_LOG_COLUMNS, GeneratorConfig, generate_bucket, orders_only
+from strata.io.user_ranges import BucketSlices, UserRangeFiles
+from strata.io.warehouse import PARQUET_OPTIONS, PartFile, Warehouse, resolve
+from strata.synth import (
+    ORDER_LOG_COLUMNS,
+    GeneratorConfig,
+    generate_bucket,
+    orders_only,
+    range_by_bucket,
+)
 from strata.synth.experiment import ExperimentPlan, ExperimentTruth
 
 #: Days after the window simulated to label the ground truth (next month's orders, churn).
@@ -58,13 +70,26 @@ def truth_part(staging: str, bucket: int) -> str:
     return bucket_part_file(staging, bucket)
 
 
+def pseudonymise_range(
+    data_root: str, staging: str, index: int, lo: int, hi: int, key: bytes, n_buckets: int
+) -> tuple[int, np.ndarray]:
+    """Pseudonymise users ``lo..hi-1`` and write them, by bucket, to range ``index``'s scratch
+    file in ``staging`` (on the data root's filesystem). The body of a stage-1 Ray task.
+
+    Returns:
+        ``(index, counts)``: the int32 users of each of the ``n_buckets`` buckets.
+    """
+    user_ids, raw_ids, counts = range_by_bucket(lo, hi, key, n_buckets)
+    UserRangeFiles(resolve(data_root)[0], staging).write(index, user_ids, raw_ids)
+    return index, counts
+
+
 def generate_shard(
     data_root: str,
     write_id: str,
     truth_staging: str,
     bucket: int,
-    user_ids: np.ndarray,
-    raw_ids: np.ndarray,
+    users: BucketSlices | tuple[np.ndarray, np.ndarray],
     cfg: GeneratorConfig,
     calendar: CalendarConfig,
     seed: int,
@@ -79,19 +104,22 @@ def generate_shard(
         data_root: the data root holding ``warehouse/`` (which must exist).
         write_id: the run's write id (names the part files).
         truth_staging: folder for the bucket's ground-truth part.
-        bucket, user_ids, raw_ids, cfg, calendar, seed, start, days: as in
-            :func:`strata.synth.generate_bucket`.
+        bucket: the bucket.
+        users: where its users are in the range files (read here), or ``(user_ids,
+            raw_ids)`` themselves.
+        cfg, calendar, seed, start, days: as in :func:`strata.synth.generate_bucket`.
         only_orders: write a transaction log (:func:`strata.synth.orders_only`): order
             events with :data:`strata.synth.ORDER_LOG_COLUMNS`, no users part.
         experiment: a simulated experiment; its exposures become the bucket's
             ``exposures`` part.
     """
     t0 = time.perf_counter()
+    wh = Warehouse(data_root)
+    user_ids, raw_ids = users.read(wh.fs) if isinstance(users, BucketSlices) else users
     out = generate_bucket(
         bucket, user_ids, raw_ids, cfg, calendar, seed, start, days, horizon_days=HORIZON_DAYS,
         experiment=experiment,
     )  # fmt: skip
-    wh = Warehouse(data_root)
     if only_orders:
         out = orders_only(out)
         parts = [
@@ -129,8 +157,8 @@ def generate_shard(
     )
 
 
-def generate_shard_task(body: Callable[..., ShardResult] = generate_shard) -> RemoteFunction:
-    """``body`` (:func:`generate_shard`) as a Ray task: one CPU, never retried, so a failed
-    bucket fails the run and nothing is committed. The driver passes the body it holds, which
-    is where a test swaps in a failing one."""
+def generate_shard_task(body: Callable[..., Any] = generate_shard) -> RemoteFunction:
+    """``body`` (:func:`generate_shard` or :func:`pseudonymise_range`) as a Ray task: one
+    CPU, never retried, so a failed bucket or range fails the run and nothing is committed.
+    The driver passes the body it holds, which is where a test swaps in a failing one."""
     return ray.remote(num_cpus=1, max_retries=0)(body)

@@ -79,7 +79,7 @@ def _baseline(a: argparse.Namespace, scratch: str, key: str) -> tuple[int, int, 
     events = 0
     for b, ids, raw in subset:
         shard = generate_shard(
-            base.data, "bench", staging, b, ids, raw,
+            base.data, "bench", staging, b, (ids, raw),
             cfg, calendar, a.seed, start, a.days,
         )  # fmt: skip
         events += shard.events

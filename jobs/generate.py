@@ -1,12 +1,13 @@
 """``strata generate``: synthetic grocery behaviour into the warehouse, sharded over Ray.
 
-The driver derives the users (synthetic raw ids, pseudonymised with the run's key) and groups
-them by bucket; one Ray task per bucket (:func:`actors.generator_shard.generate_shard`) runs
-:func:`strata.synth.generate_bucket` and writes the bucket's events and users part files plus
-a ground-truth part. The driver then commits
-all parts in one manifest replace, so a failed run leaves the warehouse as it was. Ground
-truth (persona, next-month orders and spend, churn) goes to ``<data>/truth/users.parquet``,
-outside the warehouse.
+Two stages of Ray tasks (:mod:`actors.generator_shard`), so the driver holds per-range counts,
+never per-user arrays: one task per range of raw ids pseudonymises it and writes it by bucket
+to a scratch file in the run's staging folder (:mod:`strata.io.user_ranges`); then one task
+per bucket reads its rows of each range file, runs :func:`strata.synth.generate_bucket` and
+writes the bucket's events, users and ground-truth parts. The driver commits all parts in one
+manifest replace, so a failed run leaves the warehouse as it was (the scratch goes with the
+staging folder, at the end and on failure). Ground truth (persona, next-month orders and
+spend, churn) goes to ``<data>/truth/users.parquet``, outside the warehouse.
 
 With ``--experiment NAME`` the run also simulates that experiment of configs/experiments.yaml
 with the true effect of generator.yaml ``experiments.NAME`` (:mod:`strata.synth.experiment`):
@@ -24,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from actors.generator_shard import (
@@ -31,6 +33,7 @@ from actors.generator_shard import (
     ShardResult,
     generate_shard,
     generate_shard_task,
+    pseudonymise_range,
     truth_part,
 )
 from jobs._errors import BucketTaskError, run_command
@@ -40,13 +43,16 @@ from strata.experiments.config import load_experiments
 from strata.io.keys import load_pseudonym_key
 from strata.io.paths import is_remote
 from strata.io.truth import TruthFiles
+from strata.io.user_ranges import UserRangeFiles
 from strata.io.warehouse import TABLES, Warehouse, WriteResult, resolve
 from strata.schema import EVENT_TYPES
 from strata.settings import Settings
 from strata.synth import (
+    RANGE_USERS,
+    bucket_offsets,
+    id_ranges,
     load_generator_config,
     truth_schema,
-    users_by_bucket,
     window_start,
 )
 from strata.synth.experiment import (
@@ -81,6 +87,8 @@ class GenerateResult:
     truth_path: str
     write_id: str
     timings: dict[str, float] = field(default_factory=dict)
+    #: first-stage id ranges (pseudonymised in tasks)
+    id_ranges: int = 0
     orders_only: bool = False
     experiment: str | None = None
     #: arm -> exposed users of the simulated experiment
@@ -124,6 +132,7 @@ def run(
     show_progress: bool = True,
     only_orders: bool = False,
     experiment: str | None = None,
+    range_users: int = RANGE_USERS,
 ) -> GenerateResult:
     """Generate ``users`` synthetic users over the ``days`` local days before ``end``.
 
@@ -148,6 +157,7 @@ def run(
         experiment: simulate this experiment of experiments.yaml (its exposures into the
             warehouse, its true effect into ``truth/experiments.json``); without it a stale
             ``truth/experiments.json`` is removed, as the exposures table is replaced.
+        range_users: raw ids per first-stage task (the output does not depend on it).
 
     Raises:
         GenerateError: the warehouse already holds rows, a task failed (nothing committed),
@@ -171,13 +181,14 @@ def run(
     wh, replace = _prepare_warehouse(settings, overwrite)
     n_buckets = wh.n_buckets
     key = load_pseudonym_key(settings)
-    groups = users_by_bucket(users, key, n_buckets)
+    spans = id_ranges(users, range_users)
     write_id = f"gen-{uuid.uuid4().hex[:12]}"
     fs, root = resolve(settings.data)
     # workers may run in another working directory: hand them an absolute local path
     data_root = settings.data if is_remote(settings.data) else root
     truth = TruthFiles(fs, root, write_id)
     staging = truth.staging
+    ranges = UserRangeFiles(fs, staging)
     t_prepared = time.perf_counter()
 
     shards: list[ShardResult] = []
@@ -185,27 +196,44 @@ def run(
         t_ray = time.perf_counter()
         parallel = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         max_in_flight = 2 * parallel
+        range_task = generate_shard_task(pseudonymise_range)
         task = generate_shard_task(generate_shard)
-        cfg_ref, cal_ref = ray.put(cfg), ray.put(calendar)
-
-        def submit(group: tuple[int, Any, Any]) -> Any:
-            b, ids, raw = group
-            return task.remote(
-                data_root, write_id, staging, b, ids, raw, cfg_ref, cal_ref, seed, start, days,
-                only_orders, plan,
-            )  # fmt: skip
-
+        # the key reaches the tasks through the object store (in memory, this run only)
+        key_ref, cfg_ref, cal_ref = ray.put(key), ray.put(cfg), ray.put(calendar)
+        stage = "ranges"
         try:
+            range_counts = np.zeros((len(spans), n_buckets), dtype=np.int32)
+            for i, c in map_buckets(
+                ray, range(len(spans)), lambda i: i,
+                lambda i: range_task.remote(data_root, staging, i, *spans[i], key_ref, n_buckets),
+                max_in_flight, "pseudonymising id ranges", show_progress,
+            ):  # fmt: skip
+                range_counts[i] = c
+            t_ranged = time.perf_counter()
+            stage = "buckets"
+            offsets = bucket_offsets(range_counts)
+
+            def submit(b: int) -> Any:
+                users_at = ranges.bucket(b, range_counts, offsets)
+                return task.remote(
+                    data_root, write_id, staging, b, users_at, cfg_ref, cal_ref, seed, start,
+                    days, only_orders, plan,
+                )  # fmt: skip
+
             shards = map_buckets(
-                ray, groups, lambda g: g[0], submit, max_in_flight, "generating buckets",
-                show_progress,
+                ray, np.flatnonzero(range_counts.sum(axis=0)).tolist(), lambda b: b, submit,
+                max_in_flight, "generating buckets", show_progress,
             )  # fmt: skip
+            ranges.remove()  # frees the scratch space before the commit
         except BucketTaskError as exc:
             truth.cleanup()
+            what = f"bucket {exc.bucket}"
+            if stage == "ranges":
+                lo, hi = spans[exc.bucket]
+                what = f"id range {exc.bucket} (users {lo}..{hi - 1})"
             raise GenerateError(
-                f"generation of bucket {exc.bucket} failed: {type(exc.cause).__name__}: "
-                f"{exc.cause}; nothing was committed (orphan part files are removed by "
-                "`strata vacuum`)"
+                f"generation of {what} failed: {type(exc.cause).__name__}: {exc.cause}; "
+                "nothing was committed (orphan part files are removed by `strata vacuum`)"
             ) from exc
         except BaseException:
             truth.cleanup()
@@ -268,10 +296,12 @@ def run(
         driver_rss_mb=_rss_mb(),
         truth_path=truth.users_path,
         write_id=write_id,
+        id_ranges=len(spans),
         timings={
             "prepare_s": t_prepared - t_start,
             "ray_start_s": t_ray - t_prepared,
-            "generate_s": t_generated - t_ray,
+            "pseudonymise_s": t_ranged - t_ray,
+            "generate_s": t_generated - t_ranged,
             "commit_s": t_end - t_generated,
             "task_s": sum(s.seconds for s in shards),
         },
@@ -288,6 +318,7 @@ def summary_rows(r: GenerateResult) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("window (local days)", f"{r.start} .. {r.end - dt.timedelta(days=1)}"),
         ("users", r.users),
+        ("id ranges pseudonymised", r.id_ranges),
         ("mode", "orders only (no users table)" if r.orders_only else "full behaviour"),
         ("buckets written", r.buckets),
         ("events", r.events),

@@ -15,7 +15,8 @@ What it offers (every name below is also importable from ``strata.synth`` itself
   a mergeable :class:`ExperimentTruth` (the effect planted); the true effects live in
   generator.yaml as :class:`SimulatedExperimentConfig`;
 * :mod:`strata.synth.users` — :func:`raw_user_ids` (from :data:`FIRST_RAW_ID`) and
-  :func:`users_by_bucket`, the synthetic users grouped by warehouse bucket.
+  :func:`users_by_bucket`, the synthetic users grouped by warehouse bucket; the same in
+  stages: :func:`id_ranges`, :func:`range_by_bucket` and :func:`bucket_offsets`.
 
 :func:`local_midnight_ms` is :func:`strata.timeutil.local_midnight_ms`, re-exported for the
 callers that bound the window next to :func:`window_start`.
@@ -37,24 +38,36 @@ from strata.synth.simulate import (
     truth_schema,
     window_start,
 )
-from strata.synth.users import FIRST_RAW_ID, raw_user_ids, users_by_bucket
+from strata.synth.users import (
+    FIRST_RAW_ID,
+    RANGE_USERS,
+    bucket_offsets,
+    id_ranges,
+    range_by_bucket,
+    raw_user_ids,
+    users_by_bucket,
+)
 from strata.timeutil import local_midnight_ms
 
 __all__ = [
     "FIRST_RAW_ID",
     "MAX_DAYS",
     "ORDER_LOG_COLUMNS",
+    "RANGE_USERS",
     "BucketData",
     "ExperimentPlan",
     "ExperimentTruth",
     "GeneratorConfig",
     "PersonaConfig",
     "SimulatedExperimentConfig",
+    "bucket_offsets",
     "generate_bucket",
+    "id_ranges",
     "load_generator_config",
     "local_midnight_ms",
     "orders_only",
     "plan_experiment",
+    "range_by_bucket",
     "raw_user_ids",
     "truth_schema",
     "users_by_bucket",

@@ -98,14 +98,18 @@ def test_truth_file_has_one_row_per_user(generated: tuple[Settings, Any]) -> Non
     assert not any(p.name.startswith("_staging") for p in Path(result.truth_path).parent.iterdir())
 
 
-def test_same_seed_gives_byte_identical_files(
+def test_same_seed_gives_byte_identical_files_whatever_the_id_ranges(
     generated: tuple[Settings, Any], tmp_path: Path
 ) -> None:
+    """One range of every id (the fixture's run) and ranges of 700 ids (3, the last shorter),
+    on 2 CPUs and on 1: the same bytes in every part and in the truth file."""
     settings, first = generated
     other = Settings(data=str(tmp_path / "again"), pseudonym_key=SecretStr(TEST_KEY), n_buckets=16)
-    second = _run(other, workers=1)
+    second = _run(other, workers=1, range_users=700)
+    assert (first.id_ranges, second.id_ranges) == (1, 3)
     assert _files(Warehouse(settings.data)) == _files(Warehouse(other.data))
     assert Path(first.truth_path).read_bytes() == Path(second.truth_path).read_bytes()
+    assert [p.name for p in Path(second.truth_path).parent.iterdir()] == ["users.parquet"]
 
 
 def test_non_empty_warehouse_needs_overwrite(ray_local: Any, settings: Settings) -> None:
@@ -183,6 +187,38 @@ def test_a_failing_task_fails_the_job_and_commits_nothing(
     truth = Path(settings.data) / "truth"
     assert not (truth / "users.parquet").exists()
     assert not any(p.name.startswith("_staging") for p in truth.iterdir())
+
+
+_pseudonymise_range = generate.pseudonymise_range
+
+
+def _failing_range(*args: Any) -> Any:
+    """Range 2 (submitted once range 0 or 1 is done) fails after both wrote their scratch files,
+    which must go too; it leaves a marker that it saw them."""
+    data_root, staging, index = args[0], args[1], args[2]
+    if index == 2:
+        files = [Path(staging) / "users" / f"range-00000{i}.bin" for i in (0, 1)]
+        deadline = time.monotonic() + 60
+        while not all(f.exists() for f in files) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if all(f.exists() for f in files):
+            (Path(data_root) / "scratch-seen").touch()
+        raise RuntimeError("hash unit on fire")
+    return _pseudonymise_range(*args)
+
+
+def test_a_failing_range_fails_the_job_and_leaves_no_scratch(
+    ray_local: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(generate, "pseudonymise_range", _failing_range)
+    with pytest.raises(
+        generate.GenerateError, match=r"id range 2 \(users 200\.\.299\) failed.*hash unit on fire"
+    ):
+        _run(settings, users=400, days=3, range_users=100)
+    assert (Path(settings.data) / "scratch-seen").exists()  # the scratch really was there
+    wh = Warehouse(settings.data)
+    assert wh.manifest["writes"] == [] and wh.read_table("events").num_rows == 0
+    assert list((Path(settings.data) / "truth").iterdir()) == []
 
 
 def _sleeper(i: int, marker: str) -> int:

@@ -443,3 +443,66 @@ def test_users_by_bucket_in_chunks_matches_one_pass(monkeypatch: pytest.MonkeyPa
         assert np.array_equal(g_ids, ids[buckets == b])
         assert g_raw.astype(str).tolist() == raw[buckets == b].tolist()
     assert sum(len(g) for _, g, _ in groups) == n
+
+
+def test_id_ranges_cover_every_user_once() -> None:
+    assert synth.id_ranges(2500, 1000) == [(0, 1000), (1000, 2000), (2000, 2500)]
+    assert synth.id_ranges(1000, 1000) == [(0, 1000)]
+    assert synth.id_ranges(3, 1_000_000) == [(0, 3)]
+    with pytest.raises(ValueError, match="range_users"):
+        synth.id_ranges(10, 0)
+
+
+def test_ranges_gathered_by_offsets_give_the_one_pass_groups() -> None:
+    """Each bucket's rows of every range, at the offsets of the ranges' counts, concatenated in
+    range order, are exactly the groups of sorting every user at once (same order too)."""
+    n, n_buckets = 2300, 7
+    groups = synth.users_by_bucket(n, KEY, n_buckets)
+    ranges = [synth.range_by_bucket(lo, hi, KEY, n_buckets) for lo, hi in synth.id_ranges(n, 1000)]
+    counts = np.stack([c for _, _, c in ranges])
+    assert counts.shape == (3, n_buckets) and counts.dtype == np.int32
+    assert counts.sum() == n and counts[2].sum() == 300
+    offsets = synth.bucket_offsets(counts)
+    assert offsets[:, 0].tolist() == [0, 0, 0]
+    assert (offsets[:, -1] + counts[:, -1]).tolist() == [1000, 1000, 300]
+    for b, g_ids, g_raw in groups:
+        parts = [(ids[o : o + c], raw[o : o + c]) for (ids, raw, _), o, c in
+                 zip(ranges, offsets[:, b], counts[:, b], strict=True)]  # fmt: skip
+        assert np.array_equal(np.concatenate([p[0] for p in parts]), g_ids)
+        assert np.array_equal(np.concatenate([p[1] for p in parts]), g_raw)
+        assert np.all(bucket_of(g_ids, n_buckets) == b)
+    assert [b for b, _, _ in groups] == np.flatnonzero(counts.sum(axis=0)).tolist()
+
+
+def test_range_files_read_back_each_bucket_and_name_a_truncated_file(tmp_path: Path) -> None:
+    """What stage 2 reads from the range files is the bucket's group; a file cut short is an
+    error that names it, not a silently smaller bucket."""
+    import pyarrow.fs as pafs
+
+    from strata.io.user_ranges import UserRangeFiles, UserRangeFilesError
+
+    n, n_buckets = 1500, 5
+    files = UserRangeFiles(pafs.LocalFileSystem(), str(tmp_path / "_staging-x"))
+    counts = np.zeros((2, n_buckets), dtype=np.int32)
+    for i, (lo, hi) in enumerate(synth.id_ranges(n, 800)):
+        ids, raw, counts[i] = synth.range_by_bucket(lo, hi, KEY, n_buckets)
+        files.write(i, ids, raw)
+    assert Path(files.path(1)).stat().st_size == 700 * 16
+    offsets = synth.bucket_offsets(counts)
+    for b, g_ids, g_raw in synth.users_by_bucket(n, KEY, n_buckets):
+        where = files.bucket(b, counts, offsets)
+        assert where.users == len(g_ids) and len(where.slices) == 2
+        ids, raw = where.read(files.fs)
+        assert ids.dtype == raw.dtype == np.int64
+        assert np.array_equal(ids, g_ids) and np.array_equal(raw, g_raw)
+    last = files.bucket(n_buckets - 1, counts, offsets)
+    with open(files.path(1), "r+b") as f:
+        f.truncate(700 * 16 - 16)
+    with pytest.raises(UserRangeFilesError, match=r"range-000001\.bin.*truncated"):
+        last.read(files.fs)
+    Path(files.path(0)).unlink()
+    with pytest.raises(UserRangeFilesError, match=r"range-000000\.bin: cannot read"):
+        files.bucket(0, counts, offsets).read(files.fs)
+    files.remove()
+    assert not Path(files.dir).exists()
+    files.remove()  # nothing left: no error
