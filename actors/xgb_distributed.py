@@ -14,8 +14,9 @@ saved model predicts exactly what was evaluated, with no ``iteration_range`` to 
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from strata.training.evaluation import FitPredict, Split, margin_column
 __all__ = [
     "eval_metrics_for",
     "predict",
+    "released_on_failure",
     "single_node_fit_predict",
     "train_distributed",
     "train_single",
@@ -82,6 +84,61 @@ def _last_scores(evals_result: dict[str, Any], booster_rounds: int) -> dict[str,
             if values:
                 scores[name] = float(values[min(booster_rounds, len(values)) - 1])
     return scores
+
+
+@contextlib.contextmanager
+def released_on_failure() -> Iterator[None]:
+    """Kill what xgboost-ray created when its ``train`` raises inside this block.
+
+    xgboost-ray (0.1.x, maintenance mode) shuts its training actors, its queue and stop-event
+    actors and its placement group down only after a successful run: when an actor fails
+    (an ``XGBoostError`` such as "Input data contains inf", a crash) and the restarts are
+    spent, it raises with all of them alive, the actors and the placement group holding one
+    CPU each, and the next job in the same Ray waits for CPUs forever. Here its three
+    creators are wrapped for the duration of the block to record what they create; on any
+    exception every recorded actor is killed and every placement group removed, then the
+    exception goes on. A successful run is left to xgboost-ray's own shutdown.
+    """
+    import ray
+    from ray.util.placement_group import remove_placement_group
+    from xgboost_ray import main as xgbr
+
+    actors: list[Any] = []
+    groups: list[Any] = []
+    create_actor = xgbr._create_actor
+    create_group = xgbr._create_placement_group
+    create_comms = xgbr._create_communication_processes
+
+    def actor(*args: Any, **kwargs: Any) -> Any:
+        handle = create_actor(*args, **kwargs)
+        actors.append(handle)
+        return handle
+
+    def group(*args: Any, **kwargs: Any) -> Any:
+        pg = create_group(*args, **kwargs)
+        groups.append(pg)
+        return pg
+
+    def comms(*args: Any, **kwargs: Any) -> Any:
+        queue, event = create_comms(*args, **kwargs)
+        actors.extend(x.actor for x in (queue, event) if getattr(x, "actor", None) is not None)
+        return queue, event
+
+    xgbr._create_actor, xgbr._create_placement_group = actor, group
+    xgbr._create_communication_processes = comms
+    try:
+        yield
+    except BaseException:
+        for handle in actors:
+            with contextlib.suppress(Exception):  # already dead is fine
+                ray.kill(handle, no_restart=True)
+        for pg in groups:
+            with contextlib.suppress(Exception):
+                remove_placement_group(pg)
+        raise
+    finally:
+        xgbr._create_actor, xgbr._create_placement_group = create_actor, create_group
+        xgbr._create_communication_processes = create_comms
 
 
 def train_distributed(
@@ -141,17 +198,18 @@ def train_distributed(
     evals_result: dict[str, Any] = {}
     additional: dict[str, Any] = {}
     t0 = time.perf_counter()
-    booster = ray_train(
-        _params(objective, params),
-        dtrain,
-        num_boost_round=num_boost_round,
-        evals=[(dvalid, "validation")],
-        evals_result=evals_result,
-        additional_results=additional,
-        early_stopping_rounds=early_stopping_rounds or None,
-        verbose_eval=False,
-        ray_params=RayParams(num_actors=n_actors, cpus_per_actor=1, verbose=False),
-    )
+    with released_on_failure():
+        booster = ray_train(
+            _params(objective, params),
+            dtrain,
+            num_boost_round=num_boost_round,
+            evals=[(dvalid, "validation")],
+            evals_result=evals_result,
+            additional_results=additional,
+            early_stopping_rounds=early_stopping_rounds or None,
+            verbose_eval=False,
+            ray_params=RayParams(num_actors=n_actors, cpus_per_actor=1, verbose=False),
+        )
     total = time.perf_counter() - t0
     if booster.feature_names is not None and list(booster.feature_names) != list(features):
         raise RuntimeError(

@@ -36,12 +36,13 @@ from strata.training import (
     BgnbdParams,
     ExamplePartials,
     TrainConfig,
-    cutoffs_for,
     fit_bgnbd_by_cutoff,
+    history_start_ms,
     horizon_problem,
     importance,
     load_train_config,
     params_by_cutoff,
+    plan_cutoffs,
     select_features,
 )
 from strata.training.evaluation import (
@@ -190,13 +191,15 @@ def run(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     as_of_ms = to_epoch_ms(as_of)
-    cutoffs = list(cutoffs_for(as_of_ms, cfg, horizon))
-    if not cutoffs:
-        raise TrainError(f"no cutoff with a {horizon}-day horizon fits before {as_of.isoformat()}")
     warehouse = Warehouse(settings.data)
     buckets = warehouse.user_buckets()
     if not buckets:
         raise TrainError(f"the warehouse at {warehouse.root} holds no events or users")
+    # the cutoffs the history serves (a young log: the newest ones); none: stop before any work
+    plan = plan_cutoffs(as_of_ms, cfg, horizon, history_start_ms(warehouse.manifest))
+    if problem := plan.problem():
+        raise TrainError(problem)
+    cutoffs = plan.kept
     warehouse.check_parts()  # an unreadable part fails here, before any scratch or version
     weights = warehouse.bucket_rows("events")
     registry = ModelRegistry(settings.data)
@@ -209,6 +212,7 @@ def run(
         as_of.isoformat(), as_of_ms, horizon, cfg, cutoffs, warehouse.manifest, len(buckets),
         feature_config,
     )  # fmt: skip
+    meta["history"] = plan.meta()
     stage = "examples"
     try:
         with ray_session(settings) as ray:
@@ -234,6 +238,7 @@ def run(
             meta["bgnbd"], meta["notes"] = bgnbd_block(
                 params, cutoffs, cfg.boost_from_bgnbd, bg_notes
             )
+            meta["notes"][:0] = [n for n in [plan.note()] if n]
 
             stage = "examples"
             features, dropped = select_features(ex.valid["train"])

@@ -91,6 +91,12 @@ from strata.training.examples import (
     training_examples,
     valid_counts,
 )
+from strata.training.history import (
+    MIN_HISTORY_DAYS,
+    CutoffPlan,
+    history_start_ms,
+    plan_cutoffs,
+)
 from strata.training.labels import (
     labels,
 )
@@ -141,6 +147,7 @@ __all__ = [
     "LABEL_COLUMNS",
     "MARGIN_COLUMNS",
     "METHODS",
+    "MIN_HISTORY_DAYS",
     "MODEL_FEATURES",
     "MODEL_FEATURES_SCHEMA",
     "MODEL_NAMES",
@@ -151,6 +158,7 @@ __all__ = [
     "SPLITS",
     "TARGETS",
     "BgnbdParams",
+    "CutoffPlan",
     "ExamplePartials",
     "SplitFractions",
     "Target",
@@ -177,6 +185,7 @@ __all__ = [
     "fill_missing_scores",
     "fit_bgnbd",
     "fit_bgnbd_by_cutoff",
+    "history_start_ms",
     "holdout_by_time",
     "horizon_problem",
     "importance",
@@ -189,6 +198,7 @@ __all__ = [
     "p_no_purchase",
     "params_by_cutoff",
     "parity",
+    "plan_cutoffs",
     "recency_rule",
     "regression_metrics",
     "select_features",

@@ -18,7 +18,9 @@ def f64_of(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def f32_array(values: np.ndarray) -> pa.Array:
-    """float32 Arrow array with null where ``values`` is NaN."""
-    v = values.astype(np.float32)
-    nan = np.isnan(v)
-    return pa.array(v, type=F32, mask=nan if nan.any() else None)
+    """float32 Arrow array with null where ``values`` has no finite float32 value (NaN, inf,
+    or beyond float32's range): a model input is a number or missing, never inf."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = np.asarray(values, dtype=np.float64).astype(np.float32)
+    bad = ~np.isfinite(v)
+    return pa.array(v, type=F32, mask=bad if bad.any() else None)

@@ -96,19 +96,40 @@ def expected_purchases(
     params: BgnbdParams, t: float, x: ArrayLike, t_x: ArrayLike, big_t: ArrayLike
 ) -> np.ndarray:
     """E[purchases in (T, T + t] | x, t_x, T] (eq. 10 of Fader, Hardie & Lee 2005, as
-    lifetimes' ``conditional_expected_number_of_purchases_up_to_time``); NaN where missing."""
-    from scipy.special import hyp2f1
-
+    lifetimes' ``conditional_expected_number_of_purchases_up_to_time``); NaN where missing
+    and where the closed form has no finite value."""
     r, alpha, a, b = params.as_tuple()
     xs, txs, ts, ok = _summary(x, t_x, big_t)
     t = float(t)
     with np.errstate(all="ignore"):
         z = t / (alpha + ts + t)
-        hyp = hyp2f1(r + xs, b + xs, a + b + xs - 1.0, z)
-        head = (a + b + xs - 1.0) / (a - 1.0)
-        tail = 1.0 - np.exp((r + xs) * (np.log(alpha + ts) - np.log(alpha + ts + t))) * hyp
-        out = head * tail * p_alive(params, xs, txs, ts)
-    return np.where(ok, out, np.nan)
+        c = a + b + xs - 1.0
+        # head * tail = (c - K * c * 2F1(r + x, b + x; c; z)) / (a - 1), with c * 2F1 taken
+        # through its finite limit where c ~ 0 (x = 1 on a fit with a, b ~ 0: scipy's 2F1
+        # is inf there, and inf * 0 was the "inf" of short histories)
+        c_hyp = _c_times_hyp2f1(r + xs, b + xs, c, z)
+        k = np.exp((r + xs) * (np.log(alpha + ts) - np.log(alpha + ts + t)))
+        out = (c - k * c_hyp) / (a - 1.0) * p_alive(params, xs, txs, ts)
+    # a value the closed form cannot give (a = 1 exactly, overflow) is missing, never inf
+    return np.where(ok & np.isfinite(out) & (out >= 0.0), out, np.nan)
+
+
+#: Below this |c|, ``c * 2F1(A, B; c; z)`` is taken as its limit at c = 0 (error O(c)).
+_C_TINY = 1e-8
+
+
+def _c_times_hyp2f1(
+    big_a: np.ndarray, big_b: np.ndarray, c: np.ndarray, z: np.ndarray
+) -> np.ndarray:
+    """``c * 2F1(A, B; c; z)``, finite as ``c -> 0`` (limit ``A B z 2F1(A+1, B+1; 2; z)``)."""
+    from scipy.special import hyp2f1
+
+    big_a, big_b, c, z = np.broadcast_arrays(big_a, big_b, c, z)
+    tiny = np.abs(c) < _C_TINY
+    with np.errstate(all="ignore"):
+        direct = c * hyp2f1(big_a, big_b, np.where(tiny, 1.0, c), z)
+        limit = big_a * big_b * z * hyp2f1(big_a + 1.0, big_b + 1.0, 2.0, z)
+    return np.where(tiny, limit, direct)
 
 
 def bgnbd_patterns(x: ArrayLike, t_x: ArrayLike, big_t: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

@@ -77,9 +77,10 @@ def test_registry_holds_a_good_version_with_three_models_and_metrics(
         assert meta["models"][name]["rounds"] >= 1
         assert meta["models"][name]["num_actors"] == 2
     assert meta["horizon_days"] == HORIZON and meta["as_of"] == AS_OF.isoformat()
-    assert meta["cutoffs_ms"] == cutoffs_for(
-        int(AS_OF.timestamp() * 1000), load_train_config(), HORIZON
-    )
+    # 120 days of history: the oldest cutoff (on the first event) has none before it
+    configured = cutoffs_for(int(AS_OF.timestamp() * 1000), load_train_config(), HORIZON)
+    assert meta["cutoffs_ms"] == configured[:3]
+    assert len(meta["history"]["cutoffs_dropped"]) == 1
     assert meta["features"] == trained.features and meta["dropped_features"] == []
     assert meta["data"]["sha256"] and meta["data"]["examples_sha256"]
     assert all(meta["data"]["examples"][s] > 0 for s in SPLITS)

@@ -835,3 +835,80 @@ def test_horizon_and_example_problems(cfg: TrainConfig) -> None:
     assert ex.problem() == (
         "labels missing for label_spend (test): the spend label needs amount_cny in the events"
     )
+
+
+# =========================================================================== short history
+#: A BG/NBD fit on 45 days of history (400 generated users): a and b drift to ~0.
+_DEGENERATE = {"r": 3.1459, "alpha": 11.9113, "a": 2.7198e-22, "b": 2.0089e-15}
+
+
+def test_expected_purchases_on_a_degenerate_short_history_fit_is_finite() -> None:
+    from strata.training import BgnbdParams, expected_purchases, p_alive
+
+    params = BgnbdParams(**_DEGENERATE, n_customers=200)
+    big_t = np.array([1.0, 5.0, 14.0])
+    for x in (0.0, 1.0, 2.0, 5.0):
+        xs, tx = np.full(3, x), np.minimum(big_t, 3.0) if x else np.zeros(3)
+        got = expected_purchases(params, 30, xs, tx, big_t)
+        assert np.isfinite(got).all(), (x, got)  # x = 1 was inf (2F1 with c = a + b ~ 0)
+        # a ~ 0: nobody drops out, the NBD expectation (r + x) / (alpha + T) * t remains
+        nbd = (params.r + x) / (params.alpha + big_t) * 30 * p_alive(params, xs, tx, big_t)
+        np.testing.assert_allclose(got, nbd, rtol=1e-5)
+
+
+def test_bgnbd_features_on_a_short_window_are_null_or_finite_never_inf() -> None:
+    from strata.training import BgnbdParams, add_bgnbd_features
+    from strata.training._arrow import f32_array
+
+    table = pa.table(
+        {
+            "btyd_frequency": pa.array([0.0, 1.0, 1.0, None]),
+            "btyd_recency": pa.array([0.0, 2.0, 9.0, None]),
+            "btyd_t": pa.array([3.0, 4.0, 14.0, None]),
+        }
+    )
+    out = add_bgnbd_features(table, BgnbdParams(**_DEGENERATE, n_customers=200), 30)
+    for name in ("bgnbd_p_alive", "bgnbd_expected", "bgnbd_p_churn"):
+        values = out.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+        assert not np.isinf(values).any(), name
+        assert np.isfinite(values[:3]).all() and np.isnan(values[3]), name
+    # inf and float32 overflow have no value a model can use: missing
+    arr = f32_array(np.array([1.0, np.inf, -np.inf, 1e300, np.nan]))
+    assert arr.to_pylist() == [1.0, None, None, None, None]
+
+
+def test_cutoff_plan_on_a_60_day_history_keeps_the_newest_cutoff(cfg: TrainConfig) -> None:
+    from strata.training import MIN_HISTORY_DAYS, cutoff_iso, history_start_ms, plan_cutoffs
+
+    as_of = 1_790_784_000_000  # 2026-10-01 local midnight
+    configured = cutoffs_for(as_of, cfg)
+    assert cfg.cutoffs == 4 and cfg.cutoff_step_days == 30 and cfg.horizon_days == 30
+    plan = plan_cutoffs(as_of, cfg, 30, as_of - 60 * DAY_MS)
+    # cutoff 1 is 30 days after the first event; cutoff 2 sits on it, 3 and 4 before it
+    assert plan.kept == configured[:1] and plan.dropped == configured[1:]
+    assert plan.history_days == 60 and plan.problem() is None
+    note = plan.note()
+    assert note is not None and "trained on 1 of the 4 cutoffs" in note and "134 days" in note
+    assert plan.meta()["cutoffs_dropped"] == [cutoff_iso(c) for c in configured[1:]]
+    # enough history for all: nothing dropped, no note
+    full = plan_cutoffs(as_of, cfg, 30, as_of - (30 + 90 + MIN_HISTORY_DAYS) * DAY_MS)
+    assert full.kept == configured and full.note() is None and full.days_for_all == 134
+    # a cutoff needs MIN_HISTORY_DAYS before it: 43 days of history serve none
+    short = plan_cutoffs(as_of, cfg, 30, as_of - 43 * DAY_MS)
+    assert short.kept == []
+    problem = short.problem()
+    assert problem is not None
+    for word in ("horizon_days (30)", "cutoffs (4)", "cutoff_step_days (30)", "43.0 days", "44"):
+        assert word in problem
+    assert "no event" in (plan_cutoffs(as_of, cfg, 30, None).problem() or "")
+    manifest = {
+        "tables": {
+            "events": {
+                "buckets": {
+                    "0": {"parts": [{"min_ts_ms": 5}, {"min_ts_ms": None}]},
+                    "1": {"parts": [{"min_ts_ms": 3}]},
+                }
+            }
+        }
+    }
+    assert history_start_ms(manifest) == 3
