@@ -1208,6 +1208,41 @@ class SegmentStore:
             first = last
         return added
 
+    def _packed_sets(
+        self,
+        version: str,
+        chunk_users: int,
+        ids: np.ndarray,
+        recs: np.ndarray,
+        buckets: list[int],
+        bounds: list[int],
+        slot_groups: int,
+    ) -> Iterator[tuple[str, bytes, int | None]]:
+        """The SETs that write whole buckets, in order: ``(key, value, None)`` for each group
+        string (entries sorted by id: 8-byte id + record), then ``(key, index, users)`` for
+        the bucket's index (user count, first id of each group, last id)."""
+        n, size = recs.shape
+        width = _FIELD_BYTES + size
+        entries = np.empty((n, width), dtype=np.uint8)
+        entries[:, :_FIELD_BYTES] = ids.astype(">i8").view(np.uint8).reshape(n, _FIELD_BYTES)
+        entries[:, _FIELD_BYTES:] = recs
+        body = entries.tobytes()
+        del entries
+        id_bytes = ids.astype(">i8").tobytes()
+        for bucket, s, e in zip(buckets, bounds[:-1], bounds[1:], strict=True):
+            for c, g in enumerate(range(s, e, chunk_users)):
+                value = body[g * width : min(e, g + chunk_users) * width]
+                yield self._chunk_key(version, bucket, c, slot_groups), value, None
+            index = (
+                (e - s).to_bytes(_INDEX_HEAD, "big")
+                + b"".join(
+                    id_bytes[g * _FIELD_BYTES : (g + 1) * _FIELD_BYTES]
+                    for g in range(s, e, chunk_users)
+                )
+                + id_bytes[(e - 1) * _FIELD_BYTES : e * _FIELD_BYTES]
+            )
+            yield self._index_key(version, bucket, slot_groups), index, e - s
+
     def _send_packed(
         self,
         version: str,
@@ -1219,44 +1254,27 @@ class SegmentStore:
         slot_groups: int = 0,
     ) -> int:
         """SET the group strings and index of whole buckets; returns users newly added."""
-        n, size = recs.shape
-        width = _FIELD_BYTES + size
-        entries = np.empty((n, width), dtype=np.uint8)
-        entries[:, :_FIELD_BYTES] = ids.astype(">i8").view(np.uint8).reshape(n, _FIELD_BYTES)
-        entries[:, _FIELD_BYTES:] = recs
-        body = entries.tobytes()
-        del entries
-        id_bytes = ids.astype(">i8").tobytes()
         batch: list[bytes] = []
         batch_bytes = 0
         counts: list[int | None] = []  # per reply: None for a group SET, users for an index
+        sets = self._packed_sets(version, chunk_users, ids, recs, buckets, bounds, slot_groups)
         with self._connection() as conn:
-            for bucket, s, e in zip(buckets, bounds[:-1], bounds[1:], strict=True):
-                for c, g in enumerate(range(s, e, chunk_users)):
-                    key = self._chunk_key(version, bucket, c, slot_groups).encode()
-                    value = body[g * width : min(e, g + chunk_users) * width]
+            for key_text, value, count in sets:
+                key = key_text.encode()
+                if count is None:  # a group string: SET key value
                     batch.append(
                         b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(key), key, len(value))
                     )
                     batch.append(value)
                     batch.append(b"\r\n")
                     batch_bytes += len(value)
-                    counts.append(None)
-                index = (
-                    (e - s).to_bytes(_INDEX_HEAD, "big")
-                    + b"".join(
-                        id_bytes[g * _FIELD_BYTES : (g + 1) * _FIELD_BYTES]
-                        for g in range(s, e, chunk_users)
+                else:  # the bucket's index: SET key value GET (the previous index)
+                    batch.append(
+                        b"*4\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$3\r\nGET\r\n"
+                        % (len(key), key, len(value), value)
                     )
-                    + id_bytes[(e - 1) * _FIELD_BYTES : e * _FIELD_BYTES]
-                )
-                key = self._index_key(version, bucket, slot_groups).encode()
-                batch.append(
-                    b"*4\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$3\r\nGET\r\n"
-                    % (len(key), key, len(index), index)
-                )
-                counts.append(e - s)
-                if batch_bytes >= _SEND_BYTES:
+                counts.append(count)
+                if count is not None and batch_bytes >= _SEND_BYTES:
                     conn.send_packed_command([b"".join(batch)])
                     batch, batch_bytes = [], 0
             if batch:
@@ -1288,31 +1306,15 @@ class SegmentStore:
     ) -> int:
         """:meth:`_send_packed` on a Redis Cluster: the same SETs (group strings, then the
         index with SET ... GET), in one cluster pipeline that sends each node its own."""
-        n, size = recs.shape
-        width = _FIELD_BYTES + size
-        entries = np.empty((n, width), dtype=np.uint8)
-        entries[:, :_FIELD_BYTES] = ids.astype(">i8").view(np.uint8).reshape(n, _FIELD_BYTES)
-        entries[:, _FIELD_BYTES:] = recs
-        body = entries.tobytes()
-        del entries
-        id_bytes = ids.astype(">i8").tobytes()
         counts: list[int | None] = []
         pipe = self._redis.pipeline(transaction=False)
-        for bucket, s, e in zip(buckets, bounds[:-1], bounds[1:], strict=True):
-            for c, g in enumerate(range(s, e, chunk_users)):
-                value = body[g * width : min(e, g + chunk_users) * width]
-                pipe.set(self._chunk_key(version, bucket, c, slot_groups), value)
-                counts.append(None)
-            index = (
-                (e - s).to_bytes(_INDEX_HEAD, "big")
-                + b"".join(
-                    id_bytes[g * _FIELD_BYTES : (g + 1) * _FIELD_BYTES]
-                    for g in range(s, e, chunk_users)
-                )
-                + id_bytes[(e - 1) * _FIELD_BYTES : e * _FIELD_BYTES]
-            )
-            pipe.set(self._index_key(version, bucket, slot_groups), index, get=True)
-            counts.append(e - s)
+        sets = self._packed_sets(version, chunk_users, ids, recs, buckets, bounds, slot_groups)
+        for key, value, count in sets:
+            if count is None:
+                pipe.set(key, value)
+            else:
+                pipe.set(key, value, get=True)
+            counts.append(count)
         replies = pipe.execute(raise_on_error=False)
         added = 0
         errors: list[str] = []
