@@ -210,9 +210,8 @@ def run(
     data_root = settings.data if "://" in settings.data else root
     meta = start_meta(
         as_of.isoformat(), as_of_ms, horizon, cfg, cutoffs, warehouse.manifest, len(buckets),
-        feature_config,
+        feature_config, plan.meta(),
     )  # fmt: skip
-    meta["history"] = plan.meta()
     stage = "examples"
     try:
         with ray_session(settings) as ray:

@@ -112,13 +112,15 @@ def start_meta(
     manifest: Mapping[str, Any],
     n_buckets: int,
     feature_config: BaseModel,
+    history: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The run's ``meta.json`` before any work: as-of, cutoffs, data and config digests.
+    """The run's ``meta.json`` before any work: as-of, cutoffs, data and config digests, and
+    ``history`` (the cutoff plan's :meth:`~strata.training.history.CutoffPlan.meta`) if given.
 
     ``data.sha256`` digests the warehouse's committed content (files, rows, bucket count).
     """
     payload = {"n_buckets": manifest["n_buckets"], "tables": manifest["tables"]}
-    return {
+    meta: dict[str, Any] = {
         "as_of": as_of_iso,
         "as_of_ms": as_of_ms,
         "horizon_days": horizon,
@@ -136,6 +138,9 @@ def start_meta(
             "features_sha256": _digest(feature_config),
         },
     }
+    if history is not None:
+        meta["history"] = dict(history)
+    return meta
 
 
 def bgnbd_block(
