@@ -35,7 +35,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import redis
@@ -260,7 +260,7 @@ def erase_users(
         client = sync_client(redis_url, socket_timeout=30, socket_connect_timeout=5)
         try:
             # SegmentStore (the segment store part) takes a client of either mode
-            with SegmentStore(cast(redis.Redis, client), namespace=namespace) as store:
+            with SegmentStore(client, namespace=namespace) as store:
                 removed["segment_entries"] = store.erase(ids)
             removed.update(erase_realtime(client, namespace, ids.tolist()))
         except (redis.RedisError, OSError) as exc:

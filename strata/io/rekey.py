@@ -37,14 +37,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import redis
 
 from strata.ids import bucket_of, chain_key, key_links, rekey_ids
 from strata.io.keys import key_fingerprint
@@ -504,7 +503,7 @@ def drop_old_ids(client: SyncClient | str, namespace: str, keep_version: str) ->
         counts of versions discarded, version keys and real-time keys deleted.
     """
     r = sync_client(client) if isinstance(client, str) else client
-    store = SegmentStore(cast(redis.Redis, r), namespace)
+    store = SegmentStore(r, namespace)
     current = store.current()
     if current != keep_version:
         raise VersionStateError(
