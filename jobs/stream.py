@@ -120,7 +120,9 @@ class StreamPool:
                 try:
                     ray.get(ref)
                 except Exception as exc:  # the actor died: Ray restarts it, we re-run it
-                    log.warning("stream worker %d died (%s); restarting", i, type(exc).__name__)
+                    log.warning(
+                        "stream worker %d died (%s); restarting: %s", i, type(exc).__name__, exc
+                    )
                 self.restarts += 1
                 self.runs[i] = self.workers[i].run.remote()
         if self.sink_run is not None:
@@ -129,7 +131,7 @@ class StreamPool:
                 try:
                     ray.get(self.sink_run)
                 except Exception as exc:
-                    log.warning("warehouse sink died (%s); restarting", type(exc).__name__)
+                    log.warning("warehouse sink died (%s); restarting: %s", type(exc).__name__, exc)
                 self.restarts += 1
                 self.sink_run = self.sink.run.remote()
         self._midnight()

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 import redis
 
-from strata.io.redis_client import SyncClient, sync_client, xreadgroup_many
+from strata.io.redis_client import SyncClient, consumer_client, xreadgroup_many
 from strata.realtime.batch import EffectBatch, Entry, Reservation
 from strata.realtime.keys import ENTRY_FIELD, OUTBOX_FIELD, RealtimeKeys
 from strata.realtime.model import Firing
@@ -115,7 +115,7 @@ class RealtimeStore:
     Args:
         client: a client of either mode (``decode_responses=False``) or a ``redis://`` URL
             (a standalone server or any node of a cluster, see
-            :func:`strata.io.redis_client.sync_client`).
+            :func:`strata.io.redis_client.consumer_client`).
         namespace: key prefix (Settings.redis_namespace).
         config: stream settings (TTLs, lengths, lease).
         partitions: the stream partition count (default: the one stored in the layout key,
@@ -130,7 +130,7 @@ class RealtimeStore:
         partitions: int | None = None,
     ) -> None:
         if isinstance(client, str):
-            client = sync_client(client, socket_timeout=10, socket_connect_timeout=5)
+            client = consumer_client(client, socket_timeout=10, socket_connect_timeout=5)
         self.redis = client
         keys = RealtimeKeys(namespace)
         if partitions is None:

@@ -26,6 +26,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster, key_slot
 from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 
 __all__ = [
     "CLIENT_ERRORS",
@@ -34,6 +35,7 @@ __all__ = [
     "RedisMode",
     "SyncClient",
     "async_client",
+    "consumer_client",
     "fail_fast_async_client",
     "group_by_slot",
     "is_cluster",
@@ -115,6 +117,33 @@ def sync_client(
     if redis_mode(mode) == "cluster":
         return RedisCluster.from_url(url, **common)
     return redis.Redis.from_url(url, **common)
+
+
+def consumer_client(
+    url: str,
+    *,
+    mode: str | None = None,
+    socket_timeout: float | None = 10.0,
+    socket_connect_timeout: float | None = 5.0,
+) -> SyncClient:
+    """A synchronous client of a stream consumer (the rule workers, the warehouse sink):
+    no client-side retries.
+
+    redis-py sends a command again, by default, when the connection drops before the reply.
+    For ``XREADGROUP ... >`` that is wrong: a Redis killed after it delivered (and, with
+    ``appendfsync always``, persisted) entries to the consumer, but before the reply reached
+    it, leaves them pending for this consumer, and the silent second read skips past them.
+    Without retries the error reaches the consumer, which then re-reads its pending entries
+    (``XREADGROUP ... 0``) before reading new ones. A cluster client still follows MOVED/ASK
+    redirects and refreshes its slot table after a failure.
+    """
+    return sync_client(
+        url,
+        mode=mode,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_connect_timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 def async_client(

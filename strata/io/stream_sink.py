@@ -20,8 +20,9 @@ Exactly once into the warehouse, across crashes:
    (``manifest["exposure_watermarks"][ns][P]``).
 2. Only then are the entries XACKed and the watermark copied to ``{ns}:rt:sink`` (fields
    ``P``, ``outbox:P``, ``exposures:P``).
-3. On start the sink first re-reads the group's pending entries (its own, after claiming any
-   left by another consumer name) and acks without sinking every entry at or below the
+3. On start, and again after any error, the sink first re-reads the group's pending entries
+   (its own, after claiming any left by another consumer name; after an error also those of
+   a read whose reply was lost) and acks without sinking every entry at or below the
    manifest's watermark; the rest are sunk again. So a crash before the commit loses nothing
    (the entries are still pending) and a crash between the commit and the XACK duplicates
    nothing (the watermark covers them). The same check applies to every entry read, so a
@@ -70,7 +71,7 @@ import orjson
 import pyarrow as pa
 import redis
 
-from strata.io.redis_client import SyncClient, sync_client, xreadgroup_many
+from strata.io.redis_client import SyncClient, consumer_client, xreadgroup_many
 from strata.io.warehouse import Warehouse, WarehouseError, WriteResult, read_parts
 from strata.realtime.keys import (
     ENTRY_FIELD,
@@ -448,7 +449,7 @@ class StreamSink:
 
     Args:
         client: a client of either mode (``decode_responses=False``) or a ``redis://`` URL
-            (see :func:`strata.io.redis_client.sync_client`).
+            (see :func:`strata.io.redis_client.consumer_client`).
         data_root: the warehouse's data root (created with ``n_buckets`` when missing).
         config: stream settings (partitions, batch size, block, sink interval and rows,
             outbox entries to keep).
@@ -477,7 +478,7 @@ class StreamSink:
         if merge_fan_in < 2:
             raise ValueError("merge_fan_in must be at least 2")
         if isinstance(client, str):
-            self._redis = sync_client(
+            self._redis = consumer_client(
                 client,
                 socket_timeout=max(socket_timeout_s, config.block_ms / 1000 + 5),
                 socket_connect_timeout=2.0,
@@ -630,12 +631,21 @@ class StreamSink:
                 self.poll_once()
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
+                    self._started = False
                     raise
                 log.warning("stream sink: %s; recreating the consumer groups", exc)
                 self._started = False  # a stream was deleted (Redis flushed): start again
             except (redis.ConnectionError, redis.TimeoutError, OSError, WarehouseError) as exc:
+                # a read whose reply was lost (Redis killed after persisting it) left entries
+                # pending that this sink never saw: start again, re-reading its pending entries
+                self._started = False
                 log.warning("stream sink: %s; retrying in %.0f s", exc, _RETRY_S)
                 stop.wait(_RETRY_S)
+            except BaseException:
+                # anything else (a client library's bug on a dropped connection, ...) ends
+                # this run; the next run re-reads the pending entries first
+                self._started = False
+                raise
         for attempt in range(3):
             try:
                 self.flush()
