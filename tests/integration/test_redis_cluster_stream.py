@@ -28,8 +28,6 @@ from strata.io.realtime_reader import AsyncRealtimeReader
 from strata.io.realtime_store import PartitionReader, RealtimeStore
 from strata.io.redis_client import SyncClient, is_cluster, slot_of, sync_client
 from strata.io.redis_cluster_server import _slot_owners
-from strata.io.segment_store import SegmentStore
-from strata.online.keys import KeyLayout
 from strata.realtime.batch import EffectBatch
 from strata.realtime.keys import OUTBOX_FIELD, WORKER_GROUP, RealtimeKeys
 from strata.realtime.stream_config import load_stream_config
@@ -135,15 +133,12 @@ def _pending(client: SyncClient) -> int:
 class _Workers:
     """Two stream workers of one pool, each running in a thread of this process."""
 
-    def __init__(self, url: str, data_root: str, pointer_url: str) -> None:
+    def __init__(self, url: str, data_root: str) -> None:
+        # each worker's own snapshot store on the cluster (nothing published: no live tiers)
         self.workers = [
             StreamWorker(i, 2, PARTITIONS, url, NS, data_root, CONFIG.model_dump_json())
             for i in range(2)
         ]
-        for w in self.workers:
-            # the segment store on a cluster is another part of this issue: here the real
-            # store, on the master that owns its pointer's slot, answers "nothing published"
-            w.snapshot = SegmentStore(pointer_url, namespace=NS)
         self.threads = [threading.Thread(target=w.run, daemon=True) for w in self.workers]
 
     def __enter__(self) -> _Workers:
@@ -166,18 +161,6 @@ def cluster(redis_cluster_url: str, redis_cluster: Any) -> Iterator[tuple[str, A
     client.close()
 
 
-def _pointer_url(redis_cluster: Any) -> str:
-    """The URL of the master serving the segment pointer's slot."""
-    slot = slot_of(KeyLayout(NS).pointer)
-    c = redis_cluster.master_nodes[0].client()
-    try:
-        owners = _slot_owners(c)
-    finally:
-        c.close()
-    port = next(port for lo, hi, port in owners if lo <= slot <= hi)
-    return f"redis://127.0.0.1:{port}/0"
-
-
 def test_stream_loop_on_a_cluster_issues_each_action_once_through_master_restarts(
     cluster: tuple[str, Any, SyncClient], tmp_path: Path
 ) -> None:
@@ -186,7 +169,7 @@ def test_stream_loop_on_a_cluster_issues_each_action_once_through_master_restart
     wave2 = [f"d{i}" for i in range(30)]
     appender = EventAppender(url, NS, CONFIG)
     try:
-        with _Workers(url, str(tmp_path / "data"), _pointer_url(redis_cluster)) as workers:
+        with _Workers(url, str(tmp_path / "data")) as workers:
             for start in range(0, len(wave1), 5):
                 _append_until_done(
                     appender, [e for r in wave1[start : start + 5] for e in _events(r)]
@@ -352,7 +335,7 @@ def test_a_budget_node_down_holds_the_round_instead_of_dead_lettering_it(
         finally:
             await appender.aclose()
 
-    workers = _Workers(seed.url, str(tmp_path / "data"), _pointer_url(redis_cluster))
+    workers = _Workers(seed.url, str(tmp_path / "data"))
     assert asyncio.run(post()).accepted == len(raws)
     redis_cluster.stop_node(down)
     with workers:
