@@ -366,6 +366,49 @@ def test_trimming_keeps_what_the_workers_have_not_processed(
     assert _rows(settings).num_rows == 240
 
 
+class _AckingBeforeXpending(redis.Redis):
+    """A real client whose XPENDING of the workers' group first lets the workers ack every
+    entry they hold: the race between the sink's XINFO GROUPS and its XPENDING."""
+
+    def xpending(self, name: Any, groupname: Any) -> Any:
+        if _text_of(groupname) == WORKER_GROUP:
+            for start in ("0", ">"):  # the workers process ``name``'s entries, all of them
+                reply = self.xreadgroup(WORKER_GROUP, "w1", {name: start}, count=100_000)
+                ids = [i for i, _ in reply[0][1]] if reply else []
+                if ids:
+                    self.xack(name, WORKER_GROUP, *ids)
+        return super().xpending(name, groupname)
+
+
+def _text_of(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def test_trimming_while_the_workers_ack_everything_in_between(
+    redis_url: str, r: redis.Redis, settings: Settings
+) -> None:
+    """XINFO GROUPS saw entries pending for the workers, who acked them all before the sink's
+    XPENDING (empty: no oldest id). The trim goes by what XINFO saw delivered instead (before,
+    the sink parsed the missing id and its run died with an AttributeError)."""
+    _append(r, _events(60, seed=11))
+    sink = _sink(r, settings)
+    _drain(sink)
+    sink.flush()
+    for p in range(PARTITIONS):
+        r.xgroup_create(KEYS.stream(p), WORKER_GROUP, id="0")
+        r.xreadgroup(WORKER_GROUP, "w1", {KEYS.stream(p): ">"}, count=5)  # 5 pending each
+    racing = _AckingBeforeXpending.from_url(redis_url)
+    try:
+        sink = _sink(racing, settings)
+        sink.start()
+        trimmed = sink.trim().trimmed
+    finally:
+        racing.close()
+    assert trimmed == 5 * PARTITIONS  # up to what XINFO saw delivered, not a step further
+    assert sum(r.xlen(KEYS.stream(p)) for p in range(PARTITIONS)) == 60 - 5 * PARTITIONS
+    assert _pending(r, WORKER_GROUP) == 0
+
+
 def _work_all(r: redis.Redis) -> None:
     """The rule workers process (read and ack) every entry, pending ones included."""
     for p in range(PARTITIONS):
