@@ -129,11 +129,17 @@ def run(n_events: int, n_users: int, profile: str | None) -> dict[str, Any]:
             prof.enable()
         while idle < 2:
             before = worker.counters["events"] + worker.counters["timers"]
+            phases = {k: list(v) for k, v in _PHASES.items()}
             # what StreamWorker.run does each turn (lease renewals, heartbeats, checks)
             worker._housekeeping()
             round_fn([r for r in worker.readers if r.acquire()])
             after = worker.counters["events"] + worker.counters["timers"]
-            idle = idle + 1 if after == before else 0
+            if after == before:  # an idle round (it blocked block_ms): not counted
+                idle += 1
+                _PHASES.clear()
+                _PHASES.update(phases)
+            else:
+                idle = 0
         if prof:
             prof.disable()
             prof.dump_stats(profile)
