@@ -31,7 +31,13 @@ from typing import Any
 import orjson
 import redis
 
-from strata.io.redis_client import SyncClient, consumer_client, xreadgroup_many
+from strata.io.redis_client import (
+    SyncClient,
+    consumer_client,
+    group_by_slot,
+    is_cluster,
+    xreadgroup_many,
+)
 from strata.realtime.batch import EffectBatch, Entry, Reservation
 from strata.realtime.keys import ENTRY_FIELD, OUTBOX_FIELD, RealtimeKeys
 from strata.realtime.model import Firing
@@ -73,6 +79,17 @@ for j = 2, #KEYS do
   end
 end
 return out
+"""
+
+# KEYS: strings to write. ARGV[1]: TTL s, then one value per key. SET ... EX for each (a
+# commit's states or overlays: one command in the MULTI instead of one per user; sent as
+# EVAL, not EVALSHA, so a script cache emptied by a Redis restart cannot fail it in EXEC).
+_SET_EX_LUA = """
+local ttl = ARGV[1]
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl)
+end
+return #KEYS
 """
 
 
@@ -146,18 +163,27 @@ class RealtimeStore:
         self, user_ids: Sequence[int]
     ) -> tuple[list[bytes | None], list[bytes | None]]:
         """Live state and live segment overlay of each user (None where none), in order,
-        in one round trip (one GET per key: a cluster pipeline sends each to its slot's
-        master)."""
+        in one round trip: one MGET on a standalone server, one MGET per hash slot on a
+        cluster (a round's users are all of one partition, so that is one MGET too)."""
         if not user_ids:
             return [], []
+        keys = self.keys
+        names = [keys.state(u) for u in user_ids] + [keys.live(u) for u in user_ids]
+        if is_cluster(self.redis):
+            groups = list(group_by_slot(range(len(names)), names.__getitem__).values())
+        else:
+            groups = [list(range(len(names)))]
         with self.redis.pipeline(transaction=False) as pipe:
-            for u in user_ids:
-                pipe.get(self.keys.state(u))
-            for u in user_ids:
-                pipe.get(self.keys.live(u))
+            for members in groups:
+                # execute_command: a cluster pipeline refuses its mget() (of any slots)
+                pipe.execute_command("MGET", *[names[i] for i in members])
             replies = pipe.execute()
+        values: list[bytes | None] = [None] * len(names)
+        for members, reply in zip(groups, replies, strict=True):
+            for i, value in zip(members, reply, strict=True):
+                values[i] = value
         n = len(user_ids)
-        return list(replies[:n]), list(replies[n:])
+        return values[:n], values[n:]
 
     def due_timers(
         self, partitions: Sequence[int], now_ms: int, limit: int
@@ -234,9 +260,7 @@ class RealtimeStore:
                 if holder is None or _text(holder) != token:
                     raise LeaseLost(f"partition {partition}: lease lost")
                 pipe.multi()
-                state_ttl = cfg.state_ttl_days * 86_400
-                for user, blob in batch.states.items():
-                    pipe.set(keys.state(user), blob, ex=state_ttl)
+                _set_ex(pipe, keys.state, batch.states, cfg.state_ttl_days * 86_400)
                 self._queue_firings(pipe, partition, batch.firings)
                 stats: dict[str, float] = {}
                 for s in batch.suppressions:
@@ -259,8 +283,7 @@ class RealtimeStore:
                 if batch.timers_done:
                     pipe.zrem(due, *batch.timers_done)
                 live_ttl = cfg.live_ttl_days * 86_400
-                for user, blob in batch.overlays.items():
-                    pipe.set(keys.live(user), blob, ex=live_ttl)
+                _set_ex(pipe, keys.live, batch.overlays, live_ttl)
                 if batch.overlay_order_ms:
                     pipe.zadd(
                         keys.live_users(partition),
@@ -520,6 +543,16 @@ def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _set_ex(pipe: Any, key_of: Any, blobs: Mapping[int, bytes], ttl_s: int) -> None:
+    """Queue ``SET key_of(user) blob EX ttl_s`` for every user as one EVAL (all the keys of
+    one commit share the partition's slot)."""
+    if not blobs:
+        return
+    names = [key_of(u) for u in blobs]
+    # execute_command: a cluster pipeline refuses its eval()
+    pipe.execute_command("EVAL", _SET_EX_LUA, len(names), *names, ttl_s, *blobs.values())
 
 
 def _add(stats: dict[str, float], name: str, value: float) -> None:
