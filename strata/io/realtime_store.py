@@ -93,6 +93,42 @@ return #KEYS
 """
 
 
+# KEYS[1]: the partition's outbox, then per firing 3 keys: its decision (``idem``), the user's
+# action log and the user's tags. ARGV: idem TTL s, action log length, log TTL s, the outbox
+# field, then per firing: n (its actions), n log records, n outbox records, its tag ('' for
+# none), the tag's expiry ms and the tags hash's PEXPIREAT ms. For each firing, what one SET,
+# LPUSH, LTRIM, EXPIRE, n XADDs, HSET and PEXPIREAT did when they were queued one by one: a
+# commit's firings are one command in the MULTI (EVAL, like _SET_EX_LUA).
+_FIRINGS_LUA = """
+local idem_ttl, log_len, log_ttl, field = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local a = 5
+for j = 0, (#KEYS - 1) / 3 - 1 do
+  local log_key, tags_key = KEYS[3 + 3 * j], KEYS[4 + 3 * j]
+  redis.call('SET', KEYS[2 + 3 * j], 'issued', 'EX', idem_ttl)
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  if n > 0 then
+    for i = a, a + n - 1 do
+      redis.call('LPUSH', log_key, ARGV[i])
+    end
+    redis.call('LTRIM', log_key, 0, log_len - 1)
+    redis.call('EXPIRE', log_key, log_ttl)
+    -- no MAXLEN: the warehouse sink trims the outbox once it has committed the entries
+    for i = a + n, a + 2 * n - 1 do
+      redis.call('XADD', KEYS[1], '*', field, ARGV[i])
+    end
+    a = a + 2 * n
+  end
+  if ARGV[a] ~= '' then
+    redis.call('HSET', tags_key, ARGV[a], ARGV[a + 1])
+    redis.call('PEXPIREAT', tags_key, ARGV[a + 2])
+  end
+  a = a + 3
+end
+return #KEYS
+"""
+
+
 class LeaseLost(RuntimeError):
     """Another worker owns the partition now: this one must not commit."""
 
@@ -313,27 +349,31 @@ class RealtimeStore:
                 raise LeaseLost(f"partition {partition}: lease changed during commit") from exc
 
     def _queue_firings(self, pipe: Any, partition: int, firings: Iterable[Firing]) -> None:
+        """Queue every firing's decision, action log entries, outbox entries and tag as one
+        EVAL of :data:`_FIRINGS_LUA` (all under the partition's hash tag)."""
         keys = self.keys
         cfg = self.config
         idem_ttl = cfg.idem_ttl_days * 86_400
         log_ttl = max(idem_ttl, 90 * 86_400)
+        script_keys: list[str] = [keys.outbox(partition)]
+        args: list[Any] = [idem_ttl, cfg.action_log_len, log_ttl, OUTBOX_FIELD]
         for f in firings:
-            pipe.set(keys.idem(f.key, f.user_id), b"issued", ex=idem_ttl)
+            script_keys += [
+                keys.idem(f.key, f.user_id),
+                keys.actions(f.user_id),
+                keys.tags(f.user_id),
+            ]
             records = action_records(f)
-            if records:
-                log_key = keys.actions(f.user_id)
-                pipe.lpush(log_key, *records)
-                pipe.ltrim(log_key, 0, cfg.action_log_len - 1)
-                pipe.expire(log_key, log_ttl)
-                # no MAXLEN: the warehouse sink trims the outbox once it has committed the
-                # entries (keeping the last ``outbox_keep`` for delivery systems)
-                for rec in outbox_records(f):
-                    pipe.xadd(keys.outbox(partition), {OUTBOX_FIELD: rec})
-            if f.tag is not None:
+            args.append(len(records))
+            args += records
+            args += outbox_records(f) if records else []
+            if f.tag is None:
+                args += ["", 0, 0]
+            else:
                 tag, expiry_ms = f.tag
-                tags_key = keys.tags(f.user_id)
-                pipe.hset(tags_key, tag, expiry_ms)
-                pipe.pexpireat(tags_key, expiry_ms + DAY_MS)
+                args += [tag, expiry_ms, expiry_ms + DAY_MS]
+        if len(script_keys) > 1:
+            pipe.execute_command("EVAL", _FIRINGS_LUA, len(script_keys), *script_keys, *args)
 
     # ------------------------------------------------------------------ rules, heartbeat
     def publish_rules(self, rules: list[dict[str, Any]]) -> None:
