@@ -17,7 +17,8 @@ Exactly-once effects rest on three facts:
 On a Redis Cluster the same holds because every key of one partition's commit, and every key
 of its users, carries the partition's hash tag (one slot: WATCH and MULTI/EXEC are allowed);
 a budget is reserved by one script on its own slot before the commit (the decisions, in the
-partition's slot, are read first). Key layout: :class:`strata.realtime.keys.RealtimeKeys`.
+partition's slot, are read first; a standalone server takes the decisions and every budget of
+a round in one script). Key layout: :class:`strata.realtime.keys.RealtimeKeys`.
 """
 
 from __future__ import annotations
@@ -51,35 +52,48 @@ log = logging.getLogger("strata.stream")
 
 _DEAD_MAXLEN = 100_000
 
-# KEYS[1]: one budget hash (a rule's day), then the reservation marker of each firing (all
-# under the budget's hash tag, so one slot). ARGV: reserve TTL s, then per firing 3 values:
-# cost in cents, count budget (-1: none), cents budget (-1: none).
-# Returns one code per firing: 1 reserved (or reserved before), 0 over budget.
+# KEYS: the budget hashes (ARGV[2] of them: a rule's day each), then per firing its
+# reservation marker and, when ARGV[3] is 1, its decision key (``idem``). ARGV: reserve TTL s,
+# number of budgets, whether decision keys follow, then per firing 4 values: its budget's
+# index among the budgets (1-based), cost in cents, count budget (-1: none), cents budget
+# (-1: none). Returns one code per firing: 1 reserved (or reserved before), 0 over budget,
+# 2 decided before (only with decision keys).
+# A standalone server gets a round's firings in one call (every budget, marker and decision);
+# a cluster runs a script on one slot only, so there it is one call per budget (its markers
+# share the budget's hash tag) without decision keys, which are read before.
 _RESERVE_LUA = """
-local b = KEYS[1]
 local ttl = tonumber(ARGV[1])
+local n_budgets = tonumber(ARGV[2])
+local stride = 1 + tonumber(ARGV[3])
 local out = {}
-for j = 2, #KEYS do
-  local a = 2 + 3 * (j - 2)
-  local cents, max_n, max_c = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  if redis.call('EXISTS', KEYS[j]) == 1 then
+local n = (#KEYS - n_budgets) / stride
+for j = 0, n - 1 do
+  local marker = KEYS[n_budgets + stride * j + 1]
+  local a = 4 + 4 * j
+  local b = KEYS[tonumber(ARGV[a])]
+  local cents = tonumber(ARGV[a + 1])
+  local max_n, max_c = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  if stride == 2 and redis.call('EXISTS', KEYS[n_budgets + stride * j + 2]) == 1 then
+    out[#out + 1] = 2
+  elseif redis.call('EXISTS', marker) == 1 then
     out[#out + 1] = 1
   else
-    local n = tonumber(redis.call('HGET', b, 'count') or '0')
+    local n_issued = tonumber(redis.call('HGET', b, 'count') or '0')
     local c = tonumber(redis.call('HGET', b, 'cents') or '0')
-    if (max_n >= 0 and n + 1 > max_n) or (max_c >= 0 and c + cents > max_c) then
+    if (max_n >= 0 and n_issued + 1 > max_n) or (max_c >= 0 and c + cents > max_c) then
       out[#out + 1] = 0
     else
       redis.call('HINCRBY', b, 'count', 1)
       redis.call('HINCRBY', b, 'cents', cents)
       redis.call('EXPIRE', b, 3 * 86400)
-      redis.call('SET', KEYS[j], '1', 'EX', ttl)
+      redis.call('SET', marker, '1', 'EX', ttl)
       out[#out + 1] = 1
     end
   end
 end
 return out
 """
+_RESERVE_STATUS = {1: "ok", 0: "budget", 2: "duplicate"}
 
 # KEYS: strings to write. ARGV[1]: TTL s, then one value per key. SET ... EX for each (a
 # commit's states or overlays: one command in the MULTI instead of one per user; sent as
@@ -91,7 +105,6 @@ for i = 1, #KEYS do
 end
 return #KEYS
 """
-
 
 # KEYS[1]: the partition's outbox, then per firing 3 keys: its decision (``idem``), the user's
 # action log and the user's tags. ARGV: idem TTL s, action log length, log TTL s, the outbox
@@ -243,37 +256,76 @@ class RealtimeStore:
         A firing decided before (its action key is recorded) is ``duplicate``; one reserved
         before (a replay after a crash) is ``ok`` without counting twice.
 
-        Two steps, since a cluster runs a script on one slot only: the decisions (``idem``,
-        in the users' partitions, which only this partition's lease holder writes) are read
-        first; then one script per budget (rule and day) checks and takes it and records
-        the reservation markers, all under the budget's hash tag."""
+        A standalone server answers the whole round in one script call: the decisions, the
+        budgets of every rule and day and the reservation markers. A cluster runs a script on
+        one slot only, so there it takes two round trips: the decisions (``idem``, in the
+        users' partitions, which only this partition's lease holder writes; one MGET per
+        slot) first, then one script per budget (rule and day: it checks and takes the budget
+        and records the markers under the budget's hash tag), all of them pipelined. A
+        script the server does not know (its cache emptied by a restart) is loaded and only
+        the calls it refused are sent again."""
         if not firings:
             return []
+        if is_cluster(self.redis):
+            return self._reserve_per_slot(firings)
+        budgets: dict[tuple[str, str], int] = {}
+        script_keys: list[str] = []
+        args: list[Any] = []
+        for f in firings:
+            index = budgets.setdefault((f.rule, f.day), len(budgets) + 1)
+            script_keys += [
+                self.keys.reserve(f.key, f.rule, f.day),
+                self.keys.idem(f.key, f.user_id),
+            ]
+            args += [index, *_budget_args(f)]
+        budget_keys = [self.keys.budget(rule, day) for rule, day in budgets]
+        ttl = self.config.idem_ttl_days * 86_400
+        codes = self._reserve(keys=budget_keys + script_keys, args=[ttl, len(budgets), 1, *args])
+        return [
+            Reservation(f, _RESERVE_STATUS[int(c)]) for f, c in zip(firings, codes, strict=True)
+        ]
+
+    def _reserve_per_slot(self, firings: Sequence[Firing]) -> list[Reservation]:
         keys = self.keys
+        idem = [keys.idem(f.key, f.user_id) for f in firings]
+        by_slot = list(group_by_slot(range(len(firings)), idem.__getitem__).values())
         with self.redis.pipeline(transaction=False) as pipe:
-            for f in firings:
-                pipe.exists(keys.idem(f.key, f.user_id))
-            decided = pipe.execute()
-        status: list[str] = ["duplicate" if int(d) else "" for d in decided]
+            for members in by_slot:
+                pipe.execute_command("MGET", *[idem[i] for i in members])
+            replies = pipe.execute()
+        status: list[str] = [""] * len(firings)
+        for members, reply in zip(by_slot, replies, strict=True):
+            for i, decided in zip(members, reply, strict=True):
+                if decided is not None:
+                    status[i] = "duplicate"
         groups: dict[tuple[str, str], list[int]] = {}
         for i, f in enumerate(firings):
             if not status[i]:
                 groups.setdefault((f.rule, f.day), []).append(i)
         ttl = self.config.idem_ttl_days * 86_400
+        calls: list[tuple[list[int], list[Any], list[Any]]] = []
         for (rule, day), members in groups.items():
-            script_keys = [keys.budget(rule, day)]
-            args: list[Any] = [ttl]
+            script_keys: list[Any] = [keys.budget(rule, day)]
+            args: list[Any] = [ttl, 1, 0]
             for i in members:
-                f = firings[i]
-                script_keys.append(keys.reserve(f.key, rule, day))
-                args += [
-                    round(f.cost_cny * 100),
-                    -1 if f.budget_count is None else f.budget_count,
-                    -1 if f.budget_cny is None else round(f.budget_cny * 100),
-                ]
-            codes = self._reserve(keys=script_keys, args=args)
+                script_keys.append(keys.reserve(firings[i].key, rule, day))
+                args += [1, *_budget_args(firings[i])]
+            calls.append((members, script_keys, args))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for _, script_keys, args in calls:
+                # execute_command: a cluster pipeline refuses its evalsha()
+                pipe.execute_command(
+                    "EVALSHA", self._reserve.sha, len(script_keys), *script_keys, *args
+                )
+            results = pipe.execute(raise_on_error=False)
+        for (members, script_keys, args), codes in zip(calls, results, strict=True):
+            if isinstance(codes, redis.exceptions.NoScriptError):
+                # the Script object loads the script on the budget's node and calls again
+                codes = self._reserve(keys=script_keys, args=args)
+            elif isinstance(codes, Exception):
+                raise codes
             for i, code in zip(members, codes, strict=True):
-                status[i] = "ok" if int(code) == 1 else "budget"
+                status[i] = _RESERVE_STATUS[int(code)]
         return [Reservation(f, s) for f, s in zip(firings, status, strict=True)]
 
     # ------------------------------------------------------------------ commit
@@ -583,6 +635,16 @@ def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _budget_args(firing: Firing) -> list[int]:
+    """A firing's cost in cents and its rule's daily budgets (-1: none), as the reserve
+    script takes them."""
+    return [
+        round(firing.cost_cny * 100),
+        -1 if firing.budget_count is None else firing.budget_count,
+        -1 if firing.budget_cny is None else round(firing.budget_cny * 100),
+    ]
 
 
 def _set_ex(pipe: Any, key_of: Any, blobs: Mapping[int, bytes], ttl_s: int) -> None:
