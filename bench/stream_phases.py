@@ -8,14 +8,18 @@ bench/stream.py's grocery mix (timestamps in the last 40 minutes), then runs wor
 (its 4 of the 8 partitions) round after round until its partitions are drained. Each phase
 of ``StreamWorker._round`` / ``_process`` is timed, and every request written to a Redis
 connection is counted (a pipeline or a MULTI/EXEC is one round trip). The table shows per
-phase: seconds, share of the rounds' time, round trips, and microseconds per event; the last
-line is one JSON object. ``--profile FILE`` also writes a cProfile dump of the rounds.
+phase: seconds, share of the rounds' time, round trips, commands, and microseconds per event;
+then the CPU seconds of the worker and of redis-server (with its costliest commands) and the
+garbage collector's time during the rounds. The last line is one JSON object. ``--profile
+FILE`` also writes a cProfile dump of the rounds. The heap here is not a Ray actor's (no
+Ray), so the collector's share differs from bench/stream.py's workers.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import json
 import os
 import sys
@@ -46,6 +50,19 @@ _PHASES: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0, 0])
 _TRIPS = [0]
 _COMMANDS = [0]
 _ACTIVE: list[str] = []
+#: time in the garbage collector during rounds, and its collections per generation
+_GC = {"s": 0.0, "started": 0.0}
+_GC_RUNS = [0, 0, 0]
+
+
+def _gc_timer(phase: str, info: dict[str, Any]) -> None:
+    if not _ACTIVE:
+        return
+    if phase == "start":
+        _GC["started"] = time.perf_counter()
+    else:
+        _GC["s"] += time.perf_counter() - _GC["started"]
+        _GC_RUNS[info["generation"]] += 1
 
 
 def _count_trips() -> None:
@@ -118,12 +135,23 @@ def run(n_events: int, n_users: int, profile: str | None) -> dict[str, Any]:
             appender.append(events[s : s + 500])
         partitions = appender.partitions
         appender.close()
+        del events, ids  # not in a stream worker's heap (the garbage collector walks it)
+        gc.collect()
         worker = StreamWorker(0, 2, partitions, url, NS, data, cfg.model_dump_json(), None)
         _count_trips()
         _instrument(worker)
         round_fn = _timed("round (total)", worker._round)
+        gc.callbacks.append(_gc_timer)
         prof = cProfile.Profile() if profile else None
         idle = 0
+
+        def redis_cpu_s() -> float:
+            info = worker.store.redis.info("cpu")
+            return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+        worker.store.redis.config_resetstat()
+        cpu0, redis0 = time.process_time(), redis_cpu_s()
+        gc.freeze()  # as StreamWorker.run does
         t0 = time.perf_counter()
         if prof:
             prof.enable()
@@ -144,6 +172,11 @@ def run(n_events: int, n_users: int, profile: str | None) -> dict[str, Any]:
             prof.disable()
             prof.dump_stats(profile)
         elapsed = time.perf_counter() - t0
+        worker_cpu_s, redis_s = time.process_time() - cpu0, redis_cpu_s() - redis0
+        commandstats = {
+            name.removeprefix("cmdstat_"): {"calls": v["calls"], "usec": v["usec"]}
+            for name, v in worker.store.redis.info("commandstats").items()
+        }
         # the two idle rounds at the end each blocked block_ms
         busy = elapsed - 2 * cfg.block_ms / 1000
         if len(worker.readers) != sum(r.owned for r in worker.readers):
@@ -159,6 +192,13 @@ def run(n_events: int, n_users: int, profile: str | None) -> dict[str, Any]:
             "events_per_s_one_worker": round(c["events"] / busy),
             "round_trips": _TRIPS[0],
             "commands": _COMMANDS[0],
+            "worker_cpu_s": round(worker_cpu_s, 3),
+            "redis_cpu_s": round(redis_s, 3),
+            "redis_commands": dict(
+                sorted(commandstats.items(), key=lambda kv: -int(kv[1]["usec"]))[:8]
+            ),
+            "gc_s": round(_GC["s"], 3),
+            "gc_collections": list(_GC_RUNS),
             "phases": {
                 k: {
                     "s": round(v[0], 3),
@@ -194,6 +234,18 @@ def main() -> None:
             f"{row['s'] / max(out['events'], 1) * 1e6:.1f}",
         )
     console.print(table)
+    console.print(
+        f"CPU: worker {out['worker_cpu_s']:.3f} s, redis-server {out['redis_cpu_s']:.3f} s "
+        "(both including the two idle rounds); redis-server's costliest commands: "
+        + ", ".join(
+            f"{name} {v['usec'] / 1e6:.3f} s ({v['calls']:,})"
+            for name, v in list(out["redis_commands"].items())[:5]
+        )
+    )
+    console.print(
+        f"garbage collector during the rounds: {out['gc_s']:.3f} s "
+        f"({out['gc_collections']} collections of generations 0, 1, 2)"
+    )
     console.print(
         f"{out['events']:,} events, {out['timers']:,} timers, {out['rounds']} rounds, "
         f"{out['round_trips']:,} round trips and {out['commands']:,} commands in all: "
