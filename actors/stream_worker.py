@@ -12,6 +12,7 @@ again. Rules reload when configs/triggers.yaml changes (or on :meth:`reload`, wh
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -130,6 +131,11 @@ class StreamWorker:
     def run(self) -> dict[str, int]:
         """Process owned partitions until :meth:`stop`; returns the counters."""
         self._stop.clear()
+        # everything this process holds by now (Ray, pyarrow, the configs, the clients) lives
+        # as long as it does: out of the collector's way, so the full collections that the
+        # rounds' many short-lived objects trigger do not walk it each time (bench/stream.py:
+        # 27,500-28,500 -> 31,200-32,300 events/s processed by 2 workers)
+        gc.freeze()
         while not self._stop.is_set():
             try:
                 self._housekeeping()

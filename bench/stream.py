@@ -1,6 +1,7 @@
 """Benchmark of the real-time loop against raw Redis Streams, in one run on the same Redis.
 
     python bench/stream.py [--events 200000] [--users 100000] [--workers 2]
+                           [--only baseline,processed]
 
 1. baseline: raw XADD of the events, then ``workers`` processes doing XREADGROUP (500 at a
    time) + XACK over the same partitions with no processing at all: the most a consumer of
@@ -15,7 +16,8 @@
    the event is appended to the time its action is in the outbox (the outbox entry's id).
 
 Goals (issue 12): >= 20,000 events/s processed, >= 10,000 events/s accepted, p99 <= 100 ms.
-The last line is one JSON object with the figures.
+``--only`` runs some of the four parts (comma-separated names; the ratio needs baseline and
+processed); the default runs all. The last line is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -401,6 +403,19 @@ def latency(
     }
 
 
+PARTS = ("baseline", "processed", "accepted", "latency")
+
+
+def _parts(text: str) -> set[str]:
+    names = {p.strip() for p in text.split(",") if p.strip()}
+    bad = sorted(names - set(PARTS))
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"--only takes a comma-separated list of {', '.join(PARTS)}, not {text!r}"
+        )
+    return names
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--events", type=int, default=200_000)
@@ -409,7 +424,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="HTTP and latency runs")
     ap.add_argument("--rate", type=int, default=2000, help="events/s of the latency run")
     ap.add_argument("--data", default="/tmp/strata-bench-stream")
+    ap.add_argument(
+        "--only",
+        type=_parts,
+        default=set(PARTS),
+        help=f"run only these parts, comma-separated: {','.join(PARTS)} (default: all)",
+    )
     args = ap.parse_args()
+    only: set[str] = args.only
     os.environ["STRATA_PSEUDONYM_KEY"] = BENCH_KEY
     os.makedirs(args.data, exist_ok=True)
     figures: dict[str, Any] = {
@@ -428,19 +450,24 @@ def main() -> None:
         figures["partitions"] = cfg.partitions
         now_ms = time.time_ns() // 1_000_000
         events = make_events(args.events, ids, 1, now_ms)
-        console.print(
-            f"1. raw streams baseline ({args.events:,} entries, {args.workers} consumers)"
-        )
-        figures.update(baseline(url, events, cfg.partitions, args.workers))
-        console.print(f"2. stream workers, all shipped rules ({args.workers} workers)")
-        figures.update(processed(url, events, args.workers, args.data))
-        figures["ratio_vs_raw_streams"] = round(
-            figures["processed_events_per_s"] / figures["raw_events_per_s"], 3
-        )
-        console.print("3. POST /v1/events, batches of 500 (plain uvicorn, 2 workers)")
-        figures.update(accepted(url, args.data, args.users, min(args.seconds, 2.0)))
-        console.print(f"4. event -> action latency at {args.rate:,} events/s")
-        figures.update(latency(url, ids, args.workers, args.data, args.seconds, args.rate))
+        if "baseline" in only:
+            console.print(
+                f"1. raw streams baseline ({args.events:,} entries, {args.workers} consumers)"
+            )
+            figures.update(baseline(url, events, cfg.partitions, args.workers))
+        if "processed" in only:
+            console.print(f"2. stream workers, all shipped rules ({args.workers} workers)")
+            figures.update(processed(url, events, args.workers, args.data))
+        if {"baseline", "processed"} <= only:
+            figures["ratio_vs_raw_streams"] = round(
+                figures["processed_events_per_s"] / figures["raw_events_per_s"], 3
+            )
+        if "accepted" in only:
+            console.print("3. POST /v1/events, batches of 500 (plain uvicorn, 2 workers)")
+            figures.update(accepted(url, args.data, args.users, min(args.seconds, 2.0)))
+        if "latency" in only:
+            console.print(f"4. event -> action latency at {args.rate:,} events/s")
+            figures.update(latency(url, ids, args.workers, args.data, args.seconds, args.rate))
     table = Table(title="bench/stream.py")
     table.add_column("figure")
     table.add_column("value", justify="right")

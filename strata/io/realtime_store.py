@@ -17,7 +17,8 @@ Exactly-once effects rest on three facts:
 On a Redis Cluster the same holds because every key of one partition's commit, and every key
 of its users, carries the partition's hash tag (one slot: WATCH and MULTI/EXEC are allowed);
 a budget is reserved by one script on its own slot before the commit (the decisions, in the
-partition's slot, are read first). Key layout: :class:`strata.realtime.keys.RealtimeKeys`.
+partition's slot, are read first; a standalone server takes the decisions and every budget of
+a round in one script). Key layout: :class:`strata.realtime.keys.RealtimeKeys`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ from typing import Any
 import orjson
 import redis
 
-from strata.io.redis_client import SyncClient, consumer_client, xreadgroup_many
+from strata.io.redis_client import (
+    SyncClient,
+    consumer_client,
+    group_by_slot,
+    is_cluster,
+    xreadgroup_many,
+)
 from strata.realtime.batch import EffectBatch, Entry, Reservation
 from strata.realtime.keys import ENTRY_FIELD, OUTBOX_FIELD, RealtimeKeys
 from strata.realtime.model import Firing
@@ -45,34 +52,93 @@ log = logging.getLogger("strata.stream")
 
 _DEAD_MAXLEN = 100_000
 
-# KEYS[1]: one budget hash (a rule's day), then the reservation marker of each firing (all
-# under the budget's hash tag, so one slot). ARGV: reserve TTL s, then per firing 3 values:
-# cost in cents, count budget (-1: none), cents budget (-1: none).
-# Returns one code per firing: 1 reserved (or reserved before), 0 over budget.
+# KEYS: the budget hashes (ARGV[2] of them: a rule's day each), then per firing its
+# reservation marker and, when ARGV[3] is 1, its decision key (``idem``). ARGV: reserve TTL s,
+# number of budgets, whether decision keys follow, then per firing 4 values: its budget's
+# index among the budgets (1-based), cost in cents, count budget (-1: none), cents budget
+# (-1: none). Returns one code per firing: 1 reserved (or reserved before), 0 over budget,
+# 2 decided before (only with decision keys).
+# A standalone server gets a round's firings in one call (every budget, marker and decision);
+# a cluster runs a script on one slot only, so there it is one call per budget (its markers
+# share the budget's hash tag) without decision keys, which are read before.
 _RESERVE_LUA = """
-local b = KEYS[1]
 local ttl = tonumber(ARGV[1])
+local n_budgets = tonumber(ARGV[2])
+local stride = 1 + tonumber(ARGV[3])
 local out = {}
-for j = 2, #KEYS do
-  local a = 2 + 3 * (j - 2)
-  local cents, max_n, max_c = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  if redis.call('EXISTS', KEYS[j]) == 1 then
+local n = (#KEYS - n_budgets) / stride
+for j = 0, n - 1 do
+  local marker = KEYS[n_budgets + stride * j + 1]
+  local a = 4 + 4 * j
+  local b = KEYS[tonumber(ARGV[a])]
+  local cents = tonumber(ARGV[a + 1])
+  local max_n, max_c = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  if stride == 2 and redis.call('EXISTS', KEYS[n_budgets + stride * j + 2]) == 1 then
+    out[#out + 1] = 2
+  elseif redis.call('EXISTS', marker) == 1 then
     out[#out + 1] = 1
   else
-    local n = tonumber(redis.call('HGET', b, 'count') or '0')
+    local n_issued = tonumber(redis.call('HGET', b, 'count') or '0')
     local c = tonumber(redis.call('HGET', b, 'cents') or '0')
-    if (max_n >= 0 and n + 1 > max_n) or (max_c >= 0 and c + cents > max_c) then
+    if (max_n >= 0 and n_issued + 1 > max_n) or (max_c >= 0 and c + cents > max_c) then
       out[#out + 1] = 0
     else
       redis.call('HINCRBY', b, 'count', 1)
       redis.call('HINCRBY', b, 'cents', cents)
       redis.call('EXPIRE', b, 3 * 86400)
-      redis.call('SET', KEYS[j], '1', 'EX', ttl)
+      redis.call('SET', marker, '1', 'EX', ttl)
       out[#out + 1] = 1
     end
   end
 end
 return out
+"""
+_RESERVE_STATUS = {1: "ok", 0: "budget", 2: "duplicate"}
+
+# KEYS: strings to write. ARGV[1]: TTL s, then one value per key. SET ... EX for each (a
+# commit's states or overlays: one command in the MULTI instead of one per user; sent as
+# EVAL, not EVALSHA, so a script cache emptied by a Redis restart cannot fail it in EXEC).
+_SET_EX_LUA = """
+local ttl = ARGV[1]
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl)
+end
+return #KEYS
+"""
+
+# KEYS[1]: the partition's outbox, then per firing 3 keys: its decision (``idem``), the user's
+# action log and the user's tags. ARGV: idem TTL s, action log length, log TTL s, the outbox
+# field, then per firing: n (its actions), n log records, n outbox records, its tag ('' for
+# none), the tag's expiry ms and the tags hash's PEXPIREAT ms. For each firing, what one SET,
+# LPUSH, LTRIM, EXPIRE, n XADDs, HSET and PEXPIREAT did when they were queued one by one: a
+# commit's firings are one command in the MULTI (EVAL, like _SET_EX_LUA).
+_FIRINGS_LUA = """
+local idem_ttl, log_len, log_ttl, field = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local a = 5
+for j = 0, (#KEYS - 1) / 3 - 1 do
+  local log_key, tags_key = KEYS[3 + 3 * j], KEYS[4 + 3 * j]
+  redis.call('SET', KEYS[2 + 3 * j], 'issued', 'EX', idem_ttl)
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  if n > 0 then
+    for i = a, a + n - 1 do
+      redis.call('LPUSH', log_key, ARGV[i])
+    end
+    redis.call('LTRIM', log_key, 0, log_len - 1)
+    redis.call('EXPIRE', log_key, log_ttl)
+    -- no MAXLEN: the warehouse sink trims the outbox once it has committed the entries
+    for i = a + n, a + 2 * n - 1 do
+      redis.call('XADD', KEYS[1], '*', field, ARGV[i])
+    end
+    a = a + 2 * n
+  end
+  if ARGV[a] ~= '' then
+    redis.call('HSET', tags_key, ARGV[a], ARGV[a + 1])
+    redis.call('PEXPIREAT', tags_key, ARGV[a + 2])
+  end
+  a = a + 3
+end
+return #KEYS
 """
 
 
@@ -146,18 +212,27 @@ class RealtimeStore:
         self, user_ids: Sequence[int]
     ) -> tuple[list[bytes | None], list[bytes | None]]:
         """Live state and live segment overlay of each user (None where none), in order,
-        in one round trip (one GET per key: a cluster pipeline sends each to its slot's
-        master)."""
+        in one round trip: one MGET on a standalone server, one MGET per hash slot on a
+        cluster (a round's users are all of one partition, so that is one MGET too)."""
         if not user_ids:
             return [], []
+        keys = self.keys
+        names = [keys.state(u) for u in user_ids] + [keys.live(u) for u in user_ids]
+        if is_cluster(self.redis):
+            groups = list(group_by_slot(range(len(names)), names.__getitem__).values())
+        else:
+            groups = [list(range(len(names)))]
         with self.redis.pipeline(transaction=False) as pipe:
-            for u in user_ids:
-                pipe.get(self.keys.state(u))
-            for u in user_ids:
-                pipe.get(self.keys.live(u))
+            for members in groups:
+                # execute_command: a cluster pipeline refuses its mget() (of any slots)
+                pipe.execute_command("MGET", *[names[i] for i in members])
             replies = pipe.execute()
+        values: list[bytes | None] = [None] * len(names)
+        for members, reply in zip(groups, replies, strict=True):
+            for i, value in zip(members, reply, strict=True):
+                values[i] = value
         n = len(user_ids)
-        return list(replies[:n]), list(replies[n:])
+        return values[:n], values[n:]
 
     def due_timers(
         self, partitions: Sequence[int], now_ms: int, limit: int
@@ -181,37 +256,76 @@ class RealtimeStore:
         A firing decided before (its action key is recorded) is ``duplicate``; one reserved
         before (a replay after a crash) is ``ok`` without counting twice.
 
-        Two steps, since a cluster runs a script on one slot only: the decisions (``idem``,
-        in the users' partitions, which only this partition's lease holder writes) are read
-        first; then one script per budget (rule and day) checks and takes it and records
-        the reservation markers, all under the budget's hash tag."""
+        A standalone server answers the whole round in one script call: the decisions, the
+        budgets of every rule and day and the reservation markers. A cluster runs a script on
+        one slot only, so there it takes two round trips: the decisions (``idem``, in the
+        users' partitions, which only this partition's lease holder writes; one MGET per
+        slot) first, then one script per budget (rule and day: it checks and takes the budget
+        and records the markers under the budget's hash tag), all of them pipelined. A
+        script the server does not know (its cache emptied by a restart) is loaded and only
+        the calls it refused are sent again."""
         if not firings:
             return []
+        if is_cluster(self.redis):
+            return self._reserve_per_slot(firings)
+        budgets: dict[tuple[str, str], int] = {}
+        script_keys: list[str] = []
+        args: list[Any] = []
+        for f in firings:
+            index = budgets.setdefault((f.rule, f.day), len(budgets) + 1)
+            script_keys += [
+                self.keys.reserve(f.key, f.rule, f.day),
+                self.keys.idem(f.key, f.user_id),
+            ]
+            args += [index, *_budget_args(f)]
+        budget_keys = [self.keys.budget(rule, day) for rule, day in budgets]
+        ttl = self.config.idem_ttl_days * 86_400
+        codes = self._reserve(keys=budget_keys + script_keys, args=[ttl, len(budgets), 1, *args])
+        return [
+            Reservation(f, _RESERVE_STATUS[int(c)]) for f, c in zip(firings, codes, strict=True)
+        ]
+
+    def _reserve_per_slot(self, firings: Sequence[Firing]) -> list[Reservation]:
         keys = self.keys
+        idem = [keys.idem(f.key, f.user_id) for f in firings]
+        by_slot = list(group_by_slot(range(len(firings)), idem.__getitem__).values())
         with self.redis.pipeline(transaction=False) as pipe:
-            for f in firings:
-                pipe.exists(keys.idem(f.key, f.user_id))
-            decided = pipe.execute()
-        status: list[str] = ["duplicate" if int(d) else "" for d in decided]
+            for members in by_slot:
+                pipe.execute_command("MGET", *[idem[i] for i in members])
+            replies = pipe.execute()
+        status: list[str] = [""] * len(firings)
+        for members, reply in zip(by_slot, replies, strict=True):
+            for i, decided in zip(members, reply, strict=True):
+                if decided is not None:
+                    status[i] = "duplicate"
         groups: dict[tuple[str, str], list[int]] = {}
         for i, f in enumerate(firings):
             if not status[i]:
                 groups.setdefault((f.rule, f.day), []).append(i)
         ttl = self.config.idem_ttl_days * 86_400
+        calls: list[tuple[list[int], list[Any], list[Any]]] = []
         for (rule, day), members in groups.items():
-            script_keys = [keys.budget(rule, day)]
-            args: list[Any] = [ttl]
+            script_keys: list[Any] = [keys.budget(rule, day)]
+            args: list[Any] = [ttl, 1, 0]
             for i in members:
-                f = firings[i]
-                script_keys.append(keys.reserve(f.key, rule, day))
-                args += [
-                    round(f.cost_cny * 100),
-                    -1 if f.budget_count is None else f.budget_count,
-                    -1 if f.budget_cny is None else round(f.budget_cny * 100),
-                ]
-            codes = self._reserve(keys=script_keys, args=args)
+                script_keys.append(keys.reserve(firings[i].key, rule, day))
+                args += [1, *_budget_args(firings[i])]
+            calls.append((members, script_keys, args))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for _, script_keys, args in calls:
+                # execute_command: a cluster pipeline refuses its evalsha()
+                pipe.execute_command(
+                    "EVALSHA", self._reserve.sha, len(script_keys), *script_keys, *args
+                )
+            results = pipe.execute(raise_on_error=False)
+        for (members, script_keys, args), codes in zip(calls, results, strict=True):
+            if isinstance(codes, redis.exceptions.NoScriptError):
+                # the Script object loads the script on the budget's node and calls again
+                codes = self._reserve(keys=script_keys, args=args)
+            elif isinstance(codes, Exception):
+                raise codes
             for i, code in zip(members, codes, strict=True):
-                status[i] = "ok" if int(code) == 1 else "budget"
+                status[i] = _RESERVE_STATUS[int(code)]
         return [Reservation(f, s) for f, s in zip(firings, status, strict=True)]
 
     # ------------------------------------------------------------------ commit
@@ -234,9 +348,7 @@ class RealtimeStore:
                 if holder is None or _text(holder) != token:
                     raise LeaseLost(f"partition {partition}: lease lost")
                 pipe.multi()
-                state_ttl = cfg.state_ttl_days * 86_400
-                for user, blob in batch.states.items():
-                    pipe.set(keys.state(user), blob, ex=state_ttl)
+                _set_ex(pipe, keys.state, batch.states, cfg.state_ttl_days * 86_400)
                 self._queue_firings(pipe, partition, batch.firings)
                 stats: dict[str, float] = {}
                 for s in batch.suppressions:
@@ -259,8 +371,7 @@ class RealtimeStore:
                 if batch.timers_done:
                     pipe.zrem(due, *batch.timers_done)
                 live_ttl = cfg.live_ttl_days * 86_400
-                for user, blob in batch.overlays.items():
-                    pipe.set(keys.live(user), blob, ex=live_ttl)
+                _set_ex(pipe, keys.live, batch.overlays, live_ttl)
                 if batch.overlay_order_ms:
                     pipe.zadd(
                         keys.live_users(partition),
@@ -290,27 +401,31 @@ class RealtimeStore:
                 raise LeaseLost(f"partition {partition}: lease changed during commit") from exc
 
     def _queue_firings(self, pipe: Any, partition: int, firings: Iterable[Firing]) -> None:
+        """Queue every firing's decision, action log entries, outbox entries and tag as one
+        EVAL of :data:`_FIRINGS_LUA` (all under the partition's hash tag)."""
         keys = self.keys
         cfg = self.config
         idem_ttl = cfg.idem_ttl_days * 86_400
         log_ttl = max(idem_ttl, 90 * 86_400)
+        script_keys: list[str] = [keys.outbox(partition)]
+        args: list[Any] = [idem_ttl, cfg.action_log_len, log_ttl, OUTBOX_FIELD]
         for f in firings:
-            pipe.set(keys.idem(f.key, f.user_id), b"issued", ex=idem_ttl)
+            script_keys += [
+                keys.idem(f.key, f.user_id),
+                keys.actions(f.user_id),
+                keys.tags(f.user_id),
+            ]
             records = action_records(f)
-            if records:
-                log_key = keys.actions(f.user_id)
-                pipe.lpush(log_key, *records)
-                pipe.ltrim(log_key, 0, cfg.action_log_len - 1)
-                pipe.expire(log_key, log_ttl)
-                # no MAXLEN: the warehouse sink trims the outbox once it has committed the
-                # entries (keeping the last ``outbox_keep`` for delivery systems)
-                for rec in outbox_records(f):
-                    pipe.xadd(keys.outbox(partition), {OUTBOX_FIELD: rec})
-            if f.tag is not None:
+            args.append(len(records))
+            args += records
+            args += outbox_records(f) if records else []
+            if f.tag is None:
+                args += ["", 0, 0]
+            else:
                 tag, expiry_ms = f.tag
-                tags_key = keys.tags(f.user_id)
-                pipe.hset(tags_key, tag, expiry_ms)
-                pipe.pexpireat(tags_key, expiry_ms + DAY_MS)
+                args += [tag, expiry_ms, expiry_ms + DAY_MS]
+        if len(script_keys) > 1:
+            pipe.execute_command("EVAL", _FIRINGS_LUA, len(script_keys), *script_keys, *args)
 
     # ------------------------------------------------------------------ rules, heartbeat
     def publish_rules(self, rules: list[dict[str, Any]]) -> None:
@@ -520,6 +635,26 @@ def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _budget_args(firing: Firing) -> list[int]:
+    """A firing's cost in cents and its rule's daily budgets (-1: none), as the reserve
+    script takes them."""
+    return [
+        round(firing.cost_cny * 100),
+        -1 if firing.budget_count is None else firing.budget_count,
+        -1 if firing.budget_cny is None else round(firing.budget_cny * 100),
+    ]
+
+
+def _set_ex(pipe: Any, key_of: Any, blobs: Mapping[int, bytes], ttl_s: int) -> None:
+    """Queue ``SET key_of(user) blob EX ttl_s`` for every user as one EVAL (all the keys of
+    one commit share the partition's slot)."""
+    if not blobs:
+        return
+    names = [key_of(u) for u in blobs]
+    # execute_command: a cluster pipeline refuses its eval()
+    pipe.execute_command("EVAL", _SET_EX_LUA, len(names), *names, ttl_s, *blobs.values())
 
 
 def _add(stats: dict[str, float], name: str, value: float) -> None:
