@@ -381,9 +381,14 @@ def test_manifest_commits_on_s3_are_atomic_for_a_polling_reader(
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
     body = fs.open_input_stream(path).read()
-    for _ in range(5):
+    for _ in range(3):
         fs.delete_file(path)
-        time.sleep(0.05)
+        # the gap stays open until the reader has been through it (a cycle of the reader
+        # also lists and reads every snapshot manifest: a fixed short gap can fall between
+        # two of its manifest reads), or 2 s
+        missing, deadline = seen["missing"], time.monotonic() + 2.0
+        while seen["missing"] == missing and time.monotonic() < deadline:
+            time.sleep(0.01)
         with fs.open_output_stream(path) as f:
             f.write(body)
         time.sleep(0.02)
