@@ -35,8 +35,8 @@ import redis
 from strata.io.redis_client import (
     SyncClient,
     consumer_client,
-    group_by_slot,
     is_cluster,
+    mget_many,
     xreadgroup_many,
 )
 from strata.realtime.batch import EffectBatch, Entry, Reservation
@@ -218,19 +218,7 @@ class RealtimeStore:
             return [], []
         keys = self.keys
         names = [keys.state(u) for u in user_ids] + [keys.live(u) for u in user_ids]
-        if is_cluster(self.redis):
-            groups = list(group_by_slot(range(len(names)), names.__getitem__).values())
-        else:
-            groups = [list(range(len(names)))]
-        with self.redis.pipeline(transaction=False) as pipe:
-            for members in groups:
-                # execute_command: a cluster pipeline refuses its mget() (of any slots)
-                pipe.execute_command("MGET", *[names[i] for i in members])
-            replies = pipe.execute()
-        values: list[bytes | None] = [None] * len(names)
-        for members, reply in zip(groups, replies, strict=True):
-            for i, value in zip(members, reply, strict=True):
-                values[i] = value
+        values = mget_many(self.redis, names)
         n = len(user_ids)
         return values[:n], values[n:]
 
@@ -287,17 +275,8 @@ class RealtimeStore:
 
     def _reserve_per_slot(self, firings: Sequence[Firing]) -> list[Reservation]:
         keys = self.keys
-        idem = [keys.idem(f.key, f.user_id) for f in firings]
-        by_slot = list(group_by_slot(range(len(firings)), idem.__getitem__).values())
-        with self.redis.pipeline(transaction=False) as pipe:
-            for members in by_slot:
-                pipe.execute_command("MGET", *[idem[i] for i in members])
-            replies = pipe.execute()
-        status: list[str] = [""] * len(firings)
-        for members, reply in zip(by_slot, replies, strict=True):
-            for i, decided in zip(members, reply, strict=True):
-                if decided is not None:
-                    status[i] = "duplicate"
+        decided = mget_many(self.redis, [keys.idem(f.key, f.user_id) for f in firings])
+        status = ["" if d is None else "duplicate" for d in decided]
         groups: dict[tuple[str, str], list[int]] = {}
         for i, f in enumerate(firings):
             if not status[i]:
