@@ -142,6 +142,8 @@ _EVENT_TYPES = frozenset(EVENT_TYPES)
 _NO_ID: StreamId = (0, 0)
 _MAX_PAYLOAD = 4096  # bytes of a bad entry kept in its dead letter
 _RETRY_S = 1.0
+#: what the sink waits out and retries: Redis or the storage unreachable for a while
+_OUTAGES = (redis.ConnectionError, redis.TimeoutError, OSError, WarehouseError)
 _TRIM_PAGE = 10_000  # entries one trim script removes at most (Redis stays responsive)
 #: the file-merging tables (the sink's parts of each are merged separately)
 _SINK_TABLES = ("events", "actions", "exposures")
@@ -629,28 +631,23 @@ class StreamSink:
         while not stop.is_set():
             try:
                 self.poll_once()
-            except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    self._started = False
+            except BaseException as exc:
+                # after any error, start again from this sink's pending entries: a read whose
+                # reply was lost (Redis killed after persisting it) left some it never saw
+                self._started = False
+                if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):
+                    # a stream was deleted (Redis flushed): the groups are created again
+                    log.warning("stream sink: %s; recreating the consumer groups", exc)
+                elif isinstance(exc, _OUTAGES):
+                    log.warning("stream sink: %s; retrying in %.0f s", exc, _RETRY_S)
+                    stop.wait(_RETRY_S)
+                else:  # anything else ends this run; the next one re-reads the pending first
                     raise
-                log.warning("stream sink: %s; recreating the consumer groups", exc)
-                self._started = False  # a stream was deleted (Redis flushed): start again
-            except (redis.ConnectionError, redis.TimeoutError, OSError, WarehouseError) as exc:
-                # a read whose reply was lost (Redis killed after persisting it) left entries
-                # pending that this sink never saw: start again, re-reading its pending entries
-                self._started = False
-                log.warning("stream sink: %s; retrying in %.0f s", exc, _RETRY_S)
-                stop.wait(_RETRY_S)
-            except BaseException:
-                # anything else (a client library's bug on a dropped connection, ...) ends
-                # this run; the next run re-reads the pending entries first
-                self._started = False
-                raise
         for attempt in range(3):
             try:
                 self.flush()
                 break
-            except (redis.ConnectionError, redis.TimeoutError, OSError, WarehouseError) as exc:
+            except _OUTAGES as exc:
                 log.warning("stream sink: final commit failed (%s), attempt %d", exc, attempt)
                 time.sleep(_RETRY_S)
         return self.totals
