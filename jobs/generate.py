@@ -41,7 +41,7 @@ from jobs._runtime import console, map_buckets, ray_session, summary_table
 from strata.config import ConfigError, load_calendar
 from strata.experiments.config import load_experiments
 from strata.io.keys import load_pseudonym_key
-from strata.io.paths import is_remote
+from strata.io.paths import worker_root
 from strata.io.truth import TruthFiles
 from strata.io.user_ranges import UserRangeFiles
 from strata.io.warehouse import TABLES, Warehouse, WriteResult, resolve
@@ -154,8 +154,7 @@ def run(
     spans = id_ranges(users, range_users)
     write_id = f"gen-{uuid.uuid4().hex[:12]}"
     fs, root = resolve(settings.data)
-    # workers may run in another working directory: hand them an absolute local path
-    data_root = settings.data if is_remote(settings.data) else root
+    data_root = worker_root(settings.data)
     truth = TruthFiles(fs, root, write_id)
     staging = truth.staging
     ranges = UserRangeFiles(fs, staging)

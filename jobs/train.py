@@ -25,7 +25,7 @@ from jobs._runtime import as_of_option, console, map_buckets, progress, ray_sess
 from jobs._train_report import TrainResult, print_result, print_versions
 from strata.features import FeatureConfig, load_feature_config
 from strata.io.models import ModelError, ModelRegistry, new_version
-from strata.io.paths import is_remote
+from strata.io.paths import is_remote, worker_root
 from strata.io.warehouse import Warehouse, read_parts, resolve
 from strata.settings import Settings
 from strata.timeutil import AS_OF_HELP, DAY_MS, to_epoch_ms
@@ -206,10 +206,8 @@ def run(
     registry = ModelRegistry(settings.data)
     version = new_version()
     work = registry.work_dir(version)
-    fs, root = resolve(settings.data)
-    # workers may run in another working directory: hand them an absolute local path
-    remote = is_remote(settings.data)
-    data_root = settings.data if remote else root
+    fs, _ = resolve(settings.data)
+    data_root = worker_root(settings.data)
     meta = start_meta(
         as_of.isoformat(), as_of_ms, horizon, cfg, cutoffs, warehouse.manifest, len(buckets),
         feature_config, plan.meta(),
@@ -263,7 +261,7 @@ def run(
                 for name in TARGETS:
                     boosters[name], infos[name] = xgb_distributed.train_target_distributed(
                         ex.files["train"], ex.files["validation"], features, name, cfg, n_train,
-                        fs if remote else None, margin_column(meta, name),
+                        fs if is_remote(settings.data) else None, margin_column(meta, name),
                     )  # fmt: skip
                     bar.advance(bar_task)
             timings["train_distributed_s"] = sum(i["total_seconds"] for i in infos.values())

@@ -11,7 +11,14 @@ import posixpath
 
 import pyarrow.fs as pafs
 
-__all__ = ["bucket_dir_name", "bucket_part_file", "complete_folders", "is_remote", "local_path"]
+__all__ = [
+    "bucket_dir_name",
+    "bucket_part_file",
+    "complete_folders",
+    "is_remote",
+    "local_path",
+    "worker_root",
+]
 
 
 def is_remote(uri: str) -> bool:
@@ -30,6 +37,12 @@ def local_path(uri: str) -> str:
         raise ValueError(f"{uri!r} is a remote URI, not a local path")
     path = uri[len("file://") :] if uri.lower().startswith("file://") else uri
     return os.path.abspath(os.path.expanduser(path))
+
+
+def worker_root(uri: str) -> str:
+    """The data root as Ray workers get it: a remote URI as it is, a local root as its
+    absolute path (workers may run in another working directory)."""
+    return uri if is_remote(uri) else local_path(uri)
 
 
 def bucket_dir_name(bucket: int, n_buckets: int) -> str:
