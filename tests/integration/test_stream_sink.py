@@ -372,11 +372,7 @@ class _AckingBeforeXpending(redis.Redis):
 
     def xpending(self, name: Any, groupname: Any) -> Any:
         if _text_of(groupname) == WORKER_GROUP:
-            for start in ("0", ">"):  # the workers process ``name``'s entries, all of them
-                reply = self.xreadgroup(WORKER_GROUP, "w1", {name: start}, count=100_000)
-                ids = [i for i, _ in reply[0][1]] if reply else []
-                if ids:
-                    self.xack(name, WORKER_GROUP, *ids)
+            _work(self, _text_of(name))
         return super().xpending(name, groupname)
 
 
@@ -412,12 +408,16 @@ def test_trimming_while_the_workers_ack_everything_in_between(
 def _work_all(r: redis.Redis) -> None:
     """The rule workers process (read and ack) every entry, pending ones included."""
     for p in range(PARTITIONS):
-        stream = KEYS.stream(p)
-        for start in ("0", ">"):
-            reply = r.xreadgroup(WORKER_GROUP, "w1", {stream: start}, count=100_000)
-            ids = [i for i, _ in reply[0][1]] if reply else []
-            if ids:
-                r.xack(stream, WORKER_GROUP, *ids)
+        _work(r, KEYS.stream(p))
+
+
+def _work(r: redis.Redis, stream: str) -> None:
+    """The rule workers process (read and ack) every entry of ``stream``."""
+    for start in ("0", ">"):
+        reply = r.xreadgroup(WORKER_GROUP, "w1", {stream: start}, count=100_000)
+        ids = [i for i, _ in reply[0][1]] if reply else []
+        if ids:
+            r.xack(stream, WORKER_GROUP, *ids)
 
 
 def test_batch_imports_committing_in_between_keep_both(r: redis.Redis, settings: Settings) -> None:
